@@ -1,0 +1,258 @@
+defmodule Causeway do
+  @moduledoc """
+  Causeway records what a running BEAM system does — function calls and
+  returns, messages, GenServer state changes, process spawns and exits, errors —
+  links every event to its cause, and keeps it in RocksDB so it can be queried
+  from IEx long after the fact.
+
+      {:ok, _} = Causeway.start_link(dir: "_causeway/dev")
+
+      defmodule Demo do
+        use Causeway.Instrument
+        def add(a, b), do: a + b
+      end
+
+      Demo.add(1, 2)
+      :ok = Causeway.flush()
+      [entry, exit] = Causeway.events(pid: self())
+      Causeway.call_tree(entry.call_id)
+
+  ## Starting
+
+  `start_link/1` options (all optional):
+
+    * `:name` — the instance name (default `Causeway`, the one `Causeway.Runtime`
+      and `use Causeway.Instrument` report to)
+    * `:dir` — the RocksDB directory (default `"_causeway/data"`); created if missing
+    * `:ring_size` — events per ring shard, a power of two (default 65 536)
+    * `:shards` — ring shards (default: one per scheduler)
+    * `:overflow` — `:drop_newest` (default) or `:drop_oldest` when a ring is full;
+      every dropped event is counted
+    * `:workers` — `{min, max}` native writer threads, 1..16 (default `{2, 16}`)
+    * `:batch_size` (1000), `:flush_interval_ms` (5) — writer batching
+    * `:max_term_bytes` (2048), `:max_depth` (16) — capture budget of one term
+    * `:redact` — keys (atoms) whose values are never captured, e.g. `[:password]`
+    * `:correlation_ttl_ms` (300 000) — how long half a correlation waits
+    * `:emergency_sample` (100) — at the emergency backpressure level, keep one
+      non-critical event in this many
+    * `:max_retries` (8), `:retry_base_ms` (10) — failed batch writes retry with
+      exponential backoff, then are dropped and counted
+    * `:memory_budget` — native memory alert threshold in bytes (512 MiB)
+    * `:sync_writes` — fsync the WAL on every batch (default `false`;
+      `flush/0` always syncs)
+
+  ## Queries
+
+  Every query runs on a dirty scheduler and returns `Causeway.Event` structs (or
+  trees of them). They take an optional `:store` (from `open/2`) or
+  `:instance` (a running instance's name, default `Causeway`). Times (`:since`,
+  `:until`, `state_at/2`) are `DateTime`s, `NaiveDateTime`s (UTC), `Time`s (today,
+  UTC) or integers in `System.monotonic_time(:nanosecond)` of this VM.
+  """
+
+  alias Causeway.{Event, Instance, Native}
+
+  @typedoc "A store opened with `open/2`."
+  @type store :: Causeway.Store.t()
+
+  # ------------------------------------------------------------------ lifecycle
+
+  @doc "Starts a Causeway instance (see the module doc for options)."
+  @spec start_link(keyword()) :: {:ok, pid()} | {:error, Causeway.Error.t() | term()}
+  def start_link(opts \\ []), do: Instance.start_link(opts)
+
+  @doc "A child spec, to run Causeway in your own supervision tree."
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
+  def child_spec(opts) do
+    %{
+      id: Keyword.get(opts, :name, Causeway),
+      start: {__MODULE__, :start_link, [opts]},
+      type: :worker,
+      shutdown: 30_000
+    }
+  end
+
+  @doc "Stops an instance, draining and persisting what it has buffered."
+  @spec stop(atom()) :: :ok
+  def stop(name \\ Causeway) do
+    GenServer.stop(name, :normal, :infinity)
+  catch
+    :exit, {:noproc, _} -> :ok
+  end
+
+  @doc """
+  Returns once every event captured before the call is durable: written to
+  RocksDB and the write-ahead log synced (or counted as dropped).
+  """
+  @spec flush(atom(), timeout()) :: :ok | {:error, Causeway.Error.t()}
+  def flush(name \\ Causeway, timeout \\ 30_000) do
+    GenServer.call(name, :flush, timeout)
+  catch
+    :exit, {:noproc, _} ->
+      {:error, %Causeway.Error{kind: :not_running, message: "no Causeway instance #{inspect(name)}"}}
+
+    :exit, {:timeout, _} ->
+      {:error, %Causeway.Error{kind: :timeout, message: "flush did not complete in #{timeout} ms"}}
+  end
+
+  @doc """
+  Changes settings of a running instance: `:batch_size`, `:flush_interval_ms`,
+  `:workers`, `:max_term_bytes`, `:max_depth`, `:emergency_sample`,
+  `:correlation_ttl_ms`, `:memory_budget`.
+  """
+  @spec configure(keyword(), atom()) :: :ok | {:error, Causeway.Error.t()}
+  def configure(opts, name \\ Causeway) do
+    update = Causeway.Options.configure!(opts)
+
+    case Native.pipeline_configure(Instance.handle!(name), update) do
+      :ok -> :ok
+      {:error, e} -> {:error, Causeway.Error.from_native(e)}
+    end
+  end
+
+  @doc """
+  Switches capture on or off: for everything (`:global`), one module
+  (`{:module, m}`) or one process (`{:pid, p}`). When off, capture costs a flag check.
+  """
+  @spec capture(:global | {:module, module()} | {:pid, pid()}, boolean(), atom()) :: :ok
+  def capture(scope, on?, name \\ Causeway) when is_boolean(on?) do
+    Native.rt_set_capture(Instance.handle!(name), scope, on?)
+  end
+
+  @doc """
+  Subscribes the caller to `:backpressure` (`{:causeway, :backpressure, level, info}`
+  on every level change) or `:health` (`{:causeway, :health, what, info}` when a
+  writer panics or storage fails).
+  """
+  @spec subscribe(:backpressure | :health, atom()) :: :ok
+  def subscribe(topic, name \\ Causeway) when topic in [:backpressure, :health] do
+    GenServer.call(name, {:subscribe, topic, self()})
+  end
+
+  @doc "Undoes `subscribe/2`."
+  @spec unsubscribe(:backpressure | :health, atom()) :: :ok
+  def unsubscribe(topic, name \\ Causeway) do
+    GenServer.call(name, {:unsubscribe, topic, self()})
+  end
+
+  @doc """
+  Every figure of the dashboard: throughput (`events_per_s`, `batches_per_s`,
+  `correlations_per_s`), capture→persisted `latency` (p50/p95/p99 in µs), `rings`
+  (utilization, written, read, dropped per shard), `dropped` by reason, `workers`
+  and `worker_load`, `queue_depth`, `correlation_success_rate`,
+  `missing_correlations`, `orphaned_events`, `native_memory`, `storage_bytes`,
+  the backpressure `level` and its `history`, and `alerts`.
+  """
+  @spec metrics(atom()) :: map()
+  def metrics(name \\ Causeway), do: Native.pipeline_metrics(Instance.handle!(name))
+
+  @doc """
+  `%{status: :ok | :degraded | :failing, level: ..., alerts: [...], ...}`:
+  `:failing` when writes fail, `:degraded` under emergency backpressure or with
+  any alert.
+  """
+  @spec health(atom()) :: map()
+  def health(name \\ Causeway) do
+    m = metrics(name)
+
+    status =
+      cond do
+        Enum.any?(m.alerts, fn {k, _} -> k == :storage end) -> :failing
+        m.level == :emergency or m.alerts != [] -> :degraded
+        true -> :ok
+      end
+
+    %{
+      status: status,
+      level: m.level,
+      alerts: m.alerts,
+      workers: m.workers,
+      write_errors: m.write_errors,
+      worker_panics: m.worker_panics,
+      dropped_total: m.dropped_total,
+      queue_depth: m.queue_depth,
+      uptime_ms: m.uptime_ms
+    }
+  end
+
+  @doc """
+  Opens a store directory for queries. With `read_only: true` (the default) it
+  can be another node's store or one whose system has stopped; pass the result
+  as `store:` to any query.
+  """
+  @spec open(Path.t(), keyword()) :: {:ok, store()} | {:error, Causeway.Error.t()}
+  def open(dir, opts \\ []) do
+    opts = Keyword.validate!(opts, read_only: true)
+
+    case Native.store_open(Path.expand(dir), opts[:read_only] == true) do
+      {:ok, h} -> {:ok, %Causeway.Store{handle: h, dir: Path.expand(dir), read_only: opts[:read_only]}}
+      {:error, e} -> {:error, Causeway.Error.from_native(e)}
+    end
+  end
+
+  # ------------------------------------------------------------------ queries
+
+  @doc """
+  Events matching every given filter: `:pid`, `:type` (an atom or a list),
+  `:module`, `:function`, `:arity`, `:call_id`, `:since`, `:until`; `:limit`
+  (default 1000, `:infinity` for all), `:order` (`:asc` or `:desc`), `:after`
+  (continue after an event id), `:links` (include causal links, default true).
+  Served from the index that fits the filters.
+  """
+  @spec events(keyword()) :: [Event.t()]
+  def events(opts \\ []) do
+    {events, _next, _index} = Causeway.Query.events_page(opts)
+    events
+  end
+
+  @doc "Like `events/1`, as a lazy `Stream` that reads pages of `:page_size` (500)."
+  @spec stream_events(keyword()) :: Enumerable.t()
+  def stream_events(opts \\ []), do: Causeway.Query.stream(opts)
+
+  @doc "The event with this id, or `nil`."
+  @spec event(non_neg_integer(), keyword()) :: Event.t() | nil
+  def event(id, opts \\ []), do: Causeway.Query.event(id, opts)
+
+  @doc """
+  A call id → `%Causeway.CallTree{}` (the call with its exit, duration and
+  nested calls); a pid → the list of its top-level call trees.
+  """
+  @spec call_tree(non_neg_integer() | pid(), keyword()) :: Causeway.CallTree.t() | [Causeway.CallTree.t()]
+  def call_tree(call_id_or_pid, opts \\ []), do: Causeway.Query.call_tree(call_id_or_pid, opts)
+
+  @doc """
+  From an event back to its root cause, across processes: `[{event, link}]`
+  where `link` says how the event led to the one before it (`nil` for the first).
+  """
+  @spec causal_chain(non_neg_integer(), keyword()) :: [{Event.t(), atom() | nil}]
+  def causal_chain(event_id, opts \\ []), do: Causeway.Query.causal_chain(event_id, opts)
+
+  @doc "Messages between two processes, each send with its matched receive (or `nil`)."
+  @spec message_flow(pid(), pid(), keyword()) :: [%{send: Event.t(), receive: Event.t() | nil}]
+  def message_flow(a, b, opts \\ []), do: Causeway.Query.message_flow(a, b, opts)
+
+  @doc "A process's state changes, oldest first."
+  @spec state_history(pid(), keyword()) :: [Event.t()]
+  def state_history(pid, opts \\ []), do: Causeway.Query.state_history(pid, opts)
+
+  @doc """
+  Time travel: the state `pid` had at `time` (the new state of its last state
+  change at or before it), as `{:ok, state, event}`, or `:none` if it had no
+  recorded state yet.
+  """
+  @spec state_at(pid(), DateTime.t() | NaiveDateTime.t() | Time.t() | integer(), keyword()) ::
+          {:ok, term(), Event.t()} | :none
+  def state_at(pid, time, opts \\ []), do: Causeway.Query.state_at(pid, time, opts)
+
+  @doc "Prints a call tree (or every top-level call of a pid)."
+  @spec print_call_tree(non_neg_integer() | pid(), keyword()) :: :ok
+  def print_call_tree(root, opts \\ []) do
+    root |> call_tree(opts) |> List.wrap() |> Enum.each(&IO.puts(Causeway.CallTree.format(&1)))
+  end
+
+  @doc "Prints a process's events as a timeline, with times relative to the first."
+  @spec print_timeline(pid(), keyword()) :: :ok
+  def print_timeline(pid, opts \\ []) do
+    IO.puts(Causeway.Query.timeline(pid, opts))
+  end
+end

@@ -1,0 +1,178 @@
+defmodule Causeway.Event do
+  @moduledoc """
+  One recorded event.
+
+  | field        | meaning |
+  |--------------|---------|
+  | `id`         | unique, time-ordered id (per node) |
+  | `type`       | `:function_entry`, `:function_exit`, `:message_send`, `:message_receive`, `:state_change`, `:process_spawn`, `:process_exit` or `:error` |
+  | `timestamp`  | Erlang monotonic time in nanoseconds at capture (`System.monotonic_time(:nanosecond)`) |
+  | `wall_time`  | UTC `DateTime` at capture |
+  | `node`       | the node that captured it |
+  | `pid`        | the process it is about |
+  | `call_id`    | for function entries and exits: the call (= the entry's id) |
+  | `parent_id`  | the cause known at capture: the calling function's entry, the message being handled, ... |
+  | `module`, `function`, `arity` | for function events |
+  | `data`       | what the event carries, by type (below) |
+  | `source`     | `:runtime` (instrumented code) or `:tracer` |
+  | `links`      | `[{kind, event_id}]` made by the correlator, e.g. `{:completes, entry_id}` |
+
+  `data` by type: `function_entry` → the argument list; `function_exit` → the
+  return value, or `{:exception, kind, reason}`; `message_send` → `%{to: pid,
+  message: term}`; `message_receive` → `%{from: pid | nil, message: term}`;
+  `state_change` → `%{old: term, new: term}`; `process_spawn` → `%{child: pid}`;
+  `process_exit` → `%{reason: term}`; `error` → `%{kind: k, reason: r,
+  stacktrace: st}`.
+
+  Terms larger than the capture budget hold `{:truncated, byte_size}` (a
+  binary), `{:truncated, :max_bytes}` (the rest of a list, tuple or map) or
+  `{:truncated, :max_depth}` markers; redacted keys hold `:redacted`.
+  """
+
+  defstruct [
+    :id,
+    :type,
+    :timestamp,
+    :wall_time,
+    :node,
+    :pid,
+    :call_id,
+    :parent_id,
+    :module,
+    :function,
+    :arity,
+    :data,
+    :source,
+    links: []
+  ]
+
+  @type type ::
+          :function_entry
+          | :function_exit
+          | :message_send
+          | :message_receive
+          | :state_change
+          | :process_spawn
+          | :process_exit
+          | :error
+
+  @type t :: %__MODULE__{
+          id: non_neg_integer(),
+          type: type(),
+          timestamp: integer(),
+          wall_time: DateTime.t(),
+          node: atom() | String.t(),
+          pid: pid() | String.t(),
+          call_id: non_neg_integer() | nil,
+          parent_id: non_neg_integer() | nil,
+          module: module() | String.t() | nil,
+          function: atom() | String.t() | nil,
+          arity: non_neg_integer() | nil,
+          data: term(),
+          source: :runtime | :tracer,
+          links: [{atom(), non_neg_integer()}] | nil
+        }
+
+  @types ~w(function_entry function_exit message_send message_receive state_change
+            process_spawn process_exit error)a
+
+  @doc "Every event type."
+  @spec types() :: [type()]
+  def types, do: @types
+
+  @doc false
+  def from_native(
+        {id, type, mono, wall_ns, node, pid, call_id, parent_id, module, function, arity, data,
+         peer, source, links}
+      ) do
+    %__MODULE__{
+      id: id,
+      type: type,
+      timestamp: mono,
+      wall_time: wall_time(wall_ns),
+      node: node,
+      pid: pid,
+      call_id: call_id,
+      parent_id: parent_id,
+      module: module,
+      function: function,
+      arity: arity,
+      data: shape(type, data, peer),
+      source: source,
+      links: links
+    }
+  end
+
+  defp wall_time(ns) do
+    case DateTime.from_unix(div(ns, 1000), :microsecond) do
+      {:ok, dt} -> dt
+      _ -> nil
+    end
+  end
+
+  defp shape(:message_send, msg, peer), do: %{to: peer, message: msg}
+  defp shape(:message_receive, msg, peer), do: %{from: peer, message: msg}
+  defp shape(:state_change, {old, new}, _), do: %{old: old, new: new}
+  defp shape(:process_spawn, _child, peer), do: %{child: peer}
+  defp shape(:process_exit, reason, _), do: %{reason: reason}
+
+  defp shape(:error, {kind, reason, stacktrace}, _),
+    do: %{kind: kind, reason: reason, stacktrace: stacktrace}
+
+  defp shape(_type, data, _peer), do: data
+
+  @doc "`Module.function/arity` of a function event, as a string (`nil` otherwise)."
+  @spec mfa_string(t()) :: String.t() | nil
+  def mfa_string(%__MODULE__{module: nil}), do: nil
+
+  def mfa_string(%__MODULE__{module: m, function: f, arity: a}) do
+    mod = if is_atom(m), do: inspect(m), else: to_string(m)
+    "#{mod}.#{f}/#{a}"
+  end
+
+  @doc "A one-line human summary of the event."
+  @spec summary(t()) :: String.t()
+  def summary(%__MODULE__{} = e) do
+    case e.type do
+      :function_entry -> "call #{mfa_string(e)} #{short(e.data)}"
+      :function_exit -> "return #{mfa_string(e)} → #{short(e.data)}"
+      :message_send -> "send #{short(e.data.message)} to #{inspect(e.data.to)}"
+      :message_receive -> "receive #{short(e.data.message)}" <> from(e.data.from)
+      :state_change -> "state #{short(e.data.old)} → #{short(e.data.new)}"
+      :process_spawn -> "spawn #{inspect(e.data.child)}"
+      :process_exit -> "exit #{short(e.data.reason)}"
+      :error -> "error #{inspect(e.data.kind)} #{short(e.data.reason)}"
+      other -> "#{other} #{short(e.data)}"
+    end
+  end
+
+  defp from(nil), do: ""
+  defp from(pid), do: " from #{inspect(pid)}"
+
+  @doc false
+  def short(term), do: inspect(term, limit: 8, printable_limit: 60, width: :infinity)
+
+  defimpl Inspect do
+    import Inspect.Algebra
+
+    def inspect(e, opts) do
+      time =
+        case e.wall_time do
+          %DateTime{} = t -> t |> DateTime.to_time() |> Time.to_iso8601()
+          _ -> "?"
+        end
+
+      concat([
+        "#Causeway.Event<",
+        time,
+        " ",
+        to_doc(e.pid, opts),
+        " ",
+        Causeway.Event.summary(e),
+        " id=",
+        Integer.to_string(e.id || 0),
+        ">"
+      ])
+    end
+  end
+end

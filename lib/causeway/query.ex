@@ -1,0 +1,282 @@
+defmodule Causeway.Query do
+  @moduledoc """
+  The query side of `Causeway`: option parsing, paging and the text renderings
+  used by `Causeway.print_timeline/2`. Use the functions of `Causeway`.
+  """
+
+  alias Causeway.{Event, Native}
+
+  @event_opts [
+    :pid,
+    :type,
+    :module,
+    :function,
+    :arity,
+    :call_id,
+    :since,
+    :until,
+    :limit,
+    :order,
+    :after,
+    :links,
+    :store,
+    :instance,
+    :page_size
+  ]
+
+  @doc false
+  def handle(opts) do
+    case Keyword.get(opts, :store) do
+      %Causeway.Store{handle: h} -> h
+      nil -> Causeway.Instance.handle!(Keyword.get(opts, :instance, Causeway))
+      other -> raise ArgumentError, ":store must come from Causeway.open/2, got: #{inspect(other)}"
+    end
+  end
+
+  @doc false
+  def events_page(opts) do
+    unless Keyword.keyword?(opts),
+      do: raise(ArgumentError, "events/1 expects a keyword list, got: #{inspect(opts)}")
+
+    opts = Keyword.validate!(opts, @event_opts)
+    h = handle(opts)
+    filter = filter!(opts)
+
+    case Native.query_events(h, filter) do
+      {:ok, {events, next, index}} -> {Enum.map(events, &Event.from_native/1), next, index}
+      {:error, e} -> raise Causeway.Error.from_native(e)
+    end
+  end
+
+  @doc false
+  def stream(opts) do
+    opts = Keyword.validate!(opts, @event_opts)
+    page = Keyword.get(opts, :page_size, 500)
+
+    unless is_integer(page) and page > 0,
+      do: raise(ArgumentError, ":page_size must be a positive integer, got: #{inspect(page)}")
+
+    total = Keyword.get(opts, :limit, :infinity)
+    base = Keyword.drop(opts, [:page_size, :limit])
+
+    Stream.resource(
+      fn -> {Keyword.get(opts, :after), total} end,
+      fn
+        :done ->
+          {:halt, :done}
+
+        {_cursor, 0} ->
+          {:halt, :done}
+
+        {cursor, left} ->
+          n = if left == :infinity, do: page, else: min(page, left)
+          {events, next, _} = events_page(Keyword.merge(base, after: cursor, limit: n))
+          left = if left == :infinity, do: :infinity, else: left - length(events)
+
+          cond do
+            events == [] -> {:halt, :done}
+            next == nil -> {events, :done}
+            true -> {events, {next, left}}
+          end
+      end,
+      fn _ -> :ok end
+    )
+  end
+
+  defp filter!(opts) do
+    types =
+      case Keyword.get(opts, :type) do
+        nil -> []
+        t when is_atom(t) -> [type!(t)]
+        ts when is_list(ts) -> Enum.map(ts, &type!/1)
+        other -> raise ArgumentError, ":type must be an event type or a list of them, got: #{inspect(other)}"
+      end
+
+    pid = Keyword.get(opts, :pid)
+    if pid != nil and not is_pid(pid), do: raise(ArgumentError, ":pid must be a pid, got: #{inspect(pid)}")
+
+    limit =
+      case Keyword.get(opts, :limit, 1000) do
+        :infinity -> 0
+        n when is_integer(n) and n > 0 -> n
+        other -> raise ArgumentError, ":limit must be a positive integer or :infinity, got: #{inspect(other)}"
+      end
+
+    reverse =
+      case Keyword.get(opts, :order, :asc) do
+        :asc -> false
+        :desc -> true
+        other -> raise ArgumentError, ":order must be :asc or :desc, got: #{inspect(other)}"
+      end
+
+    %{
+      pid: pid,
+      types: Enum.map(types, &Atom.to_string/1),
+      module: name!(opts, :module),
+      function: name!(opts, :function),
+      arity: opt_int!(opts, :arity),
+      call_id: opt_int!(opts, :call_id),
+      since: opt_time(opts, :since),
+      until: opt_time(opts, :until),
+      limit: limit,
+      reverse: reverse,
+      after: opt_int!(opts, :after),
+      links: Keyword.get(opts, :links, true) == true
+    }
+  end
+
+  defp type!(t) do
+    if t in Event.types(),
+      do: t,
+      else: raise(ArgumentError, "unknown event type #{inspect(t)}; expected one of #{inspect(Event.types())}")
+  end
+
+  defp name!(opts, key) do
+    case Keyword.get(opts, key) do
+      nil -> nil
+      a when is_atom(a) -> Atom.to_string(a)
+      other -> raise ArgumentError, "#{inspect(key)} must be an atom, got: #{inspect(other)}"
+    end
+  end
+
+  defp opt_int!(opts, key) do
+    case Keyword.get(opts, key) do
+      nil -> nil
+      n when is_integer(n) and n >= 0 -> n
+      other -> raise ArgumentError, "#{inspect(key)} must be a non-negative integer, got: #{inspect(other)}"
+    end
+  end
+
+  defp opt_time(opts, key) do
+    case Keyword.get(opts, key) do
+      nil -> nil
+      t -> max(wall_ns!(t, key), 0)
+    end
+  end
+
+  @doc false
+  def wall_ns!(%DateTime{} = t, _), do: DateTime.to_unix(t, :nanosecond)
+
+  def wall_ns!(%NaiveDateTime{} = t, _),
+    do: t |> DateTime.from_naive!("Etc/UTC") |> DateTime.to_unix(:nanosecond)
+
+  def wall_ns!(%Time{} = t, key),
+    do: wall_ns!(NaiveDateTime.new!(Date.utc_today(), t), key)
+
+  def wall_ns!(t, _) when is_integer(t), do: t + System.time_offset(:nanosecond)
+
+  def wall_ns!(other, key),
+    do:
+      raise(
+        ArgumentError,
+        "#{inspect(key)} must be a DateTime, NaiveDateTime, Time or monotonic integer, got: #{inspect(other)}"
+      )
+
+  defp unwrap({:ok, v}), do: v
+  defp unwrap({:error, {:not_found, _}}), do: nil
+  defp unwrap({:error, e}), do: raise(Causeway.Error.from_native(e))
+
+  @doc false
+  def event(id, opts) when is_integer(id) and id >= 0 do
+    case unwrap(Native.query_event(handle(opts), id)) do
+      nil -> nil
+      e -> Event.from_native(e)
+    end
+  end
+
+  def event(id, _), do: raise(ArgumentError, "event/1 expects an event id (integer), got: #{inspect(id)}")
+
+  @doc false
+  def call_tree(root, opts) when (is_integer(root) and root >= 0) or is_pid(root) do
+    max = Keyword.get(opts, :max_nodes, 10_000)
+
+    case Native.query_call_tree(handle(opts), root, max) do
+      {:ok, trees} when is_list(trees) -> Enum.map(trees, &Causeway.CallTree.from_native/1)
+      {:ok, tree} -> Causeway.CallTree.from_native(tree)
+      {:error, {:not_found, _}} -> nil
+      {:error, e} -> raise Causeway.Error.from_native(e)
+    end
+  end
+
+  def call_tree(root, _),
+    do: raise(ArgumentError, "call_tree/1 expects a call id or a pid, got: #{inspect(root)}")
+
+  @doc false
+  def causal_chain(id, opts) when is_integer(id) and id >= 0 do
+    case unwrap(Native.query_causal_chain(handle(opts), id, Keyword.get(opts, :max, 1000))) do
+      nil -> []
+      chain -> Enum.map(chain, fn {e, via} -> {Event.from_native(e), via} end)
+    end
+  end
+
+  def causal_chain(id, _),
+    do: raise(ArgumentError, "causal_chain/1 expects an event id, got: #{inspect(id)}")
+
+  @doc false
+  def message_flow(a, b, opts) when is_pid(a) and is_pid(b) do
+    limit = Keyword.get(opts, :limit, 0)
+
+    handle(opts)
+    |> Native.query_message_flow(a, b, limit)
+    |> unwrap()
+    |> Enum.map(fn {s, r} ->
+      %{send: Event.from_native(s), receive: if(r, do: Event.from_native(r))}
+    end)
+  end
+
+  def message_flow(a, b, _),
+    do: raise(ArgumentError, "message_flow/2 expects two pids, got: #{inspect(a)}, #{inspect(b)}")
+
+  @doc false
+  def state_history(pid, opts) when is_pid(pid) do
+    since = opt_time(opts, :since)
+    until = opt_time(opts, :until)
+    limit = Keyword.get(opts, :limit, 0)
+
+    handle(opts)
+    |> Native.query_state_history(pid, since, until, limit)
+    |> unwrap()
+    |> Enum.map(&Event.from_native/1)
+  end
+
+  def state_history(pid, _),
+    do: raise(ArgumentError, "state_history/1 expects a pid, got: #{inspect(pid)}")
+
+  @doc false
+  def state_at(pid, time, opts) when is_pid(pid) do
+    wall = max(wall_ns!(time, :time), 0)
+
+    case unwrap(Native.query_state_at(handle(opts), pid, wall)) do
+      nil ->
+        :none
+
+      e ->
+        e = Event.from_native(e)
+        {:ok, e.data.new, e}
+    end
+  end
+
+  def state_at(pid, _time, _),
+    do: raise(ArgumentError, "state_at/2 expects a pid, got: #{inspect(pid)}")
+
+  @doc false
+  def timeline(pid, opts) do
+    events = Causeway.events(Keyword.merge([pid: pid, limit: 1000], opts))
+
+    case events do
+      [] ->
+        "no events recorded for #{inspect(pid)}"
+
+      [first | _] ->
+        {lines, _} =
+          Enum.map_reduce(events, 0, fn e, depth ->
+            depth = if e.type == :function_exit, do: max(depth - 1, 0), else: depth
+            dt = (e.timestamp - first.timestamp) / 1_000_000
+            line = "+#{:erlang.float_to_binary(dt, decimals: 3)} ms  #{String.duplicate("  ", depth)}#{Event.summary(e)}"
+            {line, if(e.type == :function_entry, do: depth + 1, else: depth)}
+          end)
+
+        Enum.join(["timeline of #{inspect(pid)} (#{length(events)} events)" | lines], "\n")
+    end
+  end
+end

@@ -1,0 +1,249 @@
+//! BackpressureManager (seed diagrams 3 and 4): ring utilization → level →
+//! workers, batch size, flush interval and sampling, with hysteresis.
+//!
+//! | utilization | level       | check every | workers            | batch | flush      |
+//! |-------------|-------------|-------------|--------------------|-------|------------|
+//! | < 50%       | `normal`    | 100 ms      | back down to min   | 1×    | configured |
+//! | 50–80%      | `elevated`  | 50 ms       | +1 per check, ≤ 6  | 2×    | ½          |
+//! | 80–95%      | `high`      | 10 ms       | max                | 4×    | 1 ms       |
+//! | ≥ 95%       | `emergency` | 5 ms        | max                | 4×    | 1 ms, only critical events kept, the rest sampled |
+//!
+//! A level is raised at once (also from the capture path, which sees its shard's
+//! fill level on every push); it is lowered one step at a time, only after the
+//! utilization stayed 10 points under the step's threshold for `CALM_CHECKS`
+//! checks in a row. Workers above the level's band are retired one per second.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Level {
+    Normal = 0,
+    Elevated = 1,
+    High = 2,
+    Emergency = 3,
+}
+
+pub const CALM_CHECKS: u32 = 10;
+const SCALE_DOWN_EVERY_MS: u64 = 1_000;
+/// The "normal" worker band of diagram 4 is 4–6: elevated load ramps up to its top.
+const ELEVATED_WORKERS: usize = 6;
+
+impl Level {
+    pub fn from_u8(v: u8) -> Level {
+        match v {
+            0 => Level::Normal,
+            1 => Level::Elevated,
+            2 => Level::High,
+            _ => Level::Emergency,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Normal => "normal",
+            Level::Elevated => "elevated",
+            Level::High => "high",
+            Level::Emergency => "emergency",
+        }
+    }
+
+    pub fn for_utilization(u: f64) -> Level {
+        if u >= 0.95 {
+            Level::Emergency
+        } else if u >= 0.80 {
+            Level::High
+        } else if u >= 0.50 {
+            Level::Elevated
+        } else {
+            Level::Normal
+        }
+    }
+
+    /// Utilization below which this level may step down.
+    fn calm_below(self) -> f64 {
+        match self {
+            Level::Normal => 0.0,
+            Level::Elevated => 0.40,
+            Level::High => 0.70,
+            Level::Emergency => 0.85,
+        }
+    }
+
+    pub fn check_interval_ms(self) -> u64 {
+        match self {
+            Level::Normal => 100,
+            Level::Elevated => 50,
+            Level::High => 10,
+            Level::Emergency => 5,
+        }
+    }
+
+    fn down(self) -> Level {
+        Level::from_u8((self as u8).saturating_sub(1))
+    }
+}
+
+/// What the pipeline should run with after a check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub level: Level,
+    pub workers: usize,
+    pub batch_size: usize,
+    pub flush_interval_ms: u64,
+    pub sampling: bool,
+}
+
+pub struct Controller {
+    level: Level,
+    calm: u32,
+    workers: usize,
+    last_scale_down_ms: u64,
+}
+
+impl Controller {
+    pub fn new(workers_min: usize) -> Controller {
+        Controller { level: Level::Normal, calm: 0, workers: workers_min, last_scale_down_ms: 0 }
+    }
+
+    pub fn level(&self) -> Level {
+        self.level
+    }
+
+    /// One check. `floor` is a level already raised by the capture path.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        utilization: f64,
+        floor: Level,
+        now_ms: u64,
+        min: usize,
+        max: usize,
+        base_batch: usize,
+        base_flush_ms: u64,
+    ) -> Plan {
+        let wanted = Level::for_utilization(utilization).max(floor);
+        if wanted > self.level {
+            self.level = wanted;
+            self.calm = 0;
+        } else if wanted < self.level {
+            if utilization < self.level.calm_below() {
+                self.calm += 1;
+                if self.calm >= CALM_CHECKS {
+                    self.level = self.level.down();
+                    self.calm = 0;
+                }
+            } else {
+                self.calm = 0;
+            }
+        } else {
+            self.calm = 0;
+        }
+
+        let band_top = match self.level {
+            Level::Normal => min,
+            Level::Elevated => ELEVATED_WORKERS.clamp(min, max),
+            Level::High | Level::Emergency => max,
+        };
+        if self.workers < band_top {
+            self.workers = match self.level {
+                Level::Elevated => self.workers + 1,
+                _ => band_top,
+            };
+            self.last_scale_down_ms = now_ms;
+        } else if self.workers > band_top && now_ms.saturating_sub(self.last_scale_down_ms) >= SCALE_DOWN_EVERY_MS {
+            self.workers -= 1;
+            self.last_scale_down_ms = now_ms;
+        }
+        self.workers = self.workers.clamp(min, max);
+
+        let max_batch = base_batch.saturating_mul(4).min(100_000);
+        let (batch_size, flush_interval_ms) = match self.level {
+            Level::Normal => (base_batch, base_flush_ms),
+            Level::Elevated => (base_batch.saturating_mul(2).min(max_batch), (base_flush_ms / 2).max(1)),
+            Level::High | Level::Emergency => (max_batch, 1),
+        };
+        Plan {
+            level: self.level,
+            workers: self.workers,
+            batch_size,
+            flush_interval_ms,
+            sampling: self.level == Level::Emergency,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(c: &mut Controller, u: f64, t: u64) -> Plan {
+        c.step(u, Level::Normal, t, 2, 16, 1000, 5)
+    }
+
+    #[test]
+    fn levels_follow_diagram_3() {
+        let mut c = Controller::new(2);
+        let p = step(&mut c, 0.1, 0);
+        assert_eq!((p.level, p.workers, p.batch_size, p.flush_interval_ms), (Level::Normal, 2, 1000, 5));
+        let p = step(&mut c, 0.6, 1);
+        assert_eq!((p.level, p.workers, p.batch_size, p.flush_interval_ms), (Level::Elevated, 3, 2000, 2));
+        let p = step(&mut c, 0.6, 2);
+        assert_eq!(p.workers, 4, "ramps up one worker per check");
+        let p = step(&mut c, 0.85, 3);
+        assert_eq!((p.level, p.workers, p.batch_size, p.flush_interval_ms, p.sampling), (Level::High, 16, 4000, 1, false));
+        let p = step(&mut c, 0.97, 4);
+        assert_eq!((p.level, p.sampling), (Level::Emergency, true));
+        assert_eq!(Level::Emergency.check_interval_ms(), 5);
+    }
+
+    #[test]
+    fn hysteresis_steps_down_slowly_and_one_level_at_a_time() {
+        let mut c = Controller::new(2);
+        step(&mut c, 0.99, 0);
+        // 0.9 is under emergency but not 10 points under: stays
+        for t in 1..50 {
+            assert_eq!(step(&mut c, 0.90, t).level, Level::Emergency);
+        }
+        // oscillating around a threshold does not flap
+        for t in 50..100 {
+            let u = if t % 2 == 0 { 0.5 } else { 0.9 };
+            assert_eq!(step(&mut c, u, t).level, Level::Emergency);
+        }
+        let mut t = 100;
+        let mut seen = vec![];
+        while c.level() != Level::Normal {
+            let p = step(&mut c, 0.0, t);
+            if seen.last() != Some(&p.level) {
+                seen.push(p.level);
+            }
+            t += 1;
+        }
+        assert_eq!(seen, vec![Level::Emergency, Level::High, Level::Elevated, Level::Normal]);
+        assert!(t - 100 >= 3 * CALM_CHECKS as u64);
+    }
+
+    #[test]
+    fn workers_scale_down_one_per_second_to_the_minimum() {
+        let mut c = Controller::new(2);
+        assert_eq!(step(&mut c, 0.9, 0).workers, 16);
+        let mut t = 0;
+        for _ in 0..(4 * CALM_CHECKS) {
+            t += 10;
+            step(&mut c, 0.0, t);
+        }
+        assert_eq!(c.level(), Level::Normal);
+        let mut counts = vec![];
+        for _ in 0..20 {
+            t += 1_000;
+            counts.push(step(&mut c, 0.0, t).workers);
+        }
+        assert_eq!(*counts.last().unwrap(), 2);
+        assert!(counts.windows(2).all(|w| w[0] >= w[1] && w[0] - w[1] <= 1));
+    }
+
+    #[test]
+    fn floor_from_the_capture_path_raises_at_once() {
+        let mut c = Controller::new(2);
+        let p = c.step(0.0, Level::Emergency, 0, 2, 16, 1000, 5);
+        assert_eq!(p.level, Level::Emergency);
+    }
+}

@@ -1,0 +1,336 @@
+//! A small Erlang external term format (ETF) writer and the few readers the core
+//! needs (pids). Producers encode captured terms with `EtfWriter` under a byte
+//! budget; the BEAM decodes the bytes with `binary_to_term/2` at query time.
+
+use crate::event::PidRec;
+use crate::{Error, Result};
+
+pub const VERSION: u8 = 131;
+pub const SMALL_INTEGER_EXT: u8 = 97;
+pub const INTEGER_EXT: u8 = 98;
+pub const NEW_FLOAT_EXT: u8 = 70;
+pub const ATOM_EXT: u8 = 100;
+pub const SMALL_ATOM_EXT: u8 = 115;
+pub const ATOM_UTF8_EXT: u8 = 118;
+pub const SMALL_ATOM_UTF8_EXT: u8 = 119;
+pub const SMALL_TUPLE_EXT: u8 = 104;
+pub const LARGE_TUPLE_EXT: u8 = 105;
+pub const NIL_EXT: u8 = 106;
+pub const STRING_EXT: u8 = 107;
+pub const LIST_EXT: u8 = 108;
+pub const BINARY_EXT: u8 = 109;
+pub const BIT_BINARY_EXT: u8 = 77;
+pub const SMALL_BIG_EXT: u8 = 110;
+pub const MAP_EXT: u8 = 116;
+pub const PID_EXT: u8 = 103;
+pub const NEW_PID_EXT: u8 = 88;
+
+/// Appends ETF items to a buffer. The caller decides the structure; the writer
+/// only knows the encodings. `len()` lets a caller roll back a partly written item.
+#[derive(Debug, Default, Clone)]
+pub struct EtfWriter {
+    pub buf: Vec<u8>,
+}
+
+impl EtfWriter {
+    pub fn new() -> Self {
+        EtfWriter { buf: Vec::with_capacity(64) }
+    }
+
+    /// A writer whose buffer starts with the version byte.
+    pub fn with_version() -> Self {
+        let mut w = EtfWriter::new();
+        w.buf.push(VERSION);
+        w
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        self.buf.truncate(len);
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+
+    pub fn int(&mut self, v: i64) {
+        if (0..=255).contains(&v) {
+            self.buf.push(SMALL_INTEGER_EXT);
+            self.buf.push(v as u8);
+        } else if v >= i32::MIN as i64 && v <= i32::MAX as i64 {
+            self.buf.push(INTEGER_EXT);
+            self.buf.extend_from_slice(&(v as i32).to_be_bytes());
+        } else {
+            self.big(v < 0, v.unsigned_abs());
+        }
+    }
+
+    pub fn uint(&mut self, v: u64) {
+        if v <= i32::MAX as u64 {
+            self.int(v as i64);
+        } else {
+            self.big(false, v);
+        }
+    }
+
+    fn big(&mut self, negative: bool, mut magnitude: u64) {
+        let mut digits = [0u8; 8];
+        let mut n = 0;
+        while magnitude > 0 {
+            digits[n] = (magnitude & 0xff) as u8;
+            magnitude >>= 8;
+            n += 1;
+        }
+        self.buf.push(SMALL_BIG_EXT);
+        self.buf.push(n as u8);
+        self.buf.push(negative as u8);
+        self.buf.extend_from_slice(&digits[..n]);
+    }
+
+    pub fn float(&mut self, v: f64) {
+        self.buf.push(NEW_FLOAT_EXT);
+        self.buf.extend_from_slice(&v.to_bits().to_be_bytes());
+    }
+
+    /// An atom from its Latin-1 name (what `enif_get_atom` gives on OTP 25).
+    pub fn atom_latin1(&mut self, name: &[u8]) {
+        if name.len() <= 255 {
+            self.buf.push(SMALL_ATOM_EXT);
+            self.buf.push(name.len() as u8);
+        } else {
+            self.buf.push(ATOM_EXT);
+            self.buf.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        }
+        self.buf.extend_from_slice(name);
+    }
+
+    /// An atom from a UTF-8 name.
+    pub fn atom(&mut self, name: &str) {
+        if name.len() <= 255 {
+            self.buf.push(SMALL_ATOM_UTF8_EXT);
+            self.buf.push(name.len() as u8);
+        } else {
+            self.buf.push(ATOM_UTF8_EXT);
+            self.buf.extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_be_bytes());
+        }
+        self.buf.extend_from_slice(name.as_bytes());
+    }
+
+    pub fn tuple_header(&mut self, arity: usize) {
+        if arity <= 255 {
+            self.buf.push(SMALL_TUPLE_EXT);
+            self.buf.push(arity as u8);
+        } else {
+            self.buf.push(LARGE_TUPLE_EXT);
+            self.buf.extend_from_slice(&(arity as u32).to_be_bytes());
+        }
+    }
+
+    pub fn nil(&mut self) {
+        self.buf.push(NIL_EXT);
+    }
+
+    /// Writes a list header with a placeholder length; returns where to patch it.
+    pub fn list_header_placeholder(&mut self) -> usize {
+        self.buf.push(LIST_EXT);
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0, 0, 0, 0]);
+        at
+    }
+
+    pub fn patch_u32(&mut self, at: usize, v: u32) {
+        self.buf[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    }
+
+    pub fn map_header_placeholder(&mut self) -> usize {
+        self.buf.push(MAP_EXT);
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0, 0, 0, 0]);
+        at
+    }
+
+    pub fn binary(&mut self, bytes: &[u8]) {
+        self.buf.push(BINARY_EXT);
+        self.buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Raw bytes of an already encoded term (without its version byte).
+    pub fn raw(&mut self, encoded: &[u8]) {
+        let body = if encoded.first() == Some(&VERSION) { &encoded[1..] } else { encoded };
+        self.buf.extend_from_slice(body);
+    }
+
+    /// `{:truncated, size}`: stands in for a term larger than the budget.
+    pub fn truncated(&mut self, size: u64) {
+        self.tuple_header(2);
+        self.atom("truncated");
+        self.uint(size);
+    }
+
+    /// `{:truncated, reason_atom}`: stands in for a term cut for another reason
+    /// (`:max_depth`).
+    pub fn truncated_because(&mut self, reason: &str) {
+        self.tuple_header(2);
+        self.atom("truncated");
+        self.atom(reason);
+    }
+}
+
+/// A 64-bit hash of bytes (used to match a sent message with its receive).
+/// Multiply-rotate over 8-byte words: fast, good enough for matching keys.
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ (bytes.len() as u64);
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+    }
+    h ^ (h >> 29)
+}
+
+fn read_atom(bytes: &[u8], pos: &mut usize) -> Result<String> {
+    let bad = || Error::Corrupt("atom in pid encoding".into());
+    let tag = *bytes.get(*pos).ok_or_else(bad)?;
+    *pos += 1;
+    let len = match tag {
+        SMALL_ATOM_UTF8_EXT | SMALL_ATOM_EXT => {
+            let l = *bytes.get(*pos).ok_or_else(bad)? as usize;
+            *pos += 1;
+            l
+        }
+        ATOM_UTF8_EXT | ATOM_EXT => {
+            let b = bytes.get(*pos..*pos + 2).ok_or_else(bad)?;
+            *pos += 2;
+            u16::from_be_bytes([b[0], b[1]]) as usize
+        }
+        _ => return Err(bad()),
+    };
+    let name = bytes.get(*pos..*pos + len).ok_or_else(bad)?;
+    *pos += len;
+    Ok(if tag == ATOM_EXT || tag == SMALL_ATOM_EXT {
+        name.iter().map(|&b| b as char).collect()
+    } else {
+        String::from_utf8_lossy(name).into_owned()
+    })
+}
+
+/// Reads an atom's name from `term_to_binary(atom)` bytes.
+pub fn parse_atom(bytes: &[u8]) -> Result<String> {
+    let mut pos = usize::from(bytes.first() == Some(&VERSION));
+    read_atom(bytes, &mut pos)
+}
+
+fn read_u32(bytes: &[u8], pos: &mut usize) -> Result<u32> {
+    let b = bytes
+        .get(*pos..*pos + 4)
+        .ok_or_else(|| Error::Corrupt("short pid encoding".into()))?;
+    *pos += 4;
+    Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Reads a pid from `term_to_binary(pid)` bytes (NEW_PID_EXT or PID_EXT).
+pub fn parse_pid(bytes: &[u8]) -> Result<PidRec> {
+    let mut pos = usize::from(bytes.first() == Some(&VERSION));
+    let tag = *bytes
+        .get(pos)
+        .ok_or_else(|| Error::Corrupt("empty pid encoding".into()))?;
+    pos += 1;
+    if tag != NEW_PID_EXT && tag != PID_EXT {
+        return Err(Error::Corrupt(format!("not a pid encoding (tag {tag})")));
+    }
+    let node = read_atom(bytes, &mut pos)?;
+    let id = read_u32(bytes, &mut pos)?;
+    let serial = read_u32(bytes, &mut pos)?;
+    let creation = if tag == NEW_PID_EXT {
+        read_u32(bytes, &mut pos)?
+    } else {
+        *bytes
+            .get(pos)
+            .ok_or_else(|| Error::Corrupt("short pid encoding".into()))? as u32
+    };
+    Ok(PidRec { node, id, serial, creation })
+}
+
+/// `term_to_binary`-style bytes (with version byte) for a stored pid.
+pub fn encode_pid(pid: &PidRec) -> Vec<u8> {
+    let mut w = EtfWriter::with_version();
+    w.buf.push(NEW_PID_EXT);
+    w.atom(&pid.node);
+    w.buf.extend_from_slice(&pid.id.to_be_bytes());
+    w.buf.extend_from_slice(&pid.serial.to_be_bytes());
+    w.buf.extend_from_slice(&pid.creation.to_be_bytes());
+    w.into_bytes()
+}
+
+/// Latin-1 bytes (as atoms come out of `enif_get_atom`) to a Rust string.
+pub fn latin1_to_string(bytes: &[u8]) -> String {
+    if bytes.is_ascii() {
+        // ASCII is valid UTF-8; the common case costs one copy.
+        String::from_utf8_lossy(bytes).into_owned()
+    } else {
+        bytes.iter().map(|&b| b as char).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_round_trip() {
+        let p = PidRec { node: "a@b".into(), id: 77, serial: 3, creation: 1_700_000_000 };
+        assert_eq!(parse_pid(&encode_pid(&p)).unwrap(), p);
+    }
+
+    #[test]
+    fn parse_pid_rejects_garbage() {
+        assert!(parse_pid(&[]).is_err());
+        assert!(parse_pid(&[131, 97, 1]).is_err());
+        assert!(parse_pid(&[131, 88, 119, 200, 1]).is_err());
+    }
+
+    #[test]
+    fn integers_pick_the_smallest_encoding() {
+        let mut w = EtfWriter::new();
+        w.int(5);
+        assert_eq!(w.buf, vec![SMALL_INTEGER_EXT, 5]);
+        let mut w = EtfWriter::new();
+        w.int(-1);
+        assert_eq!(w.buf, vec![INTEGER_EXT, 255, 255, 255, 255]);
+        let mut w = EtfWriter::new();
+        w.int(1 << 40);
+        assert_eq!(w.buf, vec![SMALL_BIG_EXT, 6, 0, 0, 0, 0, 0, 0, 1]);
+        let mut w = EtfWriter::new();
+        w.int(i64::MIN);
+        assert_eq!(w.buf[..3], [SMALL_BIG_EXT, 8, 1]);
+    }
+
+    #[test]
+    fn hash_differs_for_different_bytes() {
+        assert_ne!(hash_bytes(b"hello"), hash_bytes(b"hellp"));
+        assert_ne!(hash_bytes(b""), hash_bytes(b"\0"));
+        assert_eq!(hash_bytes(b"same bytes here!"), hash_bytes(b"same bytes here!"));
+    }
+
+    #[test]
+    fn latin1_names() {
+        assert_eq!(latin1_to_string(b"Elixir.Foo"), "Elixir.Foo");
+        assert_eq!(latin1_to_string(&[0x63, 0xe9]), "cé");
+    }
+}

@@ -1,0 +1,357 @@
+//! The event model: what producers put in the rings (`RawEvent`, no strings, raw
+//! term words resolved later by a `Resolver`) and what is stored (`StoredEvent`,
+//! encoded with rmp-serde; terms are kept as Erlang external term format bytes).
+
+use serde::{Deserialize, Serialize};
+
+/// The eight event types of the public API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum EventType {
+    FunctionEntry = 1,
+    FunctionExit = 2,
+    MessageSend = 3,
+    MessageReceive = 4,
+    StateChange = 5,
+    ProcessSpawn = 6,
+    ProcessExit = 7,
+    Error = 8,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 8] = [
+        EventType::FunctionEntry,
+        EventType::FunctionExit,
+        EventType::MessageSend,
+        EventType::MessageReceive,
+        EventType::StateChange,
+        EventType::ProcessSpawn,
+        EventType::ProcessExit,
+        EventType::Error,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EventType::FunctionEntry => "function_entry",
+            EventType::FunctionExit => "function_exit",
+            EventType::MessageSend => "message_send",
+            EventType::MessageReceive => "message_receive",
+            EventType::StateChange => "state_change",
+            EventType::ProcessSpawn => "process_spawn",
+            EventType::ProcessExit => "process_exit",
+            EventType::Error => "error",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    pub fn from_u8(v: u8) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| *t as u8 == v)
+    }
+
+    /// Critical events survive the emergency backpressure level unsampled.
+    pub fn is_critical(self) -> bool {
+        matches!(
+            self,
+            EventType::Error
+                | EventType::ProcessSpawn
+                | EventType::ProcessExit
+                | EventType::StateChange
+        )
+    }
+}
+
+/// Where an event came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[repr(u8)]
+pub enum Source {
+    #[default]
+    Runtime = 0,
+    Tracer = 1,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Runtime => "runtime",
+            Source::Tracer => "tracer",
+        }
+    }
+}
+
+/// A process identifier made independent of the VM that produced it:
+/// node name, number, serial and creation (the fields of `NEW_PID_EXT`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+pub struct PidRec {
+    pub node: String,
+    pub id: u32,
+    pub serial: u32,
+    pub creation: u32,
+}
+
+impl PidRec {
+    /// The 8-byte key used by the pid indexes (number, serial).
+    pub fn key(&self) -> [u8; 8] {
+        let mut k = [0u8; 8];
+        k[..4].copy_from_slice(&self.id.to_be_bytes());
+        k[4..].copy_from_slice(&self.serial.to_be_bytes());
+        k
+    }
+}
+
+impl std::fmt::Display for PidRec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{}.{}.{}>@{}", 0, self.id, self.serial, self.node)
+    }
+}
+
+/// A pid as captured: a local pid is an immediate term word (valid for the life of
+/// the VM); anything else is kept as its external term format bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub enum RawPid {
+    #[default]
+    None,
+    Local(u64),
+    External(Vec<u8>),
+}
+
+/// What a producer writes into a ring: fixed fields plus one ETF payload.
+/// Atoms and pids are raw term words, turned into names by the writer's `Resolver`.
+#[derive(Clone, Debug, Default)]
+pub struct RawEvent {
+    pub id: u64,
+    pub kind: Option<EventType>,
+    /// Erlang monotonic time in nanoseconds at capture.
+    pub mono_ns: i64,
+    /// The process the event is about (raw local pid word).
+    pub pid: u64,
+    pub module: u64,
+    pub function: u64,
+    pub arity: u32,
+    pub call_id: u64,
+    pub parent_id: u64,
+    /// How the capture-time parent relates to this event.
+    pub parent_link: Option<LinkKind>,
+    /// The other process: receiver of a send, sender of a receive (when known),
+    /// child of a spawn.
+    pub peer: RawPid,
+    pub data: Vec<u8>,
+    pub source: Source,
+}
+
+impl RawEvent {
+    pub fn kind(&self) -> EventType {
+        self.kind.unwrap_or(EventType::Error)
+    }
+}
+
+/// The persisted form of an event (rmp-serde, compact arrays).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub id: u64,
+    pub kind: EventType,
+    pub mono_ns: i64,
+    pub wall_ns: i64,
+    pub pid: PidRec,
+    pub call_id: u64,
+    pub parent_id: u64,
+    pub module: Option<String>,
+    pub function: Option<String>,
+    pub arity: u32,
+    pub peer: Option<PidRec>,
+    #[serde(with = "serde_bytes_compat")]
+    pub data: Vec<u8>,
+    pub source: Source,
+}
+
+impl StoredEvent {
+    pub fn encode(&self) -> crate::Result<Vec<u8>> {
+        Ok(rmp_serde::to_vec(self)?)
+    }
+
+    pub fn decode(bytes: &[u8]) -> crate::Result<StoredEvent> {
+        Ok(rmp_serde::from_slice(bytes)?)
+    }
+
+    /// The key a send and its receive share: a hash of the message bytes.
+    pub fn msg_hash(&self) -> u64 {
+        crate::etf::hash_bytes(&self.data)
+    }
+}
+
+/// Causal link kinds. Each link is stored in both directions; the name is read
+/// from the event that holds it ("this exit *completes* that entry").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum LinkKind {
+    /// exit → its entry
+    Completes = 1,
+    /// entry → its exit
+    CompletedBy = 2,
+    /// nested entry → the caller's entry
+    CalledFrom = 3,
+    /// caller's entry → nested entry
+    Calls = 4,
+    /// receive → the matching send
+    Receives = 5,
+    /// send → the matching receive
+    ReceivedBy = 6,
+    /// state change / error / spawn → the message or call that caused it
+    CausedBy = 7,
+    /// message or call → what it caused
+    Causes = 8,
+    /// process exit → the spawn of that process
+    ExitOf = 9,
+    /// spawn → the exit of the spawned process
+    ExitedBy = 10,
+}
+
+impl LinkKind {
+    pub const ALL: [LinkKind; 10] = [
+        LinkKind::Completes,
+        LinkKind::CompletedBy,
+        LinkKind::CalledFrom,
+        LinkKind::Calls,
+        LinkKind::Receives,
+        LinkKind::ReceivedBy,
+        LinkKind::CausedBy,
+        LinkKind::Causes,
+        LinkKind::ExitOf,
+        LinkKind::ExitedBy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkKind::Completes => "completes",
+            LinkKind::CompletedBy => "completed_by",
+            LinkKind::CalledFrom => "called_from",
+            LinkKind::Calls => "calls",
+            LinkKind::Receives => "receives",
+            LinkKind::ReceivedBy => "received_by",
+            LinkKind::CausedBy => "caused_by",
+            LinkKind::Causes => "causes",
+            LinkKind::ExitOf => "exit_of",
+            LinkKind::ExitedBy => "exited_by",
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<LinkKind> {
+        LinkKind::ALL.into_iter().find(|k| *k as u8 == v)
+    }
+
+    pub fn reverse(self) -> LinkKind {
+        match self {
+            LinkKind::Completes => LinkKind::CompletedBy,
+            LinkKind::CompletedBy => LinkKind::Completes,
+            LinkKind::CalledFrom => LinkKind::Calls,
+            LinkKind::Calls => LinkKind::CalledFrom,
+            LinkKind::Receives => LinkKind::ReceivedBy,
+            LinkKind::ReceivedBy => LinkKind::Receives,
+            LinkKind::CausedBy => LinkKind::Causes,
+            LinkKind::Causes => LinkKind::CausedBy,
+            LinkKind::ExitOf => LinkKind::ExitedBy,
+            LinkKind::ExitedBy => LinkKind::ExitOf,
+        }
+    }
+
+    /// The direction that points from an effect back to its cause.
+    pub fn is_backward(self) -> bool {
+        matches!(
+            self,
+            LinkKind::Completes
+                | LinkKind::CalledFrom
+                | LinkKind::Receives
+                | LinkKind::CausedBy
+                | LinkKind::ExitOf
+        )
+    }
+}
+
+/// A link from one event to another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Link {
+    pub from: u64,
+    pub kind: LinkKind,
+    pub to: u64,
+}
+
+/// Byte vectors as msgpack `bin` (not an array of integers).
+mod serde_bytes_compat {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = a.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_event_round_trips_and_is_compact() {
+        let ev = StoredEvent {
+            id: 1_790_000_000_000_000_123,
+            kind: EventType::FunctionEntry,
+            mono_ns: -576_460_000_000_000,
+            wall_ns: 1_790_000_000_000_000_100,
+            pid: PidRec { node: "nonode@nohost".into(), id: 123, serial: 0, creation: 0 },
+            call_id: 1_790_000_000_000_000_123,
+            parent_id: 0,
+            module: Some("Elixir.Demo".into()),
+            function: Some("work".into()),
+            arity: 3,
+            peer: None,
+            data: vec![131, 106],
+            source: Source::Runtime,
+        };
+        let bytes = ev.encode().unwrap();
+        assert!(bytes.len() < 128, "envelope is {} bytes", bytes.len());
+        assert_eq!(StoredEvent::decode(&bytes).unwrap(), ev);
+    }
+
+    #[test]
+    fn decode_of_garbage_is_an_error_not_a_panic() {
+        assert!(StoredEvent::decode(&[0xc1, 0x00, 0xff]).is_err());
+        assert!(StoredEvent::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn link_kinds_reverse_and_round_trip() {
+        for k in LinkKind::ALL {
+            assert_eq!(k.reverse().reverse(), k);
+            assert_ne!(k.is_backward(), k.reverse().is_backward());
+            assert_eq!(LinkKind::from_u8(k as u8), Some(k));
+        }
+        for t in EventType::ALL {
+            assert_eq!(EventType::from_name(t.name()), Some(t));
+            assert_eq!(EventType::from_u8(t as u8), Some(t));
+        }
+    }
+}

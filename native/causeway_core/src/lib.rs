@@ -1,0 +1,24 @@
+//! Causeway's native core: everything but the BEAM glue.
+//!
+//! - [`event`]: the event model, [`etf`]: the term format writer;
+//! - [`ring`]: Layer 1 lock-free sharded rings, [`ids`]: time-ordered ids,
+//!   [`context`]: per-process capture context;
+//! - [`pipeline`]: Layer 2 writer pool and manager, [`correlator`],
+//!   [`backpressure`], [`metrics`];
+//! - [`store`]: RocksDB schema, [`query`]: the queries.
+
+pub mod backpressure;
+pub mod config;
+pub mod context;
+pub mod correlator;
+pub mod error;
+pub mod etf;
+pub mod event;
+pub mod ids;
+pub mod metrics;
+pub mod pipeline;
+pub mod query;
+pub mod ring;
+pub mod store;
+
+pub use error::{Error, Result};

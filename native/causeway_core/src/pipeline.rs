@@ -1,0 +1,927 @@
+//! Layer 2: the pipeline that owns the rings, the writer pool (AsyncWriterPool),
+//! the correlator, the store and the manager thread (PipelineManager +
+//! BackpressureManager). Seed diagrams 1, 2, 3, 4 and 6.
+//!
+//! Writers are native threads (never BEAM schedulers). Worker `i` of `n` owns the
+//! shards `s` with `s % n == i` (or shard `i % shards` when there are more workers
+//! than shards); ring pops are exactly-once, so ownership moving on scaling
+//! neither skips nor repeats an event. A batch goes: deserialize/enrich → correlate
+//! → one RocksDB `WriteBatch`, retried with exponential backoff, then dropped and
+//! counted. A panic in a worker is caught, counted, reported, and the batch is
+//! retried like a failed write (writes are idempotent: keys are event ids).
+
+use crate::backpressure::{Controller, Level};
+use crate::config::{Config, ConfigUpdate, Tunables};
+use crate::context::Contexts;
+use crate::correlator::{Correlator, CorrelatorStats};
+use crate::event::{EventType, LinkKind, PidRec, RawEvent, RawPid, StoredEvent};
+use crate::ids::IdGen;
+use crate::metrics::{Counters, Decision, DropReason, History, Latency, Percentiles, Rates};
+use crate::ring::{PushOutcome, Rings, ShardStats};
+use crate::store::Store;
+use crate::{Error, Result};
+use dashmap::DashSet;
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Turns raw term words into names; provided by the NIF glue (and by tests).
+pub trait Resolver: Send + Sync + 'static {
+    /// A local pid from its raw term word.
+    fn pid(&self, raw: u64) -> PidRec;
+    /// An atom's name from its raw term word.
+    fn atom(&self, raw: u64) -> Option<String>;
+    /// Erlang monotonic time in nanoseconds.
+    fn now_mono_ns(&self) -> i64;
+    /// wall-clock ns = monotonic ns + this offset.
+    fn time_offset_ns(&self) -> i64;
+}
+
+/// Messages the pipeline sends back to the BEAM; provided by the NIF glue.
+pub trait Notifier: Send + Sync + 'static {
+    fn flushed(&self, token: u64, result: std::result::Result<(), String>);
+    fn backpressure(&self, level: Level, info: &LevelInfo);
+    fn worker_event(&self, worker: usize, what: &str, detail: &str);
+}
+
+/// What a backpressure message carries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LevelInfo {
+    pub previous: Level,
+    pub utilization: f64,
+    pub workers: usize,
+    pub batch_size: usize,
+    pub flush_interval_ms: u64,
+    pub dropped: u64,
+}
+
+struct FlushReq {
+    token: u64,
+    targets: Vec<u64>,
+}
+
+struct WorkerSlot {
+    handle: Option<JoinHandle<()>>,
+}
+
+pub struct Pipeline {
+    pub config: Config,
+    pub tun: Tunables,
+    pub rings: Rings,
+    pub ids: IdGen,
+    pub contexts: Contexts,
+    pub correlator: Correlator,
+    pub store: Arc<Store>,
+    pub counters: Counters,
+    pub latency: Latency,
+    pub history: History,
+    resolver: Arc<dyn Resolver>,
+    notifier: Arc<dyn Notifier>,
+    level: AtomicU8,
+    enabled: AtomicBool,
+    closing: AtomicBool,
+    closed: AtomicBool,
+    disabled_modules: DashSet<u64>,
+    disabled_pids: DashSet<u64>,
+    any_disabled: AtomicUsize,
+    flushes: Mutex<Vec<FlushReq>>,
+    flush_pending: AtomicUsize,
+    target_workers: AtomicUsize,
+    live_workers: AtomicUsize,
+    batch_now: AtomicUsize,
+    flush_now_ms: AtomicU64,
+    workers: Mutex<Vec<WorkerSlot>>,
+    manager: Mutex<Option<JoinHandle<()>>>,
+    wake: (Mutex<bool>, Condvar),
+    inject_panics: AtomicU32,
+    inject_write_errors: AtomicU32,
+    rates: Mutex<Rates>,
+    started: Instant,
+    sample_tick: AtomicU64,
+}
+
+/// Everything `Causeway.metrics/0` shows.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub level: Level,
+    pub rates: Rates,
+    pub latency: Percentiles,
+    pub latency_total: Percentiles,
+    pub rings: Vec<ShardStats>,
+    pub produced: u64,
+    pub persisted: u64,
+    pub dropped: Vec<(DropReason, u64)>,
+    pub dropped_total: u64,
+    pub batches: u64,
+    pub workers: usize,
+    pub workers_target: usize,
+    pub batch_size: usize,
+    pub flush_interval_ms: u64,
+    pub queue_depth: u64,
+    pub correlation: CorrelatorStats,
+    pub contexts: usize,
+    pub context_overflow: u64,
+    pub native_memory: u64,
+    pub memory_budget: u64,
+    pub storage_bytes: u64,
+    pub write_errors: u64,
+    pub retries: u64,
+    pub worker_panics: u64,
+    pub history: Vec<Decision>,
+    pub alerts: Vec<(&'static str, String)>,
+    pub uptime_ms: u64,
+}
+
+impl Pipeline {
+    /// Starts the manager and the minimum number of workers.
+    pub fn start(
+        config: Config,
+        store: Arc<Store>,
+        resolver: Arc<dyn Resolver>,
+        notifier: Arc<dyn Notifier>,
+    ) -> Result<Arc<Pipeline>> {
+        config.validate()?;
+        if store.is_read_only() {
+            return Err(Error::ReadOnly(format!(
+                "{} is open read-only; a pipeline needs a writable store",
+                store.path().display()
+            )));
+        }
+        let floor = store.max_id()?;
+        let p = Arc::new(Pipeline {
+            tun: Tunables::new(&config),
+            rings: Rings::new(config.shards, config.ring_size, config.overflow)?,
+            ids: IdGen::new(config.shards, floor),
+            contexts: Contexts::new(config.max_processes),
+            correlator: Correlator::new(
+                (config.correlation_ttl_ms as i64).saturating_mul(1_000_000),
+                config.max_pending,
+            ),
+            store,
+            counters: Counters::default(),
+            latency: Latency::default(),
+            history: History::new(256),
+            resolver,
+            notifier,
+            level: AtomicU8::new(Level::Normal as u8),
+            enabled: AtomicBool::new(true),
+            closing: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            disabled_modules: DashSet::new(),
+            disabled_pids: DashSet::new(),
+            any_disabled: AtomicUsize::new(0),
+            flushes: Mutex::new(Vec::new()),
+            flush_pending: AtomicUsize::new(0),
+            target_workers: AtomicUsize::new(config.workers_min),
+            live_workers: AtomicUsize::new(0),
+            batch_now: AtomicUsize::new(config.batch_size),
+            flush_now_ms: AtomicU64::new(config.flush_interval_ms),
+            workers: Mutex::new((0..16).map(|_| WorkerSlot { handle: None }).collect()),
+            manager: Mutex::new(None),
+            wake: (Mutex::new(false), Condvar::new()),
+            inject_panics: AtomicU32::new(0),
+            inject_write_errors: AtomicU32::new(0),
+            rates: Mutex::new(Rates::default()),
+            started: Instant::now(),
+            sample_tick: AtomicU64::new(0),
+            config,
+        });
+        p.ensure_workers()?;
+        let mp = p.clone();
+        let handle = std::thread::Builder::new()
+            .name("causeway-manager".into())
+            .spawn(move || manager_loop(mp))?;
+        if let Ok(mut m) = p.manager.lock() {
+            *m = Some(handle);
+        }
+        Ok(p)
+    }
+
+    // ---------------------------------------------------------------- capture
+
+    pub fn level(&self) -> Level {
+        Level::from_u8(self.level.load(Ordering::Relaxed))
+    }
+
+    pub fn is_open(&self) -> bool {
+        !self.closing.load(Ordering::Relaxed)
+    }
+
+    /// Whether an event of `kind` from `pid` in `module` (raw words, 0 = any)
+    /// should be captured. Disabled capture costs these flag checks; an event
+    /// sampled out in the emergency level is counted as dropped.
+    #[inline]
+    pub fn admit(&self, kind: EventType, pid: u64, module: u64) -> bool {
+        if !self.enabled.load(Ordering::Relaxed) || self.closing.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.any_disabled.load(Ordering::Relaxed) > 0
+            && ((pid != 0 && self.disabled_pids.contains(&pid))
+                || (module != 0 && self.disabled_modules.contains(&module)))
+        {
+            return false;
+        }
+        if self.level.load(Ordering::Relaxed) == Level::Emergency as u8 && !kind.is_critical() {
+            let n = self.sample_tick.fetch_add(1, Ordering::Relaxed);
+            let every = self.tun.emergency_sample.load(Ordering::Relaxed).max(1) as u64;
+            if n % every != 0 {
+                Counters::add(&self.counters.sampled, 1);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The shard, id and wall-clock time for an event captured now by this thread.
+    #[inline]
+    pub fn stamp(&self, mono_ns: i64) -> (usize, u64) {
+        let shard = self.rings.local_shard();
+        let wall = mono_ns.saturating_add(self.resolver.time_offset_ns()).max(0) as u64;
+        (shard, self.ids.next(shard, wall))
+    }
+
+    /// Puts an event into its shard; raises the level at once if the shard is
+    /// filling up (the check runs on every push, not on a timer).
+    #[inline]
+    pub fn push(&self, shard: usize, ev: RawEvent) -> PushOutcome {
+        let bytes = ev.data.len() as u64;
+        let outcome = self.rings.push(shard, ev);
+        if outcome != PushOutcome::Rejected {
+            Counters::add(&self.counters.bytes_in_rings, bytes);
+        }
+        let u = self.rings.utilization(shard);
+        if u >= 0.5 {
+            let l = Level::for_utilization(u) as u8;
+            if self.level.fetch_max(l, Ordering::Relaxed) < l {
+                self.wake_manager();
+            }
+        }
+        outcome
+    }
+
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    pub fn set_module_enabled(&self, module: u64, on: bool) {
+        if on {
+            self.disabled_modules.remove(&module);
+        } else {
+            self.disabled_modules.insert(module);
+        }
+        self.any_disabled.store(self.disabled_modules.len() + self.disabled_pids.len(), Ordering::Relaxed);
+    }
+
+    pub fn set_pid_enabled(&self, pid: u64, on: bool) {
+        if on {
+            self.disabled_pids.remove(&pid);
+        } else {
+            self.disabled_pids.insert(pid);
+        }
+        self.any_disabled.store(self.disabled_modules.len() + self.disabled_pids.len(), Ordering::Relaxed);
+    }
+
+    pub fn now_mono_ns(&self) -> i64 {
+        self.resolver.now_mono_ns()
+    }
+
+    // ---------------------------------------------------------------- control
+
+    /// Asks for a durability barrier: `notifier.flushed(token, ..)` is called
+    /// once every event accepted before this call is persisted (or counted as
+    /// dropped) and the WAL is synced.
+    pub fn request_flush(&self, token: u64) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let targets = self.rings.flush_targets();
+        if let Ok(mut f) = self.flushes.lock() {
+            f.push(FlushReq { token, targets });
+            self.flush_pending.fetch_add(1, Ordering::Release);
+        }
+        // Answered by a worker (or the manager), never on the caller's thread.
+        Ok(())
+    }
+
+    fn check_flushes(&self) {
+        if self.flush_pending.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let done: Vec<u64> = {
+            let Ok(mut f) = self.flushes.lock() else { return };
+            let mut done = Vec::new();
+            f.retain(|r| {
+                if self.rings.reached(&r.targets) {
+                    done.push(r.token);
+                    false
+                } else {
+                    true
+                }
+            });
+            self.flush_pending.store(f.len(), Ordering::Release);
+            done
+        };
+        if done.is_empty() {
+            return;
+        }
+        let result = self.store.sync().map_err(|e| e.to_string());
+        for token in done {
+            self.notifier.flushed(token, result.clone());
+        }
+    }
+
+    pub fn configure(&self, u: &ConfigUpdate) -> Result<()> {
+        if let Some((min, max)) = u.workers {
+            crate::config::validate_workers(min, max)?;
+        }
+        if let Some(b) = u.batch_size {
+            if b == 0 || b > 1_000_000 {
+                return Err(Error::InvalidArgument(format!("batch_size must be in 1..=1000000, got {b}")));
+            }
+        }
+        if let Some(f) = u.flush_interval_ms {
+            if f == 0 || f > 60_000 {
+                return Err(Error::InvalidArgument(format!("flush_interval_ms must be in 1..=60000, got {f}")));
+            }
+        }
+        if let Some(t) = u.max_term_bytes {
+            if t < 64 {
+                return Err(Error::InvalidArgument(format!("max_term_bytes must be at least 64, got {t}")));
+            }
+        }
+        if u.max_depth == Some(0) || u.emergency_sample == Some(0) {
+            return Err(Error::InvalidArgument("max_depth and emergency_sample must be at least 1".into()));
+        }
+        let t = &self.tun;
+        if let Some(b) = u.batch_size {
+            t.batch_size.store(b, Ordering::Relaxed);
+        }
+        if let Some(f) = u.flush_interval_ms {
+            t.flush_interval_ms.store(f, Ordering::Relaxed);
+        }
+        if let Some((min, max)) = u.workers {
+            t.workers_min.store(min, Ordering::Relaxed);
+            t.workers_max.store(max, Ordering::Relaxed);
+        }
+        if let Some(v) = u.max_term_bytes {
+            t.max_term_bytes.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = u.max_depth {
+            t.max_depth.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = u.emergency_sample {
+            t.emergency_sample.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = u.memory_budget {
+            t.memory_budget.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = u.correlation_ttl_ms {
+            self.correlator.set_ttl_ns((v as i64).saturating_mul(1_000_000));
+        }
+        self.wake_manager();
+        Ok(())
+    }
+
+    /// Test and drill hook: the next `n` batches panic inside a worker
+    /// (0 cancels what is left of an earlier drill).
+    pub fn inject_panics(&self, n: u32) {
+        self.inject_panics.store(n, Ordering::Relaxed);
+    }
+
+    /// Test and drill hook: the next `n` batch writes fail as storage errors
+    /// (0 ends the outage).
+    pub fn inject_write_errors(&self, n: u32) {
+        self.inject_write_errors.store(n, Ordering::Relaxed);
+    }
+
+    fn wake_manager(&self) {
+        let (m, cv) = &self.wake;
+        if let Ok(mut w) = m.lock() {
+            *w = true;
+            cv.notify_all();
+        }
+    }
+
+    /// Stops capture, lets the workers drain what is buffered, joins every
+    /// thread and syncs the store. Safe to call more than once.
+    pub fn close(&self) -> Result<()> {
+        self.closing.store(true, Ordering::Release);
+        self.wake_manager();
+        if let Some(h) = self.manager.lock().ok().and_then(|mut m| m.take()) {
+            let _ = h.join();
+        }
+        let handles: Vec<JoinHandle<()>> = match self.workers.lock() {
+            Ok(mut w) => w.iter_mut().filter_map(|s| s.handle.take()).collect(),
+            Err(_) => Vec::new(),
+        };
+        for h in handles {
+            let _ = h.join();
+        }
+        // A worker that died cannot have left events behind: drain here.
+        let mut cache = EnrichCache::default();
+        let mut raw = Vec::new();
+        let mut lat = Latency::new_local();
+        for s in 0..self.rings.shard_count() {
+            loop {
+                raw.clear();
+                let n = self.rings.pop_batch(s, 10_000, &mut raw);
+                if n == 0 {
+                    break;
+                }
+                self.process(usize::MAX, &mut raw, &[(s, n as u64)], &mut cache, &mut lat);
+            }
+        }
+        self.closed.store(true, Ordering::Release);
+        self.check_flushes();
+        let r = self.store.sync();
+        // Anyone still waiting on a flush gets an answer.
+        let pending: Vec<u64> = match self.flushes.lock() {
+            Ok(mut f) => f.drain(..).map(|r| r.token).collect(),
+            Err(_) => Vec::new(),
+        };
+        for t in pending {
+            self.notifier.flushed(t, Err("closed".into()));
+        }
+        r
+    }
+
+    /// Starts shutting down without waiting: capture stops, workers drain the
+    /// rings and exit by themselves. For destructors running on a scheduler.
+    pub fn shutdown_async(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.wake_manager();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    // ---------------------------------------------------------------- workers
+
+    fn shards_for(&self, index: usize, n: usize) -> Vec<usize> {
+        let shards = self.rings.shard_count();
+        if n <= shards {
+            (0..shards).filter(|s| s % n == index).collect()
+        } else {
+            vec![index % shards]
+        }
+    }
+
+    fn ensure_workers(self: &Arc<Self>) -> Result<()> {
+        let target = self.target_workers.load(Ordering::Relaxed);
+        let Ok(mut slots) = self.workers.lock() else {
+            return Err(Error::Busy("worker table poisoned".into()));
+        };
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if let Some(h) = &slot.handle {
+                if h.is_finished() {
+                    if let Some(h) = slot.handle.take() {
+                        let _ = h.join();
+                    }
+                }
+            }
+            if i < target && slot.handle.is_none() && !self.closing.load(Ordering::Relaxed) {
+                let p = self.clone();
+                self.live_workers.fetch_add(1, Ordering::Relaxed);
+                let h = std::thread::Builder::new()
+                    .name(format!("causeway-writer-{i}"))
+                    .spawn(move || worker_loop(p, i));
+                match h {
+                    Ok(h) => slot.handle = Some(h),
+                    Err(e) => {
+                        self.live_workers.fetch_sub(1, Ordering::Relaxed);
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one batch: enrich → correlate → write (with retries). Returns
+    /// after the batch is persisted or dropped and counted; `raw` is emptied.
+    fn process(
+        &self,
+        worker: usize,
+        raw: &mut Vec<RawEvent>,
+        per_shard: &[(usize, u64)],
+        cache: &mut EnrichCache,
+        lat: &mut hdrhistogram::Histogram<u64>,
+    ) {
+        let n = raw.len() as u64;
+        let bytes: u64 = raw.iter().map(|e| e.data.len() as u64).sum();
+        let max_retries = self.config.max_retries;
+        let mut attempt = 0u32;
+        let outcome: std::result::Result<(), DropReason> = loop {
+            let r = catch_unwind(AssertUnwindSafe(|| self.try_batch(raw, cache)));
+            let err = match r {
+                Ok(Ok(())) => break Ok(()),
+                Ok(Err(e)) => {
+                    Counters::add(&self.counters.write_errors, 1);
+                    if attempt == 0 {
+                        self.notifier.worker_event(worker, "storage_error", &e.to_string());
+                    }
+                    DropReason::Storage
+                }
+                Err(panic) => {
+                    Counters::add(&self.counters.worker_panics, 1);
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into());
+                    self.notifier.worker_event(worker, "panic", &msg);
+                    *cache = EnrichCache::default();
+                    DropReason::Panic
+                }
+            };
+            if attempt >= max_retries || (self.closing.load(Ordering::Relaxed) && attempt >= 2) {
+                break Err(err);
+            }
+            Counters::add(&self.counters.retries, 1);
+            let backoff = self.config.retry_base_ms.saturating_mul(1 << attempt.min(10)).min(2_000);
+            std::thread::sleep(Duration::from_millis(backoff));
+            attempt += 1;
+        };
+        match outcome {
+            Ok(()) => {
+                Counters::add(&self.counters.persisted, n);
+                Counters::add(&self.counters.batches, 1);
+                let now = self.resolver.now_mono_ns();
+                lat.reset();
+                for e in raw.iter() {
+                    let us = (now.saturating_sub(e.mono_ns) / 1_000).max(1) as u64;
+                    let _ = lat.record(us.min(3_600_000_000));
+                }
+                self.latency.record_all(lat);
+            }
+            Err(DropReason::Panic) => Counters::add(&self.counters.dropped_panic, n),
+            Err(_) => Counters::add(&self.counters.dropped_storage, n),
+        }
+        let _ = self
+            .counters
+            .bytes_in_rings
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(bytes)));
+        cache.correlated = false;
+        cache.links.clear();
+        raw.clear();
+        for &(s, k) in per_shard {
+            self.rings.finish(s, k);
+        }
+    }
+
+    fn try_batch(&self, raw: &[RawEvent], cache: &mut EnrichCache) -> Result<()> {
+        if self
+            .inject_panics
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
+            .is_ok()
+        {
+            panic!("injected worker panic");
+        }
+        let mut events = Vec::with_capacity(raw.len());
+        let mut parents = Vec::with_capacity(raw.len());
+        for r in raw {
+            let (ev, parent) = self.enrich(r, cache);
+            events.push(ev);
+            parents.push(parent);
+        }
+        let now = self.resolver.now_mono_ns();
+        let mut links = Vec::with_capacity(raw.len());
+        if !cache.correlated {
+            for (ev, parent) in events.iter().zip(parents) {
+                self.correlator.correlate(ev, parent, now, &mut links);
+            }
+            cache.links = links;
+            cache.correlated = true;
+        }
+        if self
+            .inject_write_errors
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Error::Io(std::io::Error::other("injected storage failure")));
+        }
+        let r = self.store.write(&events, &cache.links);
+        if r.is_ok() {
+            cache.correlated = false;
+            cache.links.clear();
+        }
+        r
+    }
+
+    /// Deserialize + enrich: raw words to names, pid, node and wall time.
+    fn enrich(&self, r: &RawEvent, cache: &mut EnrichCache) -> (StoredEvent, Option<LinkKind>) {
+        let offset = self.resolver.time_offset_ns();
+        let pid = cache.pid(&*self.resolver, r.pid);
+        let peer = match &r.peer {
+            RawPid::None => None,
+            RawPid::Local(w) => Some(cache.pid(&*self.resolver, *w)),
+            RawPid::External(b) => crate::etf::parse_pid(b).ok(),
+        };
+        let module = if r.module != 0 { cache.atom(&*self.resolver, r.module) } else { None };
+        let function = if r.function != 0 { cache.atom(&*self.resolver, r.function) } else { None };
+        (
+            StoredEvent {
+                id: r.id,
+                kind: r.kind(),
+                mono_ns: r.mono_ns,
+                wall_ns: r.mono_ns.saturating_add(offset),
+                pid,
+                call_id: r.call_id,
+                parent_id: r.parent_id,
+                module,
+                function,
+                arity: r.arity,
+                peer,
+                data: r.data.clone(),
+                source: r.source,
+            },
+            r.parent_link,
+        )
+    }
+
+    // ---------------------------------------------------------------- metrics
+
+    pub fn produced(&self) -> u64 {
+        let rings: u64 = self.rings.all_stats().iter().map(|s| s.accepted + s.rejected).sum();
+        rings + Counters::get(&self.counters.sampled)
+    }
+
+    pub fn native_memory(&self) -> u64 {
+        let c = self.correlator.stats();
+        self.rings.slot_bytes()
+            + Counters::get(&self.counters.bytes_in_rings)
+            + c.pending * 96
+            + self.contexts.len() as u64 * 96
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let rings = self.rings.all_stats();
+        let ring_full: u64 = rings.iter().map(|s| s.rejected).sum();
+        let overwritten: u64 = rings.iter().map(|s| s.evicted).sum();
+        let dropped = vec![
+            (DropReason::RingFull, ring_full),
+            (DropReason::Overwritten, overwritten),
+            (DropReason::Sampled, Counters::get(&self.counters.sampled)),
+            (DropReason::Storage, Counters::get(&self.counters.dropped_storage)),
+            (DropReason::Panic, Counters::get(&self.counters.dropped_panic)),
+        ];
+        let dropped_total = dropped.iter().map(|d| d.1).sum();
+        let correlation = self.correlator.stats();
+        let native_memory = self.native_memory();
+        let memory_budget = self.tun.memory_budget.load(Ordering::Relaxed);
+        let latency = self.latency.recent();
+        let mut alerts = Vec::new();
+        for (i, s) in rings.iter().enumerate() {
+            if s.utilization() > 0.80 {
+                alerts.push(("ring_utilization", format!("ring {i} is {:.0}% full", s.utilization() * 100.0)));
+            }
+        }
+        let failures = correlation.missing + correlation.orphaned;
+        let attempted = failures + correlation.matched;
+        if attempted > 0 && failures as f64 / attempted as f64 > 0.05 {
+            alerts.push((
+                "correlation_failures",
+                format!("{:.1}% of correlations failed", 100.0 * failures as f64 / attempted as f64),
+            ));
+        }
+        if native_memory > memory_budget {
+            alerts.push(("memory", format!("native memory {native_memory} B over budget {memory_budget} B")));
+        }
+        if Counters::get(&self.counters.write_errors) > 0 && latency.count == 0 && self.rings.max_utilization() > 0.0 {
+            alerts.push(("storage", "writes are failing".into()));
+        }
+        Snapshot {
+            level: self.level(),
+            rates: self.rates.lock().map(|r| *r).unwrap_or_default(),
+            latency,
+            latency_total: self.latency.total(),
+            queue_depth: rings.iter().map(|s| s.len).sum(),
+            produced: rings.iter().map(|s| s.accepted + s.rejected).sum::<u64>() + Counters::get(&self.counters.sampled),
+            rings,
+            persisted: Counters::get(&self.counters.persisted),
+            dropped,
+            dropped_total,
+            batches: Counters::get(&self.counters.batches),
+            workers: self.live_workers.load(Ordering::Relaxed),
+            workers_target: self.target_workers.load(Ordering::Relaxed),
+            batch_size: self.batch_now.load(Ordering::Relaxed),
+            flush_interval_ms: self.flush_now_ms.load(Ordering::Relaxed),
+            correlation,
+            contexts: self.contexts.len(),
+            context_overflow: self.contexts.overflow(),
+            native_memory,
+            memory_budget,
+            storage_bytes: self.store.size_on_disk(),
+            write_errors: Counters::get(&self.counters.write_errors),
+            retries: Counters::get(&self.counters.retries),
+            worker_panics: Counters::get(&self.counters.worker_panics),
+            history: self.history.snapshot(),
+            alerts,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+}
+
+#[derive(Default)]
+struct EnrichCache {
+    pids: HashMap<u64, PidRec>,
+    atoms: HashMap<u64, Option<String>>,
+    correlated: bool,
+    links: Vec<crate::event::Link>,
+}
+
+impl EnrichCache {
+    const MAX: usize = 65_536;
+
+    fn pid(&mut self, r: &dyn Resolver, raw: u64) -> PidRec {
+        if let Some(p) = self.pids.get(&raw) {
+            return p.clone();
+        }
+        if self.pids.len() >= Self::MAX {
+            self.pids.clear();
+        }
+        let p = r.pid(raw);
+        self.pids.insert(raw, p.clone());
+        p
+    }
+
+    fn atom(&mut self, r: &dyn Resolver, raw: u64) -> Option<String> {
+        if let Some(a) = self.atoms.get(&raw) {
+            return a.clone();
+        }
+        if self.atoms.len() >= Self::MAX {
+            self.atoms.clear();
+        }
+        let a = r.atom(raw);
+        self.atoms.insert(raw, a.clone());
+        a
+    }
+}
+
+fn worker_loop(p: Arc<Pipeline>, index: usize) {
+    let mut raw: Vec<RawEvent> = Vec::new();
+    let mut cache = EnrichCache::default();
+    let mut lat = Latency::new_local();
+    let mut per_shard: Vec<(usize, u64)> = Vec::new();
+    loop {
+        let closing = p.closing.load(Ordering::Acquire);
+        let n = p.target_workers.load(Ordering::Relaxed).max(1);
+        if index >= n && !closing {
+            break; // retired by scaling down; its shards now belong to others
+        }
+        let shards = if closing { (0..p.rings.shard_count()).collect() } else { p.shards_for(index, n) };
+        let batch = p.batch_now.load(Ordering::Relaxed).max(1);
+        per_shard.clear();
+        for &s in &shards {
+            let room = batch.saturating_sub(raw.len());
+            if room == 0 {
+                break;
+            }
+            let k = p.rings.pop_batch(s, room, &mut raw);
+            if k > 0 {
+                per_shard.push((s, k as u64));
+            }
+        }
+        if raw.is_empty() {
+            p.check_flushes();
+            if closing {
+                break;
+            }
+            let wait = p.flush_now_ms.load(Ordering::Relaxed).max(1);
+            std::thread::sleep(Duration::from_millis(wait));
+            continue;
+        }
+        let t0 = Instant::now();
+        p.process(index, &mut raw, &per_shard, &mut cache, &mut lat);
+        Counters::add(&p.counters.busy_ns, t0.elapsed().as_nanos() as u64);
+        p.check_flushes();
+    }
+    p.live_workers.fetch_sub(1, Ordering::Relaxed);
+}
+
+fn manager_loop(p: Arc<Pipeline>) {
+    let mut ctl = Controller::new(p.config.workers_min);
+    let mut last_level = Level::Normal;
+    let mut last_tick = Instant::now();
+    let mut last_persisted = 0u64;
+    let mut last_batches = 0u64;
+    let mut last_links = 0u64;
+    let mut last_produced = 0u64;
+    let mut last_busy = 0u64;
+    let mut last_window = Instant::now();
+    loop {
+        if p.closing.load(Ordering::Acquire) {
+            break;
+        }
+        let util = p.rings.max_utilization();
+        let floor = p.level();
+        let now_ms = p.started.elapsed().as_millis() as u64;
+        let min = p.tun.workers_min.load(Ordering::Relaxed);
+        let max = p.tun.workers_max.load(Ordering::Relaxed);
+        let plan = ctl.step(
+            util,
+            floor,
+            now_ms,
+            min,
+            max,
+            p.tun.batch_size.load(Ordering::Relaxed),
+            p.tun.flush_interval_ms.load(Ordering::Relaxed),
+        );
+        p.level.store(plan.level as u8, Ordering::Relaxed);
+        p.batch_now.store(plan.batch_size, Ordering::Relaxed);
+        p.flush_now_ms.store(plan.flush_interval_ms, Ordering::Relaxed);
+        let old_target = p.target_workers.swap(plan.workers, Ordering::Relaxed);
+        if plan.workers != old_target || plan.level != last_level {
+            p.history.push(Decision {
+                at_ms: now_ms,
+                level: plan.level.name(),
+                utilization: util,
+                workers: plan.workers,
+                batch_size: plan.batch_size,
+                flush_interval_ms: plan.flush_interval_ms,
+            });
+        }
+        if plan.workers > old_target || p.live_workers.load(Ordering::Relaxed) < plan.workers {
+            let _ = p.ensure_workers();
+        }
+        if plan.level != last_level {
+            let snap_dropped = p.snapshot_dropped();
+            p.notifier.backpressure(
+                plan.level,
+                &LevelInfo {
+                    previous: last_level,
+                    utilization: util,
+                    workers: plan.workers,
+                    batch_size: plan.batch_size,
+                    flush_interval_ms: plan.flush_interval_ms,
+                    dropped: snap_dropped,
+                },
+            );
+            last_level = plan.level;
+        }
+
+        let elapsed = last_tick.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            let secs = elapsed.as_secs_f64();
+            let persisted = Counters::get(&p.counters.persisted);
+            let batches = Counters::get(&p.counters.batches);
+            let links = p.correlator.stats().links;
+            let produced = p.produced();
+            let busy = Counters::get(&p.counters.busy_ns);
+            let live = p.live_workers.load(Ordering::Relaxed).max(1) as f64;
+            if let Ok(mut r) = p.rates.lock() {
+                *r = Rates {
+                    events_per_s: (persisted - last_persisted) as f64 / secs,
+                    batches_per_s: (batches - last_batches) as f64 / secs,
+                    correlations_per_s: (links - last_links) as f64 / secs,
+                    captured_per_s: (produced - last_produced) as f64 / secs,
+                    worker_load: ((busy - last_busy) as f64 / 1e9 / secs / live).min(1.0),
+                };
+            }
+            (last_persisted, last_batches, last_links, last_produced, last_busy) =
+                (persisted, batches, links, produced, busy);
+            last_tick = Instant::now();
+            let now = p.resolver.now_mono_ns();
+            p.correlator.expire(now);
+            p.contexts.sweep(now.saturating_sub(p.correlator.ttl_ns()));
+            p.check_flushes();
+            let _ = p.ensure_workers(); // joins retired threads, replaces dead ones
+        }
+        if last_window.elapsed() >= Duration::from_secs(5) {
+            p.latency.rotate();
+            last_window = Instant::now();
+        }
+
+        let wait = Duration::from_millis(plan.level.check_interval_ms());
+        let (m, cv) = &p.wake;
+        if let Ok(woken) = m.lock() {
+            let mut woken = if *woken {
+                woken
+            } else {
+                match cv.wait_timeout(woken, wait) {
+                    Ok((g, _)) => g,
+                    Err(poisoned) => poisoned.into_inner().0,
+                }
+            };
+            *woken = false;
+        }
+    }
+}
+
+impl Pipeline {
+    fn snapshot_dropped(&self) -> u64 {
+        let rings: u64 = self.rings.all_stats().iter().map(|s| s.dropped()).sum();
+        rings
+            + Counters::get(&self.counters.sampled)
+            + Counters::get(&self.counters.dropped_storage)
+            + Counters::get(&self.counters.dropped_panic)
+    }
+}

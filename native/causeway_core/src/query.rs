@@ -1,0 +1,442 @@
+//! Queries over the store, each served from the index that fits (never a full
+//! scan when a filter names a pid, a call, a module or a type; a time range
+//! alone is a range of the primary key, since ids are time-ordered).
+
+use crate::event::{EventType, LinkKind, StoredEvent};
+use crate::ids::wall_ns_to_id;
+use crate::store::{keys, Store, CF_BY_CALL, CF_BY_MFA, CF_BY_PID, CF_BY_TYPE, CF_EVENTS, CF_STATE};
+use crate::{Error, Result};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
+
+/// A pid to match: number and serial, and the node when it is known to be the
+/// node that wrote the events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PidMatch {
+    pub id: u32,
+    pub serial: u32,
+    pub node: Option<String>,
+}
+
+impl PidMatch {
+    fn key(&self) -> [u8; 8] {
+        let mut k = [0u8; 8];
+        k[..4].copy_from_slice(&self.id.to_be_bytes());
+        k[4..].copy_from_slice(&self.serial.to_be_bytes());
+        k
+    }
+
+    pub fn matches(&self, p: &crate::event::PidRec) -> bool {
+        p.id == self.id && p.serial == self.serial && self.node.as_ref().is_none_or(|n| *n == p.node)
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub pid: Option<PidMatch>,
+    pub types: Vec<EventType>,
+    pub module: Option<String>,
+    pub function: Option<String>,
+    pub arity: Option<u32>,
+    pub call_id: Option<u64>,
+    /// Inclusive lower bound on the id (`ids::wall_ns_to_id` of a time).
+    pub since_id: Option<u64>,
+    /// Inclusive upper bound on the id.
+    pub until_id: Option<u64>,
+    pub limit: usize,
+    /// Newest first.
+    pub reverse: bool,
+    /// Resume strictly after this id (in the order of the scan).
+    pub after: Option<u64>,
+}
+
+/// One page of results and the cursor to continue from, if there may be more.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub events: Vec<StoredEvent>,
+    pub next: Option<u64>,
+    /// Which index served the query (for tests, benches and `explain`).
+    pub index: &'static str,
+}
+
+impl Filter {
+    fn id_range(&self) -> (u64, u64) {
+        let mut lo = self.since_id.unwrap_or(0);
+        let mut hi = self.until_id.unwrap_or(u64::MAX);
+        if let Some(a) = self.after {
+            if self.reverse {
+                hi = hi.min(a.saturating_sub(1));
+            } else {
+                lo = lo.max(a.saturating_add(1));
+            }
+        }
+        (lo, hi)
+    }
+
+    fn matches(&self, e: &StoredEvent) -> bool {
+        if let Some(p) = &self.pid {
+            if !p.matches(&e.pid) {
+                return false;
+            }
+        }
+        if !self.types.is_empty() && !self.types.contains(&e.kind) {
+            return false;
+        }
+        if let Some(m) = &self.module {
+            if e.module.as_deref() != Some(m.as_str()) {
+                return false;
+            }
+        }
+        if let Some(f) = &self.function {
+            if e.function.as_deref() != Some(f.as_str()) {
+                return false;
+            }
+        }
+        if let Some(a) = self.arity {
+            if e.module.is_none() || e.arity != a {
+                return false;
+            }
+        }
+        if let Some(c) = self.call_id {
+            if e.call_id != c {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// A key range of one column family whose keys are `prefix · id`, so it
+/// yields ids in order.
+struct Source {
+    cf: &'static str,
+    prefix: Vec<u8>,
+}
+
+fn bounds(prefix: &[u8], lo: u64, hi: u64) -> (Vec<u8>, Option<Vec<u8>>) {
+    let mut l = prefix.to_vec();
+    l.extend_from_slice(&lo.to_be_bytes());
+    let h = if hi == u64::MAX {
+        keys::prefix_end(prefix)
+    } else {
+        let mut h = prefix.to_vec();
+        h.extend_from_slice(&(hi + 1).to_be_bytes());
+        Some(h)
+    };
+    (l, h)
+}
+
+/// Sorted-merge of several sources: ids in ascending (or descending) order.
+struct Merge<'a> {
+    iters: Vec<rocksdb::DBRawIterator<'a>>,
+    heap: BinaryHeap<(Reverse<u64>, usize)>,
+    heap_rev: BinaryHeap<(u64, usize)>,
+    reverse: bool,
+}
+
+impl<'a> Merge<'a> {
+    fn new(store: &'a Store, sources: &[Source], lo: u64, hi: u64, reverse: bool) -> Result<Merge<'a>> {
+        let mut m = Merge { iters: Vec::new(), heap: BinaryHeap::new(), heap_rev: BinaryHeap::new(), reverse };
+        for src in sources {
+            let cf = store
+                .db()
+                .cf_handle(src.cf)
+                .ok_or_else(|| Error::Corrupt(format!("column family {} missing", src.cf)))?;
+            let (l, h) = bounds(&src.prefix, lo, hi);
+            let mut ro = rocksdb::ReadOptions::default();
+            ro.set_iterate_lower_bound(l.clone());
+            if let Some(h) = h {
+                ro.set_iterate_upper_bound(h);
+            }
+            let mut it = store.db().raw_iterator_cf_opt(cf, ro);
+            if reverse {
+                it.seek_to_last();
+            } else {
+                it.seek(&l);
+            }
+            it.status()?;
+            let i = m.iters.len();
+            m.iters.push(it);
+            m.push(i);
+        }
+        Ok(m)
+    }
+
+    fn push(&mut self, i: usize) {
+        let it = &self.iters[i];
+        if it.valid() {
+            if let Some(id) = it.key().and_then(keys::trailing_id) {
+                if self.reverse {
+                    self.heap_rev.push((id, i));
+                } else {
+                    self.heap.push((Reverse(id), i));
+                }
+            }
+        }
+    }
+
+    fn next_id(&mut self) -> Result<Option<u64>> {
+        let top = if self.reverse {
+            self.heap_rev.pop()
+        } else {
+            self.heap.pop().map(|(Reverse(id), i)| (id, i))
+        };
+        let Some((id, i)) = top else { return Ok(None) };
+        if self.reverse {
+            self.iters[i].prev();
+        } else {
+            self.iters[i].next();
+        }
+        self.iters[i].status()?;
+        self.push(i);
+        Ok(Some(id))
+    }
+}
+
+/// The distinct `len·module·len·function·arity` groups under an mfa prefix.
+fn mfa_groups(store: &Store, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let mut groups = Vec::new();
+    let mut start = prefix.to_vec();
+    let end = keys::prefix_end(prefix);
+    loop {
+        let mut found = None;
+        store.scan_keys(CF_BY_MFA, &start, end.as_deref(), false, |k, _| {
+            if k.len() > 8 {
+                found = Some(k[..k.len() - 8].to_vec());
+            }
+            Ok(false)
+        })?;
+        match found {
+            Some(g) => {
+                start = match keys::prefix_end(&g) {
+                    Some(s) => s,
+                    None => {
+                        groups.push(g);
+                        break;
+                    }
+                };
+                groups.push(g);
+            }
+            None => break,
+        }
+        if groups.len() > 100_000 {
+            return Err(Error::Busy("module has too many functions to merge".into()));
+        }
+    }
+    Ok(groups)
+}
+
+fn plan(store: &Store, f: &Filter) -> Result<(Vec<Source>, &'static str)> {
+    if let Some(c) = f.call_id {
+        return Ok((vec![Source { cf: CF_BY_CALL, prefix: c.to_be_bytes().to_vec() }], "by_call"));
+    }
+    if let Some(p) = &f.pid {
+        return Ok((vec![Source { cf: CF_BY_PID, prefix: p.key().to_vec() }], "by_pid"));
+    }
+    if let Some(m) = &f.module {
+        let prefix = keys::mfa_prefix(m, f.function.as_deref(), f.function.as_ref().and(f.arity));
+        let groups = if f.function.is_some() && f.arity.is_some() { vec![prefix] } else { mfa_groups(store, &prefix)? };
+        return Ok((groups.into_iter().map(|prefix| Source { cf: CF_BY_MFA, prefix }).collect(), "by_mfa"));
+    }
+    if !f.types.is_empty() {
+        let mut ts = f.types.clone();
+        ts.sort();
+        ts.dedup();
+        return Ok((ts.into_iter().map(|t| Source { cf: CF_BY_TYPE, prefix: vec![t as u8] }).collect(), "by_type"));
+    }
+    Ok((vec![Source { cf: CF_EVENTS, prefix: Vec::new() }], "time"))
+}
+
+/// Events matching `f`, at most `f.limit` (0 = no limit), in id order.
+pub fn events(store: &Store, f: &Filter) -> Result<Page> {
+    let (sources, index) = plan(store, f)?;
+    let (lo, hi) = f.id_range();
+    let mut page = Page { events: Vec::new(), next: None, index };
+    if lo > hi {
+        return Ok(page);
+    }
+    let limit = if f.limit == 0 { usize::MAX } else { f.limit };
+    let mut merge = Merge::new(store, &sources, lo, hi, f.reverse)?;
+    let mut ids = Vec::with_capacity(256);
+    'outer: loop {
+        ids.clear();
+        while ids.len() < 256 {
+            match merge.next_id()? {
+                Some(id) => ids.push(id),
+                None => break,
+            }
+        }
+        if ids.is_empty() {
+            break;
+        }
+        let evs = store.get_many(&ids)?;
+        for e in evs {
+            if f.matches(&e) {
+                let id = e.id;
+                page.events.push(e);
+                if page.events.len() >= limit {
+                    page.next = Some(id);
+                    break 'outer;
+                }
+            }
+        }
+    }
+    Ok(page)
+}
+
+/// Backward links in the order a causal chain prefers them.
+const CHAIN_ORDER: [LinkKind; 5] =
+    [LinkKind::Completes, LinkKind::CausedBy, LinkKind::Receives, LinkKind::CalledFrom, LinkKind::ExitOf];
+
+/// From an event back to its root cause: `[event, cause, cause of cause, ...]`.
+pub fn causal_chain(store: &Store, id: u64, max: usize) -> Result<Vec<(StoredEvent, Option<LinkKind>)>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut cur = store.get(id)?.ok_or_else(|| Error::NotFound(format!("event {id}")))?;
+    let mut via = None;
+    loop {
+        seen.insert(cur.id);
+        let links = store.links_of(cur.id)?;
+        let next = CHAIN_ORDER
+            .iter()
+            .find_map(|k| links.iter().find(|(lk, to)| lk == k && !seen.contains(to)).copied());
+        out.push((cur, via));
+        if out.len() >= max {
+            break;
+        }
+        let Some((kind, to)) = next else { break };
+        match store.get(to)? {
+            Some(e) => {
+                cur = e;
+                via = Some(kind);
+            }
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// A call with its exit and nested calls.
+#[derive(Clone, Debug)]
+pub struct CallNode {
+    pub entry: StoredEvent,
+    pub exit: Option<StoredEvent>,
+    pub children: Vec<CallNode>,
+}
+
+fn call_node(store: &Store, entry: StoredEvent, budget: &mut usize) -> Result<CallNode> {
+    let links = store.links_of(entry.id)?;
+    let exit = match links.iter().find(|(k, _)| *k == LinkKind::CompletedBy) {
+        Some((_, x)) => store.get(*x)?,
+        None => None,
+    };
+    let mut child_ids: Vec<u64> = links.iter().filter(|(k, _)| *k == LinkKind::Calls).map(|(_, c)| *c).collect();
+    child_ids.sort_unstable();
+    let mut children = Vec::new();
+    for c in store.get_many(&child_ids)? {
+        if *budget == 0 {
+            break;
+        }
+        *budget -= 1;
+        children.push(call_node(store, c, budget)?);
+    }
+    Ok(CallNode { entry, exit, children })
+}
+
+/// The tree of one call (by its call id = its entry's id).
+pub fn call_tree(store: &Store, call_id: u64, max_nodes: usize) -> Result<CallNode> {
+    let entry = store.get(call_id)?.ok_or_else(|| Error::NotFound(format!("call {call_id}")))?;
+    if entry.kind != EventType::FunctionEntry {
+        return Err(Error::InvalidArgument(format!("event {call_id} is a {}, not a function_entry", entry.kind.name())));
+    }
+    let mut budget = max_nodes;
+    call_node(store, entry, &mut budget)
+}
+
+/// Every top-level call of a process (calls with no instrumented caller).
+pub fn call_trees_of(store: &Store, pid: &PidMatch, max_nodes: usize) -> Result<Vec<CallNode>> {
+    let f = Filter { pid: Some(pid.clone()), types: vec![EventType::FunctionEntry], ..Default::default() };
+    let page = events(store, &f)?;
+    let mut budget = max_nodes;
+    let mut out = Vec::new();
+    for e in page.events {
+        if budget == 0 {
+            break;
+        }
+        let links = store.links_of(e.id)?;
+        if links.iter().any(|(k, _)| *k == LinkKind::CalledFrom) {
+            continue;
+        }
+        budget -= 1;
+        out.push(call_node(store, e, &mut budget)?);
+    }
+    Ok(out)
+}
+
+/// Messages between two processes (both directions), each send with its receive.
+pub fn message_flow(store: &Store, a: &PidMatch, b: &PidMatch, limit: usize) -> Result<Vec<(StoredEvent, Option<StoredEvent>)>> {
+    let mut out = Vec::new();
+    for (from, to) in [(a, b), (b, a)] {
+        let f = Filter { pid: Some(from.clone()), types: vec![EventType::MessageSend], ..Default::default() };
+        for s in events(store, &f)?.events {
+            if s.peer.as_ref().is_some_and(|p| to.matches(p)) {
+                let recv = match store.links_of(s.id)?.iter().find(|(k, _)| *k == LinkKind::ReceivedBy) {
+                    Some((_, r)) => store.get(*r)?,
+                    None => None,
+                };
+                out.push((s, recv));
+            }
+        }
+        if a == b {
+            break;
+        }
+    }
+    out.sort_by_key(|(s, _)| s.id);
+    if limit > 0 {
+        out.truncate(limit);
+    }
+    Ok(out)
+}
+
+/// State changes of a process, oldest first (`limit` 0 = all).
+pub fn state_history(store: &Store, pid: &PidMatch, since_id: u64, until_id: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+    let mut ids = Vec::new();
+    let (lo, hi) = bounds(&pid.key(), since_id, until_id);
+    store.scan_keys(CF_STATE, &lo, hi.as_deref(), false, |k, _| {
+        if let Some(id) = keys::trailing_id(k) {
+            ids.push(id);
+        }
+        Ok(limit == 0 || ids.len() < limit * 2)
+    })?;
+    let mut evs: Vec<StoredEvent> = store.get_many(&ids)?.into_iter().filter(|e| pid.matches(&e.pid)).collect();
+    if limit > 0 {
+        evs.truncate(limit);
+    }
+    Ok(evs)
+}
+
+/// The last state change of `pid` at or before wall-clock `wall_ns`.
+pub fn state_at(store: &Store, pid: &PidMatch, wall_ns: u64) -> Result<Option<StoredEvent>> {
+    let until = wall_ns_to_id(wall_ns) | ((1u64 << crate::ids::SHARD_BITS) - 1);
+    let (lo, hi) = bounds(&pid.key(), 0, until);
+    let mut found = None;
+    let mut err = None;
+    store.scan_keys(CF_STATE, &lo, hi.as_deref(), true, |k, _| {
+        let Some(id) = keys::trailing_id(k) else { return Ok(true) };
+        match store.get(id) {
+            Ok(Some(e)) if pid.matches(&e.pid) && e.wall_ns as u64 <= wall_ns => {
+                found = Some(e);
+                Ok(false)
+            }
+            Ok(_) => Ok(true),
+            Err(e) => {
+                err = Some(e);
+                Ok(false)
+            }
+        }
+    })?;
+    match err {
+        Some(e) => Err(e),
+        None => Ok(found),
+    }
+}

@@ -1,0 +1,420 @@
+//! Layer 1: bounded lock-free rings, one shard per scheduler thread.
+//!
+//! Each shard is a `crossbeam::queue::ArrayQueue` (lock-free, bounded, MPMC), so a
+//! full ring never blocks a producer: with `DropNewest` the new event is refused,
+//! with `DropOldest` it replaces the oldest unread one. Every outcome is counted
+//! exactly: `accepted + rejected` events were offered; each accepted event is
+//! eventually either `evicted` (drop-oldest) or popped by a reader and later
+//! `finished` (persisted, or dropped downstream and counted there).
+
+use crate::event::RawEvent;
+use crossbeam::queue::ArrayQueue;
+use crossbeam::utils::CachePadded;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    DropNewest,
+    DropOldest,
+}
+
+impl Overflow {
+    pub fn from_name(s: &str) -> Option<Overflow> {
+        match s {
+            "drop_newest" => Some(Overflow::DropNewest),
+            "drop_oldest" => Some(Overflow::DropOldest),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Overflow::DropNewest => "drop_newest",
+            Overflow::DropOldest => "drop_oldest",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    Stored,
+    /// The ring was full and the new event was refused (drop-newest).
+    Rejected,
+    /// The ring was full and the oldest event was overwritten (drop-oldest).
+    Evicted,
+}
+
+pub struct Shard {
+    queue: ArrayQueue<RawEvent>,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    evicted: AtomicU64,
+    popped: AtomicU64,
+    finished: AtomicU64,
+}
+
+/// Counters of one shard at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub capacity: u64,
+    pub len: u64,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub evicted: u64,
+    pub popped: u64,
+    pub finished: u64,
+}
+
+impl ShardStats {
+    pub fn written(&self) -> u64 {
+        self.accepted
+    }
+    pub fn dropped(&self) -> u64 {
+        self.rejected + self.evicted
+    }
+    pub fn utilization(&self) -> f64 {
+        if self.capacity == 0 {
+            0.0
+        } else {
+            self.len as f64 / self.capacity as f64
+        }
+    }
+}
+
+pub struct Rings {
+    shards: Box<[CachePadded<Shard>]>,
+    capacity: usize,
+    overflow: Overflow,
+}
+
+static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static THREAD_SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// A small number fixed for the calling OS thread. BEAM schedulers are OS threads,
+/// so `thread_slot() % shards` gives each scheduler its own shard.
+#[inline]
+pub fn thread_slot() -> usize {
+    THREAD_SLOT.with(|s| {
+        let v = s.get();
+        if v != usize::MAX {
+            v
+        } else {
+            let v = NEXT_THREAD_SLOT.fetch_add(1, Ordering::Relaxed);
+            s.set(v);
+            v
+        }
+    })
+}
+
+impl Rings {
+    /// `shards` rings of `capacity` events each. The capacity must be a power of two.
+    pub fn new(shards: usize, capacity: usize, overflow: Overflow) -> crate::Result<Rings> {
+        if !capacity.is_power_of_two() || capacity < 2 {
+            return Err(crate::Error::InvalidArgument(format!(
+                "ring_size must be a power of two >= 2, got {capacity}"
+            )));
+        }
+        if shards == 0 || shards > crate::ids::MAX_SHARDS {
+            return Err(crate::Error::InvalidArgument(format!(
+                "ring shards must be between 1 and {}, got {shards}",
+                crate::ids::MAX_SHARDS
+            )));
+        }
+        let shards = (0..shards)
+            .map(|_| {
+                CachePadded::new(Shard {
+                    queue: ArrayQueue::new(capacity),
+                    accepted: AtomicU64::new(0),
+                    rejected: AtomicU64::new(0),
+                    evicted: AtomicU64::new(0),
+                    popped: AtomicU64::new(0),
+                    finished: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        Ok(Rings { shards, capacity, overflow })
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn overflow(&self) -> Overflow {
+        self.overflow
+    }
+
+    /// The shard of the calling thread.
+    #[inline]
+    pub fn local_shard(&self) -> usize {
+        thread_slot() % self.shards.len()
+    }
+
+    #[inline]
+    pub fn push(&self, shard: usize, event: RawEvent) -> PushOutcome {
+        let s = &self.shards[shard % self.shards.len()];
+        match self.overflow {
+            Overflow::DropNewest => match s.queue.push(event) {
+                Ok(()) => {
+                    s.accepted.fetch_add(1, Ordering::Release);
+                    PushOutcome::Stored
+                }
+                Err(_) => {
+                    s.rejected.fetch_add(1, Ordering::Relaxed);
+                    PushOutcome::Rejected
+                }
+            },
+            Overflow::DropOldest => match s.queue.force_push(event) {
+                None => {
+                    s.accepted.fetch_add(1, Ordering::Release);
+                    PushOutcome::Stored
+                }
+                Some(_old) => {
+                    // The new event is in; the oldest one is gone for good.
+                    s.accepted.fetch_add(1, Ordering::Release);
+                    s.evicted.fetch_add(1, Ordering::Release);
+                    PushOutcome::Evicted
+                }
+            },
+        }
+    }
+
+    /// Counts an event refused before it reached the ring (e.g. sampled out).
+    pub fn count_rejected(&self, shard: usize) {
+        self.shards[shard % self.shards.len()]
+            .rejected
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Moves up to `max` events of `shard` into `out`; returns how many.
+    pub fn pop_batch(&self, shard: usize, max: usize, out: &mut Vec<RawEvent>) -> usize {
+        let s = &self.shards[shard % self.shards.len()];
+        let mut n = 0;
+        while n < max {
+            match s.queue.pop() {
+                Some(ev) => {
+                    out.push(ev);
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        if n > 0 {
+            s.popped.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        n
+    }
+
+    /// Marks `n` popped events of `shard` as fully handled (persisted or counted).
+    pub fn finish(&self, shard: usize, n: u64) {
+        self.shards[shard % self.shards.len()]
+            .finished
+            .fetch_add(n, Ordering::Release);
+    }
+
+    pub fn len(&self, shard: usize) -> usize {
+        self.shards[shard % self.shards.len()].queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| s.queue.is_empty())
+    }
+
+    /// Fill level of one shard, 0.0..=1.0 (cheap: two atomic loads).
+    #[inline]
+    pub fn utilization(&self, shard: usize) -> f64 {
+        self.len(shard) as f64 / self.capacity as f64
+    }
+
+    pub fn max_utilization(&self) -> f64 {
+        (0..self.shards.len())
+            .map(|s| self.utilization(s))
+            .fold(0.0, f64::max)
+    }
+
+    pub fn stats(&self, shard: usize) -> ShardStats {
+        let s = &self.shards[shard % self.shards.len()];
+        ShardStats {
+            capacity: self.capacity as u64,
+            len: s.queue.len() as u64,
+            accepted: s.accepted.load(Ordering::Acquire),
+            rejected: s.rejected.load(Ordering::Acquire),
+            evicted: s.evicted.load(Ordering::Acquire),
+            popped: s.popped.load(Ordering::Acquire),
+            finished: s.finished.load(Ordering::Acquire),
+        }
+    }
+
+    pub fn all_stats(&self) -> Vec<ShardStats> {
+        (0..self.shards.len()).map(|s| self.stats(s)).collect()
+    }
+
+    /// For a durability barrier: per shard, how many accepted events must be done.
+    pub fn flush_targets(&self) -> Vec<u64> {
+        self.shards
+            .iter()
+            .map(|s| s.accepted.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// True once every event counted in `targets` is finished or evicted.
+    pub fn reached(&self, targets: &[u64]) -> bool {
+        targets.iter().enumerate().all(|(i, &t)| {
+            let s = &self.shards[i];
+            s.finished.load(Ordering::Acquire) + s.evicted.load(Ordering::Acquire) >= t
+        })
+    }
+
+    /// Bytes the rings hold now: slots plus payloads still queued (approximate
+    /// for payloads: counted at their length, not their capacity).
+    pub fn slot_bytes(&self) -> u64 {
+        (self.shards.len() * self.capacity * std::mem::size_of::<RawEvent>()) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn ev(id: u64) -> RawEvent {
+        RawEvent { id, ..Default::default() }
+    }
+
+    #[test]
+    fn capacity_must_be_a_power_of_two() {
+        assert!(Rings::new(1, 100, Overflow::DropNewest).is_err());
+        assert!(Rings::new(0, 128, Overflow::DropNewest).is_err());
+        assert!(Rings::new(65, 128, Overflow::DropNewest).is_err());
+        assert!(Rings::new(2, 128, Overflow::DropNewest).is_ok());
+    }
+
+    #[test]
+    fn drop_newest_counts_exactly_and_keeps_the_first() {
+        let r = Rings::new(1, 8, Overflow::DropNewest).unwrap();
+        for i in 0..20 {
+            r.push(0, ev(i));
+        }
+        let s = r.stats(0);
+        assert_eq!((s.accepted, s.rejected, s.evicted, s.len), (8, 12, 0, 8));
+        let mut out = Vec::new();
+        assert_eq!(r.pop_batch(0, 100, &mut out), 8);
+        assert_eq!(out.iter().map(|e| e.id).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn drop_oldest_counts_exactly_and_keeps_the_last() {
+        let r = Rings::new(1, 8, Overflow::DropOldest).unwrap();
+        for i in 0..20 {
+            r.push(0, ev(i));
+        }
+        let s = r.stats(0);
+        assert_eq!((s.accepted, s.rejected, s.evicted, s.len), (20, 0, 12, 8));
+        let mut out = Vec::new();
+        r.pop_batch(0, 100, &mut out);
+        assert_eq!(out.iter().map(|e| e.id).collect::<Vec<_>>(), (12..20).collect::<Vec<_>>());
+        r.finish(0, 8);
+        assert!(r.reached(&r.flush_targets()));
+    }
+
+    #[test]
+    fn wraparound_many_laps() {
+        let r = Rings::new(1, 4, Overflow::DropNewest).unwrap();
+        let mut out = Vec::new();
+        let mut next = 0;
+        for _lap in 0..1000 {
+            for _ in 0..3 {
+                assert_eq!(r.push(0, ev(next)), PushOutcome::Stored);
+                next += 1;
+            }
+            out.clear();
+            r.pop_batch(0, 2, &mut out);
+            r.pop_batch(0, 2, &mut out);
+            assert_eq!(out.len(), 3);
+            assert_eq!(out[2].id, next - 1);
+        }
+        assert_eq!(r.stats(0).popped, 3000);
+    }
+
+    #[test]
+    fn concurrent_producers_and_a_reader_lose_nothing_when_it_fits() {
+        let r = Arc::new(Rings::new(2, 1 << 16, Overflow::DropNewest).unwrap());
+        let producers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000 {
+                        r.push((t % 2) as usize, ev(t * 1_000_000 + i));
+                    }
+                })
+            })
+            .collect();
+        let reader = {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut buf = Vec::new();
+                while got.len() < 80_000 {
+                    for s in 0..2 {
+                        buf.clear();
+                        let n = r.pop_batch(s, 512, &mut buf);
+                        r.finish(s, n as u64);
+                        got.extend(buf.iter().map(|e| e.id));
+                    }
+                }
+                got
+            })
+        };
+        for p in producers {
+            p.join().unwrap();
+        }
+        let mut got = reader.join().unwrap();
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got.len(), 80_000);
+        let total: u64 = r.all_stats().iter().map(|s| s.accepted).sum();
+        assert_eq!(total, 80_000);
+        assert!(r.reached(&r.flush_targets()));
+    }
+
+    #[test]
+    fn concurrent_overflow_counts_are_exact() {
+        for policy in [Overflow::DropNewest, Overflow::DropOldest] {
+            let r = Arc::new(Rings::new(1, 1024, policy).unwrap());
+            let hs: Vec<_> = (0..4)
+                .map(|_| {
+                    let r = r.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..10_000 {
+                            r.push(0, ev(i));
+                        }
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+            let s = r.stats(0);
+            let mut out = Vec::new();
+            let popped = r.pop_batch(0, usize::MAX, &mut out) as u64;
+            assert_eq!(popped, 1024, "{policy:?}");
+            assert_eq!(s.accepted + s.rejected, 40_000, "{policy:?}");
+            assert_eq!(s.dropped(), 40_000 - 1024, "{policy:?}");
+        }
+    }
+
+    #[test]
+    fn thread_slots_differ_between_threads() {
+        let a = thread_slot();
+        let b = std::thread::spawn(thread_slot).join().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, thread_slot());
+    }
+}

@@ -1,0 +1,189 @@
+//! `Causeway.Query`: every query runs on a dirty I/O scheduler.
+
+use crate::beam::term_bytes;
+use crate::convert::{atom, event_term, links_term};
+use crate::error::{arg_error, core_error, Nif};
+use crate::handle::Handle;
+use causeway_core::etf;
+use causeway_core::event::EventType;
+use causeway_core::ids::wall_ns_to_id;
+use causeway_core::query::{self, CallNode, Filter, PidMatch};
+use causeway_core::store::{Store, StoreOptions};
+use rustler::{Encoder, Env, NifMap, NifResult, ResourceArc, Term};
+use std::sync::Arc;
+
+pub fn pid_match(t: Term, what: &str) -> NifResult<PidMatch> {
+    if t.get_type() != rustler::TermType::Pid {
+        return Err(arg_error(format!("{what} must be a pid, got: {t:?}")));
+    }
+    let bytes = term_bytes(t.get_env().as_c_arg(), t.as_c_arg()).ok_or_else(|| arg_error(format!("{what} could not be encoded")))?;
+    let p = etf::parse_pid(&bytes).map_err(|e| arg_error(format!("{what}: {e}")))?;
+    Ok(PidMatch { id: p.id, serial: p.serial, node: None })
+}
+
+#[derive(NifMap)]
+struct QueryFilter<'a> {
+    pid: Term<'a>,
+    types: Vec<String>,
+    module: Option<String>,
+    function: Option<String>,
+    arity: Option<u32>,
+    call_id: Option<u64>,
+    since: Option<u64>,
+    until: Option<u64>,
+    limit: usize,
+    reverse: bool,
+    after: Option<u64>,
+    links: bool,
+}
+
+fn filter_of(q: &QueryFilter) -> NifResult<Filter> {
+    let pid = if q.pid.is_atom() { None } else { Some(pid_match(q.pid, ":pid")?) };
+    let mut types = Vec::new();
+    for t in &q.types {
+        types.push(EventType::from_name(t).ok_or_else(|| arg_error(format!("unknown event type {t:?}")))?);
+    }
+    Ok(Filter {
+        pid,
+        types,
+        module: q.module.clone(),
+        function: q.function.clone(),
+        arity: q.arity,
+        call_id: q.call_id,
+        since_id: q.since.map(wall_ns_to_id),
+        until_id: q.until.map(|u| wall_ns_to_id(u) | 63),
+        limit: q.limit,
+        reverse: q.reverse,
+        after: q.after,
+    })
+}
+
+fn with_links<'a>(env: Env<'a>, store: &Store, e: &causeway_core::event::StoredEvent, links: bool) -> NifResult<Term<'a>> {
+    if links {
+        let l = store.links_of(e.id).nif()?;
+        Ok(event_term(env, e, Some(&l)))
+    } else {
+        Ok(event_term(env, e, None))
+    }
+}
+
+/// `{:ok, {events, next_cursor | nil, index}}`
+#[rustler::nif(schedule = "DirtyIo")]
+fn query_events<'a>(env: Env<'a>, h: ResourceArc<Handle>, q: QueryFilter<'a>) -> NifResult<(rustler::Atom, Term<'a>)> {
+    let f = filter_of(&q)?;
+    let page = query::events(&h.store, &f).nif()?;
+    let mut out = Vec::with_capacity(page.events.len());
+    for e in &page.events {
+        out.push(with_links(env, &h.store, e, q.links)?);
+    }
+    let next = match page.next {
+        Some(n) => n.encode(env),
+        None => crate::atoms::nil().encode(env),
+    };
+    Ok((crate::atoms::ok(), (out, next, atom(env, page.index)).encode(env)))
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn query_event<'a>(env: Env<'a>, h: ResourceArc<Handle>, id: u64) -> NifResult<(rustler::Atom, Term<'a>)> {
+    match h.store.get(id).nif()? {
+        Some(e) => Ok((crate::atoms::ok(), with_links(env, &h.store, &e, true)?)),
+        None => Err(core_error(causeway_core::Error::NotFound(format!("event {id}")))),
+    }
+}
+
+fn node_term<'a>(env: Env<'a>, store: &Store, n: &CallNode) -> NifResult<Term<'a>> {
+    let entry = with_links(env, store, &n.entry, true)?;
+    let exit = match &n.exit {
+        Some(x) => with_links(env, store, x, true)?,
+        None => crate::atoms::nil().encode(env),
+    };
+    let mut kids = Vec::with_capacity(n.children.len());
+    for c in &n.children {
+        kids.push(node_term(env, store, c)?);
+    }
+    Ok((entry, exit, kids).encode(env))
+}
+
+/// A call id → `{:ok, node}`; a pid → `{:ok, [node]}` (its top-level calls).
+#[rustler::nif(schedule = "DirtyIo")]
+fn query_call_tree<'a>(env: Env<'a>, h: ResourceArc<Handle>, root: Term<'a>, max_nodes: usize) -> NifResult<(rustler::Atom, Term<'a>)> {
+    if let Ok(id) = root.decode::<u64>() {
+        let n = query::call_tree(&h.store, id, max_nodes).nif()?;
+        return Ok((crate::atoms::ok(), node_term(env, &h.store, &n)?));
+    }
+    let pid = pid_match(root, "call_tree's argument (a call id or a pid)")?;
+    let trees = query::call_trees_of(&h.store, &pid, max_nodes).nif()?;
+    let mut out = Vec::with_capacity(trees.len());
+    for t in &trees {
+        out.push(node_term(env, &h.store, t)?);
+    }
+    Ok((crate::atoms::ok(), out.encode(env)))
+}
+
+/// `{:ok, [{event, via_link | nil}]}` from the event back to its root cause.
+#[rustler::nif(schedule = "DirtyIo")]
+fn query_causal_chain<'a>(env: Env<'a>, h: ResourceArc<Handle>, id: u64, max: usize) -> NifResult<(rustler::Atom, Term<'a>)> {
+    let chain = query::causal_chain(&h.store, id, max.max(1)).nif()?;
+    let mut out = Vec::with_capacity(chain.len());
+    for (e, via) in &chain {
+        let via = match via {
+            Some(k) => atom(env, k.name()),
+            None => crate::atoms::nil().encode(env),
+        };
+        out.push((with_links(env, &h.store, e, true)?, via).encode(env));
+    }
+    Ok((crate::atoms::ok(), out.encode(env)))
+}
+
+/// `{:ok, [{send, receive | nil}]}` between two processes, oldest first.
+#[rustler::nif(schedule = "DirtyIo")]
+fn query_message_flow<'a>(env: Env<'a>, h: ResourceArc<Handle>, a: Term<'a>, b: Term<'a>, limit: usize) -> NifResult<(rustler::Atom, Term<'a>)> {
+    let (a, b) = (pid_match(a, "the first pid")?, pid_match(b, "the second pid")?);
+    let flow = query::message_flow(&h.store, &a, &b, limit).nif()?;
+    let mut out = Vec::with_capacity(flow.len());
+    for (s, r) in &flow {
+        let r = match r {
+            Some(r) => with_links(env, &h.store, r, true)?,
+            None => crate::atoms::nil().encode(env),
+        };
+        out.push((with_links(env, &h.store, s, true)?, r).encode(env));
+    }
+    Ok((crate::atoms::ok(), out.encode(env)))
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn query_state_history<'a>(env: Env<'a>, h: ResourceArc<Handle>, pid: Term<'a>, since: Option<u64>, until: Option<u64>, limit: usize) -> NifResult<(rustler::Atom, Term<'a>)> {
+    let pid = pid_match(pid, "state_history's argument")?;
+    let lo = since.map(wall_ns_to_id).unwrap_or(0);
+    let hi = until.map(|u| wall_ns_to_id(u) | 63).unwrap_or(u64::MAX);
+    let evs = query::state_history(&h.store, &pid, lo, hi, limit).nif()?;
+    let mut out = Vec::with_capacity(evs.len());
+    for e in &evs {
+        out.push(with_links(env, &h.store, e, true)?);
+    }
+    Ok((crate::atoms::ok(), out.encode(env)))
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn query_state_at<'a>(env: Env<'a>, h: ResourceArc<Handle>, pid: Term<'a>, wall_ns: u64) -> NifResult<(rustler::Atom, Term<'a>)> {
+    let pid = pid_match(pid, "state_at's pid")?;
+    match query::state_at(&h.store, &pid, wall_ns).nif()? {
+        Some(e) => Ok((crate::atoms::ok(), with_links(env, &h.store, &e, true)?)),
+        None => Ok((crate::atoms::ok(), crate::atoms::nil().encode(env))),
+    }
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn query_links<'a>(env: Env<'a>, h: ResourceArc<Handle>, id: u64) -> NifResult<(rustler::Atom, Term<'a>)> {
+    let l = h.store.links_of(id).nif()?;
+    Ok((crate::atoms::ok(), links_term(env, &l)))
+}
+
+/// Opens a store for queries only (`read_only: true`), or writable without a
+/// pipeline (maintenance).
+#[rustler::nif(schedule = "DirtyIo")]
+fn store_open(env: Env, dir: String, read_only: bool) -> NifResult<Term> {
+    let store = Store::open(&dir, StoreOptions { read_only, ..Default::default() }).nif()?;
+    let h = ResourceArc::new(Handle { pipeline: None, store: Arc::new(store), redact: Vec::new() });
+    Ok((crate::atoms::ok(), h).encode(env))
+}

@@ -1,0 +1,265 @@
+//! Captured terms → ETF bytes under a byte and depth budget, with redaction.
+//!
+//! Runs on the caller's scheduler, so it is bounded: it stops at `max_bytes`
+//! (binaries larger than what is left become `{:truncated, byte_size}`;
+//! containers cut short end with `{:truncated, :max_bytes}`), at `max_depth`
+//! (`{:truncated, :max_depth}`), and replaces the value of any map key or
+//! keyword/2-tuple key listed in `redact` by `:redacted` before a byte of it is
+//! written.
+
+use causeway_core::etf::{self, EtfWriter};
+use rustler::sys::{self, ErlNifBinary, ErlNifMapIterator, ErlNifTerm as ERL_NIF_TERM};
+use rustler::{Env, Term};
+use std::mem::MaybeUninit;
+
+pub struct Budget<'r> {
+    pub max_bytes: usize,
+    pub max_depth: usize,
+    /// Raw atom words of the keys whose values are blanked.
+    pub redact: &'r [u64],
+}
+
+const MARK_MAX_BYTES: &str = "max_bytes";
+const MARK_MAX_DEPTH: &str = "max_depth";
+
+struct Enc<'e, 'r> {
+    env: *mut sys::ErlNifEnv,
+    w: EtfWriter,
+    b: &'e Budget<'r>,
+}
+
+/// Encodes `term` (with the ETF version byte).
+pub fn encode(env: Env, term: Term, b: &Budget) -> Vec<u8> {
+    let mut e = Enc { env: env.as_c_arg(), w: EtfWriter::with_version(), b };
+    e.term(term.as_c_arg(), 0);
+    e.w.into_bytes()
+}
+
+/// Encodes a tuple made of `items` without building it on the heap.
+pub fn encode_tuple(env: Env, items: &[Term], b: &Budget) -> Vec<u8> {
+    let mut e = Enc { env: env.as_c_arg(), w: EtfWriter::with_version(), b };
+    e.w.tuple_header(items.len());
+    for t in items {
+        e.term(t.as_c_arg(), 1);
+    }
+    e.w.into_bytes()
+}
+
+/// Encodes a list whose elements are `items` (e.g. `[a | rest]` pieces).
+pub fn encode_list_len(env: Env, list: Term, b: &Budget) -> (Vec<u8>, u32) {
+    let mut e = Enc { env: env.as_c_arg(), w: EtfWriter::with_version(), b };
+    let n = e.list(list.as_c_arg(), 0);
+    (e.w.into_bytes(), n)
+}
+
+impl Enc<'_, '_> {
+    fn over(&self) -> bool {
+        self.w.len() >= self.b.max_bytes
+    }
+
+    fn left(&self) -> usize {
+        self.b.max_bytes.saturating_sub(self.w.len())
+    }
+
+    fn is_redacted_key(&self, key: ERL_NIF_TERM) -> bool {
+        !self.b.redact.is_empty() && self.b.redact.contains(&crate::beam::word(key))
+    }
+
+    fn term(&mut self, t: ERL_NIF_TERM, depth: usize) {
+        if depth > self.b.max_depth {
+            self.w.truncated_because(MARK_MAX_DEPTH);
+            return;
+        }
+        let ty = unsafe { sys::enif_term_type(self.env, t) };
+        use sys::ErlNifTermType::*;
+        match ty {
+            ERL_NIF_TERM_TYPE_ATOM => self.atom(t),
+            ERL_NIF_TERM_TYPE_INTEGER => {
+                let mut v: i64 = 0;
+                if unsafe { sys::enif_get_int64(self.env, t, &mut v) } != 0 {
+                    self.w.int(v);
+                } else {
+                    self.opaque(t);
+                }
+            }
+            ERL_NIF_TERM_TYPE_FLOAT => {
+                let mut v: f64 = 0.0;
+                unsafe { sys::enif_get_double(self.env, t, &mut v) };
+                self.w.float(v);
+            }
+            ERL_NIF_TERM_TYPE_BITSTRING => {
+                let mut bin = MaybeUninit::<ErlNifBinary>::uninit();
+                if unsafe { sys::enif_inspect_binary(self.env, t, bin.as_mut_ptr()) } != 0 {
+                    let bin = unsafe { bin.assume_init() };
+                    let size = bin.size;
+                    if size + 5 > self.left() {
+                        self.w.truncated(size as u64);
+                    } else {
+                        let bytes = unsafe { std::slice::from_raw_parts(bin.data, size) };
+                        self.w.binary(bytes);
+                    }
+                } else {
+                    self.opaque(t); // a bitstring that is not whole bytes
+                }
+            }
+            ERL_NIF_TERM_TYPE_LIST => {
+                self.list(t, depth);
+            }
+            ERL_NIF_TERM_TYPE_TUPLE => self.tuple(t, depth),
+            ERL_NIF_TERM_TYPE_MAP => self.map(t, depth),
+            _ => self.opaque(t), // pid, port, reference, fun
+        }
+    }
+
+    fn atom(&mut self, t: ERL_NIF_TERM) {
+        let mut buf = [0u8; 256];
+        let n = unsafe {
+            sys::enif_get_atom(
+                self.env,
+                t,
+                buf.as_mut_ptr() as *mut std::os::raw::c_char,
+                buf.len() as u32,
+                sys::ErlNifCharEncoding::ERL_NIF_LATIN1,
+            )
+        };
+        if n > 0 {
+            self.w.atom_latin1(&buf[..(n as usize - 1)]);
+        } else {
+            self.opaque(t); // not Latin-1 (OTP 25 cannot give it to us another way)
+        }
+    }
+
+    /// Anything we do not walk ourselves: `term_to_binary`, bounded after the fact.
+    fn opaque(&mut self, t: ERL_NIF_TERM) {
+        let mut bin = MaybeUninit::<ErlNifBinary>::uninit();
+        if unsafe { sys::enif_term_to_binary(self.env, t, bin.as_mut_ptr()) } == 0 {
+            self.w.truncated_because("unencodable");
+            return;
+        }
+        let mut bin = unsafe { bin.assume_init() };
+        let bytes = unsafe { std::slice::from_raw_parts(bin.data, bin.size) };
+        if bytes.len() > self.left() {
+            self.w.truncated(bytes.len() as u64);
+        } else {
+            self.w.raw(bytes);
+        }
+        unsafe { sys::enif_release_binary(&mut bin) };
+    }
+
+    /// Returns the number of proper elements.
+    fn list(&mut self, t: ERL_NIF_TERM, depth: usize) -> u32 {
+        let mut head: ERL_NIF_TERM = ERL_NIF_TERM::default();
+        let mut tail: ERL_NIF_TERM = ERL_NIF_TERM::default();
+        if unsafe { sys::enif_get_list_cell(self.env, t, &mut head, &mut tail) } == 0 {
+            self.w.nil();
+            return 0;
+        }
+        let at = self.w.list_header_placeholder();
+        let mut n: u32 = 0;
+        let mut cur = t;
+        loop {
+            if unsafe { sys::enif_get_list_cell(self.env, cur, &mut head, &mut tail) } == 0 {
+                // end: [] or an improper tail
+                if unsafe { sys::enif_is_empty_list(self.env, cur) } != 0 {
+                    self.w.nil();
+                } else {
+                    self.term(cur, depth + 1);
+                }
+                break;
+            }
+            if self.over() {
+                // cut here: the rest becomes the improper tail marker
+                self.w.truncated_because(MARK_MAX_BYTES);
+                break;
+            }
+            self.element(head, depth + 1);
+            n += 1;
+            cur = tail;
+        }
+        self.w.patch_u32(at, n);
+        n
+    }
+
+    /// A list or tuple element: `{key, value}` pairs with a redacted key are blanked.
+    fn element(&mut self, t: ERL_NIF_TERM, depth: usize) {
+        if !self.b.redact.is_empty() {
+            let mut arity: std::os::raw::c_int = 0;
+            let mut arr: *const ERL_NIF_TERM = std::ptr::null();
+            if unsafe { sys::enif_get_tuple(self.env, t, &mut arity, &mut arr) } != 0 && arity == 2 {
+                let key = unsafe { *arr };
+                if self.is_redacted_key(key) {
+                    self.w.tuple_header(2);
+                    self.atom(key);
+                    self.w.atom("redacted");
+                    return;
+                }
+            }
+        }
+        self.term(t, depth);
+    }
+
+    fn tuple(&mut self, t: ERL_NIF_TERM, depth: usize) {
+        let mut arity: std::os::raw::c_int = 0;
+        let mut arr: *const ERL_NIF_TERM = std::ptr::null();
+        if unsafe { sys::enif_get_tuple(self.env, t, &mut arity, &mut arr) } == 0 {
+            self.opaque(t);
+            return;
+        }
+        let items = unsafe { std::slice::from_raw_parts(arr, arity.max(0) as usize) };
+        if items.len() == 2 && self.is_redacted_key(items[0]) {
+            self.w.tuple_header(2);
+            self.atom(items[0]);
+            self.w.atom("redacted");
+            return;
+        }
+        // Large header so the arity can be patched if the budget cuts the tuple.
+        self.w.buf.push(etf::LARGE_TUPLE_EXT);
+        let at = self.w.len();
+        self.w.buf.extend_from_slice(&[0, 0, 0, 0]);
+        let mut n: u32 = 0;
+        for &item in items {
+            if self.over() {
+                self.w.truncated_because(MARK_MAX_BYTES);
+                n += 1;
+                break;
+            }
+            self.term(item, depth + 1);
+            n += 1;
+        }
+        self.w.patch_u32(at, n);
+    }
+
+    fn map(&mut self, t: ERL_NIF_TERM, depth: usize) {
+        let mut iter = MaybeUninit::<ErlNifMapIterator>::uninit();
+        if unsafe {
+            sys::enif_map_iterator_create(self.env, t, iter.as_mut_ptr(), sys::ErlNifMapIteratorEntry::ERL_NIF_MAP_ITERATOR_HEAD)
+        } == 0
+        {
+            self.opaque(t);
+            return;
+        }
+        let mut iter = unsafe { iter.assume_init() };
+        let at = self.w.map_header_placeholder();
+        let mut n: u32 = 0;
+        let mut k: ERL_NIF_TERM = ERL_NIF_TERM::default();
+        let mut v: ERL_NIF_TERM = ERL_NIF_TERM::default();
+        while unsafe { sys::enif_map_iterator_get_pair(self.env, &mut iter, &mut k, &mut v) } != 0 {
+            if self.over() {
+                self.w.truncated_because(MARK_MAX_BYTES);
+                self.w.atom("more");
+                n += 1;
+                break;
+            }
+            self.term(k, depth + 1);
+            if self.is_redacted_key(k) {
+                self.w.atom("redacted");
+            } else {
+                self.term(v, depth + 1);
+            }
+            n += 1;
+            unsafe { sys::enif_map_iterator_next(self.env, &mut iter) };
+        }
+        unsafe { sys::enif_map_iterator_destroy(self.env, &mut iter) };
+        self.w.patch_u32(at, n);
+    }
+}

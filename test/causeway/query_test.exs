@@ -1,0 +1,187 @@
+defmodule Causeway.QueryTest do
+  use Causeway.Case, async: false
+
+  alias Causeway.Runtime
+
+  # A workload of several processes, modules and event types; returns what was
+  # written so each filter can be checked against a brute-force expectation.
+  defp workload do
+    procs =
+      for p <- 1..3 do
+        Task.async(fn ->
+          for i <- 1..40 do
+            mod = Enum.at([Alpha, Beta], rem(i, 2))
+            fun = Enum.at([:one, :two, :three], rem(i, 3))
+            args = Enum.take([p, i, :x], rem(i, 3) + 1)
+            id = Runtime.function_entry(mod, fun, args)
+            if rem(i, 4) == 0, do: Runtime.state_change(i - 4, i)
+            Runtime.function_exit(id, i)
+          end
+
+          self()
+        end)
+      end
+      |> Task.await_many()
+
+    flush!()
+    procs
+  end
+
+  setup do
+    start_causeway!()
+    :ok
+  end
+
+  test "every filter alone and combined matches a brute-force expectation" do
+    procs = workload()
+    all = Causeway.events(limit: :infinity)
+    assert length(all) == 3 * (40 * 2 + 10)
+    assert Enum.map(all, & &1.id) == Enum.sort(Enum.map(all, & &1.id))
+    [p1, p2 | _] = procs
+    mid = Enum.at(all, 100)
+
+    filters = [
+      [pid: p1],
+      [type: :state_change],
+      [type: [:function_exit, :state_change]],
+      [module: Alpha],
+      [module: Beta, function: :two],
+      [module: Beta, function: :two, arity: 3],
+      [function: :three],
+      [pid: p2, module: Alpha, type: :function_exit],
+      [since: mid.wall_time],
+      [until: mid.wall_time],
+      [since: mid.timestamp, pid: p2],
+      [call_id: mid.call_id],
+      [pid: p1, type: :function_entry, module: Beta, function: :one]
+    ]
+
+    for f <- filters do
+      expected = Enum.filter(all, &matches?(&1, f)) |> Enum.map(& &1.id)
+      got = Causeway.events(f ++ [limit: :infinity]) |> Enum.map(& &1.id)
+      assert got == expected, "filter #{inspect(f)}: #{length(got)} vs #{length(expected)}"
+      refute expected == [] and f != [call_id: nil], "filter #{inspect(f)} should match something"
+
+      desc = Causeway.events(f ++ [limit: :infinity, order: :desc]) |> Enum.map(& &1.id)
+      assert desc == Enum.reverse(expected)
+      limited = Causeway.events(f ++ [limit: 3]) |> Enum.map(& &1.id)
+      assert limited == Enum.take(expected, 3)
+    end
+  end
+
+  defp matches?(e, filters) do
+    Enum.all?(filters, fn
+      {:pid, p} -> e.pid == p
+      {:type, ts} when is_list(ts) -> e.type in ts
+      {:type, t} -> e.type == t
+      {:module, m} -> e.module == m
+      {:function, f} -> e.function == f
+      {:arity, a} -> e.arity == a
+      {:call_id, c} -> e.call_id == c
+      {:since, %DateTime{} = t} -> DateTime.compare(e.wall_time, t) != :lt
+      {:until, %DateTime{} = t} -> DateTime.compare(e.wall_time, t) != :gt
+      {:since, mono} -> e.timestamp >= mono
+    end)
+  end
+
+  test "pagination neither skips nor repeats" do
+    workload()
+    all = Causeway.events(limit: :infinity) |> Enum.map(& &1.id)
+
+    for size <- [1, 7, 50, 1000] do
+      streamed = Causeway.stream_events(page_size: size) |> Enum.map(& &1.id)
+      assert streamed == all
+      desc = Causeway.stream_events(page_size: size, order: :desc) |> Enum.map(& &1.id)
+      assert desc == Enum.reverse(all)
+    end
+
+    assert Causeway.stream_events(page_size: 7, limit: 20, type: :state_change) |> Enum.count() == 20
+    # the explicit cursor
+    first = Causeway.events(limit: 10)
+    next = Causeway.events(limit: 10, after: List.last(first).id)
+    assert Enum.map(first ++ next, & &1.id) == Enum.take(all, 20)
+  end
+
+  test "state_at before, between and after changes" do
+    {:ok, pid} =
+      Agent.start_link(fn -> :ok end)
+
+    change = fn old, new ->
+      Agent.get(pid, fn _ ->
+        Runtime.state_change(old, new)
+        :ok
+      end)
+      Process.sleep(5)
+    end
+
+    before = DateTime.utc_now()
+    Process.sleep(5)
+    change.(nil, :a)
+    between = DateTime.utc_now()
+    Process.sleep(5)
+    change.(:a, :b)
+    change.(:b, :c)
+    flush!()
+    after_all = DateTime.utc_now()
+
+    assert Causeway.state_at(pid, before) == :none
+    assert {:ok, :a, _} = Causeway.state_at(pid, between)
+    assert {:ok, :c, ev} = Causeway.state_at(pid, after_all)
+    assert ev.data.old == :b
+    # at exactly the time of a change, that change counts
+    [_, second, _] = Causeway.state_history(pid)
+    assert {:ok, :b, ^second} = Causeway.state_at(pid, second.wall_time)
+    assert {:ok, :b, _} = Causeway.state_at(pid, second.timestamp)
+    assert [%{data: %{new: :b}}] = Causeway.state_history(pid, since: second.wall_time, until: second.wall_time)
+  end
+
+  test "causal_chain crosses three processes: state change ← message ← sender's call ← ..." do
+    parent = self()
+
+    c =
+      spawn(fn ->
+        receive do
+          {:bump, n} = msg ->
+            Runtime.message_receive(msg)
+            Runtime.state_change(0, n)
+            send(parent, :done)
+        end
+      end)
+
+    b =
+      spawn(fn ->
+        receive do
+          {:relay, n} = msg ->
+            Runtime.message_receive(msg)
+            id = Runtime.function_entry(Relay, :forward, [n])
+            Runtime.message_send(c, {:bump, n})
+            send(c, {:bump, n})
+            Runtime.function_exit(id, :ok)
+        end
+      end)
+
+    id = Runtime.function_entry(Origin, :start, [])
+    Runtime.message_send(b, {:relay, 42})
+    send(b, {:relay, 42})
+    Runtime.function_exit(id, :ok)
+    assert_receive :done, 5_000
+    flush!()
+
+    [sc] = Causeway.events(pid: c, type: :state_change)
+    chain = Causeway.causal_chain(sc.id)
+
+    assert Enum.map(chain, fn {e, via} -> {e.type, e.pid, via} end) == [
+             {:state_change, c, nil},
+             {:message_receive, c, :caused_by},
+             {:message_send, b, :receives},
+             {:function_entry, b, :caused_by},
+             {:message_receive, b, :caused_by},
+             {:message_send, self(), :receives},
+             {:function_entry, self(), :caused_by}
+           ]
+
+    [flow] = Causeway.message_flow(b, c)
+    assert flow.send.data.message == {:bump, 42}
+    assert flow.receive.pid == c
+  end
+end

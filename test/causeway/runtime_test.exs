@@ -1,0 +1,145 @@
+defmodule Causeway.RuntimeTest do
+  use Causeway.Case, async: false
+
+  alias Causeway.Runtime
+
+  test "every runtime function records its event with the right shape" do
+    start_causeway!()
+    me = self()
+    child = spawn(fn -> :ok end)
+    id = Runtime.function_entry(M, :f, [1])
+    Runtime.message_send(child, {:hello, 1})
+    Runtime.message_receive({:reply, 2})
+    Runtime.message_receive(child, {:reply, 3})
+    Runtime.state_change(%{a: 1}, %{a: 2})
+    Runtime.process_spawn(child)
+    Runtime.error(:throw, :oops, [{M, :f, 1, []}])
+    Runtime.function_exit(id, :ok)
+    Runtime.process_exit(child, :normal)
+    flush!()
+
+    [entry, send, r1, r2, sc, spawn, err, exit] = Causeway.events(pid: me)
+    assert entry.type == :function_entry
+    assert send.data == %{to: child, message: {:hello, 1}}
+    assert send.parent_id == id
+    assert r1.data == %{from: nil, message: {:reply, 2}}
+    assert r2.data == %{from: child, message: {:reply, 3}}
+    assert sc.data == %{old: %{a: 1}, new: %{a: 2}}
+    assert sc.parent_id == r2.id, "state change caused by the message being handled"
+    assert spawn.data == %{child: child}
+    assert err.data == %{kind: :throw, reason: :oops, stacktrace: [{M, :f, 1, []}]}
+    assert err.parent_id == id
+    assert exit.type == :function_exit
+    [pexit] = Causeway.events(pid: child)
+    assert pexit.type == :process_exit and pexit.data == %{reason: :normal}
+    assert {:exit_of, spawn.id} in pexit.links
+    # ids are time-ordered and unique
+    ids = Enum.map([entry, send, r1, r2, sc, spawn, err, exit], & &1.id)
+    assert ids == Enum.sort(ids) and ids == Enum.uniq(ids)
+  end
+
+  test "concurrent producers on every scheduler: exact counts" do
+    start_causeway!(ring_size: 65_536)
+    scheds = System.schedulers_online()
+    per = 3_000
+
+    Enum.map(1..(scheds * 4), fn p ->
+      Task.async(fn ->
+        for i <- 1..per, do: Runtime.state_change(p, i)
+      end)
+    end)
+    |> Task.await_many(60_000)
+
+    flush!()
+    m = Causeway.metrics()
+    total = scheds * 4 * per
+    assert m.produced == total
+    assert m.persisted == total
+    assert Enum.sum(Enum.map(m.rings, & &1.written)) == total
+    assert length(Causeway.events(type: :state_change, limit: :infinity, links: false)) == total
+  end
+
+  test "large terms are truncated to the byte and depth budget" do
+    start_causeway!(max_term_bytes: 256, max_depth: 4)
+    big = :binary.copy("x", 10_000)
+    Runtime.state_change(nil, big)
+    Runtime.state_change(nil, Enum.to_list(1..10_000))
+    Runtime.state_change(nil, Map.new(1..1_000, &{&1, &1}))
+    Runtime.state_change(nil, {:a, {:b, {:c, {:d, {:e, {:f}}}}}})
+    Runtime.state_change(nil, List.to_tuple(Enum.to_list(1..10_000)))
+    Runtime.state_change(nil, "small")
+    flush!()
+
+    [b, l, m, d, t, s] = Causeway.events(pid: self(), type: :state_change) |> Enum.map(& &1.data.new)
+    assert b == {:truncated, 10_000}
+    assert is_list(l) and length(l) < 200
+    {proper, tail} = split_improper(l)
+    assert tail == {:truncated, :max_bytes}
+    assert proper == Enum.to_list(1..length(proper))
+    assert map_size(m) < 200 and m[{:truncated, :max_bytes}] == :more
+    assert {:a, {:b, {:truncated, :max_depth}}} = d
+    assert tuple_size(t) < 200 and elem(t, tuple_size(t) - 1) == {:truncated, :max_bytes}
+    assert s == "small"
+  end
+
+  defp split_improper(list, acc \\ [])
+  defp split_improper([h | t], acc), do: split_improper(t, [h | acc])
+  defp split_improper(tail, acc), do: {Enum.reverse(acc), tail}
+
+  test "deep nesting and odd terms never crash" do
+    start_causeway!()
+    deep = Enum.reduce(1..100_000, :bottom, fn _, acc -> [acc] end)
+    Runtime.state_change(nil, deep)
+    Runtime.state_change(nil, {self(), make_ref(), fn -> :ok end, <<1::3>>, 1.5, -(2 ** 100), :"ünïcode"})
+    flush!()
+    [d, odd] = Causeway.events(pid: self(), type: :state_change) |> Enum.map(& &1.data.new)
+    assert inspect(d) =~ "truncated"
+    {pid, ref, fun, bits, f, big, atom} = odd
+    assert pid == self() and is_reference(ref) and is_function(fun)
+    assert bits == <<1::3>> and f == 1.5 and big == -(2 ** 100) and atom == :"ünïcode"
+  end
+
+  test "redacted keys never reach the disk" do
+    {_, dir} = start_causeway!(redact: [:password, :token])
+    secret = "hunter2-#{System.unique_integer([:positive])}"
+    visible = "visible-#{System.unique_integer([:positive])}"
+    Runtime.function_entry(Auth, :login, [%{user: "ada", password: secret, note: visible}])
+    Runtime.message_send(self(), [user: "ada", token: secret, note: visible])
+    Runtime.state_change(nil, %{creds: {:password, secret}, note: visible})
+    flush!()
+
+    [entry] = Causeway.events(type: :function_entry)
+    assert entry.data == [%{user: "ada", password: :redacted, note: visible}]
+    [send] = Causeway.events(type: :message_send)
+    assert send.data.message == [user: "ada", token: :redacted, note: visible]
+    stop_causeway!()
+
+    raw = dir |> Path.join("**") |> Path.wildcard() |> Enum.filter(&File.regular?/1) |> Enum.map(&File.read!/1)
+    assert Enum.any?(raw, &String.contains?(&1, visible)), "the control value is in the raw bytes"
+    refute Enum.any?(raw, &String.contains?(&1, secret)), "the secret is not"
+  end
+
+  test "capture can be switched off globally, per module and per process" do
+    start_causeway!()
+    :ok = Causeway.capture(:global, false)
+    assert Runtime.function_entry(M, :f, []) == nil
+    Runtime.state_change(1, 2)
+    :ok = Causeway.capture(:global, true)
+
+    :ok = Causeway.capture({:module, Quiet}, false)
+    assert Runtime.function_entry(Quiet, :f, []) == nil
+    loud = Runtime.function_entry(Loud, :f, [])
+    assert is_integer(loud)
+
+    other = spawn(fn -> receive do: (:go -> Runtime.state_change(:other, 1)) end)
+    :ok = Causeway.capture({:pid, other}, false)
+    send(other, :go)
+    Process.sleep(20)
+    :ok = Causeway.capture({:module, Quiet}, true)
+    assert is_integer(Runtime.function_entry(Quiet, :g, []))
+    flush!()
+
+    assert Causeway.events() |> Enum.map(&{&1.module, &1.function}) == [{Loud, :f}, {Quiet, :g}]
+    assert_raise ArgumentError, ~r/scope/, fn -> Causeway.capture(:everything, false) end
+  end
+end

@@ -1,0 +1,186 @@
+defmodule CausewayTest do
+  # The walking skeleton's acceptance: an event's whole journey.
+  use Causeway.Case, async: false
+
+  alias Causeway.Runtime
+
+  test "an event is written, flushed, and read back after a restart on the same directory" do
+    {_pid, dir} = start_causeway!()
+    call_id = Runtime.function_entry(Demo.Mod, :work, [1, "two", %{three: 3}])
+    assert is_integer(call_id) and call_id > 0
+    :ok = Runtime.function_exit(call_id, {:ok, 6})
+    flush!()
+    stop_causeway!()
+
+    # a new instance on the same directory finds it on disk
+    start_causeway!(dir: dir)
+    [entry, exit] = Causeway.events(pid: self())
+    assert entry.type == :function_entry
+    assert entry.id == call_id and entry.call_id == call_id
+    assert entry.module == Demo.Mod and entry.function == :work and entry.arity == 3
+    assert entry.data == [1, "two", %{three: 3}]
+    assert entry.pid == self() and entry.node == node()
+    assert %DateTime{} = entry.wall_time
+    assert exit.type == :function_exit
+    assert exit.data == {:ok, 6}
+    assert exit.call_id == call_id and exit.parent_id == call_id
+    assert exit.module == Demo.Mod and exit.function == :work
+
+    # the exit is linked to its entry, both ways
+    assert {:completes, call_id} in exit.links
+    assert {:completed_by, exit.id} in entry.links
+
+    # new ids stay above the stored ones after the restart
+    later = Runtime.function_entry(Demo.Mod, :again, [])
+    assert later > exit.id
+  end
+
+  test "a store opened read-only after the instance stopped answers queries" do
+    {_pid, dir} = start_causeway!()
+    id = Runtime.function_entry(Demo.Mod, :work, [])
+    Runtime.function_exit(id, :done)
+    flush!()
+    stop_causeway!()
+
+    {:ok, store} = Causeway.open(dir, read_only: true)
+    assert [%{type: :function_entry}, %{type: :function_exit, data: :done}] = Causeway.events(store: store, pid: self())
+    assert Causeway.event(id, store: store).id == id
+    assert Causeway.event(12_345, store: store) == nil
+  end
+
+  test "events of many concurrent processes are all stored when the rings are big enough" do
+    start_causeway!(ring_size: 65_536)
+    procs = 8
+    per = 2_000
+
+    pids =
+      for p <- 1..procs do
+        Task.async(fn ->
+          for i <- 1..per do
+            id = Runtime.function_entry(Demo.Mod, :step, [p, i])
+            Runtime.function_exit(id, i)
+          end
+
+          self()
+        end)
+      end
+      |> Task.await_many(60_000)
+
+    flush!()
+    m = Causeway.metrics()
+    assert m.produced == procs * per * 2
+    assert m.persisted == procs * per * 2
+    assert m.dropped_total == 0
+
+    for pid <- pids do
+      events = Causeway.events(pid: pid, limit: :infinity, links: false)
+      assert length(events) == per * 2
+      assert Enum.count(events, &(&1.type == :function_exit)) == per
+    end
+
+    assert m.correlation_success_rate == 1.0
+  end
+
+  test "drops are counted exactly when the rings are too small" do
+    # one shard, a tiny ring and a long flush interval: the writer cannot keep up
+    start_causeway!(ring_size: 64, shards: 1, workers: {1, 1}, flush_interval_ms: 1_000, batch_size: 16)
+    n = 5_000
+    for i <- 1..n, do: Runtime.message_send(self(), {:tick, i})
+    flush!()
+    m = Causeway.metrics()
+    stored = length(Causeway.events(type: :message_send, limit: :infinity, links: false))
+    assert m.produced == n
+    assert m.dropped_total > 0
+    assert m.persisted == stored
+    assert m.dropped_total + stored == n
+    assert m.dropped.ring_full == m.dropped_total
+  end
+
+  test "the drop-oldest policy keeps the newest events and counts the overwritten ones" do
+    start_causeway!(ring_size: 64, shards: 1, workers: {1, 1}, flush_interval_ms: 1_000, overflow: :drop_oldest)
+    n = 3_000
+    for i <- 1..n, do: Runtime.message_send(self(), {:tick, i})
+    flush!()
+    m = Causeway.metrics()
+    stored = Causeway.events(type: :message_send, limit: :infinity, links: false)
+    assert m.dropped.overwritten + length(stored) == n
+    assert m.dropped.ring_full == 0
+    # the very last event survived
+    assert List.last(stored).data.message == {:tick, n}
+  end
+
+  describe "bad input gets a clear error, never a crash" do
+    test "start_link options" do
+      assert_raise ArgumentError, ~r/ring_size must be a power of two/, fn -> Causeway.start_link(ring_size: 1000) end
+      assert_raise ArgumentError, ~r/workers/, fn -> Causeway.start_link(workers: {3, 2}) end
+      assert_raise ArgumentError, ~r/overflow/, fn -> Causeway.start_link(overflow: :explode) end
+      assert_raise ArgumentError, ~r/unknown keys/, fn -> Causeway.start_link(nope: 1) end
+      assert_raise ArgumentError, ~r/:dir/, fn -> Causeway.start_link(dir: 42) end
+      assert_raise ArgumentError, ~r/redact/, fn -> Causeway.start_link(redact: ["password"]) end
+    end
+
+    test "a directory that cannot be used is an error naming the path" do
+      base = tmp_dir!("bad")
+      File.mkdir_p!(base)
+      file = Path.join(base, "a-file")
+      File.write!(file, "x")
+      target = Path.join(file, "store")
+      assert {:error, %Causeway.Error{kind: :path, message: msg}} = Causeway.start_link(dir: target)
+      assert msg =~ target
+      refute Process.whereis(Causeway)
+
+      # a directory holding something else is refused and left as it was
+      other = Path.join(base, "other")
+      File.mkdir_p!(other)
+      File.write!(Path.join(other, "notes.txt"), "mine")
+      assert {:error, %Causeway.Error{kind: :incompatible, message: msg}} = Causeway.start_link(dir: other)
+      assert msg =~ other
+      assert File.ls!(other) == ["notes.txt"]
+
+      assert {:error, %Causeway.Error{kind: :path}} = Causeway.open(Path.join(base, "missing"))
+    end
+
+    test "runtime functions" do
+      start_causeway!()
+      assert_raise ArgumentError, ~r/function_entry/, fn -> Runtime.function_entry("Mod", :f, []) end
+      assert_raise ArgumentError, ~r/function_entry/, fn -> Runtime.function_entry(Mod, :f, :not_a_list) end
+      assert_raise ArgumentError, ~r/function_exit/, fn -> Runtime.function_exit(-1, :ok) end
+      assert_raise ArgumentError, ~r/receiver/, fn -> Runtime.message_send(:not_a_pid, :hi) end
+      assert_raise ArgumentError, ~r/sender/, fn -> Runtime.message_receive("x", :hi) end
+      assert_raise ArgumentError, ~r/process_spawn/, fn -> Runtime.process_spawn(make_ref()) end
+      assert_raise ArgumentError, ~r/process_exit/, fn -> Runtime.process_exit(:x, :normal) end
+      assert_raise ArgumentError, ~r/error/, fn -> Runtime.error(:bad_kind, :r, []) end
+      # an exit for a call id that was never entered is stored, and counted as orphaned later
+      assert :ok = Runtime.function_exit(987_654_321, :ok)
+      # an improper list of args is fine
+      id = Runtime.function_entry(Mod, :f, [1, 2 | 3])
+      Runtime.function_exit(id, :ok)
+      flush!()
+      [entry | _] = Causeway.events(type: :function_entry)
+      assert entry.data == [1, 2 | 3]
+      assert entry.arity == 2
+    end
+
+    test "queries" do
+      start_causeway!()
+      assert_raise ArgumentError, ~r/:pid must be a pid/, fn -> Causeway.events(pid: :me) end
+      assert_raise ArgumentError, ~r/unknown event type/, fn -> Causeway.events(type: :nope) end
+      assert_raise ArgumentError, ~r/:limit/, fn -> Causeway.events(limit: -1) end
+      assert_raise ArgumentError, ~r/:order/, fn -> Causeway.events(order: :sideways) end
+      assert_raise ArgumentError, ~r/keyword/, fn -> Causeway.events(:pid) end
+      assert_raise ArgumentError, ~r/:since/, fn -> Causeway.events(since: "noon") end
+      assert_raise ArgumentError, fn -> Causeway.event("1") end
+      assert_raise ArgumentError, fn -> Causeway.call_tree(:x) end
+      assert_raise ArgumentError, fn -> Causeway.state_at(:x, DateTime.utc_now()) end
+      assert Causeway.events(pid: self()) == []
+    end
+
+    test "without a running instance, capture is a no-op and queries say so" do
+      assert Runtime.function_entry(Mod, :f, []) == nil
+      assert Runtime.function_exit(nil, :ok) == :ok
+      assert Runtime.message_send(self(), :hi) == :ok
+      assert {:error, %Causeway.Error{kind: :not_running}} = Causeway.flush()
+      assert_raise Causeway.Error, ~r/not_running/, fn -> Causeway.events() end
+    end
+  end
+end
