@@ -190,6 +190,15 @@ defmodule Causeway do
     end
   end
 
+  @doc "Closes a store opened with `open/2` (queries on it then fail with `:closed`)."
+  @spec close(store()) :: :ok
+  def close(%Causeway.Store{handle: h}) do
+    case Native.store_close(h) do
+      :ok -> :ok
+      {:error, e} -> raise Causeway.Error.from_native(e)
+    end
+  end
+
   # ------------------------------------------------------------------ queries
 
   @doc """

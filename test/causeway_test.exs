@@ -46,6 +46,8 @@ defmodule CausewayTest do
     assert [%{type: :function_entry}, %{type: :function_exit, data: :done}] = Causeway.events(store: store, pid: self())
     assert Causeway.event(id, store: store).id == id
     assert Causeway.event(12_345, store: store) == nil
+    assert :ok = Causeway.close(store)
+    assert_raise Causeway.Error, ~r/closed/, fn -> Causeway.events(store: store) end
   end
 
   test "events of many concurrent processes are all stored when the rings are big enough" do
@@ -83,7 +85,7 @@ defmodule CausewayTest do
 
   test "drops are counted exactly when the rings are too small" do
     # one shard, a tiny ring and a long flush interval: the writer cannot keep up
-    start_causeway!(ring_size: 64, shards: 1, workers: {1, 1}, flush_interval_ms: 1_000, batch_size: 16)
+    start_causeway!(ring_size: 64, shards: 1, workers: {1, 1}, flush_interval_ms: 1_000, batch_size: 16, emergency_sample: 1)
     n = 5_000
     for i <- 1..n, do: Runtime.message_send(self(), {:tick, i})
     flush!()
@@ -97,7 +99,7 @@ defmodule CausewayTest do
   end
 
   test "the drop-oldest policy keeps the newest events and counts the overwritten ones" do
-    start_causeway!(ring_size: 64, shards: 1, workers: {1, 1}, flush_interval_ms: 1_000, overflow: :drop_oldest)
+    start_causeway!(ring_size: 64, shards: 1, workers: {1, 1}, flush_interval_ms: 1_000, overflow: :drop_oldest, emergency_sample: 1)
     n = 3_000
     for i <- 1..n, do: Runtime.message_send(self(), {:tick, i})
     flush!()

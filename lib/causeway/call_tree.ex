@@ -35,11 +35,14 @@ defmodule Causeway.CallTree do
   def format(%__MODULE__{} = t, indent \\ 0) do
     pad = String.duplicate("  ", indent)
     line =
-      "#{pad}#{Causeway.Event.mfa_string(t.entry)}(#{args(t.entry.data)}) → " <>
+      "#{pad}#{name(t.entry)}(#{args(t.entry.data)}) → " <>
         "#{Causeway.Event.short(t.result)}#{duration(t.duration_ns)}"
 
     Enum.join([line | Enum.map(t.children, &format(&1, indent + 1))], "\n")
   end
+
+  defp name(%{module: m, function: f}) when is_atom(m), do: "#{inspect(m)}.#{f}"
+  defp name(%{module: m, function: f}), do: "#{m}.#{f}"
 
   defp args(list) when is_list(list), do: Enum.map_join(list, ", ", &Causeway.Event.short/1)
   defp args(other), do: Causeway.Event.short(other)

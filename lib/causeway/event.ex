@@ -150,7 +150,8 @@ defmodule Causeway.Event do
   defp from(pid), do: " from #{inspect(pid)}"
 
   @doc false
-  def short(term), do: inspect(term, limit: 8, printable_limit: 60, width: :infinity)
+  def short(term),
+    do: inspect(term, limit: 8, printable_limit: 60, width: :infinity, charlists: :as_lists)
 
   defimpl Inspect do
     import Inspect.Algebra

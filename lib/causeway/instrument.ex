@@ -110,7 +110,7 @@ defmodule Causeway.Instrument do
       catch
         kind, reason ->
           Causeway.Runtime.function_exit(call_id, {:exception, kind, reason})
-          :erlang.raise(kind, reason, __STACKTRACE__)
+          :erlang.raise(kind, reason, Causeway.Instrument.__stacktrace__(__STACKTRACE__))
       else
         result ->
           Causeway.Runtime.function_exit(call_id, result)
@@ -148,6 +148,35 @@ defmodule Causeway.Instrument do
       result
     end
   end
+
+  @doc false
+  # The stacktrace as the uninstrumented function would have it: the original
+  # clauses are named `f (overridable N)` by defoverridable, and the wrapper
+  # adds a frame of the same function right under them.
+  def __stacktrace__(stacktrace) do
+    stacktrace
+    |> Enum.map(fn
+      {m, f, a, loc} when is_atom(f) -> {m, original_name(f), a, loc}
+      frame -> frame
+    end)
+    |> dedup_wrapper_frames()
+  end
+
+  defp original_name(f) do
+    name = Atom.to_string(f)
+
+    case :binary.match(name, " (overridable ") do
+      {pos, _} -> String.to_existing_atom(binary_part(name, 0, pos))
+      :nomatch -> f
+    end
+  end
+
+  defp dedup_wrapper_frames([{m, f, a, _} = frame, {m, f, a2, _} | rest])
+       when a == a2 or (is_list(a) and length(a) == a2) or (is_list(a2) and length(a2) == a),
+       do: dedup_wrapper_frames([frame | rest])
+
+  defp dedup_wrapper_frames([frame | rest]), do: [frame | dedup_wrapper_frames(rest)]
+  defp dedup_wrapper_frames([]), do: []
 
   @doc false
   def __caller__({pid, _tag}) when is_pid(pid), do: pid

@@ -75,4 +75,5 @@ defmodule Causeway.Native do
   def query_state_at(_h, _pid, _wall_ns), do: err()
   def query_links(_h, _id), do: err()
   def store_open(_dir, _read_only), do: err()
+  def store_close(_h), do: err()
 end

@@ -150,22 +150,31 @@ defmodule Causeway.Query do
   defp opt_time(opts, key) do
     case Keyword.get(opts, key) do
       nil -> nil
-      t -> max(wall_ns!(t, key), 0)
+      t when key == :until -> max(wall_ns!(t, key, :last), 0)
+      t -> max(wall_ns!(t, key, :first), 0)
     end
   end
 
   @doc false
-  def wall_ns!(%DateTime{} = t, _), do: DateTime.to_unix(t, :nanosecond)
+  # A time as wall-clock ns. A DateTime stands for its whole precision unit
+  # (12:03:04 is a whole second, an event's wall_time a whole microsecond):
+  # `:first` gives its first nanosecond, `:last` its last.
+  def wall_ns!(t, key, edge \\ :first)
 
-  def wall_ns!(%NaiveDateTime{} = t, _),
-    do: t |> DateTime.from_naive!("Etc/UTC") |> DateTime.to_unix(:nanosecond)
+  def wall_ns!(%DateTime{microsecond: {_, precision}} = t, _, edge) do
+    ns = DateTime.to_unix(t, :nanosecond)
+    if edge == :last, do: ns + Integer.pow(10, 9 - precision) - 1, else: ns
+  end
 
-  def wall_ns!(%Time{} = t, key),
-    do: wall_ns!(NaiveDateTime.new!(Date.utc_today(), t), key)
+  def wall_ns!(%NaiveDateTime{} = t, key, edge),
+    do: t |> DateTime.from_naive!("Etc/UTC") |> wall_ns!(key, edge)
 
-  def wall_ns!(t, _) when is_integer(t), do: t + System.time_offset(:nanosecond)
+  def wall_ns!(%Time{} = t, key, edge),
+    do: wall_ns!(NaiveDateTime.new!(Date.utc_today(), t), key, edge)
 
-  def wall_ns!(other, key),
+  def wall_ns!(t, _, _) when is_integer(t), do: t + System.time_offset(:nanosecond)
+
+  def wall_ns!(other, key, _),
     do:
       raise(
         ArgumentError,
@@ -244,7 +253,7 @@ defmodule Causeway.Query do
 
   @doc false
   def state_at(pid, time, opts) when is_pid(pid) do
-    wall = max(wall_ns!(time, :time), 0)
+    wall = max(wall_ns!(time, :time, :last), 0)
 
     case unwrap(Native.query_state_at(handle(opts), pid, wall)) do
       nil ->

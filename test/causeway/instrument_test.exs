@@ -123,7 +123,7 @@ defmodule Causeway.InstrumentTest do
     # an exception is recorded on the exit and the frame is closed
     catch_error(Traced.boom(7))
     flush!()
-    [exit] = Causeway.events(pid: self(), type: :function_exit, function: :boom)
+    [_boom1, exit] = Causeway.events(pid: self(), type: :function_exit, function: :boom)
     assert {:exception, :error, %ArgumentError{message: "bad 7"}} = exit.data
     assert Causeway.metrics().process_contexts == 0
   end

@@ -49,31 +49,42 @@ defmodule Causeway.PipelineTest do
     :ok = Causeway.subscribe(:backpressure)
     # storage stalls: writers hold their batch and retry, the ring fills up
     :ok = Native.pipeline_inject(handle(), :write_error, 1_000_000)
-    fill = fn n -> for i <- 1..n, do: Runtime.message_send(self(), i) end
+    # writers hold what they popped, so fill until the ring itself reaches each level
+    fill_until = fn level ->
+      Enum.find(1..200, fn _ ->
+        for i <- 1..8, do: Runtime.message_send(self(), i)
+        Process.sleep(2)
+        Native.pipeline_level(handle()) == level
+      end)
+    end
 
-    fill.(560)
+    assert fill_until.(:elevated)
     assert_receive {:causeway, :backpressure, :elevated, info}, 5_000
     assert info.previous == :normal
     assert info.batch_size == 16
+    assert info.utilization >= 0.5
 
-    fill.(320)
+    assert fill_until.(:high)
     assert_receive {:causeway, :backpressure, :high, info}, 5_000
     assert info.workers == 8
     assert info.batch_size == 32
     assert info.flush_interval_ms == 1
     assert wait_until(fn -> Causeway.metrics().workers == 8 end)
 
-    fill.(150)
+    assert fill_until.(:emergency)
     assert_receive {:causeway, :backpressure, :emergency, _}, 5_000
     # only critical events are kept; others are sampled (1 in 10) and counted
     before = Causeway.metrics()
-    fill.(200)
+    for i <- 1..200, do: Runtime.message_send(self(), i)
     m = Causeway.metrics()
     assert (m.dropped.sampled - before.dropped.sampled) in 179..181
     for i <- 1..20, do: Runtime.state_change(i, i + 1)
     assert Causeway.metrics().dropped.ring_full == 0
     assert Causeway.metrics().level == :emergency
-    assert Causeway.health().status == :degraded
+    # writes are failing: the health says so, and why
+    health = Causeway.health()
+    assert health.status == :failing
+    assert Enum.any?(health.alerts, fn {k, _} -> k == :storage end)
 
     # storage comes back: everything buffered is written and the level steps down
     :ok = Native.pipeline_inject(handle(), :write_error, 0)
@@ -81,6 +92,7 @@ defmodule Causeway.PipelineTest do
     assert_receive {:causeway, :backpressure, :elevated, _}, 10_000
     assert_receive {:causeway, :backpressure, :normal, _}, 10_000
     flush!()
+    assert Causeway.health().status == :ok
     m = Causeway.metrics()
     assert m.produced == m.persisted + m.dropped_total
     assert m.dropped_total == m.dropped.sampled

@@ -30,14 +30,18 @@ fn proc_key(p: &PidRec) -> ProcKey {
     (((p.id as u64) << 32) | p.serial as u64, h.finish())
 }
 
+/// A pending function-call correlation. `Fresh` exists only while a worker
+/// holds the entry's lock and decides what to put there.
 #[derive(Debug)]
 enum CallHalf {
+    Fresh,
     EntryOpen { at: i64 },
     ExitFirst { exit: u64, at: i64 },
 }
 
 #[derive(Debug)]
 enum ProcHalf {
+    Fresh,
     Spawned { spawn: u64, at: i64 },
     ExitFirst { exit: u64, at: i64 },
 }
@@ -174,7 +178,7 @@ impl Correlator {
 
     fn on_entry(&self, ev: &StoredEvent, now: i64, out: &mut Vec<Link>) {
         let call = ev.id;
-        let mut e = self.calls.entry(call).or_insert(CallHalf::EntryOpen { at: i64::MIN });
+        let mut e = self.calls.entry(call).or_insert(CallHalf::Fresh);
         match *e {
             CallHalf::ExitFirst { exit, .. } => {
                 drop(e);
@@ -183,7 +187,7 @@ impl Correlator {
                 self.matched();
                 self.link(out, exit, LinkKind::Completes, call);
             }
-            CallHalf::EntryOpen { at } if at == i64::MIN => {
+            CallHalf::Fresh => {
                 if self.room() {
                     *e = CallHalf::EntryOpen { at: now };
                 } else {
@@ -201,16 +205,16 @@ impl Correlator {
             self.orphaned.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let mut e = self.calls.entry(call).or_insert(CallHalf::EntryOpen { at: i64::MIN });
+        let mut e = self.calls.entry(call).or_insert(CallHalf::Fresh);
         match *e {
-            CallHalf::EntryOpen { at } if at != i64::MIN => {
+            CallHalf::EntryOpen { .. } => {
                 drop(e);
                 self.calls.remove(&call);
                 self.settled(1);
                 self.matched();
                 self.link(out, ev.id, LinkKind::Completes, call);
             }
-            CallHalf::EntryOpen { .. } => {
+            CallHalf::Fresh => {
                 if self.room() {
                     *e = CallHalf::ExitFirst { exit: ev.id, at: now };
                 } else {
@@ -302,7 +306,7 @@ impl Correlator {
         let Some(child) = ev.peer.as_ref().map(proc_key) else {
             return;
         };
-        let mut e = self.procs.entry(child).or_insert(ProcHalf::Spawned { spawn: 0, at: i64::MIN });
+        let mut e = self.procs.entry(child).or_insert(ProcHalf::Fresh);
         match *e {
             ProcHalf::ExitFirst { exit, .. } => {
                 drop(e);
@@ -311,7 +315,7 @@ impl Correlator {
                 self.matched();
                 self.link(out, exit, LinkKind::ExitOf, ev.id);
             }
-            ProcHalf::Spawned { at, .. } if at == i64::MIN => {
+            ProcHalf::Fresh => {
                 if self.room() {
                     *e = ProcHalf::Spawned { spawn: ev.id, at: now };
                 } else {
@@ -325,16 +329,16 @@ impl Correlator {
 
     fn on_process_exit(&self, ev: &StoredEvent, now: i64, out: &mut Vec<Link>) {
         let who = proc_key(&ev.pid);
-        let mut e = self.procs.entry(who).or_insert(ProcHalf::Spawned { spawn: 0, at: i64::MIN });
+        let mut e = self.procs.entry(who).or_insert(ProcHalf::Fresh);
         match *e {
-            ProcHalf::Spawned { spawn, at } if at != i64::MIN => {
+            ProcHalf::Spawned { spawn, .. } => {
                 drop(e);
                 self.procs.remove(&who);
                 self.settled(1);
                 self.matched();
                 self.link(out, ev.id, LinkKind::ExitOf, spawn);
             }
-            ProcHalf::Spawned { .. } => {
+            ProcHalf::Fresh => {
                 if self.room() {
                     *e = ProcHalf::ExitFirst { exit: ev.id, at: now };
                 } else {
@@ -361,6 +365,7 @@ impl Correlator {
                 orphaned += 1;
                 false
             }
+            CallHalf::Fresh => false,
             _ => true,
         });
         self.procs.retain(|_, h| match *h {
@@ -372,6 +377,7 @@ impl Correlator {
                 orphaned += 1;
                 false
             }
+            ProcHalf::Fresh => false,
             _ => true,
         });
         self.messages.retain(|_, slot| {

@@ -125,6 +125,8 @@ pub struct RawEvent {
     pub kind: Option<EventType>,
     /// Erlang monotonic time in nanoseconds at capture.
     pub mono_ns: i64,
+    /// Wall-clock (Erlang system) time in nanoseconds at capture.
+    pub wall_ns: i64,
     /// The process the event is about (raw local pid word).
     pub pid: u64,
     pub module: u64,

@@ -34,9 +34,10 @@ pub trait Resolver: Send + Sync + 'static {
     fn pid(&self, raw: u64) -> PidRec;
     /// An atom's name from its raw term word.
     fn atom(&self, raw: u64) -> Option<String>;
-    /// Erlang monotonic time in nanoseconds.
+    /// Erlang monotonic time in nanoseconds, on any thread (native threads
+    /// included: the BEAM's own clock calls only work on its schedulers).
     fn now_mono_ns(&self) -> i64;
-    /// wall-clock ns = monotonic ns + this offset.
+    /// wall-clock ns = monotonic ns + this offset (called on scheduler threads).
     fn time_offset_ns(&self) -> i64;
 }
 
@@ -74,7 +75,9 @@ pub struct Pipeline {
     pub ids: IdGen,
     pub contexts: Contexts,
     pub correlator: Correlator,
-    pub store: Arc<Store>,
+    /// Taken out on close, so the database is closed when the last query
+    /// holding it ends (and not whenever the BEAM collects the handle).
+    store: Mutex<Option<Arc<Store>>>,
     pub counters: Counters,
     pub latency: Latency,
     pub history: History,
@@ -160,7 +163,7 @@ impl Pipeline {
                 (config.correlation_ttl_ms as i64).saturating_mul(1_000_000),
                 config.max_pending,
             ),
-            store,
+            store: Mutex::new(Some(store)),
             counters: Counters::default(),
             latency: Latency::default(),
             history: History::new(256),
@@ -235,12 +238,13 @@ impl Pipeline {
         true
     }
 
-    /// The shard, id and wall-clock time for an event captured now by this thread.
+    /// The shard, id and wall-clock time (ns) of an event captured now by this
+    /// thread at Erlang monotonic time `mono_ns`.
     #[inline]
-    pub fn stamp(&self, mono_ns: i64) -> (usize, u64) {
+    pub fn stamp(&self, mono_ns: i64) -> (usize, u64, i64) {
         let shard = self.rings.local_shard();
-        let wall = mono_ns.saturating_add(self.resolver.time_offset_ns()).max(0) as u64;
-        (shard, self.ids.next(shard, wall))
+        let wall = mono_ns.saturating_add(self.resolver.time_offset_ns()).max(0);
+        (shard, self.ids.next(shard, wall as u64), wall)
     }
 
     /// Puts an event into its shard; raises the level at once if the shard is
@@ -331,7 +335,10 @@ impl Pipeline {
         if done.is_empty() {
             return;
         }
-        let result = self.store.sync().map_err(|e| e.to_string());
+        let result = match self.store() {
+            Some(s) => s.sync().map_err(|e| e.to_string()),
+            None => Err("closed".to_string()),
+        };
         for token in done {
             self.notifier.flushed(token, result.clone());
         }
@@ -440,7 +447,10 @@ impl Pipeline {
         }
         self.closed.store(true, Ordering::Release);
         self.check_flushes();
-        let r = self.store.sync();
+        let r = match self.store() {
+            Some(s) => s.sync(),
+            None => Ok(()),
+        };
         // Anyone still waiting on a flush gets an answer.
         let pending: Vec<u64> = match self.flushes.lock() {
             Ok(mut f) => f.drain(..).map(|r| r.token).collect(),
@@ -457,6 +467,19 @@ impl Pipeline {
     pub fn shutdown_async(&self) {
         self.closing.store(true, Ordering::Release);
         self.wake_manager();
+    }
+
+    /// The store, until the pipeline is closed and has let go of it.
+    pub fn store(&self) -> Option<Arc<Store>> {
+        self.store.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Lets go of the store (after `close`): the database closes once no query
+    /// holds it any more.
+    pub fn release_store(&self) {
+        if let Ok(mut s) = self.store.lock() {
+            s.take();
+        }
     }
 
     pub fn is_closed(&self) -> bool {
@@ -608,7 +631,8 @@ impl Pipeline {
         {
             return Err(Error::Io(std::io::Error::other("injected storage failure")));
         }
-        let r = self.store.write(&events, &cache.links);
+        let store = self.store().ok_or(Error::Closed)?;
+        let r = store.write(&events, &cache.links);
         if r.is_ok() {
             cache.correlated = false;
             cache.links.clear();
@@ -618,7 +642,6 @@ impl Pipeline {
 
     /// Deserialize + enrich: raw words to names, pid, node and wall time.
     fn enrich(&self, r: &RawEvent, cache: &mut EnrichCache) -> (StoredEvent, Option<LinkKind>) {
-        let offset = self.resolver.time_offset_ns();
         let pid = cache.pid(&*self.resolver, r.pid);
         let peer = match &r.peer {
             RawPid::None => None,
@@ -632,7 +655,7 @@ impl Pipeline {
                 id: r.id,
                 kind: r.kind(),
                 mono_ns: r.mono_ns,
-                wall_ns: r.mono_ns.saturating_add(offset),
+                wall_ns: r.wall_ns,
                 pid,
                 call_id: r.call_id,
                 parent_id: r.parent_id,
@@ -719,7 +742,7 @@ impl Pipeline {
             context_overflow: self.contexts.overflow(),
             native_memory,
             memory_budget,
-            storage_bytes: self.store.size_on_disk(),
+            storage_bytes: self.store().map(|s| s.size_on_disk()).unwrap_or(0),
             write_errors: Counters::get(&self.counters.write_errors),
             retries: Counters::get(&self.counters.retries),
             worker_panics: Counters::get(&self.counters.worker_panics),
@@ -822,7 +845,10 @@ fn manager_loop(p: Arc<Pipeline>) {
             break;
         }
         let util = p.rings.max_utilization();
-        let floor = p.level();
+        // The capture path only ever raises the level (fetch_max); anything
+        // above what this manager last decided was raised there.
+        let current = p.level();
+        let floor = if current > ctl.level() { current } else { Level::Normal };
         let now_ms = p.started.elapsed().as_millis() as u64;
         let min = p.tun.workers_min.load(Ordering::Relaxed);
         let max = p.tun.workers_max.load(Ordering::Relaxed);

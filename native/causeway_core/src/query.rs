@@ -43,12 +43,19 @@ pub struct Filter {
     pub since_id: Option<u64>,
     /// Inclusive upper bound on the id.
     pub until_id: Option<u64>,
+    /// Inclusive bounds on the wall-clock time (ns), checked on each event.
+    pub since_wall: Option<i64>,
+    pub until_wall: Option<i64>,
     pub limit: usize,
     /// Newest first.
     pub reverse: bool,
     /// Resume strictly after this id (in the order of the scan).
     pub after: Option<u64>,
 }
+
+/// How far ahead of its capture time an id may run (bursts faster than one
+/// event per 64 ns on one shard push ids forward).
+pub const ID_SLACK_NS: u64 = 1_000_000;
 
 /// One page of results and the cursor to continue from, if there may be more.
 #[derive(Clone, Debug, Default)]
@@ -102,7 +109,22 @@ impl Filter {
                 return false;
             }
         }
+        if self.since_wall.is_some_and(|s| e.wall_ns < s) || self.until_wall.is_some_and(|u| e.wall_ns > u) {
+            return false;
+        }
         true
+    }
+
+    /// Sets the time bounds (wall-clock ns, inclusive). Ids never lag their
+    /// capture time but may run a little ahead of it in a burst, so the id
+    /// range is widened by `ID_SLACK_NS` at the top and each event's own time
+    /// decides.
+    pub fn with_time(mut self, since_wall: Option<i64>, until_wall: Option<i64>) -> Filter {
+        self.since_wall = since_wall;
+        self.until_wall = until_wall;
+        self.since_id = since_wall.map(|s| wall_ns_to_id(s.max(0) as u64));
+        self.until_id = until_wall.map(|u| wall_ns_to_id((u.max(0) as u64).saturating_add(ID_SLACK_NS)) | 63);
+        self
     }
 }
 
@@ -417,7 +439,7 @@ pub fn state_history(store: &Store, pid: &PidMatch, since_id: u64, until_id: u64
 
 /// The last state change of `pid` at or before wall-clock `wall_ns`.
 pub fn state_at(store: &Store, pid: &PidMatch, wall_ns: u64) -> Result<Option<StoredEvent>> {
-    let until = wall_ns_to_id(wall_ns) | ((1u64 << crate::ids::SHARD_BITS) - 1);
+    let until = wall_ns_to_id(wall_ns.saturating_add(ID_SLACK_NS)) | ((1u64 << crate::ids::SHARD_BITS) - 1);
     let (lo, hi) = bounds(&pid.key(), 0, until);
     let mut found = None;
     let mut err = None;

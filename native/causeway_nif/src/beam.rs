@@ -9,6 +9,7 @@ use causeway_core::pipeline::{LevelInfo, Notifier, Resolver};
 use rustler::sys;
 use rustler::{Atom, Encoder, LocalPid, OwnedEnv, Term};
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 thread_local! {
     static ENV: OwnedEnv = OwnedEnv::new();
@@ -34,12 +35,61 @@ pub fn pid_word(env: rustler::Env, p: &LocalPid) -> u64 {
     word(p.encode(env).as_c_arg())
 }
 
+/// Erlang monotonic time (ns). On a scheduler thread it asks the VM and, at
+/// most every 50 ms, refreshes the calibration that native threads use (the
+/// VM's clock functions return an error anywhere else).
 pub fn monotonic_ns() -> i64 {
-    unsafe { sys::enif_monotonic_time(sys::ErlNifTimeUnit::ERL_NIF_NSEC) }
+    let t = unsafe { sys::enif_monotonic_time(sys::ErlNifTimeUnit::ERL_NIF_NSEC) };
+    if t == i64::MIN {
+        return calibrated_ns();
+    }
+    let at = CALIB_AT.load(Ordering::Relaxed);
+    if t.wrapping_sub(at) > 50_000_000 || at == i64::MIN {
+        CALIB_AT.store(t, Ordering::Relaxed);
+        CALIB_DIFF.store(t - own_ns(), Ordering::Relaxed);
+    }
+    t
 }
 
+/// When the calibration was last refreshed (Erlang monotonic ns).
+static CALIB_AT: AtomicI64 = AtomicI64::new(i64::MIN);
+/// Erlang monotonic time minus our own monotonic clock: one word, so a reader
+/// never sees half of an update.
+static CALIB_DIFF: AtomicI64 = AtomicI64::new(0);
+
+fn own_ns() -> i64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now).elapsed().as_nanos() as i64
+}
+
+/// Erlang monotonic time estimated on any thread from the last calibration.
+pub fn calibrated_ns() -> i64 {
+    own_ns() + CALIB_DIFF.load(Ordering::Relaxed)
+}
+
+/// Calibrates from a scheduler thread (called when a pipeline starts).
+pub fn calibrate() {
+    let _ = monotonic_ns();
+    let t = unsafe { sys::enif_monotonic_time(sys::ErlNifTimeUnit::ERL_NIF_NSEC) };
+    if t != i64::MIN {
+        CALIB_AT.store(t, Ordering::Relaxed);
+        CALIB_DIFF.store(t - own_ns(), Ordering::Relaxed);
+    }
+}
+
+/// Erlang system time minus monotonic time (ns); the last known value when
+/// asked off a scheduler thread.
 pub fn time_offset_ns() -> i64 {
-    unsafe { sys::enif_time_offset(sys::ErlNifTimeUnit::ERL_NIF_NSEC) }
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let o = unsafe { sys::enif_time_offset(sys::ErlNifTimeUnit::ERL_NIF_NSEC) };
+    if o == i64::MIN {
+        LAST.load(Ordering::Relaxed)
+    } else {
+        if LAST.load(Ordering::Relaxed) != o {
+            LAST.store(o, Ordering::Relaxed);
+        }
+        o
+    }
 }
 
 /// `term_to_binary` of a term into owned bytes (None if the VM refuses).
@@ -93,6 +143,7 @@ impl Resolver for Beam {
     fn now_mono_ns(&self) -> i64 {
         monotonic_ns()
     }
+
 
     fn time_offset_ns(&self) -> i64 {
         time_offset_ns()

@@ -3,11 +3,13 @@
 
 use causeway_core::pipeline::Pipeline;
 use causeway_core::store::Store;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub struct Handle {
     pub pipeline: Option<Arc<Pipeline>>,
-    pub store: Arc<Store>,
+    /// Taken out on close: the database closes when the last query using it
+    /// ends, not when the BEAM happens to collect this handle.
+    pub store: Mutex<Option<Arc<Store>>>,
     /// Raw atom words of the keys whose values are never captured.
     pub redact: Vec<u64>,
 }
@@ -26,14 +28,42 @@ impl Drop for Handle {
 }
 
 impl Handle {
+    pub fn new(pipeline: Option<Arc<Pipeline>>, store: Arc<Store>, redact: Vec<u64>) -> Handle {
+        Handle { pipeline, store: Mutex::new(Some(store)), redact }
+    }
+
     pub fn pipeline(&self) -> Result<&Arc<Pipeline>, rustler::Error> {
         match &self.pipeline {
-            Some(p) => Ok(p),
-            None => Err(crate::error::core_error(causeway_core::Error::ReadOnly(format!(
-                "{} was opened read-only: no pipeline",
-                self.store.path().display()
-            )))),
+            Some(p) if !p.is_closed() => Ok(p),
+            Some(_) => Err(crate::error::core_error(causeway_core::Error::Closed)),
+            None => Err(crate::error::core_error(causeway_core::Error::ReadOnly(
+                "this store was opened for queries only: no pipeline".into(),
+            ))),
         }
     }
-}
 
+    /// The store, or `{:error, {:closed, _}}` once closed.
+    pub fn store(&self) -> Result<Arc<Store>, rustler::Error> {
+        self.store
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .ok_or_else(|| crate::error::core_error(causeway_core::Error::Closed))
+    }
+
+    /// Closes the pipeline (draining it) and lets go of the store.
+    pub fn close(&self) -> causeway_core::Result<()> {
+        let r = match &self.pipeline {
+            Some(p) => {
+                let r = p.close();
+                p.release_store();
+                r
+            }
+            None => Ok(()),
+        };
+        if let Ok(mut s) = self.store.lock() {
+            s.take();
+        }
+        r
+    }
+}

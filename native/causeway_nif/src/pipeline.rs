@@ -57,19 +57,18 @@ fn pipeline_start(env: Env, o: StartOpts, owner: LocalPid) -> NifResult<Term> {
         sync_writes: o.sync_writes,
     };
     config.validate().nif()?;
+    crate::beam::calibrate();
     let store = Arc::new(Store::open(&o.dir, StoreOptions { read_only: false, sync_writes: o.sync_writes }).nif()?);
     let pipeline = Pipeline::start(config, store.clone(), Arc::new(Beam), Arc::new(OwnerNotifier { owner })).nif()?;
     let redact = o.redact.iter().map(|a| crate::beam::word(a.as_c_arg())).collect();
-    let h = ResourceArc::new(Handle { pipeline: Some(pipeline), store, redact });
+    let h = ResourceArc::new(Handle::new(Some(pipeline), store, redact));
     Ok((crate::atoms::ok(), h).encode(env))
 }
 
 /// Drains what is buffered, stops every thread and syncs the store.
 #[rustler::nif(schedule = "DirtyIo")]
 fn pipeline_close(h: ResourceArc<Handle>) -> NifResult<Atom> {
-    if let Some(p) = &h.pipeline {
-        p.close().nif()?;
-    }
+    h.close().nif()?;
     Ok(crate::atoms::ok())
 }
 

@@ -6,7 +6,6 @@ use crate::error::{arg_error, core_error, Nif};
 use crate::handle::Handle;
 use causeway_core::etf;
 use causeway_core::event::EventType;
-use causeway_core::ids::wall_ns_to_id;
 use causeway_core::query::{self, CallNode, Filter, PidMatch};
 use causeway_core::store::{Store, StoreOptions};
 use rustler::{Encoder, Env, NifMap, NifResult, ResourceArc, Term};
@@ -50,12 +49,12 @@ fn filter_of(q: &QueryFilter) -> NifResult<Filter> {
         function: q.function.clone(),
         arity: q.arity,
         call_id: q.call_id,
-        since_id: q.since.map(wall_ns_to_id),
-        until_id: q.until.map(|u| wall_ns_to_id(u) | 63),
         limit: q.limit,
         reverse: q.reverse,
         after: q.after,
-    })
+        ..Default::default()
+    }
+    .with_time(q.since.map(|s| s as i64), q.until.map(|u| u as i64)))
 }
 
 fn with_links<'a>(env: Env<'a>, store: &Store, e: &causeway_core::event::StoredEvent, links: bool) -> NifResult<Term<'a>> {
@@ -70,11 +69,12 @@ fn with_links<'a>(env: Env<'a>, store: &Store, e: &causeway_core::event::StoredE
 /// `{:ok, {events, next_cursor | nil, index}}`
 #[rustler::nif(schedule = "DirtyIo")]
 fn query_events<'a>(env: Env<'a>, h: ResourceArc<Handle>, q: QueryFilter<'a>) -> NifResult<(rustler::Atom, Term<'a>)> {
+    let store = h.store()?;
     let f = filter_of(&q)?;
-    let page = query::events(&h.store, &f).nif()?;
+    let page = query::events(&store, &f).nif()?;
     let mut out = Vec::with_capacity(page.events.len());
     for e in &page.events {
-        out.push(with_links(env, &h.store, e, q.links)?);
+        out.push(with_links(env, &store, e, q.links)?);
     }
     let next = match page.next {
         Some(n) => n.encode(env),
@@ -85,8 +85,9 @@ fn query_events<'a>(env: Env<'a>, h: ResourceArc<Handle>, q: QueryFilter<'a>) ->
 
 #[rustler::nif(schedule = "DirtyIo")]
 fn query_event<'a>(env: Env<'a>, h: ResourceArc<Handle>, id: u64) -> NifResult<(rustler::Atom, Term<'a>)> {
-    match h.store.get(id).nif()? {
-        Some(e) => Ok((crate::atoms::ok(), with_links(env, &h.store, &e, true)?)),
+    let store = h.store()?;
+    match store.get(id).nif()? {
+        Some(e) => Ok((crate::atoms::ok(), with_links(env, &store, &e, true)?)),
         None => Err(core_error(causeway_core::Error::NotFound(format!("event {id}")))),
     }
 }
@@ -107,15 +108,16 @@ fn node_term<'a>(env: Env<'a>, store: &Store, n: &CallNode) -> NifResult<Term<'a
 /// A call id → `{:ok, node}`; a pid → `{:ok, [node]}` (its top-level calls).
 #[rustler::nif(schedule = "DirtyIo")]
 fn query_call_tree<'a>(env: Env<'a>, h: ResourceArc<Handle>, root: Term<'a>, max_nodes: usize) -> NifResult<(rustler::Atom, Term<'a>)> {
+    let store = h.store()?;
     if let Ok(id) = root.decode::<u64>() {
-        let n = query::call_tree(&h.store, id, max_nodes).nif()?;
-        return Ok((crate::atoms::ok(), node_term(env, &h.store, &n)?));
+        let n = query::call_tree(&store, id, max_nodes).nif()?;
+        return Ok((crate::atoms::ok(), node_term(env, &store, &n)?));
     }
     let pid = pid_match(root, "call_tree's argument (a call id or a pid)")?;
-    let trees = query::call_trees_of(&h.store, &pid, max_nodes).nif()?;
+    let trees = query::call_trees_of(&store, &pid, max_nodes).nif()?;
     let mut out = Vec::with_capacity(trees.len());
     for t in &trees {
-        out.push(node_term(env, &h.store, t)?);
+        out.push(node_term(env, &store, t)?);
     }
     Ok((crate::atoms::ok(), out.encode(env)))
 }
@@ -123,14 +125,15 @@ fn query_call_tree<'a>(env: Env<'a>, h: ResourceArc<Handle>, root: Term<'a>, max
 /// `{:ok, [{event, via_link | nil}]}` from the event back to its root cause.
 #[rustler::nif(schedule = "DirtyIo")]
 fn query_causal_chain<'a>(env: Env<'a>, h: ResourceArc<Handle>, id: u64, max: usize) -> NifResult<(rustler::Atom, Term<'a>)> {
-    let chain = query::causal_chain(&h.store, id, max.max(1)).nif()?;
+    let store = h.store()?;
+    let chain = query::causal_chain(&store, id, max.max(1)).nif()?;
     let mut out = Vec::with_capacity(chain.len());
     for (e, via) in &chain {
         let via = match via {
             Some(k) => atom(env, k.name()),
             None => crate::atoms::nil().encode(env),
         };
-        out.push((with_links(env, &h.store, e, true)?, via).encode(env));
+        out.push((with_links(env, &store, e, true)?, via).encode(env));
     }
     Ok((crate::atoms::ok(), out.encode(env)))
 }
@@ -138,45 +141,61 @@ fn query_causal_chain<'a>(env: Env<'a>, h: ResourceArc<Handle>, id: u64, max: us
 /// `{:ok, [{send, receive | nil}]}` between two processes, oldest first.
 #[rustler::nif(schedule = "DirtyIo")]
 fn query_message_flow<'a>(env: Env<'a>, h: ResourceArc<Handle>, a: Term<'a>, b: Term<'a>, limit: usize) -> NifResult<(rustler::Atom, Term<'a>)> {
+    let store = h.store()?;
     let (a, b) = (pid_match(a, "the first pid")?, pid_match(b, "the second pid")?);
-    let flow = query::message_flow(&h.store, &a, &b, limit).nif()?;
+    let flow = query::message_flow(&store, &a, &b, limit).nif()?;
     let mut out = Vec::with_capacity(flow.len());
     for (s, r) in &flow {
         let r = match r {
-            Some(r) => with_links(env, &h.store, r, true)?,
+            Some(r) => with_links(env, &store, r, true)?,
             None => crate::atoms::nil().encode(env),
         };
-        out.push((with_links(env, &h.store, s, true)?, r).encode(env));
+        out.push((with_links(env, &store, s, true)?, r).encode(env));
     }
     Ok((crate::atoms::ok(), out.encode(env)))
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
 fn query_state_history<'a>(env: Env<'a>, h: ResourceArc<Handle>, pid: Term<'a>, since: Option<u64>, until: Option<u64>, limit: usize) -> NifResult<(rustler::Atom, Term<'a>)> {
+    let store = h.store()?;
     let pid = pid_match(pid, "state_history's argument")?;
-    let lo = since.map(wall_ns_to_id).unwrap_or(0);
-    let hi = until.map(|u| wall_ns_to_id(u) | 63).unwrap_or(u64::MAX);
-    let evs = query::state_history(&h.store, &pid, lo, hi, limit).nif()?;
+    let f = Filter::default().with_time(since.map(|s| s as i64), until.map(|u| u as i64));
+    let (lo, hi) = (f.since_id.unwrap_or(0), f.until_id.unwrap_or(u64::MAX));
+    let evs: Vec<_> = query::state_history(&store, &pid, lo, hi, 0)
+        .nif()?
+        .into_iter()
+        .filter(|e| f.since_wall.is_none_or(|s| e.wall_ns >= s) && f.until_wall.is_none_or(|u| e.wall_ns <= u))
+        .take(if limit == 0 { usize::MAX } else { limit })
+        .collect();
     let mut out = Vec::with_capacity(evs.len());
     for e in &evs {
-        out.push(with_links(env, &h.store, e, true)?);
+        out.push(with_links(env, &store, e, true)?);
     }
     Ok((crate::atoms::ok(), out.encode(env)))
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
 fn query_state_at<'a>(env: Env<'a>, h: ResourceArc<Handle>, pid: Term<'a>, wall_ns: u64) -> NifResult<(rustler::Atom, Term<'a>)> {
+    let store = h.store()?;
     let pid = pid_match(pid, "state_at's pid")?;
-    match query::state_at(&h.store, &pid, wall_ns).nif()? {
-        Some(e) => Ok((crate::atoms::ok(), with_links(env, &h.store, &e, true)?)),
+    match query::state_at(&store, &pid, wall_ns).nif()? {
+        Some(e) => Ok((crate::atoms::ok(), with_links(env, &store, &e, true)?)),
         None => Ok((crate::atoms::ok(), crate::atoms::nil().encode(env))),
     }
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
 fn query_links<'a>(env: Env<'a>, h: ResourceArc<Handle>, id: u64) -> NifResult<(rustler::Atom, Term<'a>)> {
-    let l = h.store.links_of(id).nif()?;
+    let store = h.store()?;
+    let l = store.links_of(id).nif()?;
     Ok((crate::atoms::ok(), links_term(env, &l)))
+}
+
+/// Lets go of a store opened with `store_open` (it closes when no query holds it).
+#[rustler::nif(schedule = "DirtyIo")]
+fn store_close(h: ResourceArc<Handle>) -> NifResult<rustler::Atom> {
+    h.close().nif()?;
+    Ok(crate::atoms::ok())
 }
 
 /// Opens a store for queries only (`read_only: true`), or writable without a
@@ -184,6 +203,6 @@ fn query_links<'a>(env: Env<'a>, h: ResourceArc<Handle>, id: u64) -> NifResult<(
 #[rustler::nif(schedule = "DirtyIo")]
 fn store_open(env: Env, dir: String, read_only: bool) -> NifResult<Term> {
     let store = Store::open(&dir, StoreOptions { read_only, ..Default::default() }).nif()?;
-    let h = ResourceArc::new(Handle { pipeline: None, store: Arc::new(store), redact: Vec::new() });
+    let h = ResourceArc::new(Handle::new(None, Arc::new(store), Vec::new()));
     Ok((crate::atoms::ok(), h).encode(env))
 }

@@ -58,8 +58,10 @@ struct Ev {
     data: Vec<u8>,
 }
 
-fn push(p: &Pipeline, shard: usize, id: u64, mono: i64, e: Ev) {
+fn push(p: &Pipeline, shard: usize, (id, mono, wall): (u64, i64, i64), e: Ev) {
     let (parent_id, parent_link) = match e.parent {
+        // an exit's parent is its own entry: the correlator links it when both are seen
+        Some((id, _)) if e.kind == EventType::FunctionExit => (id, None),
         Some((id, k)) => (id, Some(k)),
         None => (0, None),
     };
@@ -69,6 +71,7 @@ fn push(p: &Pipeline, shard: usize, id: u64, mono: i64, e: Ev) {
             id,
             kind: Some(e.kind),
             mono_ns: mono,
+            wall_ns: wall,
             pid: e.pid,
             module: e.module,
             function: e.function,
@@ -95,11 +98,11 @@ fn rt_function_entry<'a>(env: Env<'a>, h: ResourceArc<Handle>, module: Atom, fun
         return Ok(0);
     }
     let mono = monotonic_ns();
-    let (shard, id) = p.stamp(mono);
+    let (shard, id, wall) = p.stamp(mono);
     let (data, arity) = term::encode_list_len(env, args, &budget(p, &h));
     let f = word(function.as_c_arg());
     let parent = p.contexts.enter(pid, Frame { call_id: id, module: m, function: f, arity }, mono);
-    push(p, shard, id, mono, Ev { kind: EventType::FunctionEntry, pid, module: m, function: f, arity, call_id: id, parent, peer: RawPid::None, data });
+    push(p, shard, (id, mono, wall), Ev { kind: EventType::FunctionEntry, pid, module: m, function: f, arity, call_id: id, parent, peer: RawPid::None, data });
     Ok(id)
 }
 
@@ -115,13 +118,12 @@ fn rt_function_exit<'a>(env: Env<'a>, h: ResourceArc<Handle>, call_id: u64, resu
     if !p.admit(EventType::FunctionExit, pid, frame.module) {
         return Ok(crate::atoms::ok());
     }
-    let (shard, id) = p.stamp(mono);
+    let (shard, id, wall) = p.stamp(mono);
     let data = term::encode(env, result, &budget(p, &h));
     push(
         p,
         shard,
-        id,
-        mono,
+        (id, mono, wall),
         Ev {
             kind: EventType::FunctionExit,
             pid,
@@ -152,10 +154,10 @@ fn simple<'a>(
         return Ok(crate::atoms::ok());
     }
     let mono = monotonic_ns();
-    let (shard, id) = p.stamp(mono);
+    let (shard, id, wall) = p.stamp(mono);
     let parent = context(p, id, mono);
     let data = encode(&budget(p, h));
-    push(p, shard, id, mono, Ev { kind, pid, module: 0, function: 0, arity: 0, call_id: 0, parent, peer, data });
+    push(p, shard, (id, mono, wall), Ev { kind, pid, module: 0, function: 0, arity: 0, call_id: 0, parent, peer, data });
     Ok(crate::atoms::ok())
 }
 

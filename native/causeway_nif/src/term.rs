@@ -40,7 +40,7 @@ pub fn encode_tuple(env: Env, items: &[Term], b: &Budget) -> Vec<u8> {
     let mut e = Enc { env: env.as_c_arg(), w: EtfWriter::with_version(), b };
     e.w.tuple_header(items.len());
     for t in items {
-        e.term(t.as_c_arg(), 1);
+        e.term(t.as_c_arg(), 0);
     }
     e.w.into_bytes()
 }
@@ -48,6 +48,7 @@ pub fn encode_tuple(env: Env, items: &[Term], b: &Budget) -> Vec<u8> {
 /// Encodes a list whose elements are `items` (e.g. `[a | rest]` pieces).
 pub fn encode_list_len(env: Env, list: Term, b: &Budget) -> (Vec<u8>, u32) {
     let mut e = Enc { env: env.as_c_arg(), w: EtfWriter::with_version(), b };
+    // the argument list is an envelope: each argument starts at depth 0
     let n = e.list(list.as_c_arg(), 0);
     (e.w.into_bytes(), n)
 }
@@ -65,13 +66,19 @@ impl Enc<'_, '_> {
         !self.b.redact.is_empty() && self.b.redact.contains(&crate::beam::word(key))
     }
 
+    /// `depth` counts the containers around `t` inside the captured term; a
+    /// container at `max_depth` is replaced by the marker (scalars always fit).
     fn term(&mut self, t: ERL_NIF_TERM, depth: usize) {
-        if depth > self.b.max_depth {
-            self.w.truncated_because(MARK_MAX_DEPTH);
-            return;
-        }
         let ty = unsafe { sys::enif_term_type(self.env, t) };
         use sys::ErlNifTermType::*;
+        if depth >= self.b.max_depth && matches!(ty, ERL_NIF_TERM_TYPE_LIST | ERL_NIF_TERM_TYPE_TUPLE | ERL_NIF_TERM_TYPE_MAP) {
+            if unsafe { sys::enif_is_empty_list(self.env, t) } != 0 {
+                self.w.nil();
+            } else {
+                self.w.truncated_because(MARK_MAX_DEPTH);
+            }
+            return;
+        }
         match ty {
             ERL_NIF_TERM_TYPE_ATOM => self.atom(t),
             ERL_NIF_TERM_TYPE_INTEGER => {
@@ -103,7 +110,7 @@ impl Enc<'_, '_> {
                 }
             }
             ERL_NIF_TERM_TYPE_LIST => {
-                self.list(t, depth);
+                self.list(t, depth + 1);
             }
             ERL_NIF_TERM_TYPE_TUPLE => self.tuple(t, depth),
             ERL_NIF_TERM_TYPE_MAP => self.map(t, depth),
@@ -146,7 +153,8 @@ impl Enc<'_, '_> {
         unsafe { sys::enif_release_binary(&mut bin) };
     }
 
-    /// Returns the number of proper elements.
+    /// Writes a list whose elements are at `depth`; returns the number of
+    /// proper elements.
     fn list(&mut self, t: ERL_NIF_TERM, depth: usize) -> u32 {
         let mut head: ERL_NIF_TERM = ERL_NIF_TERM::default();
         let mut tail: ERL_NIF_TERM = ERL_NIF_TERM::default();
@@ -163,7 +171,7 @@ impl Enc<'_, '_> {
                 if unsafe { sys::enif_is_empty_list(self.env, cur) } != 0 {
                     self.w.nil();
                 } else {
-                    self.term(cur, depth + 1);
+                    self.term(cur, depth);
                 }
                 break;
             }
@@ -172,7 +180,7 @@ impl Enc<'_, '_> {
                 self.w.truncated_because(MARK_MAX_BYTES);
                 break;
             }
-            self.element(head, depth + 1);
+            self.element(head, depth);
             n += 1;
             cur = tail;
         }
