@@ -26,8 +26,16 @@ defmodule Causeway.Bench do
 
     base = hd(rows).median
 
-    IO.puts("\n## #{title}  (#{runs} runs after #{warmup} warm-up; ns per #{unit}; lower is better)")
-    IO.puts(String.pad_trailing("case", 52) <> String.pad_leading("median", 12) <> String.pad_leading("min–max", 22) <> String.pad_leading("per s", 14) <> String.pad_leading("× baseline", 12))
+    IO.puts(
+      "\n## #{title}  (#{runs} runs after #{warmup} warm-up; ns per #{unit}; lower is better)"
+    )
+
+    IO.puts(
+      String.pad_trailing("case", 52) <>
+        String.pad_leading("median", 12) <>
+        String.pad_leading("min–max", 22) <>
+        String.pad_leading("per s", 14) <> String.pad_leading("× baseline", 12)
+    )
 
     for r <- rows do
       IO.puts(
@@ -80,7 +88,9 @@ defmodule Causeway.Bench do
   end
 
   def tmp_dir(tag) do
-    dir = Path.join(System.tmp_dir!(), "causeway-bench-#{tag}-#{System.unique_integer([:positive])}")
+    dir =
+      Path.join(System.tmp_dir!(), "causeway-bench-#{tag}-#{System.unique_integer([:positive])}")
+
     File.rm_rf!(dir)
     dir
   end

@@ -52,7 +52,10 @@ causeway = fn ->
   m = Causeway.metrics()
   Causeway.stop()
   File.rm_rf!(dir)
-  if m.persisted != n, do: IO.puts("  (note: #{m.dropped_total} of #{n} dropped: #{inspect(m.dropped)})")
+
+  if m.persisted != n,
+    do: IO.puts("  (note: #{m.dropped_total} of #{n} dropped: #{inspect(m.dropped)})")
+
   {n, ns}
 end
 
@@ -60,7 +63,12 @@ capture_only = fn ->
   dir = Bench.tmp_dir("capture")
   {:ok, pid} = Causeway.start_link(dir: dir, ring_size: 262_144)
   Process.unlink(pid)
-  {_, ns} = Bench.time(fn -> for i <- 1..n, do: Causeway.Runtime.message_send(self(), {:work, i, :a, "b"}) end)
+
+  {_, ns} =
+    Bench.time(fn ->
+      for i <- 1..n, do: Causeway.Runtime.message_send(self(), {:work, i, :a, "b"})
+    end)
+
   :ok = Causeway.flush()
   Causeway.stop()
   File.rm_rf!(dir)

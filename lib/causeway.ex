@@ -89,10 +89,12 @@ defmodule Causeway do
     GenServer.call(name, :flush, timeout)
   catch
     :exit, {:noproc, _} ->
-      {:error, %Causeway.Error{kind: :not_running, message: "no Causeway instance #{inspect(name)}"}}
+      {:error,
+       %Causeway.Error{kind: :not_running, message: "no Causeway instance #{inspect(name)}"}}
 
     :exit, {:timeout, _} ->
-      {:error, %Causeway.Error{kind: :timeout, message: "flush did not complete in #{timeout} ms"}}
+      {:error,
+       %Causeway.Error{kind: :timeout, message: "flush did not complete in #{timeout} ms"}}
   end
 
   @doc """
@@ -185,8 +187,11 @@ defmodule Causeway do
     opts = Keyword.validate!(opts, read_only: true)
 
     case Native.store_open(Path.expand(dir), opts[:read_only] == true) do
-      {:ok, h} -> {:ok, %Causeway.Store{handle: h, dir: Path.expand(dir), read_only: opts[:read_only]}}
-      {:error, e} -> {:error, Causeway.Error.from_native(e)}
+      {:ok, h} ->
+        {:ok, %Causeway.Store{handle: h, dir: Path.expand(dir), read_only: opts[:read_only]}}
+
+      {:error, e} ->
+        {:error, Causeway.Error.from_native(e)}
     end
   end
 
@@ -226,7 +231,8 @@ defmodule Causeway do
   A call id → `%Causeway.CallTree{}` (the call with its exit, duration and
   nested calls); a pid → the list of its top-level call trees.
   """
-  @spec call_tree(non_neg_integer() | pid(), keyword()) :: Causeway.CallTree.t() | [Causeway.CallTree.t()]
+  @spec call_tree(non_neg_integer() | pid(), keyword()) ::
+          Causeway.CallTree.t() | [Causeway.CallTree.t()]
   def call_tree(call_id_or_pid, opts \\ []), do: Causeway.Query.call_tree(call_id_or_pid, opts)
 
   @doc """

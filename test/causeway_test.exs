@@ -43,7 +43,10 @@ defmodule CausewayTest do
     stop_causeway!()
 
     {:ok, store} = Causeway.open(dir, read_only: true)
-    assert [%{type: :function_entry}, %{type: :function_exit, data: :done}] = Causeway.events(store: store, pid: self())
+
+    assert [%{type: :function_entry}, %{type: :function_exit, data: :done}] =
+             Causeway.events(store: store, pid: self())
+
     assert Causeway.event(id, store: store).id == id
     assert Causeway.event(12_345, store: store) == nil
     assert :ok = Causeway.close(store)
@@ -85,7 +88,15 @@ defmodule CausewayTest do
 
   test "drops are counted exactly when the rings are too small" do
     # one shard, a tiny ring and a long flush interval: the writer cannot keep up
-    start_causeway!(ring_size: 64, shards: 1, workers: {1, 1}, flush_interval_ms: 1_000, batch_size: 16, emergency_sample: 1)
+    start_causeway!(
+      ring_size: 64,
+      shards: 1,
+      workers: {1, 1},
+      flush_interval_ms: 1_000,
+      batch_size: 16,
+      emergency_sample: 1
+    )
+
     n = 5_000
     for i <- 1..n, do: Runtime.message_send(self(), {:tick, i})
     flush!()
@@ -99,7 +110,15 @@ defmodule CausewayTest do
   end
 
   test "the drop-oldest policy keeps the newest events and counts the overwritten ones" do
-    start_causeway!(ring_size: 64, shards: 1, workers: {1, 1}, flush_interval_ms: 1_000, overflow: :drop_oldest, emergency_sample: 1)
+    start_causeway!(
+      ring_size: 64,
+      shards: 1,
+      workers: {1, 1},
+      flush_interval_ms: 1_000,
+      overflow: :drop_oldest,
+      emergency_sample: 1
+    )
+
     n = 3_000
     for i <- 1..n, do: Runtime.message_send(self(), {:tick, i})
     flush!()
@@ -113,7 +132,10 @@ defmodule CausewayTest do
 
   describe "bad input gets a clear error, never a crash" do
     test "start_link options" do
-      assert_raise ArgumentError, ~r/ring_size must be a power of two/, fn -> Causeway.start_link(ring_size: 1000) end
+      assert_raise ArgumentError, ~r/ring_size must be a power of two/, fn ->
+        Causeway.start_link(ring_size: 1000)
+      end
+
       assert_raise ArgumentError, ~r/workers/, fn -> Causeway.start_link(workers: {3, 2}) end
       assert_raise ArgumentError, ~r/overflow/, fn -> Causeway.start_link(overflow: :explode) end
       assert_raise ArgumentError, ~r/unknown keys/, fn -> Causeway.start_link(nope: 1) end
@@ -127,7 +149,10 @@ defmodule CausewayTest do
       file = Path.join(base, "a-file")
       File.write!(file, "x")
       target = Path.join(file, "store")
-      assert {:error, %Causeway.Error{kind: :path, message: msg}} = Causeway.start_link(dir: target)
+
+      assert {:error, %Causeway.Error{kind: :path, message: msg}} =
+               Causeway.start_link(dir: target)
+
       assert msg =~ target
       refute Process.whereis(Causeway)
 
@@ -135,7 +160,10 @@ defmodule CausewayTest do
       other = Path.join(base, "other")
       File.mkdir_p!(other)
       File.write!(Path.join(other, "notes.txt"), "mine")
-      assert {:error, %Causeway.Error{kind: :incompatible, message: msg}} = Causeway.start_link(dir: other)
+
+      assert {:error, %Causeway.Error{kind: :incompatible, message: msg}} =
+               Causeway.start_link(dir: other)
+
       assert msg =~ other
       assert File.ls!(other) == ["notes.txt"]
 
@@ -144,8 +172,15 @@ defmodule CausewayTest do
 
     test "runtime functions" do
       start_causeway!()
-      assert_raise ArgumentError, ~r/function_entry/, fn -> Runtime.function_entry("Mod", :f, []) end
-      assert_raise ArgumentError, ~r/function_entry/, fn -> Runtime.function_entry(Mod, :f, :not_a_list) end
+
+      assert_raise ArgumentError, ~r/function_entry/, fn ->
+        Runtime.function_entry("Mod", :f, [])
+      end
+
+      assert_raise ArgumentError, ~r/function_entry/, fn ->
+        Runtime.function_entry(Mod, :f, :not_a_list)
+      end
+
       assert_raise ArgumentError, ~r/function_exit/, fn -> Runtime.function_exit(-1, :ok) end
       assert_raise ArgumentError, ~r/receiver/, fn -> Runtime.message_send(:not_a_pid, :hi) end
       assert_raise ArgumentError, ~r/sender/, fn -> Runtime.message_receive("x", :hi) end

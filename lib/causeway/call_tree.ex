@@ -34,6 +34,7 @@ defmodule Causeway.CallTree do
   @spec format(t(), non_neg_integer()) :: String.t()
   def format(%__MODULE__{} = t, indent \\ 0) do
     pad = String.duplicate("  ", indent)
+
     line =
       "#{pad}#{name(t.entry)}(#{args(t.entry.data)}) → " <>
         "#{Causeway.Event.short(t.result)}#{duration(t.duration_ns)}"

@@ -8,8 +8,7 @@ defmodule Causeway.Dashboard do
   @doc "The dashboard as a string."
   @spec render(map()) :: String.t()
   def render(m) do
-    rings =
-      Enum.map_join(m.rings, "  ", fn r -> "##{r.shard} #{pct(r.utilization)}" end)
+    rings = Enum.map_join(m.rings, "  ", fn r -> "##{r.shard} #{pct(r.utilization)}" end)
 
     drops = Enum.map_join(m.dropped, ", ", fn {k, v} -> "#{k} #{v}" end)
 

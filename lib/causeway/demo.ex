@@ -18,7 +18,9 @@ defmodule Causeway.Demo do
     def init(state), do: {:ok, state}
 
     @impl true
-    def handle_call({:put, key, value}, _from, state), do: {:reply, :ok, Map.put(state, key, value)}
+    def handle_call({:put, key, value}, _from, state),
+      do: {:reply, :ok, Map.put(state, key, value)}
+
     def handle_call({:get, key}, _from, state), do: {:reply, Map.get(state, key), state}
   end
 

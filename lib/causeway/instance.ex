@@ -32,7 +32,8 @@ defmodule Causeway.Instance do
       nil ->
         raise Causeway.Error,
           kind: :not_running,
-          message: "no Causeway instance named #{inspect(name)} is running (start one with Causeway.start_link/1)"
+          message:
+            "no Causeway instance named #{inspect(name)} is running (start one with Causeway.start_link/1)"
 
       h ->
         h
@@ -47,8 +48,7 @@ defmodule Causeway.Instance do
       {:ok, handle} ->
         :persistent_term.put({Causeway, name}, handle)
 
-        {:ok,
-         %{name: name, dir: native.dir, handle: handle, waiters: %{}, subscribers: %{}}}
+        {:ok, %{name: name, dir: native.dir, handle: handle, waiters: %{}, subscribers: %{}}}
 
       {:error, reason} ->
         {:stop, Causeway.Error.from_native(reason)}
@@ -116,14 +116,25 @@ defmodule Causeway.Instance do
 
   def handle_info({:causeway_native, :backpressure, level, info}, state) do
     publish(state, :backpressure, {:causeway, :backpressure, level, info})
-    Causeway.Telemetry.execute([:causeway, :backpressure], %{utilization: info.utilization}, Map.put(info, :level, level))
+
+    Causeway.Telemetry.execute(
+      [:causeway, :backpressure],
+      %{utilization: info.utilization},
+      Map.put(info, :level, level)
+    )
+
     {:noreply, state}
   end
 
   def handle_info({:causeway_native, :worker, what, worker, detail}, state) do
     Logger.warning("Causeway writer #{worker}: #{what}: #{detail}")
     publish(state, :health, {:causeway, :health, what, %{worker: worker, detail: detail}})
-    Causeway.Telemetry.execute([:causeway, :worker, what], %{count: 1}, %{worker: worker, detail: detail})
+
+    Causeway.Telemetry.execute([:causeway, :worker, what], %{count: 1}, %{
+      worker: worker,
+      detail: detail
+    })
+
     {:noreply, state}
   end
 
@@ -142,12 +153,18 @@ defmodule Causeway.Instance do
     Native.pipeline_close(state.handle)
 
     for {_token, from} <- state.waiters,
-        do: GenServer.reply(from, {:error, %Causeway.Error{kind: :closed, message: "instance stopped"}})
+        do:
+          GenServer.reply(
+            from,
+            {:error, %Causeway.Error{kind: :closed, message: "instance stopped"}}
+          )
 
     :ok
   end
 
   defp publish(state, topic, message) do
-    for {pid, {_ref, topics}} <- state.subscribers, MapSet.member?(topics, topic), do: send(pid, message)
+    for {pid, {_ref, topics}} <- state.subscribers,
+        MapSet.member?(topics, topic),
+        do: send(pid, message)
   end
 end

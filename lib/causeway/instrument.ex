@@ -41,7 +41,8 @@ defmodule Causeway.Instrument do
     only = Keyword.get(opts, :only, :all)
 
     unless only in [:all, :tagged] do
-      raise ArgumentError, "use Causeway.Instrument, only: must be :all or :tagged, got: #{inspect(only)}"
+      raise ArgumentError,
+            "use Causeway.Instrument, only: must be :all or :tagged, got: #{inspect(only)}"
     end
 
     quote do
@@ -62,6 +63,7 @@ defmodule Causeway.Instrument do
 
     if kind == :def and not internal?(name) and (mode == :all or tagged == true) do
       fa = {name, length(args)}
+
       unless fa in Module.get_attribute(env.module, :causeway_traced),
         do: Module.put_attribute(env.module, :causeway_traced, fa)
     end
@@ -69,7 +71,9 @@ defmodule Causeway.Instrument do
 
   defp internal?(name) do
     s = Atom.to_string(name)
-    String.starts_with?(s, "__") or name in [:child_spec, :code_change, :terminate, :format_status]
+
+    String.starts_with?(s, "__") or
+      name in [:child_spec, :code_change, :terminate, :format_status]
   end
 
   @doc false
@@ -144,7 +148,13 @@ defmodule Causeway.Instrument do
     quote do
       Causeway.Runtime.message_receive(unquote(from), unquote(msg))
       result = unquote(call(module, name, args))
-      Causeway.Instrument.__report_state__(unquote(state), result, unquote(if kind == :handle_call, do: 2, else: 1))
+
+      Causeway.Instrument.__report_state__(
+        unquote(state),
+        result,
+        unquote(if kind == :handle_call, do: 2, else: 1)
+      )
+
       result
     end
   end

@@ -89,7 +89,8 @@ defmodule Causeway.Options do
     {name, native}
   end
 
-  def start!(other), do: raise(ArgumentError, "options must be a keyword list, got: #{inspect(other)}")
+  def start!(other),
+    do: raise(ArgumentError, "options must be a keyword list, got: #{inspect(other)}")
 
   @configurable [
     :batch_size,
@@ -139,8 +140,11 @@ defmodule Causeway.Options do
 
   defp non_neg_int!(opts, key) do
     case opts[key] do
-      v when is_integer(v) and v >= 0 -> v
-      v -> raise ArgumentError, "#{inspect(key)} must be a non-negative integer, got: #{inspect(v)}"
+      v when is_integer(v) and v >= 0 ->
+        v
+
+      v ->
+        raise ArgumentError, "#{inspect(key)} must be a non-negative integer, got: #{inspect(v)}"
     end
   end
 end

@@ -27,9 +27,14 @@ defmodule Causeway.Query do
   @doc false
   def handle(opts) do
     case Keyword.get(opts, :store) do
-      %Causeway.Store{handle: h} -> h
-      nil -> Causeway.Instance.handle!(Keyword.get(opts, :instance, Causeway))
-      other -> raise ArgumentError, ":store must come from Causeway.open/2, got: #{inspect(other)}"
+      %Causeway.Store{handle: h} ->
+        h
+
+      nil ->
+        Causeway.Instance.handle!(Keyword.get(opts, :instance, Causeway))
+
+      other ->
+        raise ArgumentError, ":store must come from Causeway.open/2, got: #{inspect(other)}"
     end
   end
 
@@ -86,20 +91,36 @@ defmodule Causeway.Query do
   defp filter!(opts) do
     types =
       case Keyword.get(opts, :type) do
-        nil -> []
-        t when is_atom(t) -> [type!(t)]
-        ts when is_list(ts) -> Enum.map(ts, &type!/1)
-        other -> raise ArgumentError, ":type must be an event type or a list of them, got: #{inspect(other)}"
+        nil ->
+          []
+
+        t when is_atom(t) ->
+          [type!(t)]
+
+        ts when is_list(ts) ->
+          Enum.map(ts, &type!/1)
+
+        other ->
+          raise ArgumentError,
+                ":type must be an event type or a list of them, got: #{inspect(other)}"
       end
 
     pid = Keyword.get(opts, :pid)
-    if pid != nil and not is_pid(pid), do: raise(ArgumentError, ":pid must be a pid, got: #{inspect(pid)}")
+
+    if pid != nil and not is_pid(pid),
+      do: raise(ArgumentError, ":pid must be a pid, got: #{inspect(pid)}")
 
     limit =
       case Keyword.get(opts, :limit, 1000) do
-        :infinity -> 0
-        n when is_integer(n) and n > 0 -> n
-        other -> raise ArgumentError, ":limit must be a positive integer or :infinity, got: #{inspect(other)}"
+        :infinity ->
+          0
+
+        n when is_integer(n) and n > 0 ->
+          n
+
+        other ->
+          raise ArgumentError,
+                ":limit must be a positive integer or :infinity, got: #{inspect(other)}"
       end
 
     reverse =
@@ -128,7 +149,11 @@ defmodule Causeway.Query do
   defp type!(t) do
     if t in Event.types(),
       do: t,
-      else: raise(ArgumentError, "unknown event type #{inspect(t)}; expected one of #{inspect(Event.types())}")
+      else:
+        raise(
+          ArgumentError,
+          "unknown event type #{inspect(t)}; expected one of #{inspect(Event.types())}"
+        )
   end
 
   defp name!(opts, key) do
@@ -141,9 +166,15 @@ defmodule Causeway.Query do
 
   defp opt_int!(opts, key) do
     case Keyword.get(opts, key) do
-      nil -> nil
-      n when is_integer(n) and n >= 0 -> n
-      other -> raise ArgumentError, "#{inspect(key)} must be a non-negative integer, got: #{inspect(other)}"
+      nil ->
+        nil
+
+      n when is_integer(n) and n >= 0 ->
+        n
+
+      other ->
+        raise ArgumentError,
+              "#{inspect(key)} must be a non-negative integer, got: #{inspect(other)}"
     end
   end
 
@@ -193,7 +224,8 @@ defmodule Causeway.Query do
     end
   end
 
-  def event(id, _), do: raise(ArgumentError, "event/1 expects an event id (integer), got: #{inspect(id)}")
+  def event(id, _),
+    do: raise(ArgumentError, "event/1 expects an event id (integer), got: #{inspect(id)}")
 
   @doc false
   def call_tree(root, opts) when (is_integer(root) and root >= 0) or is_pid(root) do
@@ -281,7 +313,10 @@ defmodule Causeway.Query do
           Enum.map_reduce(events, 0, fn e, depth ->
             depth = if e.type == :function_exit, do: max(depth - 1, 0), else: depth
             dt = (e.timestamp - first.timestamp) / 1_000_000
-            line = "+#{:erlang.float_to_binary(dt, decimals: 3)} ms  #{String.duplicate("  ", depth)}#{Event.summary(e)}"
+
+            line =
+              "+#{:erlang.float_to_binary(dt, decimals: 3)} ms  #{String.duplicate("  ", depth)}#{Event.summary(e)}"
+
             {line, if(e.type == :function_entry, do: depth + 1, else: depth)}
           end)
 

@@ -65,7 +65,11 @@ defmodule Causeway.Runtime do
   end
 
   def function_exit(call_id, _result),
-    do: raise(ArgumentError, "function_exit/2 expects a call id from function_entry/3, got: #{inspect(call_id)}")
+    do:
+      raise(
+        ArgumentError,
+        "function_exit/2 expects a call id from function_entry/3, got: #{inspect(call_id)}"
+      )
 
   @doc "The calling process sends `message` to `to` (a pid)."
   @spec message_send(pid(), term()) :: :ok
@@ -93,7 +97,11 @@ defmodule Causeway.Runtime do
   end
 
   def message_receive(from, _message),
-    do: raise(ArgumentError, "message_receive/2 expects a pid or nil as sender, got: #{inspect(from)}")
+    do:
+      raise(
+        ArgumentError,
+        "message_receive/2 expects a pid or nil as sender, got: #{inspect(from)}"
+      )
 
   @doc "The calling process's state changed from `old` to `new`."
   @spec state_change(term(), term()) :: :ok
@@ -130,7 +138,8 @@ defmodule Causeway.Runtime do
 
   @doc "An error was raised, thrown or exited in the calling process."
   @spec error(:error | :exit | :throw, term(), list()) :: :ok
-  def error(kind, reason, stacktrace) when kind in [:error, :exit, :throw] and is_list(stacktrace) do
+  def error(kind, reason, stacktrace)
+      when kind in [:error, :exit, :throw] and is_list(stacktrace) do
     case handle() do
       nil -> :ok
       h -> Native.rt_error(h, kind, reason, stacktrace)

@@ -116,7 +116,8 @@ defmodule Causeway.InstrumentTest do
         {{k1, r1, {_m1, f1, a1, _}}, {k2, r2, {_m2, f2, a2, _}}} ->
           assert {k1, r1} == {k2, r2}, "#{f}#{inspect(args)}"
           # the stacktrace's top frame is the same function (in its own module)
-          assert {f1, a1} == {f2, a2}, "#{f}#{inspect(args)}: #{inspect({f1, a1})} vs #{inspect({f2, a2})}"
+          assert {f1, a1} == {f2, a2},
+                 "#{f}#{inspect(args)}: #{inspect({f1, a1})} vs #{inspect({f2, a2})}"
       end
     end
 
@@ -142,7 +143,15 @@ defmodule Causeway.InstrumentTest do
 
     tree = Causeway.call_tree(outer.call_id)
     assert tree.result == 5
-    assert [%{entry: %{function: :middle}, result: 4, children: [%{entry: %{function: :inner}, result: 2}]}] = tree.children
+
+    assert [
+             %{
+               entry: %{function: :middle},
+               result: 4,
+               children: [%{entry: %{function: :inner}, result: 2}]
+             }
+           ] = tree.children
+
     assert tree.duration_ns >= 0
     assert Causeway.CallTree.format(tree) =~ "inner(1) → 2"
   end
@@ -165,6 +174,7 @@ defmodule Causeway.InstrumentTest do
     flush!()
 
     history = Causeway.state_history(pid)
+
     assert Enum.map(history, & &1.data) == [
              %{old: nil, new: %{count: 1}},
              %{old: %{count: 1}, new: %{count: 3}},

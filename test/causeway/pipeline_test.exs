@@ -40,12 +40,30 @@ defmodule Causeway.PipelineTest do
     assert Enum.sum(Enum.map(m.rings, & &1.written)) == 2_000
     # duplicate messages are matched FIFO: every receive links to a distinct send
     receives = Causeway.events(type: :message_receive, limit: :infinity)
-    sends = receives |> Enum.map(fn r -> Enum.find_value(r.links, fn {:receives, s} -> s; _ -> nil end) end)
+
+    sends =
+      receives
+      |> Enum.map(fn r ->
+        Enum.find_value(r.links, fn
+          {:receives, s} -> s
+          _ -> nil
+        end)
+      end)
+
     assert length(Enum.uniq(sends)) == 1_000
   end
 
   test "every backpressure level is reached, with its actions and messages, and left again" do
-    start_causeway!(ring_size: 1024, shards: 1, workers: {2, 8}, batch_size: 8, retry_base_ms: 20, max_retries: 1_000, emergency_sample: 10)
+    start_causeway!(
+      ring_size: 1024,
+      shards: 1,
+      workers: {2, 8},
+      batch_size: 8,
+      retry_base_ms: 20,
+      max_retries: 1_000,
+      emergency_sample: 10
+    )
+
     :ok = Causeway.subscribe(:backpressure)
     # storage stalls: writers hold their batch and retry, the ring fills up
     :ok = Native.pipeline_inject(handle(), :write_error, 1_000_000)
@@ -108,7 +126,9 @@ defmodule Causeway.PipelineTest do
     :ok = Causeway.subscribe(:backpressure)
 
     1..System.schedulers_online()
-    |> Enum.map(fn p -> Task.async(fn -> for i <- 1..100_000, do: Runtime.message_send(self(), {p, i}) end) end)
+    |> Enum.map(fn p ->
+      Task.async(fn -> for i <- 1..100_000, do: Runtime.message_send(self(), {p, i}) end)
+    end)
     |> Task.await_many(60_000)
 
     flush!()
@@ -118,7 +138,9 @@ defmodule Causeway.PipelineTest do
     assert m.persisted == stored
     assert m.produced - m.persisted == m.dropped_total
     assert m.dropped_total > 0
-    assert_received {:causeway, :backpressure, level, _} when level in [:elevated, :high, :emergency]
+
+    assert_received {:causeway, :backpressure, level, _}
+                    when level in [:elevated, :high, :emergency]
   end
 
   test "a panicking worker is caught, reported and its batch is not lost" do
@@ -132,7 +154,10 @@ defmodule Causeway.PipelineTest do
     assert m.worker_panics == 2
     assert m.persisted == 500
     assert m.dropped_total == 0
-    ids = Causeway.events(type: :state_change, limit: :infinity, links: false) |> Enum.map(& &1.id)
+
+    ids =
+      Causeway.events(type: :state_change, limit: :infinity, links: false) |> Enum.map(& &1.id)
+
     assert length(ids) == 500 and length(Enum.uniq(ids)) == 500
     # the pool is whole again and keeps writing
     Runtime.state_change(:after, :panic)
@@ -183,10 +208,14 @@ defmodule Causeway.PipelineTest do
     Runtime.message_receive(:never_sent)
     Runtime.function_exit(123_456, :no_entry)
     flush!()
-    assert wait_until(fn ->
-             m = Causeway.metrics()
-             m.missing_correlations == 1 and m.orphaned_events == 2
-           end, 5_000)
+
+    assert wait_until(
+             fn ->
+               m = Causeway.metrics()
+               m.missing_correlations == 1 and m.orphaned_events == 2
+             end,
+             5_000
+           )
 
     m = Causeway.metrics()
     assert m.correlation_success_rate == 0.0

@@ -61,6 +61,7 @@ defmodule Causeway.QueryTest do
       expected = Enum.filter(all, &matches?(&1, f)) |> Enum.map(& &1.id)
       got = Causeway.events(f ++ [limit: :infinity]) |> Enum.map(& &1.id)
       assert got == expected, "filter #{inspect(f)}: #{length(got)} vs #{length(expected)}"
+
       assert expected != [] or f == [module: Beta, function: :two, arity: 3],
              "filter #{inspect(f)} should match something"
 
@@ -97,7 +98,9 @@ defmodule Causeway.QueryTest do
       assert desc == Enum.reverse(all)
     end
 
-    assert Causeway.stream_events(page_size: 7, limit: 20, type: :state_change) |> Enum.count() == 20
+    assert Causeway.stream_events(page_size: 7, limit: 20, type: :state_change) |> Enum.count() ==
+             20
+
     # the explicit cursor
     first = Causeway.events(limit: 10)
     next = Causeway.events(limit: 10, after: List.last(first).id)
@@ -105,14 +108,14 @@ defmodule Causeway.QueryTest do
   end
 
   test "state_at before, between and after changes" do
-    {:ok, pid} =
-      Agent.start_link(fn -> :ok end)
+    {:ok, pid} = Agent.start_link(fn -> :ok end)
 
     change = fn old, new ->
       Agent.get(pid, fn _ ->
         Runtime.state_change(old, new)
         :ok
       end)
+
       Process.sleep(5)
     end
 
@@ -134,7 +137,9 @@ defmodule Causeway.QueryTest do
     [_, second, _] = Causeway.state_history(pid)
     assert {:ok, :b, ^second} = Causeway.state_at(pid, second.wall_time)
     assert {:ok, :b, _} = Causeway.state_at(pid, second.timestamp)
-    assert [%{data: %{new: :b}}] = Causeway.state_history(pid, since: second.wall_time, until: second.wall_time)
+
+    assert [%{data: %{new: :b}}] =
+             Causeway.state_history(pid, since: second.wall_time, until: second.wall_time)
   end
 
   test "causal_chain crosses three processes: state change ← message ← sender's call ← ..." do

@@ -70,7 +70,9 @@ defmodule Causeway.RuntimeTest do
     Runtime.state_change(nil, "small")
     flush!()
 
-    [b, l, m, d, t, s] = Causeway.events(pid: self(), type: :state_change) |> Enum.map(& &1.data.new)
+    [b, l, m, d, t, s] =
+      Causeway.events(pid: self(), type: :state_change) |> Enum.map(& &1.data.new)
+
     assert b == {:truncated, 10_000}
     {proper, tail} = split_improper(l)
     assert length(proper) < 200
@@ -90,13 +92,18 @@ defmodule Causeway.RuntimeTest do
     start_causeway!()
     deep = Enum.reduce(1..100_000, :bottom, fn _, acc -> [acc] end)
     Runtime.state_change(nil, deep)
-    Runtime.state_change(nil, {self(), make_ref(), fn -> :ok end, <<1::3>>, 1.5, -(2 ** 100), :"ünïcode"})
+
+    Runtime.state_change(
+      nil,
+      {self(), make_ref(), fn -> :ok end, <<1::3>>, 1.5, -(2 ** 100), :ünïcode}
+    )
+
     flush!()
     [d, odd] = Causeway.events(pid: self(), type: :state_change) |> Enum.map(& &1.data.new)
     assert inspect(d) =~ "truncated"
     {pid, ref, fun, bits, f, big, atom} = odd
     assert pid == self() and is_reference(ref) and is_function(fun)
-    assert bits == <<1::3>> and f == 1.5 and big == -(2 ** 100) and atom == :"ünïcode"
+    assert bits == <<1::3>> and f == 1.5 and big == -(2 ** 100) and atom == :ünïcode
   end
 
   test "redacted keys never reach the disk" do
@@ -104,7 +111,7 @@ defmodule Causeway.RuntimeTest do
     secret = "hunter2-#{System.unique_integer([:positive])}"
     visible = "visible-#{System.unique_integer([:positive])}"
     Runtime.function_entry(Auth, :login, [%{user: "ada", password: secret, note: visible}])
-    Runtime.message_send(self(), [user: "ada", token: secret, note: visible])
+    Runtime.message_send(self(), user: "ada", token: secret, note: visible)
     Runtime.state_change(nil, %{creds: {:password, secret}, note: visible})
     flush!()
 
@@ -114,7 +121,13 @@ defmodule Causeway.RuntimeTest do
     assert send.data.message == [user: "ada", token: :redacted, note: visible]
     stop_causeway!()
 
-    raw = dir |> Path.join("**") |> Path.wildcard() |> Enum.filter(&File.regular?/1) |> Enum.map(&File.read!/1)
+    raw =
+      dir
+      |> Path.join("**")
+      |> Path.wildcard()
+      |> Enum.filter(&File.regular?/1)
+      |> Enum.map(&File.read!/1)
+
     assert Enum.any?(raw, &String.contains?(&1, visible)), "the control value is in the raw bytes"
     refute Enum.any?(raw, &String.contains?(&1, secret)), "the secret is not"
   end

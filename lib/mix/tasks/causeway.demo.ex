@@ -14,7 +14,9 @@ defmodule Mix.Tasks.Causeway.Demo do
 
   @impl true
   def run(argv) do
-    {opts, _, _} = OptionParser.parse(argv, strict: [dir: :string, workers: :integer, rounds: :integer])
+    {opts, _, _} =
+      OptionParser.parse(argv, strict: [dir: :string, workers: :integer, rounds: :integer])
+
     dir = Path.expand(opts[:dir] || "_causeway/demo")
     workers = opts[:workers] || 4
     rounds = opts[:rounds] || 25
@@ -41,7 +43,9 @@ defmodule Mix.Tasks.Causeway.Demo do
     #{Enum.map_join(Enum.frequencies_by(all, & &1.type) |> Enum.sort(), "\n", fn {t, n} -> "  #{String.pad_trailing(to_string(t), 16)} #{n}" end)}
     """)
 
-    [entry | _] = Causeway.events(store: s, pid: first, type: :function_entry, function: :score, limit: 1)
+    [entry | _] =
+      Causeway.events(store: s, pid: first, type: :function_entry, function: :score, limit: 1)
+
     IO.puts("== call tree of #{Causeway.Event.mfa_string(entry)} in #{inspect(first)}")
     Causeway.print_call_tree(entry.call_id, store: s)
 

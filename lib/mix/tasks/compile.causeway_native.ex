@@ -65,7 +65,10 @@ unless Code.ensure_loaded?(Mix.Tasks.Compile.CausewayNative) do
     defp sources(root) do
       Path.wildcard(Path.join(root, "native/*/src/**/*.rs")) ++
         Path.wildcard(Path.join(root, "native/*/Cargo.toml")) ++
-        Enum.filter([Path.join(root, "Cargo.toml"), Path.join(root, "Cargo.lock")], &File.exists?/1)
+        Enum.filter(
+          [Path.join(root, "Cargo.toml"), Path.join(root, "Cargo.lock")],
+          &File.exists?/1
+        )
     end
 
     defp stale?(root, target) do

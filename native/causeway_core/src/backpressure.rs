@@ -101,7 +101,12 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(workers_min: usize) -> Controller {
-        Controller { level: Level::Normal, calm: 0, workers: workers_min, last_scale_down_ms: 0 }
+        Controller {
+            level: Level::Normal,
+            calm: 0,
+            workers: workers_min,
+            last_scale_down_ms: 0,
+        }
     }
 
     pub fn level(&self) -> Level {
@@ -149,7 +154,9 @@ impl Controller {
                 _ => band_top,
             };
             self.last_scale_down_ms = now_ms;
-        } else if self.workers > band_top && now_ms.saturating_sub(self.last_scale_down_ms) >= SCALE_DOWN_EVERY_MS {
+        } else if self.workers > band_top
+            && now_ms.saturating_sub(self.last_scale_down_ms) >= SCALE_DOWN_EVERY_MS
+        {
             self.workers -= 1;
             self.last_scale_down_ms = now_ms;
         }
@@ -158,7 +165,10 @@ impl Controller {
         let max_batch = base_batch.saturating_mul(4).min(100_000);
         let (batch_size, flush_interval_ms) = match self.level {
             Level::Normal => (base_batch, base_flush_ms),
-            Level::Elevated => (base_batch.saturating_mul(2).min(max_batch), (base_flush_ms / 2).max(1)),
+            Level::Elevated => (
+                base_batch.saturating_mul(2).min(max_batch),
+                (base_flush_ms / 2).max(1),
+            ),
             Level::High | Level::Emergency => (max_batch, 1),
         };
         Plan {
@@ -183,13 +193,28 @@ mod tests {
     fn levels_follow_diagram_3() {
         let mut c = Controller::new(2);
         let p = step(&mut c, 0.1, 0);
-        assert_eq!((p.level, p.workers, p.batch_size, p.flush_interval_ms), (Level::Normal, 2, 1000, 5));
+        assert_eq!(
+            (p.level, p.workers, p.batch_size, p.flush_interval_ms),
+            (Level::Normal, 2, 1000, 5)
+        );
         let p = step(&mut c, 0.6, 1);
-        assert_eq!((p.level, p.workers, p.batch_size, p.flush_interval_ms), (Level::Elevated, 3, 2000, 2));
+        assert_eq!(
+            (p.level, p.workers, p.batch_size, p.flush_interval_ms),
+            (Level::Elevated, 3, 2000, 2)
+        );
         let p = step(&mut c, 0.6, 2);
         assert_eq!(p.workers, 4, "ramps up one worker per check");
         let p = step(&mut c, 0.85, 3);
-        assert_eq!((p.level, p.workers, p.batch_size, p.flush_interval_ms, p.sampling), (Level::High, 16, 4000, 1, false));
+        assert_eq!(
+            (
+                p.level,
+                p.workers,
+                p.batch_size,
+                p.flush_interval_ms,
+                p.sampling
+            ),
+            (Level::High, 16, 4000, 1, false)
+        );
         let p = step(&mut c, 0.97, 4);
         assert_eq!((p.level, p.sampling), (Level::Emergency, true));
         assert_eq!(Level::Emergency.check_interval_ms(), 5);
@@ -217,7 +242,15 @@ mod tests {
             }
             t += 1;
         }
-        assert_eq!(seen, vec![Level::Emergency, Level::High, Level::Elevated, Level::Normal]);
+        assert_eq!(
+            seen,
+            vec![
+                Level::Emergency,
+                Level::High,
+                Level::Elevated,
+                Level::Normal
+            ]
+        );
         assert!(t - 100 >= 3 * CALM_CHECKS as u64);
     }
 

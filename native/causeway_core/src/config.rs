@@ -64,20 +64,36 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
         if !self.ring_size.is_power_of_two() || self.ring_size < 2 {
-            return bad(format!("ring_size must be a power of two >= 2, got {}", self.ring_size));
+            return bad(format!(
+                "ring_size must be a power of two >= 2, got {}",
+                self.ring_size
+            ));
         }
         if self.shards == 0 || self.shards > crate::ids::MAX_SHARDS {
-            return bad(format!("shards must be in 1..={}, got {}", crate::ids::MAX_SHARDS, self.shards));
+            return bad(format!(
+                "shards must be in 1..={}, got {}",
+                crate::ids::MAX_SHARDS,
+                self.shards
+            ));
         }
         validate_workers(self.workers_min, self.workers_max)?;
         if self.batch_size == 0 || self.batch_size > 1_000_000 {
-            return bad(format!("batch_size must be in 1..=1000000, got {}", self.batch_size));
+            return bad(format!(
+                "batch_size must be in 1..=1000000, got {}",
+                self.batch_size
+            ));
         }
         if self.flush_interval_ms == 0 || self.flush_interval_ms > 60_000 {
-            return bad(format!("flush_interval_ms must be in 1..=60000, got {}", self.flush_interval_ms));
+            return bad(format!(
+                "flush_interval_ms must be in 1..=60000, got {}",
+                self.flush_interval_ms
+            ));
         }
         if self.max_term_bytes < 64 {
-            return bad(format!("max_term_bytes must be at least 64, got {}", self.max_term_bytes));
+            return bad(format!(
+                "max_term_bytes must be at least 64, got {}",
+                self.max_term_bytes
+            ));
         }
         if self.max_depth == 0 {
             return bad("max_depth must be at least 1".into());
@@ -149,13 +165,26 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_bad_values_are_named() {
         Config::default().validate().unwrap();
-        let c = Config { ring_size: 1000, ..Config::default() };
+        let c = Config {
+            ring_size: 1000,
+            ..Config::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("ring_size"));
-        let c = Config { workers_min: 4, workers_max: 2, ..Config::default() };
+        let c = Config {
+            workers_min: 4,
+            workers_max: 2,
+            ..Config::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("workers"));
-        let c = Config { workers_max: 17, ..Config::default() };
+        let c = Config {
+            workers_max: 17,
+            ..Config::default()
+        };
         assert!(c.validate().is_err());
-        let c = Config { batch_size: 0, ..Config::default() };
+        let c = Config {
+            batch_size: 0,
+            ..Config::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("batch_size"));
     }
 }

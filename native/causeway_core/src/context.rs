@@ -39,10 +39,20 @@ pub type Cause = Option<(u64, LinkKind)>;
 
 impl Contexts {
     pub fn new(max_processes: usize) -> Contexts {
-        Contexts { map: DashMap::new(), max_processes, overflow: AtomicU64::new(0) }
+        Contexts {
+            map: DashMap::new(),
+            max_processes,
+            overflow: AtomicU64::new(0),
+        }
     }
 
-    fn with<R>(&self, pid: u64, now: i64, create: bool, f: impl FnOnce(&mut Ctx) -> R) -> Option<R> {
+    fn with<R>(
+        &self,
+        pid: u64,
+        now: i64,
+        create: bool,
+        f: impl FnOnce(&mut Ctx) -> R,
+    ) -> Option<R> {
         if let Some(mut c) = self.map.get_mut(&pid) {
             c.touched_ns = now;
             return Some(f(&mut c));
@@ -78,16 +88,19 @@ impl Contexts {
     /// `None` if it was not open.
     pub fn exit(&self, pid: u64, call_id: u64, now: i64) -> Option<Frame> {
         let found = self
-            .with(pid, now, false, |c| match c.stack.iter().rposition(|f| f.call_id == call_id) {
-                Some(pos) => {
-                    let f = c.stack[pos];
-                    c.stack.truncate(pos);
-                    Some(f)
+            .with(pid, now, false, |c| {
+                match c.stack.iter().rposition(|f| f.call_id == call_id) {
+                    Some(pos) => {
+                        let f = c.stack[pos];
+                        c.stack.truncate(pos);
+                        Some(f)
+                    }
+                    None => None,
                 }
-                None => None,
             })
             .flatten();
-        self.map.remove_if(&pid, |_, c| c.stack.is_empty() && c.message == 0);
+        self.map
+            .remove_if(&pid, |_, c| c.stack.is_empty() && c.message == 0);
         found
     }
 
@@ -109,7 +122,9 @@ impl Contexts {
 
     /// The innermost open call of `pid`.
     pub fn current_call(&self, pid: u64) -> Option<u64> {
-        self.map.get(&pid).and_then(|c| c.stack.last().map(|f| f.call_id))
+        self.map
+            .get(&pid)
+            .and_then(|c| c.stack.last().map(|f| f.call_id))
     }
 
     pub fn forget(&self, pid: u64) {
@@ -141,7 +156,12 @@ mod tests {
     use super::*;
 
     fn f(id: u64) -> Frame {
-        Frame { call_id: id, module: 7, function: 8, arity: 1 }
+        Frame {
+            call_id: id,
+            module: 7,
+            function: 8,
+            arity: 1,
+        }
     }
 
     #[test]
@@ -149,7 +169,11 @@ mod tests {
         let c = Contexts::new(100);
         assert_eq!(c.enter(1, f(10), 0), None);
         assert_eq!(c.enter(1, f(11), 0), Some((10, LinkKind::CalledFrom)));
-        assert_eq!(c.enter(2, f(20), 0), None, "other process has its own stack");
+        assert_eq!(
+            c.enter(2, f(20), 0),
+            None,
+            "other process has its own stack"
+        );
         assert_eq!(c.enter(1, f(12), 0), Some((11, LinkKind::CalledFrom)));
         assert_eq!(c.exit(1, 12, 0), Some(f(12)));
         assert!(c.exit(1, 11, 0).is_some());
@@ -164,7 +188,10 @@ mod tests {
         c.enter(1, f(10), 0);
         c.enter(1, f(11), 0);
         c.enter(1, f(12), 0);
-        assert!(c.exit(1, 10, 0).is_some(), "outer frame catches what the inner raised");
+        assert!(
+            c.exit(1, 10, 0).is_some(),
+            "outer frame catches what the inner raised"
+        );
         assert!(c.is_empty());
     }
 
@@ -175,7 +202,11 @@ mod tests {
         c.receive(1, 50, 0);
         assert_eq!(c.cause(1), Some((50, LinkKind::CausedBy)));
         c.exit(1, 10, 0);
-        assert_eq!(c.cause(1), Some((50, LinkKind::CausedBy)), "message context survives");
+        assert_eq!(
+            c.cause(1),
+            Some((50, LinkKind::CausedBy)),
+            "message context survives"
+        );
         assert_eq!(c.enter(1, f(60), 0), Some((50, LinkKind::CausedBy)));
         c.forget(1);
         assert_eq!(c.cause(1), None);

@@ -159,7 +159,13 @@ impl Correlator {
 
     /// Correlates one event; the links found are appended to `out`.
     /// `parent_link` is the kind of the capture-time parent (`ev.parent_id`).
-    pub fn correlate(&self, ev: &StoredEvent, parent_link: Option<LinkKind>, now: i64, out: &mut Vec<Link>) {
+    pub fn correlate(
+        &self,
+        ev: &StoredEvent,
+        parent_link: Option<LinkKind>,
+        now: i64,
+        out: &mut Vec<Link>,
+    ) {
         if ev.parent_id != 0 && ev.parent_id != ev.id {
             if let Some(kind) = parent_link {
                 self.link(out, ev.id, kind, ev.parent_id);
@@ -216,7 +222,10 @@ impl Correlator {
             }
             CallHalf::Fresh => {
                 if self.room() {
-                    *e = CallHalf::ExitFirst { exit: ev.id, at: now };
+                    *e = CallHalf::ExitFirst {
+                        exit: ev.id,
+                        at: now,
+                    };
                 } else {
                     drop(e);
                     self.calls.remove(&call);
@@ -246,7 +255,9 @@ impl Correlator {
                 let empty = slot.sends.is_empty() && slot.receives.is_empty();
                 drop(slot);
                 if empty {
-                    self.messages.remove_if(&(receiver, hash), |_, s| s.sends.is_empty() && s.receives.is_empty());
+                    self.messages.remove_if(&(receiver, hash), |_, s| {
+                        s.sends.is_empty() && s.receives.is_empty()
+                    });
                 }
                 if let Some(r) = r {
                     self.settled(1);
@@ -256,7 +267,11 @@ impl Correlator {
             }
             None => {
                 if self.room() {
-                    slot.sends.push_back(PendingSend { id: ev.id, sender, at: now });
+                    slot.sends.push_back(PendingSend {
+                        id: ev.id,
+                        sender,
+                        at: now,
+                    });
                 }
             }
         }
@@ -286,7 +301,9 @@ impl Correlator {
                 let empty = slot.sends.is_empty() && slot.receives.is_empty();
                 drop(slot);
                 if empty {
-                    self.messages.remove_if(&(receiver, hash), |_, s| s.sends.is_empty() && s.receives.is_empty());
+                    self.messages.remove_if(&(receiver, hash), |_, s| {
+                        s.sends.is_empty() && s.receives.is_empty()
+                    });
                 }
                 if let Some(s) = s {
                     self.settled(1);
@@ -296,7 +313,11 @@ impl Correlator {
             }
             None => {
                 if self.room() {
-                    slot.receives.push_back(PendingReceive { id: ev.id, from, at: now });
+                    slot.receives.push_back(PendingReceive {
+                        id: ev.id,
+                        from,
+                        at: now,
+                    });
                 }
             }
         }
@@ -317,7 +338,10 @@ impl Correlator {
             }
             ProcHalf::Fresh => {
                 if self.room() {
-                    *e = ProcHalf::Spawned { spawn: ev.id, at: now };
+                    *e = ProcHalf::Spawned {
+                        spawn: ev.id,
+                        at: now,
+                    };
                 } else {
                     drop(e);
                     self.procs.remove(&child);
@@ -340,7 +364,10 @@ impl Correlator {
             }
             ProcHalf::Fresh => {
                 if self.room() {
-                    *e = ProcHalf::ExitFirst { exit: ev.id, at: now };
+                    *e = ProcHalf::ExitFirst {
+                        exit: ev.id,
+                        at: now,
+                    };
                 } else {
                     drop(e);
                     self.procs.remove(&who);
@@ -412,7 +439,12 @@ mod tests {
     use crate::event::Source;
 
     fn pid(n: u32) -> PidRec {
-        PidRec { node: "n@h".into(), id: n, serial: 0, creation: 1 }
+        PidRec {
+            node: "n@h".into(),
+            id: n,
+            serial: 0,
+            creation: 1,
+        }
     }
 
     fn ev(id: u64, kind: EventType, p: u32) -> StoredEvent {
@@ -451,7 +483,14 @@ mod tests {
         exit.parent_id = 10;
         c.correlate(&entry, None, 0, &mut out);
         c.correlate(&exit, None, 0, &mut out);
-        assert_eq!(out, vec![Link { from: 20, kind: LinkKind::Completes, to: 10 }]);
+        assert_eq!(
+            out,
+            vec![Link {
+                from: 20,
+                kind: LinkKind::Completes,
+                to: 10
+            }]
+        );
 
         out.clear();
         let mut entry2 = ev(30, EventType::FunctionEntry, 1);
@@ -465,8 +504,16 @@ mod tests {
         assert_eq!(
             out,
             vec![
-                Link { from: 30, kind: LinkKind::CalledFrom, to: 10 },
-                Link { from: 40, kind: LinkKind::Completes, to: 30 }
+                Link {
+                    from: 30,
+                    kind: LinkKind::CalledFrom,
+                    to: 10
+                },
+                Link {
+                    from: 40,
+                    kind: LinkKind::Completes,
+                    to: 30
+                }
             ]
         );
         let s = c.stats();
@@ -479,43 +526,134 @@ mod tests {
         let c = Correlator::new(1_000, 100);
         let mut out = Vec::new();
         // two senders (1, 2) send the same message to 3; a third copy from 1
-        c.correlate(&msg(1, EventType::MessageSend, 1, Some(3), 7), None, 0, &mut out);
-        c.correlate(&msg(2, EventType::MessageSend, 2, Some(3), 7), None, 0, &mut out);
-        c.correlate(&msg(3, EventType::MessageSend, 1, Some(3), 7), None, 0, &mut out);
+        c.correlate(
+            &msg(1, EventType::MessageSend, 1, Some(3), 7),
+            None,
+            0,
+            &mut out,
+        );
+        c.correlate(
+            &msg(2, EventType::MessageSend, 2, Some(3), 7),
+            None,
+            0,
+            &mut out,
+        );
+        c.correlate(
+            &msg(3, EventType::MessageSend, 1, Some(3), 7),
+            None,
+            0,
+            &mut out,
+        );
         // receive naming sender 2 takes 2's send
-        c.correlate(&msg(10, EventType::MessageReceive, 3, Some(2), 7), None, 0, &mut out);
+        c.correlate(
+            &msg(10, EventType::MessageReceive, 3, Some(2), 7),
+            None,
+            0,
+            &mut out,
+        );
         // anonymous receives take the rest in order
-        c.correlate(&msg(11, EventType::MessageReceive, 3, None, 7), None, 0, &mut out);
-        c.correlate(&msg(12, EventType::MessageReceive, 3, None, 7), None, 0, &mut out);
+        c.correlate(
+            &msg(11, EventType::MessageReceive, 3, None, 7),
+            None,
+            0,
+            &mut out,
+        );
+        c.correlate(
+            &msg(12, EventType::MessageReceive, 3, None, 7),
+            None,
+            0,
+            &mut out,
+        );
         assert_eq!(
             out,
             vec![
-                Link { from: 10, kind: LinkKind::Receives, to: 2 },
-                Link { from: 11, kind: LinkKind::Receives, to: 1 },
-                Link { from: 12, kind: LinkKind::Receives, to: 3 },
+                Link {
+                    from: 10,
+                    kind: LinkKind::Receives,
+                    to: 2
+                },
+                Link {
+                    from: 11,
+                    kind: LinkKind::Receives,
+                    to: 1
+                },
+                Link {
+                    from: 12,
+                    kind: LinkKind::Receives,
+                    to: 3
+                },
             ]
         );
         assert_eq!(c.stats().ambiguous, 0, "both left were from sender 1");
         // a different message body does not match
         out.clear();
-        c.correlate(&msg(20, EventType::MessageSend, 1, Some(3), 8), None, 0, &mut out);
-        c.correlate(&msg(21, EventType::MessageReceive, 3, None, 9), None, 0, &mut out);
+        c.correlate(
+            &msg(20, EventType::MessageSend, 1, Some(3), 8),
+            None,
+            0,
+            &mut out,
+        );
+        c.correlate(
+            &msg(21, EventType::MessageReceive, 3, None, 9),
+            None,
+            0,
+            &mut out,
+        );
         assert!(out.is_empty());
         // a receive seen before its send still links
-        c.correlate(&msg(22, EventType::MessageReceive, 4, None, 5), None, 0, &mut out);
-        c.correlate(&msg(23, EventType::MessageSend, 1, Some(4), 5), None, 0, &mut out);
-        assert_eq!(out, vec![Link { from: 22, kind: LinkKind::Receives, to: 23 }]);
+        c.correlate(
+            &msg(22, EventType::MessageReceive, 4, None, 5),
+            None,
+            0,
+            &mut out,
+        );
+        c.correlate(
+            &msg(23, EventType::MessageSend, 1, Some(4), 5),
+            None,
+            0,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![Link {
+                from: 22,
+                kind: LinkKind::Receives,
+                to: 23
+            }]
+        );
     }
 
     #[test]
     fn ambiguity_is_counted() {
         let c = Correlator::new(1_000, 100);
         let mut out = Vec::new();
-        c.correlate(&msg(1, EventType::MessageSend, 1, Some(3), 7), None, 0, &mut out);
-        c.correlate(&msg(2, EventType::MessageSend, 2, Some(3), 7), None, 0, &mut out);
-        c.correlate(&msg(3, EventType::MessageReceive, 3, None, 7), None, 0, &mut out);
+        c.correlate(
+            &msg(1, EventType::MessageSend, 1, Some(3), 7),
+            None,
+            0,
+            &mut out,
+        );
+        c.correlate(
+            &msg(2, EventType::MessageSend, 2, Some(3), 7),
+            None,
+            0,
+            &mut out,
+        );
+        c.correlate(
+            &msg(3, EventType::MessageReceive, 3, None, 7),
+            None,
+            0,
+            &mut out,
+        );
         assert_eq!(c.stats().ambiguous, 1);
-        assert_eq!(out, vec![Link { from: 3, kind: LinkKind::Receives, to: 1 }]);
+        assert_eq!(
+            out,
+            vec![Link {
+                from: 3,
+                kind: LinkKind::Receives,
+                to: 1
+            }]
+        );
     }
 
     #[test]
@@ -525,13 +663,27 @@ mod tests {
         let mut entry = ev(1, EventType::FunctionEntry, 1);
         entry.call_id = 1;
         c.correlate(&entry, None, 0, &mut out);
-        c.correlate(&msg(2, EventType::MessageSend, 1, Some(2), 1), None, 0, &mut out);
-        c.correlate(&msg(3, EventType::MessageReceive, 5, None, 1), None, 0, &mut out);
+        c.correlate(
+            &msg(2, EventType::MessageSend, 1, Some(2), 1),
+            None,
+            0,
+            &mut out,
+        );
+        c.correlate(
+            &msg(3, EventType::MessageReceive, 5, None, 1),
+            None,
+            0,
+            &mut out,
+        );
         let mut exit = ev(4, EventType::FunctionExit, 1);
         exit.call_id = 999;
         c.correlate(&exit, None, 50, &mut out);
         assert_eq!(c.stats().pending, 4);
-        assert_eq!(c.expire(120), (2, 1), "entry+send missing, receive orphaned");
+        assert_eq!(
+            c.expire(120),
+            (2, 1),
+            "entry+send missing, receive orphaned"
+        );
         assert_eq!(c.expire(1_000), (0, 1), "the late exit expires later");
         let s = c.stats();
         assert_eq!((s.pending, s.missing, s.orphaned, s.matched), (0, 2, 2, 0));
@@ -552,7 +704,18 @@ mod tests {
         c.correlate(&spawn9, None, 0, &mut out);
         assert_eq!(
             out,
-            vec![Link { from: 2, kind: LinkKind::ExitOf, to: 1 }, Link { from: 3, kind: LinkKind::ExitOf, to: 4 }]
+            vec![
+                Link {
+                    from: 2,
+                    kind: LinkKind::ExitOf,
+                    to: 1
+                },
+                Link {
+                    from: 3,
+                    kind: LinkKind::ExitOf,
+                    to: 4
+                }
+            ]
         );
     }
 
@@ -580,7 +743,18 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut out = Vec::new();
                     for i in 0..n {
-                        c.correlate(&msg(i * 2 + 1, EventType::MessageSend, 1, Some(2), (i % 250) as u8), None, 0, &mut out);
+                        c.correlate(
+                            &msg(
+                                i * 2 + 1,
+                                EventType::MessageSend,
+                                1,
+                                Some(2),
+                                (i % 250) as u8,
+                            ),
+                            None,
+                            0,
+                            &mut out,
+                        );
                     }
                     out.len()
                 })
@@ -590,7 +764,18 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut out = Vec::new();
                     for i in 0..n {
-                        c.correlate(&msg(i * 2 + 2, EventType::MessageReceive, 2, Some(1), (i % 250) as u8), None, 0, &mut out);
+                        c.correlate(
+                            &msg(
+                                i * 2 + 2,
+                                EventType::MessageReceive,
+                                2,
+                                Some(1),
+                                (i % 250) as u8,
+                            ),
+                            None,
+                            0,
+                            &mut out,
+                        );
                     }
                     out.len()
                 })

@@ -34,7 +34,9 @@ pub struct EtfWriter {
 
 impl EtfWriter {
     pub fn new() -> Self {
-        EtfWriter { buf: Vec::with_capacity(64) }
+        EtfWriter {
+            buf: Vec::with_capacity(64),
+        }
     }
 
     /// A writer whose buffer starts with the version byte.
@@ -106,7 +108,8 @@ impl EtfWriter {
             self.buf.push(name.len() as u8);
         } else {
             self.buf.push(ATOM_EXT);
-            self.buf.extend_from_slice(&(name.len() as u16).to_be_bytes());
+            self.buf
+                .extend_from_slice(&(name.len() as u16).to_be_bytes());
         }
         self.buf.extend_from_slice(name);
     }
@@ -118,7 +121,8 @@ impl EtfWriter {
             self.buf.push(name.len() as u8);
         } else {
             self.buf.push(ATOM_UTF8_EXT);
-            self.buf.extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_be_bytes());
+            self.buf
+                .extend_from_slice(&(name.len().min(u16::MAX as usize) as u16).to_be_bytes());
         }
         self.buf.extend_from_slice(name.as_bytes());
     }
@@ -158,13 +162,18 @@ impl EtfWriter {
 
     pub fn binary(&mut self, bytes: &[u8]) {
         self.buf.push(BINARY_EXT);
-        self.buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        self.buf
+            .extend_from_slice(&(bytes.len() as u32).to_be_bytes());
         self.buf.extend_from_slice(bytes);
     }
 
     /// Raw bytes of an already encoded term (without its version byte).
     pub fn raw(&mut self, encoded: &[u8]) {
-        let body = if encoded.first() == Some(&VERSION) { &encoded[1..] } else { encoded };
+        let body = if encoded.first() == Some(&VERSION) {
+            &encoded[1..]
+        } else {
+            encoded
+        };
         self.buf.extend_from_slice(body);
     }
 
@@ -264,7 +273,12 @@ pub fn parse_pid(bytes: &[u8]) -> Result<PidRec> {
             .get(pos)
             .ok_or_else(|| Error::Corrupt("short pid encoding".into()))? as u32
     };
-    Ok(PidRec { node, id, serial, creation })
+    Ok(PidRec {
+        node,
+        id,
+        serial,
+        creation,
+    })
 }
 
 /// `term_to_binary`-style bytes (with version byte) for a stored pid.
@@ -294,7 +308,12 @@ mod tests {
 
     #[test]
     fn pid_round_trip() {
-        let p = PidRec { node: "a@b".into(), id: 77, serial: 3, creation: 1_700_000_000 };
+        let p = PidRec {
+            node: "a@b".into(),
+            id: 77,
+            serial: 3,
+            creation: 1_700_000_000,
+        };
         assert_eq!(parse_pid(&encode_pid(&p)).unwrap(), p);
     }
 
@@ -325,7 +344,10 @@ mod tests {
     fn hash_differs_for_different_bytes() {
         assert_ne!(hash_bytes(b"hello"), hash_bytes(b"hellp"));
         assert_ne!(hash_bytes(b""), hash_bytes(b"\0"));
-        assert_eq!(hash_bytes(b"same bytes here!"), hash_bytes(b"same bytes here!"));
+        assert_eq!(
+            hash_bytes(b"same bytes here!"),
+            hash_bytes(b"same bytes here!")
+        );
     }
 
     #[test]

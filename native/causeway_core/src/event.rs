@@ -300,7 +300,10 @@ mod serde_bytes_compat {
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
                 Ok(v)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<u8>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Vec<u8>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = a.next_element::<u8>()? {
                     out.push(b);
@@ -323,7 +326,12 @@ mod tests {
             kind: EventType::FunctionEntry,
             mono_ns: -576_460_000_000_000,
             wall_ns: 1_790_000_000_000_000_100,
-            pid: PidRec { node: "nonode@nohost".into(), id: 123, serial: 0, creation: 0 },
+            pid: PidRec {
+                node: "nonode@nohost".into(),
+                id: 123,
+                serial: 0,
+                creation: 0,
+            },
             call_id: 1_790_000_000_000_000_123,
             parent_id: 0,
             module: Some("Elixir.Demo".into()),

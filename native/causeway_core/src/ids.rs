@@ -43,7 +43,11 @@ impl IdGen {
         let candidate = (wall_ns.saturating_sub(EPOCH_NS) & !SHARD_MASK) | shard as u64;
         let mut last = slot.load(Ordering::Relaxed);
         loop {
-            let id = if candidate > last { candidate } else { last + MAX_SHARDS as u64 };
+            let id = if candidate > last {
+                candidate
+            } else {
+                last + MAX_SHARDS as u64
+            };
             match slot.compare_exchange_weak(last, id, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return id,
                 Err(actual) => last = actual,
@@ -103,7 +107,10 @@ mod tests {
         let id = ids.next(1, EPOCH_NS + 20_000_000);
         assert_eq!(id & SHARD_MASK, 1);
         assert_eq!(id_to_wall_ns(id), EPOCH_NS + (20_000_000 & !SHARD_MASK));
-        assert_eq!(wall_ns_to_id(EPOCH_NS + 20_000_000), 20_000_000 & !SHARD_MASK);
+        assert_eq!(
+            wall_ns_to_id(EPOCH_NS + 20_000_000),
+            20_000_000 & !SHARD_MASK
+        );
         // a 2026 id is a BEAM small integer
         let now = IdGen::new(1, 0).next(0, 1_795_000_000_000_000_000);
         assert!(now < (1 << 59));

@@ -101,7 +101,10 @@ fn percentiles(h: &Histogram<u64>) -> Percentiles {
 
 impl Default for Latency {
     fn default() -> Self {
-        Latency { window: Mutex::new((histogram(), histogram())), total: Mutex::new(histogram()) }
+        Latency {
+            window: Mutex::new((histogram(), histogram())),
+            total: Mutex::new(histogram()),
+        }
     }
 }
 
@@ -138,7 +141,10 @@ impl Latency {
     }
 
     pub fn total(&self) -> Percentiles {
-        self.total.lock().map(|t| percentiles(&t)).unwrap_or_default()
+        self.total
+            .lock()
+            .map(|t| percentiles(&t))
+            .unwrap_or_default()
     }
 
     pub fn new_local() -> Histogram<u64> {
@@ -175,7 +181,10 @@ pub struct History {
 
 impl History {
     pub fn new(cap: usize) -> History {
-        History { items: Mutex::new(VecDeque::with_capacity(cap)), cap }
+        History {
+            items: Mutex::new(VecDeque::with_capacity(cap)),
+            cap,
+        }
     }
 
     pub fn push(&self, d: Decision) {
@@ -188,7 +197,10 @@ impl History {
     }
 
     pub fn snapshot(&self) -> Vec<Decision> {
-        self.items.lock().map(|v| v.iter().cloned().collect()).unwrap_or_default()
+        self.items
+            .lock()
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -219,7 +231,14 @@ mod tests {
     fn history_is_bounded() {
         let h = History::new(3);
         for i in 0..5 {
-            h.push(Decision { at_ms: i, level: "normal", utilization: 0.0, workers: 2, batch_size: 1, flush_interval_ms: 5 });
+            h.push(Decision {
+                at_ms: i,
+                level: "normal",
+                utilization: 0.0,
+                workers: 2,
+                batch_size: 1,
+                flush_interval_ms: 5,
+            });
         }
         let s = h.snapshot();
         assert_eq!(s.len(), 3);

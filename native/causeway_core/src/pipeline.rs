@@ -230,7 +230,7 @@ impl Pipeline {
         if self.level.load(Ordering::Relaxed) == Level::Emergency as u8 && !kind.is_critical() {
             let n = self.sample_tick.fetch_add(1, Ordering::Relaxed);
             let every = self.tun.emergency_sample.load(Ordering::Relaxed).max(1) as u64;
-            if n % every != 0 {
+            if !n.is_multiple_of(every) {
                 Counters::add(&self.counters.sampled, 1);
                 return false;
             }
@@ -243,7 +243,9 @@ impl Pipeline {
     #[inline]
     pub fn stamp(&self, mono_ns: i64) -> (usize, u64, i64) {
         let shard = self.rings.local_shard();
-        let wall = mono_ns.saturating_add(self.resolver.time_offset_ns()).max(0);
+        let wall = mono_ns
+            .saturating_add(self.resolver.time_offset_ns())
+            .max(0);
         (shard, self.ids.next(shard, wall as u64), wall)
     }
 
@@ -280,7 +282,10 @@ impl Pipeline {
         } else {
             self.disabled_modules.insert(module);
         }
-        self.any_disabled.store(self.disabled_modules.len() + self.disabled_pids.len(), Ordering::Relaxed);
+        self.any_disabled.store(
+            self.disabled_modules.len() + self.disabled_pids.len(),
+            Ordering::Relaxed,
+        );
     }
 
     pub fn set_pid_enabled(&self, pid: u64, on: bool) {
@@ -289,7 +294,10 @@ impl Pipeline {
         } else {
             self.disabled_pids.insert(pid);
         }
-        self.any_disabled.store(self.disabled_modules.len() + self.disabled_pids.len(), Ordering::Relaxed);
+        self.any_disabled.store(
+            self.disabled_modules.len() + self.disabled_pids.len(),
+            Ordering::Relaxed,
+        );
     }
 
     pub fn now_mono_ns(&self) -> i64 {
@@ -319,7 +327,9 @@ impl Pipeline {
             return;
         }
         let done: Vec<u64> = {
-            let Ok(mut f) = self.flushes.lock() else { return };
+            let Ok(mut f) = self.flushes.lock() else {
+                return;
+            };
             let mut done = Vec::new();
             f.retain(|r| {
                 if self.rings.reached(&r.targets) {
@@ -350,21 +360,29 @@ impl Pipeline {
         }
         if let Some(b) = u.batch_size {
             if b == 0 || b > 1_000_000 {
-                return Err(Error::InvalidArgument(format!("batch_size must be in 1..=1000000, got {b}")));
+                return Err(Error::InvalidArgument(format!(
+                    "batch_size must be in 1..=1000000, got {b}"
+                )));
             }
         }
         if let Some(f) = u.flush_interval_ms {
             if f == 0 || f > 60_000 {
-                return Err(Error::InvalidArgument(format!("flush_interval_ms must be in 1..=60000, got {f}")));
+                return Err(Error::InvalidArgument(format!(
+                    "flush_interval_ms must be in 1..=60000, got {f}"
+                )));
             }
         }
         if let Some(t) = u.max_term_bytes {
             if t < 64 {
-                return Err(Error::InvalidArgument(format!("max_term_bytes must be at least 64, got {t}")));
+                return Err(Error::InvalidArgument(format!(
+                    "max_term_bytes must be at least 64, got {t}"
+                )));
             }
         }
         if u.max_depth == Some(0) || u.emergency_sample == Some(0) {
-            return Err(Error::InvalidArgument("max_depth and emergency_sample must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "max_depth and emergency_sample must be at least 1".into(),
+            ));
         }
         let t = &self.tun;
         if let Some(b) = u.batch_size {
@@ -390,7 +408,8 @@ impl Pipeline {
             t.memory_budget.store(v, Ordering::Relaxed);
         }
         if let Some(v) = u.correlation_ttl_ms {
-            self.correlator.set_ttl_ns((v as i64).saturating_mul(1_000_000));
+            self.correlator
+                .set_ttl_ns((v as i64).saturating_mul(1_000_000));
         }
         self.wake_manager();
         Ok(())
@@ -549,7 +568,8 @@ impl Pipeline {
                 Ok(Err(e)) => {
                     Counters::add(&self.counters.write_errors, 1);
                     if attempt == 0 {
-                        self.notifier.worker_event(worker, "storage_error", &e.to_string());
+                        self.notifier
+                            .worker_event(worker, "storage_error", &e.to_string());
                     }
                     DropReason::Storage
                 }
@@ -569,7 +589,11 @@ impl Pipeline {
                 break Err(err);
             }
             Counters::add(&self.counters.retries, 1);
-            let backoff = self.config.retry_base_ms.saturating_mul(1 << attempt.min(10)).min(2_000);
+            let backoff = self
+                .config
+                .retry_base_ms
+                .saturating_mul(1 << attempt.min(10))
+                .min(2_000);
             std::thread::sleep(Duration::from_millis(backoff));
             attempt += 1;
         };
@@ -588,10 +612,12 @@ impl Pipeline {
             Err(DropReason::Panic) => Counters::add(&self.counters.dropped_panic, n),
             Err(_) => Counters::add(&self.counters.dropped_storage, n),
         }
-        let _ = self
-            .counters
-            .bytes_in_rings
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(bytes)));
+        let _ =
+            self.counters
+                .bytes_in_rings
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                    Some(v.saturating_sub(bytes))
+                });
         cache.correlated = false;
         cache.links.clear();
         raw.clear();
@@ -648,8 +674,16 @@ impl Pipeline {
             RawPid::Local(w) => Some(cache.pid(&*self.resolver, *w)),
             RawPid::External(b) => crate::etf::parse_pid(b).ok(),
         };
-        let module = if r.module != 0 { cache.atom(&*self.resolver, r.module) } else { None };
-        let function = if r.function != 0 { cache.atom(&*self.resolver, r.function) } else { None };
+        let module = if r.module != 0 {
+            cache.atom(&*self.resolver, r.module)
+        } else {
+            None
+        };
+        let function = if r.function != 0 {
+            cache.atom(&*self.resolver, r.function)
+        } else {
+            None
+        };
         (
             StoredEvent {
                 id: r.id,
@@ -673,7 +707,12 @@ impl Pipeline {
     // ---------------------------------------------------------------- metrics
 
     pub fn produced(&self) -> u64 {
-        let rings: u64 = self.rings.all_stats().iter().map(|s| s.accepted + s.rejected).sum();
+        let rings: u64 = self
+            .rings
+            .all_stats()
+            .iter()
+            .map(|s| s.accepted + s.rejected)
+            .sum();
         rings + Counters::get(&self.counters.sampled)
     }
 
@@ -693,8 +732,14 @@ impl Pipeline {
             (DropReason::RingFull, ring_full),
             (DropReason::Overwritten, overwritten),
             (DropReason::Sampled, Counters::get(&self.counters.sampled)),
-            (DropReason::Storage, Counters::get(&self.counters.dropped_storage)),
-            (DropReason::Panic, Counters::get(&self.counters.dropped_panic)),
+            (
+                DropReason::Storage,
+                Counters::get(&self.counters.dropped_storage),
+            ),
+            (
+                DropReason::Panic,
+                Counters::get(&self.counters.dropped_panic),
+            ),
         ];
         let dropped_total = dropped.iter().map(|d| d.1).sum();
         let correlation = self.correlator.stats();
@@ -704,7 +749,10 @@ impl Pipeline {
         let mut alerts = Vec::new();
         for (i, s) in rings.iter().enumerate() {
             if s.utilization() > 0.80 {
-                alerts.push(("ring_utilization", format!("ring {i} is {:.0}% full", s.utilization() * 100.0)));
+                alerts.push((
+                    "ring_utilization",
+                    format!("ring {i} is {:.0}% full", s.utilization() * 100.0),
+                ));
             }
         }
         let failures = correlation.missing + correlation.orphaned;
@@ -712,13 +760,22 @@ impl Pipeline {
         if attempted > 0 && failures as f64 / attempted as f64 > 0.05 {
             alerts.push((
                 "correlation_failures",
-                format!("{:.1}% of correlations failed", 100.0 * failures as f64 / attempted as f64),
+                format!(
+                    "{:.1}% of correlations failed",
+                    100.0 * failures as f64 / attempted as f64
+                ),
             ));
         }
         if native_memory > memory_budget {
-            alerts.push(("memory", format!("native memory {native_memory} B over budget {memory_budget} B")));
+            alerts.push((
+                "memory",
+                format!("native memory {native_memory} B over budget {memory_budget} B"),
+            ));
         }
-        if Counters::get(&self.counters.write_errors) > 0 && latency.count == 0 && self.rings.max_utilization() > 0.0 {
+        if Counters::get(&self.counters.write_errors) > 0
+            && latency.count == 0
+            && self.rings.max_utilization() > 0.0
+        {
             alerts.push(("storage", "writes are failing".into()));
         }
         Snapshot {
@@ -727,7 +784,8 @@ impl Pipeline {
             latency,
             latency_total: self.latency.total(),
             queue_depth: rings.iter().map(|s| s.len).sum(),
-            produced: rings.iter().map(|s| s.accepted + s.rejected).sum::<u64>() + Counters::get(&self.counters.sampled),
+            produced: rings.iter().map(|s| s.accepted + s.rejected).sum::<u64>()
+                + Counters::get(&self.counters.sampled),
             rings,
             persisted: Counters::get(&self.counters.persisted),
             dropped,
@@ -800,7 +858,11 @@ fn worker_loop(p: Arc<Pipeline>, index: usize) {
         if index >= n && !closing {
             break; // retired by scaling down; its shards now belong to others
         }
-        let shards = if closing { (0..p.rings.shard_count()).collect() } else { p.shards_for(index, n) };
+        let shards = if closing {
+            (0..p.rings.shard_count()).collect()
+        } else {
+            p.shards_for(index, n)
+        };
         let batch = p.batch_now.load(Ordering::Relaxed).max(1);
         per_shard.clear();
         for &s in &shards {
@@ -848,7 +910,11 @@ fn manager_loop(p: Arc<Pipeline>) {
         // The capture path only ever raises the level (fetch_max); anything
         // above what this manager last decided was raised there.
         let current = p.level();
-        let floor = if current > ctl.level() { current } else { Level::Normal };
+        let floor = if current > ctl.level() {
+            current
+        } else {
+            Level::Normal
+        };
         let now_ms = p.started.elapsed().as_millis() as u64;
         let min = p.tun.workers_min.load(Ordering::Relaxed);
         let max = p.tun.workers_max.load(Ordering::Relaxed);
@@ -863,7 +929,8 @@ fn manager_loop(p: Arc<Pipeline>) {
         );
         p.level.store(plan.level as u8, Ordering::Relaxed);
         p.batch_now.store(plan.batch_size, Ordering::Relaxed);
-        p.flush_now_ms.store(plan.flush_interval_ms, Ordering::Relaxed);
+        p.flush_now_ms
+            .store(plan.flush_interval_ms, Ordering::Relaxed);
         let old_target = p.target_workers.swap(plan.workers, Ordering::Relaxed);
         if plan.workers != old_target || plan.level != last_level {
             p.history.push(Decision {
@@ -912,8 +979,13 @@ fn manager_loop(p: Arc<Pipeline>) {
                     worker_load: ((busy - last_busy) as f64 / 1e9 / secs / live).min(1.0),
                 };
             }
-            (last_persisted, last_batches, last_links, last_produced, last_busy) =
-                (persisted, batches, links, produced, busy);
+            (
+                last_persisted,
+                last_batches,
+                last_links,
+                last_produced,
+                last_busy,
+            ) = (persisted, batches, links, produced, busy);
             last_tick = Instant::now();
             let now = p.resolver.now_mono_ns();
             p.correlator.expire(now);

@@ -4,7 +4,9 @@
 
 use crate::event::{EventType, LinkKind, StoredEvent};
 use crate::ids::wall_ns_to_id;
-use crate::store::{keys, Store, CF_BY_CALL, CF_BY_MFA, CF_BY_PID, CF_BY_TYPE, CF_EVENTS, CF_STATE};
+use crate::store::{
+    keys, Store, CF_BY_CALL, CF_BY_MFA, CF_BY_PID, CF_BY_TYPE, CF_EVENTS, CF_STATE,
+};
 use crate::{Error, Result};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
@@ -27,7 +29,9 @@ impl PidMatch {
     }
 
     pub fn matches(&self, p: &crate::event::PidRec) -> bool {
-        p.id == self.id && p.serial == self.serial && self.node.as_ref().is_none_or(|n| *n == p.node)
+        p.id == self.id
+            && p.serial == self.serial
+            && self.node.as_ref().is_none_or(|n| *n == p.node)
     }
 }
 
@@ -109,7 +113,9 @@ impl Filter {
                 return false;
             }
         }
-        if self.since_wall.is_some_and(|s| e.wall_ns < s) || self.until_wall.is_some_and(|u| e.wall_ns > u) {
+        if self.since_wall.is_some_and(|s| e.wall_ns < s)
+            || self.until_wall.is_some_and(|u| e.wall_ns > u)
+        {
             return false;
         }
         true
@@ -123,7 +129,8 @@ impl Filter {
         self.since_wall = since_wall;
         self.until_wall = until_wall;
         self.since_id = since_wall.map(|s| wall_ns_to_id(s.max(0) as u64));
-        self.until_id = until_wall.map(|u| wall_ns_to_id((u.max(0) as u64).saturating_add(ID_SLACK_NS)) | 63);
+        self.until_id =
+            until_wall.map(|u| wall_ns_to_id((u.max(0) as u64).saturating_add(ID_SLACK_NS)) | 63);
         self
     }
 }
@@ -157,8 +164,19 @@ struct Merge<'a> {
 }
 
 impl<'a> Merge<'a> {
-    fn new(store: &'a Store, sources: &[Source], lo: u64, hi: u64, reverse: bool) -> Result<Merge<'a>> {
-        let mut m = Merge { iters: Vec::new(), heap: BinaryHeap::new(), heap_rev: BinaryHeap::new(), reverse };
+    fn new(
+        store: &'a Store,
+        sources: &[Source],
+        lo: u64,
+        hi: u64,
+        reverse: bool,
+    ) -> Result<Merge<'a>> {
+        let mut m = Merge {
+            iters: Vec::new(),
+            heap: BinaryHeap::new(),
+            heap_rev: BinaryHeap::new(),
+            reverse,
+        };
         for src in sources {
             let cf = store
                 .db()
@@ -250,30 +268,73 @@ fn mfa_groups(store: &Store, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
 
 fn plan(store: &Store, f: &Filter) -> Result<(Vec<Source>, &'static str)> {
     if let Some(c) = f.call_id {
-        return Ok((vec![Source { cf: CF_BY_CALL, prefix: c.to_be_bytes().to_vec() }], "by_call"));
+        return Ok((
+            vec![Source {
+                cf: CF_BY_CALL,
+                prefix: c.to_be_bytes().to_vec(),
+            }],
+            "by_call",
+        ));
     }
     if let Some(p) = &f.pid {
-        return Ok((vec![Source { cf: CF_BY_PID, prefix: p.key().to_vec() }], "by_pid"));
+        return Ok((
+            vec![Source {
+                cf: CF_BY_PID,
+                prefix: p.key().to_vec(),
+            }],
+            "by_pid",
+        ));
     }
     if let Some(m) = &f.module {
         let prefix = keys::mfa_prefix(m, f.function.as_deref(), f.function.as_ref().and(f.arity));
-        let groups = if f.function.is_some() && f.arity.is_some() { vec![prefix] } else { mfa_groups(store, &prefix)? };
-        return Ok((groups.into_iter().map(|prefix| Source { cf: CF_BY_MFA, prefix }).collect(), "by_mfa"));
+        let groups = if f.function.is_some() && f.arity.is_some() {
+            vec![prefix]
+        } else {
+            mfa_groups(store, &prefix)?
+        };
+        return Ok((
+            groups
+                .into_iter()
+                .map(|prefix| Source {
+                    cf: CF_BY_MFA,
+                    prefix,
+                })
+                .collect(),
+            "by_mfa",
+        ));
     }
     if !f.types.is_empty() {
         let mut ts = f.types.clone();
         ts.sort();
         ts.dedup();
-        return Ok((ts.into_iter().map(|t| Source { cf: CF_BY_TYPE, prefix: vec![t as u8] }).collect(), "by_type"));
+        return Ok((
+            ts.into_iter()
+                .map(|t| Source {
+                    cf: CF_BY_TYPE,
+                    prefix: vec![t as u8],
+                })
+                .collect(),
+            "by_type",
+        ));
     }
-    Ok((vec![Source { cf: CF_EVENTS, prefix: Vec::new() }], "time"))
+    Ok((
+        vec![Source {
+            cf: CF_EVENTS,
+            prefix: Vec::new(),
+        }],
+        "time",
+    ))
 }
 
 /// Events matching `f`, at most `f.limit` (0 = no limit), in id order.
 pub fn events(store: &Store, f: &Filter) -> Result<Page> {
     let (sources, index) = plan(store, f)?;
     let (lo, hi) = f.id_range();
-    let mut page = Page { events: Vec::new(), next: None, index };
+    let mut page = Page {
+        events: Vec::new(),
+        next: None,
+        index,
+    };
     if lo > hi {
         return Ok(page);
     }
@@ -307,21 +368,35 @@ pub fn events(store: &Store, f: &Filter) -> Result<Page> {
 }
 
 /// Backward links in the order a causal chain prefers them.
-const CHAIN_ORDER: [LinkKind; 5] =
-    [LinkKind::Completes, LinkKind::CausedBy, LinkKind::Receives, LinkKind::CalledFrom, LinkKind::ExitOf];
+const CHAIN_ORDER: [LinkKind; 5] = [
+    LinkKind::Completes,
+    LinkKind::CausedBy,
+    LinkKind::Receives,
+    LinkKind::CalledFrom,
+    LinkKind::ExitOf,
+];
 
 /// From an event back to its root cause: `[event, cause, cause of cause, ...]`.
-pub fn causal_chain(store: &Store, id: u64, max: usize) -> Result<Vec<(StoredEvent, Option<LinkKind>)>> {
+pub fn causal_chain(
+    store: &Store,
+    id: u64,
+    max: usize,
+) -> Result<Vec<(StoredEvent, Option<LinkKind>)>> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
-    let mut cur = store.get(id)?.ok_or_else(|| Error::NotFound(format!("event {id}")))?;
+    let mut cur = store
+        .get(id)?
+        .ok_or_else(|| Error::NotFound(format!("event {id}")))?;
     let mut via = None;
     loop {
         seen.insert(cur.id);
         let links = store.links_of(cur.id)?;
-        let next = CHAIN_ORDER
-            .iter()
-            .find_map(|k| links.iter().find(|(lk, to)| lk == k && !seen.contains(to)).copied());
+        let next = CHAIN_ORDER.iter().find_map(|k| {
+            links
+                .iter()
+                .find(|(lk, to)| lk == k && !seen.contains(to))
+                .copied()
+        });
         out.push((cur, via));
         if out.len() >= max {
             break;
@@ -352,7 +427,11 @@ fn call_node(store: &Store, entry: StoredEvent, budget: &mut usize) -> Result<Ca
         Some((_, x)) => store.get(*x)?,
         None => None,
     };
-    let mut child_ids: Vec<u64> = links.iter().filter(|(k, _)| *k == LinkKind::Calls).map(|(_, c)| *c).collect();
+    let mut child_ids: Vec<u64> = links
+        .iter()
+        .filter(|(k, _)| *k == LinkKind::Calls)
+        .map(|(_, c)| *c)
+        .collect();
     child_ids.sort_unstable();
     let mut children = Vec::new();
     for c in store.get_many(&child_ids)? {
@@ -362,14 +441,23 @@ fn call_node(store: &Store, entry: StoredEvent, budget: &mut usize) -> Result<Ca
         *budget -= 1;
         children.push(call_node(store, c, budget)?);
     }
-    Ok(CallNode { entry, exit, children })
+    Ok(CallNode {
+        entry,
+        exit,
+        children,
+    })
 }
 
 /// The tree of one call (by its call id = its entry's id).
 pub fn call_tree(store: &Store, call_id: u64, max_nodes: usize) -> Result<CallNode> {
-    let entry = store.get(call_id)?.ok_or_else(|| Error::NotFound(format!("call {call_id}")))?;
+    let entry = store
+        .get(call_id)?
+        .ok_or_else(|| Error::NotFound(format!("call {call_id}")))?;
     if entry.kind != EventType::FunctionEntry {
-        return Err(Error::InvalidArgument(format!("event {call_id} is a {}, not a function_entry", entry.kind.name())));
+        return Err(Error::InvalidArgument(format!(
+            "event {call_id} is a {}, not a function_entry",
+            entry.kind.name()
+        )));
     }
     let mut budget = max_nodes;
     call_node(store, entry, &mut budget)
@@ -377,7 +465,11 @@ pub fn call_tree(store: &Store, call_id: u64, max_nodes: usize) -> Result<CallNo
 
 /// Every top-level call of a process (calls with no instrumented caller).
 pub fn call_trees_of(store: &Store, pid: &PidMatch, max_nodes: usize) -> Result<Vec<CallNode>> {
-    let f = Filter { pid: Some(pid.clone()), types: vec![EventType::FunctionEntry], ..Default::default() };
+    let f = Filter {
+        pid: Some(pid.clone()),
+        types: vec![EventType::FunctionEntry],
+        ..Default::default()
+    };
     let page = events(store, &f)?;
     let mut budget = max_nodes;
     let mut out = Vec::new();
@@ -396,13 +488,26 @@ pub fn call_trees_of(store: &Store, pid: &PidMatch, max_nodes: usize) -> Result<
 }
 
 /// Messages between two processes (both directions), each send with its receive.
-pub fn message_flow(store: &Store, a: &PidMatch, b: &PidMatch, limit: usize) -> Result<Vec<(StoredEvent, Option<StoredEvent>)>> {
+pub fn message_flow(
+    store: &Store,
+    a: &PidMatch,
+    b: &PidMatch,
+    limit: usize,
+) -> Result<Vec<(StoredEvent, Option<StoredEvent>)>> {
     let mut out = Vec::new();
     for (from, to) in [(a, b), (b, a)] {
-        let f = Filter { pid: Some(from.clone()), types: vec![EventType::MessageSend], ..Default::default() };
+        let f = Filter {
+            pid: Some(from.clone()),
+            types: vec![EventType::MessageSend],
+            ..Default::default()
+        };
         for s in events(store, &f)?.events {
             if s.peer.as_ref().is_some_and(|p| to.matches(p)) {
-                let recv = match store.links_of(s.id)?.iter().find(|(k, _)| *k == LinkKind::ReceivedBy) {
+                let recv = match store
+                    .links_of(s.id)?
+                    .iter()
+                    .find(|(k, _)| *k == LinkKind::ReceivedBy)
+                {
                     Some((_, r)) => store.get(*r)?,
                     None => None,
                 };
@@ -421,7 +526,13 @@ pub fn message_flow(store: &Store, a: &PidMatch, b: &PidMatch, limit: usize) -> 
 }
 
 /// State changes of a process, oldest first (`limit` 0 = all).
-pub fn state_history(store: &Store, pid: &PidMatch, since_id: u64, until_id: u64, limit: usize) -> Result<Vec<StoredEvent>> {
+pub fn state_history(
+    store: &Store,
+    pid: &PidMatch,
+    since_id: u64,
+    until_id: u64,
+    limit: usize,
+) -> Result<Vec<StoredEvent>> {
     let mut ids = Vec::new();
     let (lo, hi) = bounds(&pid.key(), since_id, until_id);
     store.scan_keys(CF_STATE, &lo, hi.as_deref(), false, |k, _| {
@@ -430,7 +541,11 @@ pub fn state_history(store: &Store, pid: &PidMatch, since_id: u64, until_id: u64
         }
         Ok(limit == 0 || ids.len() < limit * 2)
     })?;
-    let mut evs: Vec<StoredEvent> = store.get_many(&ids)?.into_iter().filter(|e| pid.matches(&e.pid)).collect();
+    let mut evs: Vec<StoredEvent> = store
+        .get_many(&ids)?
+        .into_iter()
+        .filter(|e| pid.matches(&e.pid))
+        .collect();
     if limit > 0 {
         evs.truncate(limit);
     }
@@ -439,12 +554,15 @@ pub fn state_history(store: &Store, pid: &PidMatch, since_id: u64, until_id: u64
 
 /// The last state change of `pid` at or before wall-clock `wall_ns`.
 pub fn state_at(store: &Store, pid: &PidMatch, wall_ns: u64) -> Result<Option<StoredEvent>> {
-    let until = wall_ns_to_id(wall_ns.saturating_add(ID_SLACK_NS)) | ((1u64 << crate::ids::SHARD_BITS) - 1);
+    let until =
+        wall_ns_to_id(wall_ns.saturating_add(ID_SLACK_NS)) | ((1u64 << crate::ids::SHARD_BITS) - 1);
     let (lo, hi) = bounds(&pid.key(), 0, until);
     let mut found = None;
     let mut err = None;
     store.scan_keys(CF_STATE, &lo, hi.as_deref(), true, |k, _| {
-        let Some(id) = keys::trailing_id(k) else { return Ok(true) };
+        let Some(id) = keys::trailing_id(k) else {
+            return Ok(true);
+        };
         match store.get(id) {
             Ok(Some(e)) if pid.matches(&e.pid) && e.wall_ns as u64 <= wall_ns => {
                 found = Some(e);

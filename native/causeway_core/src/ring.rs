@@ -136,7 +136,11 @@ impl Rings {
                 })
             })
             .collect();
-        Ok(Rings { shards, capacity, overflow })
+        Ok(Rings {
+            shards,
+            capacity,
+            overflow,
+        })
     }
 
     pub fn shard_count(&self) -> usize {
@@ -285,7 +289,10 @@ mod tests {
     use std::sync::Arc;
 
     fn ev(id: u64) -> RawEvent {
-        RawEvent { id, ..Default::default() }
+        RawEvent {
+            id,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -306,7 +313,10 @@ mod tests {
         assert_eq!((s.accepted, s.rejected, s.evicted, s.len), (8, 12, 0, 8));
         let mut out = Vec::new();
         assert_eq!(r.pop_batch(0, 100, &mut out), 8);
-        assert_eq!(out.iter().map(|e| e.id).collect::<Vec<_>>(), (0..8).collect::<Vec<_>>());
+        assert_eq!(
+            out.iter().map(|e| e.id).collect::<Vec<_>>(),
+            (0..8).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -319,7 +329,10 @@ mod tests {
         assert_eq!((s.accepted, s.rejected, s.evicted, s.len), (20, 0, 12, 8));
         let mut out = Vec::new();
         r.pop_batch(0, 100, &mut out);
-        assert_eq!(out.iter().map(|e| e.id).collect::<Vec<_>>(), (12..20).collect::<Vec<_>>());
+        assert_eq!(
+            out.iter().map(|e| e.id).collect::<Vec<_>>(),
+            (12..20).collect::<Vec<_>>()
+        );
         r.finish(0, 8);
         assert!(r.reached(&r.flush_targets()));
     }

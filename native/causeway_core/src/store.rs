@@ -17,8 +17,8 @@
 use crate::event::{EventType, Link, LinkKind, StoredEvent};
 use crate::{Error, Result};
 use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Options, ReadOptions,
-    WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Options, ReadOptions, WriteBatch,
+    WriteOptions, DB,
 };
 use std::path::{Path, PathBuf};
 
@@ -31,8 +31,9 @@ pub const CF_BY_CALL: &str = "by_call";
 pub const CF_LINKS: &str = "links";
 pub const CF_STATE: &str = "state";
 pub const CF_META: &str = "meta";
-pub const ALL_CFS: [&str; 8] =
-    [CF_EVENTS, CF_BY_PID, CF_BY_MFA, CF_BY_TYPE, CF_BY_CALL, CF_LINKS, CF_STATE, CF_META];
+pub const ALL_CFS: [&str; 8] = [
+    CF_EVENTS, CF_BY_PID, CF_BY_MFA, CF_BY_TYPE, CF_BY_CALL, CF_LINKS, CF_STATE, CF_META,
+];
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_APP: &[u8] = b"application";
 const APP_NAME: &[u8] = b"causeway";
@@ -141,7 +142,10 @@ fn cf_options() -> Options {
 }
 
 fn path_error(path: &Path, reason: impl std::fmt::Display) -> Error {
-    Error::Path { path: path.display().to_string(), reason: reason.to_string() }
+    Error::Path {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 impl Store {
@@ -153,7 +157,10 @@ impl Store {
         let exists = path.join("CURRENT").is_file();
         if !exists {
             if opts.read_only {
-                return Err(path_error(&path, "no Causeway store here (no RocksDB CURRENT file)"));
+                return Err(path_error(
+                    &path,
+                    "no Causeway store here (no RocksDB CURRENT file)",
+                ));
             }
             match std::fs::read_dir(&path) {
                 Ok(mut entries) => {
@@ -170,15 +177,19 @@ impl Store {
                 Err(e) => return Err(path_error(&path, e)),
             }
             let probe = path.join(".causeway-write-probe");
-            std::fs::write(&probe, b"").map_err(|e| path_error(&path, format!("not writable: {e}")))?;
+            std::fs::write(&probe, b"")
+                .map_err(|e| path_error(&path, format!("not writable: {e}")))?;
             let _ = std::fs::remove_file(&probe);
         } else {
             let cfs = DB::list_cf(&Options::default(), &path).map_err(|e| Error::Incompatible {
                 path: path.display().to_string(),
                 reason: format!("cannot read its column families: {e}"),
             })?;
-            let missing: Vec<&str> =
-                ALL_CFS.iter().copied().filter(|cf| !cfs.iter().any(|c| c == cf)).collect();
+            let missing: Vec<&str> = ALL_CFS
+                .iter()
+                .copied()
+                .filter(|cf| !cfs.iter().any(|c| c == cf))
+                .collect();
             if !missing.is_empty() {
                 return Err(Error::Incompatible {
                     path: path.display().to_string(),
@@ -196,14 +207,21 @@ impl Store {
         let db = if opts.read_only {
             DB::open_cf_for_read_only(&db_opts, &path, ALL_CFS, false)
         } else {
-            let cfs = ALL_CFS.iter().map(|n| ColumnFamilyDescriptor::new(*n, cf_options()));
+            let cfs = ALL_CFS
+                .iter()
+                .map(|n| ColumnFamilyDescriptor::new(*n, cf_options()));
             DB::open_cf_descriptors(&db_opts, &path, cfs)
         }
         .map_err(|e| path_error(&path, e))?;
 
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(opts.sync_writes);
-        let store = Store { db, path: path.clone(), read_only: opts.read_only, write_opts };
+        let store = Store {
+            db,
+            path: path.clone(),
+            read_only: opts.read_only,
+            write_opts,
+        };
         store.check_schema(exists)?;
         Ok(store)
     }
@@ -290,7 +308,11 @@ impl Store {
         }
         for l in links {
             b.put_cf(cf_links, keys::link(l.from, l.kind as u8, l.to), []);
-            b.put_cf(cf_links, keys::link(l.to, l.kind.reverse() as u8, l.from), []);
+            b.put_cf(
+                cf_links,
+                keys::link(l.to, l.kind.reverse() as u8, l.from),
+                [],
+            );
         }
         self.db.write_opt(b, &self.write_opts)?;
         Ok(())
@@ -348,7 +370,9 @@ impl Store {
             it.seek(lo);
         }
         while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
             if !f(k, v)? {
                 return Ok(());
             }
@@ -392,7 +416,9 @@ impl Store {
     /// Bytes the store takes on disk (every file under its directory).
     pub fn size_on_disk(&self) -> u64 {
         fn walk(p: &Path) -> u64 {
-            let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+            let Ok(rd) = std::fs::read_dir(p) else {
+                return 0;
+            };
             rd.flatten()
                 .map(|e| match e.metadata() {
                     Ok(m) if m.is_dir() => walk(&e.path()),
@@ -420,8 +446,17 @@ mod tests {
             kind,
             mono_ns: id as i64,
             wall_ns: id as i64,
-            pid: PidRec { node: "nonode@nohost".into(), id: pid, serial: 0, creation: 0 },
-            call_id: if kind == EventType::FunctionEntry { id } else { 0 },
+            pid: PidRec {
+                node: "nonode@nohost".into(),
+                id: pid,
+                serial: 0,
+                creation: 0,
+            },
+            call_id: if kind == EventType::FunctionEntry {
+                id
+            } else {
+                0
+            },
             parent_id: 0,
             module: Some("Elixir.M".into()),
             function: Some("f".into()),
@@ -435,33 +470,61 @@ mod tests {
     #[test]
     fn round_trip_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let evs: Vec<_> = (1..=100).map(|i| event(i * 64, (i % 3) as u32, EventType::FunctionEntry)).collect();
+        let evs: Vec<_> = (1..=100)
+            .map(|i| event(i * 64, (i % 3) as u32, EventType::FunctionEntry))
+            .collect();
         {
             let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
-            s.write(&evs, &[Link { from: 128, kind: LinkKind::Completes, to: 64 }]).unwrap();
+            s.write(
+                &evs,
+                &[Link {
+                    from: 128,
+                    kind: LinkKind::Completes,
+                    to: 64,
+                }],
+            )
+            .unwrap();
             s.sync().unwrap();
         }
-        let s = Store::open(dir.path(), StoreOptions { read_only: true, ..Default::default() }).unwrap();
+        let s = Store::open(
+            dir.path(),
+            StoreOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(s.get(64 * 7).unwrap().as_ref(), Some(&evs[6]));
         assert_eq!(s.get(65).unwrap(), None);
         assert_eq!(s.max_id().unwrap(), 6400);
         assert_eq!(s.links_of(64).unwrap(), vec![(LinkKind::CompletedBy, 128)]);
         assert_eq!(s.links_of(128).unwrap(), vec![(LinkKind::Completes, 64)]);
         let mut n = 0;
-        s.scan_keys(CF_BY_PID, &keys::pid(evs[0].pid.key(), 0), Some(&keys::pid(evs[0].pid.key(), u64::MAX)), false, |_, _| {
-            n += 1;
-            Ok(true)
-        })
+        s.scan_keys(
+            CF_BY_PID,
+            &keys::pid(evs[0].pid.key(), 0),
+            Some(&keys::pid(evs[0].pid.key(), u64::MAX)),
+            false,
+            |_, _| {
+                n += 1;
+                Ok(true)
+            },
+        )
         .unwrap();
         assert_eq!(n, 34);
-        assert!(s.write(&evs, &[]).is_err(), "read-only store refuses writes");
+        assert!(
+            s.write(&evs, &[]).is_err(),
+            "read-only store refuses writes"
+        );
     }
 
     #[test]
     fn refuses_foreign_directories_without_touching_them() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
-        let e = Store::open(dir.path(), StoreOptions::default()).err().unwrap();
+        let e = Store::open(dir.path(), StoreOptions::default())
+            .err()
+            .unwrap();
         assert_eq!(e.kind(), "incompatible");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 
@@ -473,7 +536,9 @@ mod tests {
             let db = DB::open(&o, other.path()).unwrap();
             db.put(b"k", b"v").unwrap();
         }
-        let e = Store::open(other.path(), StoreOptions::default()).err().unwrap();
+        let e = Store::open(other.path(), StoreOptions::default())
+            .err()
+            .unwrap();
         assert_eq!(e.kind(), "incompatible", "{e}");
     }
 
@@ -482,9 +547,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
-            s.db.put_cf(s.cf(CF_META).unwrap(), META_SCHEMA, 99u32.to_be_bytes()).unwrap();
+            s.db.put_cf(s.cf(CF_META).unwrap(), META_SCHEMA, 99u32.to_be_bytes())
+                .unwrap();
         }
-        let e = Store::open(dir.path(), StoreOptions::default()).err().unwrap();
+        let e = Store::open(dir.path(), StoreOptions::default())
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("schema version 99"), "{e}");
     }
 
@@ -497,9 +565,15 @@ mod tests {
         let e = Store::open(&target, StoreOptions::default()).err().unwrap();
         assert_eq!(e.kind(), "path");
         assert!(e.to_string().contains(&target.display().to_string()), "{e}");
-        let e = Store::open(dir.path().join("nope"), StoreOptions { read_only: true, ..Default::default() })
-            .err()
-            .unwrap();
+        let e = Store::open(
+            dir.path().join("nope"),
+            StoreOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("nope"));
     }
 

@@ -59,7 +59,9 @@ static CALIB_DIFF: AtomicI64 = AtomicI64::new(0);
 
 fn own_ns() -> i64 {
     static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    BASE.get_or_init(std::time::Instant::now).elapsed().as_nanos() as i64
+    BASE.get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as i64
 }
 
 /// Erlang monotonic time estimated on any thread from the last calibration.
@@ -144,7 +146,6 @@ impl Resolver for Beam {
         monotonic_ns()
     }
 
-
     fn time_offset_ns(&self) -> i64 {
         time_offset_ns()
     }
@@ -172,7 +173,9 @@ impl OwnerNotifier {
         if on_managed_thread() {
             // enif_send from a scheduler needs that scheduler's env; a helper
             // thread keeps this path simple (it is taken only on close).
-            let _ = std::thread::Builder::new().name("causeway-notify".into()).spawn(job);
+            let _ = std::thread::Builder::new()
+                .name("causeway-notify".into())
+                .spawn(job);
         } else {
             job();
         }
@@ -193,8 +196,12 @@ impl Notifier for OwnerNotifier {
     fn backpressure(&self, level: Level, info: &LevelInfo) {
         let info = info.clone();
         self.send(move |env| {
-            let lvl = Atom::from_str(env, level.name()).map(|a| a.encode(env)).unwrap_or_else(|_| atoms::nil().encode(env));
-            let prev = Atom::from_str(env, info.previous.name()).map(|a| a.encode(env)).unwrap_or_else(|_| atoms::nil().encode(env));
+            let lvl = Atom::from_str(env, level.name())
+                .map(|a| a.encode(env))
+                .unwrap_or_else(|_| atoms::nil().encode(env));
+            let prev = Atom::from_str(env, info.previous.name())
+                .map(|a| a.encode(env))
+                .unwrap_or_else(|_| atoms::nil().encode(env));
             let keys = [
                 atoms::previous().encode(env),
                 atoms::utilization().encode(env),
@@ -211,7 +218,8 @@ impl Notifier for OwnerNotifier {
                 info.flush_interval_ms.encode(env),
                 info.dropped.encode(env),
             ];
-            let map = Term::map_from_term_arrays(env, &keys, &vals).unwrap_or_else(|_| atoms::nil().encode(env));
+            let map = Term::map_from_term_arrays(env, &keys, &vals)
+                .unwrap_or_else(|_| atoms::nil().encode(env));
             (atoms::causeway_native(), atoms::backpressure(), lvl, map).encode(env)
         });
     }
@@ -220,8 +228,14 @@ impl Notifier for OwnerNotifier {
         let what = what.to_string();
         let detail = detail.to_string();
         self.send(move |env| {
-            let w = Atom::from_str(env, &what).map(|a| a.encode(env)).unwrap_or_else(|_| atoms::error().encode(env));
-            let idx: i64 = if worker == usize::MAX { -1 } else { worker as i64 };
+            let w = Atom::from_str(env, &what)
+                .map(|a| a.encode(env))
+                .unwrap_or_else(|_| atoms::error().encode(env));
+            let idx: i64 = if worker == usize::MAX {
+                -1
+            } else {
+                worker as i64
+            };
             (atoms::causeway_native(), atoms::worker(), w, idx, detail).encode(env)
         });
     }

@@ -19,20 +19,40 @@ pub fn name<'a>(env: Env<'a>, s: &str) -> Term<'a> {
 
 /// A fixed atom we know exists (our own vocabulary).
 pub fn atom<'a>(env: Env<'a>, s: &str) -> Term<'a> {
-    Atom::from_str(env, s).map(|a| a.encode(env)).unwrap_or_else(|_| s.encode(env))
+    Atom::from_str(env, s)
+        .map(|a| a.encode(env))
+        .unwrap_or_else(|_| s.encode(env))
 }
 
 /// `binary_to_term(bytes, [:safe])`, or our reader when atoms are unknown here.
 pub fn decode_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     let mut t = sys::ErlNifTerm::default();
-    let n = unsafe { sys::enif_binary_to_term(env.as_c_arg(), bytes.as_ptr(), bytes.len(), &mut t, sys::ERL_NIF_BIN2TERM_SAFE) };
+    let n = unsafe {
+        sys::enif_binary_to_term(
+            env.as_c_arg(),
+            bytes.as_ptr(),
+            bytes.len(),
+            &mut t,
+            sys::ERL_NIF_BIN2TERM_SAFE,
+        )
+    };
     if n > 0 {
         return unsafe { Term::new(env, t) };
     }
     let mut pos = usize::from(bytes.first() == Some(&etf::VERSION));
-    match (Reader { env, bytes, depth: 0 }).term(&mut pos) {
+    match (Reader {
+        env,
+        bytes,
+        depth: 0,
+    })
+    .term(&mut pos)
+    {
         Some(t) => t,
-        None => (atoms::undecodable(), rustler::Binary::from_owned(owned(bytes), env)).encode(env),
+        None => (
+            atoms::undecodable(),
+            rustler::Binary::from_owned(owned(bytes), env),
+        )
+            .encode(env),
     }
 }
 
@@ -56,10 +76,12 @@ impl<'a> Reader<'a, '_> {
         self.take(pos, 1).map(|b| b[0])
     }
     fn u16(&self, pos: &mut usize) -> Option<usize> {
-        self.take(pos, 2).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+        self.take(pos, 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
     }
     fn u32(&self, pos: &mut usize) -> Option<usize> {
-        self.take(pos, 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        self.take(pos, 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
     }
 
     fn term(&mut self, pos: &mut usize) -> Option<Term<'a>> {
@@ -81,7 +103,11 @@ impl<'a> Reader<'a, '_> {
                 f64::from_bits(u64::from_be_bytes(b.try_into().ok()?)).encode(env)
             }
             etf::SMALL_ATOM_UTF8_EXT | etf::SMALL_ATOM_EXT | etf::ATOM_UTF8_EXT | etf::ATOM_EXT => {
-                let len = if tag == etf::SMALL_ATOM_UTF8_EXT || tag == etf::SMALL_ATOM_EXT { self.u8(pos)? as usize } else { self.u16(pos)? };
+                let len = if tag == etf::SMALL_ATOM_UTF8_EXT || tag == etf::SMALL_ATOM_EXT {
+                    self.u8(pos)? as usize
+                } else {
+                    self.u16(pos)?
+                };
                 let raw = self.take(pos, len)?;
                 let s = if tag == etf::ATOM_EXT || tag == etf::SMALL_ATOM_EXT {
                     etf::latin1_to_string(raw)
@@ -91,7 +117,11 @@ impl<'a> Reader<'a, '_> {
                 name(env, &s)
             }
             etf::SMALL_TUPLE_EXT | etf::LARGE_TUPLE_EXT => {
-                let n = if tag == etf::SMALL_TUPLE_EXT { self.u8(pos)? as usize } else { self.u32(pos)? };
+                let n = if tag == etf::SMALL_TUPLE_EXT {
+                    self.u8(pos)? as usize
+                } else {
+                    self.u32(pos)?
+                };
                 let mut items = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
                     items.push(self.term(pos)?);
@@ -158,7 +188,15 @@ impl<'a> Reader<'a, '_> {
                 let mut t = sys::ErlNifTerm::default();
                 let mut buf = vec![etf::VERSION];
                 buf.extend_from_slice(&self.bytes[start..]);
-                let used = unsafe { sys::enif_binary_to_term(env.as_c_arg(), buf.as_ptr(), buf.len(), &mut t, sys::ERL_NIF_BIN2TERM_SAFE) };
+                let used = unsafe {
+                    sys::enif_binary_to_term(
+                        env.as_c_arg(),
+                        buf.as_ptr(),
+                        buf.len(),
+                        &mut t,
+                        sys::ERL_NIF_BIN2TERM_SAFE,
+                    )
+                };
                 if used == 0 {
                     return None;
                 }
@@ -175,7 +213,15 @@ impl<'a> Reader<'a, '_> {
 pub fn pid_term<'a>(env: Env<'a>, p: &PidRec) -> Term<'a> {
     let bytes = etf::encode_pid(p);
     let mut t = sys::ErlNifTerm::default();
-    let n = unsafe { sys::enif_binary_to_term(env.as_c_arg(), bytes.as_ptr(), bytes.len(), &mut t, sys::ERL_NIF_BIN2TERM_SAFE) };
+    let n = unsafe {
+        sys::enif_binary_to_term(
+            env.as_c_arg(),
+            bytes.as_ptr(),
+            bytes.len(),
+            &mut t,
+            sys::ERL_NIF_BIN2TERM_SAFE,
+        )
+    };
     if n > 0 {
         unsafe { Term::new(env, t) }
     } else {
@@ -199,13 +245,20 @@ fn nil_if_zero<'a>(env: Env<'a>, v: u64) -> Term<'a> {
 }
 
 pub fn links_term<'a>(env: Env<'a>, links: &[(LinkKind, u64)]) -> Term<'a> {
-    let items: Vec<Term> = links.iter().map(|(k, id)| (atom(env, k.name()), *id).encode(env)).collect();
+    let items: Vec<Term> = links
+        .iter()
+        .map(|(k, id)| (atom(env, k.name()), *id).encode(env))
+        .collect();
     items.encode(env)
 }
 
 /// `{id, type, mono_ns, wall_ns, node, pid, call_id, parent_id, module,
 ///   function, arity, data, peer, source, links}` — `Causeway.Event.from_native/1`.
-pub fn event_term<'a>(env: Env<'a>, e: &StoredEvent, links: Option<&[(LinkKind, u64)]>) -> Term<'a> {
+pub fn event_term<'a>(
+    env: Env<'a>,
+    e: &StoredEvent,
+    links: Option<&[(LinkKind, u64)]>,
+) -> Term<'a> {
     let items = [
         e.id.encode(env),
         atom(env, e.kind.name()),
@@ -217,7 +270,11 @@ pub fn event_term<'a>(env: Env<'a>, e: &StoredEvent, links: Option<&[(LinkKind, 
         nil_if_zero(env, e.parent_id),
         opt_name(env, &e.module),
         opt_name(env, &e.function),
-        if e.module.is_some() { e.arity.encode(env) } else { atoms::nil().encode(env) },
+        if e.module.is_some() {
+            e.arity.encode(env)
+        } else {
+            atoms::nil().encode(env)
+        },
         decode_term(env, &e.data),
         match &e.peer {
             Some(p) => pid_term(env, p),

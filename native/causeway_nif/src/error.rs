@@ -10,7 +10,9 @@ pub struct CoreError(pub causeway_core::Error);
 
 impl Encoder for CoreError {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
-        let kind = Atom::from_str(env, self.0.kind()).map(|a| a.encode(env)).unwrap_or_else(|_| atoms::error().encode(env));
+        let kind = Atom::from_str(env, self.0.kind())
+            .map(|a| a.encode(env))
+            .unwrap_or_else(|_| atoms::error().encode(env));
         (kind, self.0.to_string()).encode(env)
     }
 }
@@ -35,8 +37,14 @@ pub struct ArgError(pub String);
 
 impl Encoder for ArgError {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
-        let keys = [atoms::__struct__().encode(env), atoms::__exception__().encode(env), atoms::message().encode(env)];
-        let struct_name = Atom::from_str(env, "Elixir.ArgumentError").map(|a| a.encode(env)).unwrap_or_else(|_| atoms::error().encode(env));
+        let keys = [
+            atoms::__struct__().encode(env),
+            atoms::__exception__().encode(env),
+            atoms::message().encode(env),
+        ];
+        let struct_name = Atom::from_str(env, "Elixir.ArgumentError")
+            .map(|a| a.encode(env))
+            .unwrap_or_else(|_| atoms::error().encode(env));
         let values = [struct_name, true.encode(env), self.0.encode(env)];
         Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| self.0.encode(env))
     }

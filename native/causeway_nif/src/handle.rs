@@ -29,7 +29,11 @@ impl Drop for Handle {
 
 impl Handle {
     pub fn new(pipeline: Option<Arc<Pipeline>>, store: Arc<Store>, redact: Vec<u64>) -> Handle {
-        Handle { pipeline, store: Mutex::new(Some(store)), redact }
+        Handle {
+            pipeline,
+            store: Mutex::new(Some(store)),
+            redact,
+        }
     }
 
     pub fn pipeline(&self) -> Result<&Arc<Pipeline>, rustler::Error> {

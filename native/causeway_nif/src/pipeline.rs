@@ -36,7 +36,12 @@ struct StartOpts {
 
 #[rustler::nif(schedule = "DirtyIo")]
 fn pipeline_start(env: Env, o: StartOpts, owner: LocalPid) -> NifResult<Term> {
-    let overflow = Overflow::from_name(&o.overflow).ok_or_else(|| arg_error(format!("overflow must be :drop_newest or :drop_oldest, got {:?}", o.overflow)))?;
+    let overflow = Overflow::from_name(&o.overflow).ok_or_else(|| {
+        arg_error(format!(
+            "overflow must be :drop_newest or :drop_oldest, got {:?}",
+            o.overflow
+        ))
+    })?;
     let config = Config {
         shards: o.shards,
         ring_size: o.ring_size,
@@ -58,9 +63,28 @@ fn pipeline_start(env: Env, o: StartOpts, owner: LocalPid) -> NifResult<Term> {
     };
     config.validate().nif()?;
     crate::beam::calibrate();
-    let store = Arc::new(Store::open(&o.dir, StoreOptions { read_only: false, sync_writes: o.sync_writes }).nif()?);
-    let pipeline = Pipeline::start(config, store.clone(), Arc::new(Beam), Arc::new(OwnerNotifier { owner })).nif()?;
-    let redact = o.redact.iter().map(|a| crate::beam::word(a.as_c_arg())).collect();
+    let store = Arc::new(
+        Store::open(
+            &o.dir,
+            StoreOptions {
+                read_only: false,
+                sync_writes: o.sync_writes,
+            },
+        )
+        .nif()?,
+    );
+    let pipeline = Pipeline::start(
+        config,
+        store.clone(),
+        Arc::new(Beam),
+        Arc::new(OwnerNotifier { owner }),
+    )
+    .nif()?;
+    let redact = o
+        .redact
+        .iter()
+        .map(|a| crate::beam::word(a.as_c_arg()))
+        .collect();
     let h = ResourceArc::new(Handle::new(Some(pipeline), store, redact));
     Ok((crate::atoms::ok(), h).encode(env))
 }
@@ -94,17 +118,18 @@ struct Update {
 
 #[rustler::nif]
 fn pipeline_configure(h: ResourceArc<Handle>, u: Update) -> NifResult<Atom> {
-    h.pipeline()?.configure(&ConfigUpdate {
-        batch_size: u.batch_size,
-        flush_interval_ms: u.flush_interval_ms,
-        workers: u.workers,
-        max_term_bytes: u.max_term_bytes,
-        max_depth: u.max_depth,
-        emergency_sample: u.emergency_sample,
-        correlation_ttl_ms: u.correlation_ttl_ms,
-        memory_budget: u.memory_budget,
-    })
-    .nif()?;
+    h.pipeline()?
+        .configure(&ConfigUpdate {
+            batch_size: u.batch_size,
+            flush_interval_ms: u.flush_interval_ms,
+            workers: u.workers,
+            max_term_bytes: u.max_term_bytes,
+            max_depth: u.max_depth,
+            emergency_sample: u.emergency_sample,
+            correlation_ttl_ms: u.correlation_ttl_ms,
+            memory_budget: u.memory_budget,
+        })
+        .nif()?;
     Ok(crate::atoms::ok())
 }
 
@@ -131,7 +156,8 @@ fn pipeline_level(env: Env, h: ResourceArc<Handle>) -> NifResult<Term> {
 fn map<'a>(env: Env<'a>, pairs: Vec<(&str, Term<'a>)>) -> Term<'a> {
     let keys: Vec<Term> = pairs.iter().map(|(k, _)| atom(env, k)).collect();
     let vals: Vec<Term> = pairs.iter().map(|(_, v)| *v).collect();
-    Term::map_from_term_arrays(env, &keys, &vals).unwrap_or_else(|_| crate::atoms::nil().encode(env))
+    Term::map_from_term_arrays(env, &keys, &vals)
+        .unwrap_or_else(|_| crate::atoms::nil().encode(env))
 }
 
 fn pct<'a>(env: Env<'a>, p: &causeway_core::metrics::Percentiles) -> Term<'a> {
@@ -170,8 +196,18 @@ fn pipeline_metrics(env: Env, h: ResourceArc<Handle>) -> NifResult<Term> {
             )
         })
         .collect();
-    let dropped = map(env, s.dropped.iter().map(|(r, n)| (r.name(), n.encode(env))).collect());
-    let alerts: Vec<Term> = s.alerts.iter().map(|(k, m)| (atom(env, k), m.as_str()).encode(env)).collect();
+    let dropped = map(
+        env,
+        s.dropped
+            .iter()
+            .map(|(r, n)| (r.name(), n.encode(env)))
+            .collect(),
+    );
+    let alerts: Vec<Term> = s
+        .alerts
+        .iter()
+        .map(|(k, m)| (atom(env, k), m.as_str()).encode(env))
+        .collect();
     let history: Vec<Term> = s
         .history
         .iter()

@@ -15,9 +15,14 @@ pub fn pid_match(t: Term, what: &str) -> NifResult<PidMatch> {
     if t.get_type() != rustler::TermType::Pid {
         return Err(arg_error(format!("{what} must be a pid, got: {t:?}")));
     }
-    let bytes = term_bytes(t.get_env().as_c_arg(), t.as_c_arg()).ok_or_else(|| arg_error(format!("{what} could not be encoded")))?;
+    let bytes = term_bytes(t.get_env().as_c_arg(), t.as_c_arg())
+        .ok_or_else(|| arg_error(format!("{what} could not be encoded")))?;
     let p = etf::parse_pid(&bytes).map_err(|e| arg_error(format!("{what}: {e}")))?;
-    Ok(PidMatch { id: p.id, serial: p.serial, node: None })
+    Ok(PidMatch {
+        id: p.id,
+        serial: p.serial,
+        node: None,
+    })
 }
 
 #[derive(NifMap)]
@@ -37,10 +42,17 @@ struct QueryFilter<'a> {
 }
 
 fn filter_of(q: &QueryFilter) -> NifResult<Filter> {
-    let pid = if q.pid.is_atom() { None } else { Some(pid_match(q.pid, ":pid")?) };
+    let pid = if q.pid.is_atom() {
+        None
+    } else {
+        Some(pid_match(q.pid, ":pid")?)
+    };
     let mut types = Vec::new();
     for t in &q.types {
-        types.push(EventType::from_name(t).ok_or_else(|| arg_error(format!("unknown event type {t:?}")))?);
+        types.push(
+            EventType::from_name(t)
+                .ok_or_else(|| arg_error(format!("unknown event type {t:?}")))?,
+        );
     }
     Ok(Filter {
         pid,
@@ -57,7 +69,12 @@ fn filter_of(q: &QueryFilter) -> NifResult<Filter> {
     .with_time(q.since.map(|s| s as i64), q.until.map(|u| u as i64)))
 }
 
-fn with_links<'a>(env: Env<'a>, store: &Store, e: &causeway_core::event::StoredEvent, links: bool) -> NifResult<Term<'a>> {
+fn with_links<'a>(
+    env: Env<'a>,
+    store: &Store,
+    e: &causeway_core::event::StoredEvent,
+    links: bool,
+) -> NifResult<Term<'a>> {
     if links {
         let l = store.links_of(e.id).nif()?;
         Ok(event_term(env, e, Some(&l)))
@@ -68,7 +85,11 @@ fn with_links<'a>(env: Env<'a>, store: &Store, e: &causeway_core::event::StoredE
 
 /// `{:ok, {events, next_cursor | nil, index}}`
 #[rustler::nif(schedule = "DirtyIo")]
-fn query_events<'a>(env: Env<'a>, h: ResourceArc<Handle>, q: QueryFilter<'a>) -> NifResult<(rustler::Atom, Term<'a>)> {
+fn query_events<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    q: QueryFilter<'a>,
+) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
     let f = filter_of(&q)?;
     let page = query::events(&store, &f).nif()?;
@@ -80,15 +101,24 @@ fn query_events<'a>(env: Env<'a>, h: ResourceArc<Handle>, q: QueryFilter<'a>) ->
         Some(n) => n.encode(env),
         None => crate::atoms::nil().encode(env),
     };
-    Ok((crate::atoms::ok(), (out, next, atom(env, page.index)).encode(env)))
+    Ok((
+        crate::atoms::ok(),
+        (out, next, atom(env, page.index)).encode(env),
+    ))
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
-fn query_event<'a>(env: Env<'a>, h: ResourceArc<Handle>, id: u64) -> NifResult<(rustler::Atom, Term<'a>)> {
+fn query_event<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    id: u64,
+) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
     match store.get(id).nif()? {
         Some(e) => Ok((crate::atoms::ok(), with_links(env, &store, &e, true)?)),
-        None => Err(core_error(causeway_core::Error::NotFound(format!("event {id}")))),
+        None => Err(core_error(causeway_core::Error::NotFound(format!(
+            "event {id}"
+        )))),
     }
 }
 
@@ -107,7 +137,12 @@ fn node_term<'a>(env: Env<'a>, store: &Store, n: &CallNode) -> NifResult<Term<'a
 
 /// A call id → `{:ok, node}`; a pid → `{:ok, [node]}` (its top-level calls).
 #[rustler::nif(schedule = "DirtyIo")]
-fn query_call_tree<'a>(env: Env<'a>, h: ResourceArc<Handle>, root: Term<'a>, max_nodes: usize) -> NifResult<(rustler::Atom, Term<'a>)> {
+fn query_call_tree<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    root: Term<'a>,
+    max_nodes: usize,
+) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
     if let Ok(id) = root.decode::<u64>() {
         let n = query::call_tree(&store, id, max_nodes).nif()?;
@@ -124,7 +159,12 @@ fn query_call_tree<'a>(env: Env<'a>, h: ResourceArc<Handle>, root: Term<'a>, max
 
 /// `{:ok, [{event, via_link | nil}]}` from the event back to its root cause.
 #[rustler::nif(schedule = "DirtyIo")]
-fn query_causal_chain<'a>(env: Env<'a>, h: ResourceArc<Handle>, id: u64, max: usize) -> NifResult<(rustler::Atom, Term<'a>)> {
+fn query_causal_chain<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    id: u64,
+    max: usize,
+) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
     let chain = query::causal_chain(&store, id, max.max(1)).nif()?;
     let mut out = Vec::with_capacity(chain.len());
@@ -140,9 +180,18 @@ fn query_causal_chain<'a>(env: Env<'a>, h: ResourceArc<Handle>, id: u64, max: us
 
 /// `{:ok, [{send, receive | nil}]}` between two processes, oldest first.
 #[rustler::nif(schedule = "DirtyIo")]
-fn query_message_flow<'a>(env: Env<'a>, h: ResourceArc<Handle>, a: Term<'a>, b: Term<'a>, limit: usize) -> NifResult<(rustler::Atom, Term<'a>)> {
+fn query_message_flow<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    a: Term<'a>,
+    b: Term<'a>,
+    limit: usize,
+) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
-    let (a, b) = (pid_match(a, "the first pid")?, pid_match(b, "the second pid")?);
+    let (a, b) = (
+        pid_match(a, "the first pid")?,
+        pid_match(b, "the second pid")?,
+    );
     let flow = query::message_flow(&store, &a, &b, limit).nif()?;
     let mut out = Vec::with_capacity(flow.len());
     for (s, r) in &flow {
@@ -156,7 +205,14 @@ fn query_message_flow<'a>(env: Env<'a>, h: ResourceArc<Handle>, a: Term<'a>, b: 
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
-fn query_state_history<'a>(env: Env<'a>, h: ResourceArc<Handle>, pid: Term<'a>, since: Option<u64>, until: Option<u64>, limit: usize) -> NifResult<(rustler::Atom, Term<'a>)> {
+fn query_state_history<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    pid: Term<'a>,
+    since: Option<u64>,
+    until: Option<u64>,
+    limit: usize,
+) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
     let pid = pid_match(pid, "state_history's argument")?;
     let f = Filter::default().with_time(since.map(|s| s as i64), until.map(|u| u as i64));
@@ -164,7 +220,10 @@ fn query_state_history<'a>(env: Env<'a>, h: ResourceArc<Handle>, pid: Term<'a>, 
     let evs: Vec<_> = query::state_history(&store, &pid, lo, hi, 0)
         .nif()?
         .into_iter()
-        .filter(|e| f.since_wall.is_none_or(|s| e.wall_ns >= s) && f.until_wall.is_none_or(|u| e.wall_ns <= u))
+        .filter(|e| {
+            f.since_wall.is_none_or(|s| e.wall_ns >= s)
+                && f.until_wall.is_none_or(|u| e.wall_ns <= u)
+        })
         .take(if limit == 0 { usize::MAX } else { limit })
         .collect();
     let mut out = Vec::with_capacity(evs.len());
@@ -175,7 +234,12 @@ fn query_state_history<'a>(env: Env<'a>, h: ResourceArc<Handle>, pid: Term<'a>, 
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
-fn query_state_at<'a>(env: Env<'a>, h: ResourceArc<Handle>, pid: Term<'a>, wall_ns: u64) -> NifResult<(rustler::Atom, Term<'a>)> {
+fn query_state_at<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    pid: Term<'a>,
+    wall_ns: u64,
+) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
     let pid = pid_match(pid, "state_at's pid")?;
     match query::state_at(&store, &pid, wall_ns).nif()? {
@@ -185,7 +249,11 @@ fn query_state_at<'a>(env: Env<'a>, h: ResourceArc<Handle>, pid: Term<'a>, wall_
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
-fn query_links<'a>(env: Env<'a>, h: ResourceArc<Handle>, id: u64) -> NifResult<(rustler::Atom, Term<'a>)> {
+fn query_links<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    id: u64,
+) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
     let l = store.links_of(id).nif()?;
     Ok((crate::atoms::ok(), links_term(env, &l)))
@@ -202,7 +270,14 @@ fn store_close(h: ResourceArc<Handle>) -> NifResult<rustler::Atom> {
 /// pipeline (maintenance).
 #[rustler::nif(schedule = "DirtyIo")]
 fn store_open(env: Env, dir: String, read_only: bool) -> NifResult<Term> {
-    let store = Store::open(&dir, StoreOptions { read_only, ..Default::default() }).nif()?;
+    let store = Store::open(
+        &dir,
+        StoreOptions {
+            read_only,
+            ..Default::default()
+        },
+    )
+    .nif()?;
     let h = ResourceArc::new(Handle::new(None, Arc::new(store), Vec::new()));
     Ok((crate::atoms::ok(), h).encode(env))
 }

@@ -87,7 +87,13 @@ fn push(p: &Pipeline, shard: usize, (id, mono, wall): (u64, i64, i64), e: Ev) {
 }
 
 #[rustler::nif]
-fn rt_function_entry<'a>(env: Env<'a>, h: ResourceArc<Handle>, module: Atom, function: Atom, args: Term<'a>) -> NifResult<u64> {
+fn rt_function_entry<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    module: Atom,
+    function: Atom,
+    args: Term<'a>,
+) -> NifResult<u64> {
     let Some(p) = &h.pipeline else { return Ok(0) };
     if !args.is_list() && !args.is_empty_list() {
         return Err(arg_error(format!("args must be a list, got: {args:?}")));
@@ -101,14 +107,45 @@ fn rt_function_entry<'a>(env: Env<'a>, h: ResourceArc<Handle>, module: Atom, fun
     let (shard, id, wall) = p.stamp(mono);
     let (data, arity) = term::encode_list_len(env, args, &budget(p, &h));
     let f = word(function.as_c_arg());
-    let parent = p.contexts.enter(pid, Frame { call_id: id, module: m, function: f, arity }, mono);
-    push(p, shard, (id, mono, wall), Ev { kind: EventType::FunctionEntry, pid, module: m, function: f, arity, call_id: id, parent, peer: RawPid::None, data });
+    let parent = p.contexts.enter(
+        pid,
+        Frame {
+            call_id: id,
+            module: m,
+            function: f,
+            arity,
+        },
+        mono,
+    );
+    push(
+        p,
+        shard,
+        (id, mono, wall),
+        Ev {
+            kind: EventType::FunctionEntry,
+            pid,
+            module: m,
+            function: f,
+            arity,
+            call_id: id,
+            parent,
+            peer: RawPid::None,
+            data,
+        },
+    );
     Ok(id)
 }
 
 #[rustler::nif]
-fn rt_function_exit<'a>(env: Env<'a>, h: ResourceArc<Handle>, call_id: u64, result: Term<'a>) -> NifResult<Atom> {
-    let Some(p) = &h.pipeline else { return Ok(crate::atoms::ok()) };
+fn rt_function_exit<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    call_id: u64,
+    result: Term<'a>,
+) -> NifResult<Atom> {
+    let Some(p) = &h.pipeline else {
+        return Ok(crate::atoms::ok());
+    };
     if call_id == 0 {
         return Ok(crate::atoms::ok()); // its entry was not captured
     }
@@ -149,7 +186,9 @@ fn simple<'a>(
     context: impl FnOnce(&Pipeline, u64, i64) -> Option<(u64, LinkKind)>,
 ) -> NifResult<Atom> {
     let _ = env;
-    let Some(p) = &h.pipeline else { return Ok(crate::atoms::ok()) };
+    let Some(p) = &h.pipeline else {
+        return Ok(crate::atoms::ok());
+    };
     if !p.admit(kind, pid, 0) {
         return Ok(crate::atoms::ok());
     }
@@ -157,72 +196,160 @@ fn simple<'a>(
     let (shard, id, wall) = p.stamp(mono);
     let parent = context(p, id, mono);
     let data = encode(&budget(p, h));
-    push(p, shard, (id, mono, wall), Ev { kind, pid, module: 0, function: 0, arity: 0, call_id: 0, parent, peer, data });
+    push(
+        p,
+        shard,
+        (id, mono, wall),
+        Ev {
+            kind,
+            pid,
+            module: 0,
+            function: 0,
+            arity: 0,
+            call_id: 0,
+            parent,
+            peer,
+            data,
+        },
+    );
     Ok(crate::atoms::ok())
 }
 
 #[rustler::nif]
-fn rt_message_send<'a>(env: Env<'a>, h: ResourceArc<Handle>, to: Term<'a>, message: Term<'a>) -> NifResult<Atom> {
+fn rt_message_send<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    to: Term<'a>,
+    message: Term<'a>,
+) -> NifResult<Atom> {
     let peer = raw_pid(to, "the receiver")?;
     let me = self_raw(env);
-    simple(env, &h, EventType::MessageSend, me, peer, |b| term::encode(env, message, b), |p, _, _| {
-        p.contexts.current_call(me).map(|c| (c, LinkKind::CausedBy))
-    })
+    simple(
+        env,
+        &h,
+        EventType::MessageSend,
+        me,
+        peer,
+        |b| term::encode(env, message, b),
+        |p, _, _| p.contexts.current_call(me).map(|c| (c, LinkKind::CausedBy)),
+    )
 }
 
 #[rustler::nif]
-fn rt_message_receive<'a>(env: Env<'a>, h: ResourceArc<Handle>, from: Term<'a>, message: Term<'a>) -> NifResult<Atom> {
-    let peer = if from.is_atom() && from.decode::<Atom>().is_ok_and(|a| a == crate::atoms::nil()) {
+fn rt_message_receive<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    from: Term<'a>,
+    message: Term<'a>,
+) -> NifResult<Atom> {
+    let peer = if from.is_atom()
+        && from
+            .decode::<Atom>()
+            .is_ok_and(|a| a == crate::atoms::nil())
+    {
         RawPid::None
     } else {
         raw_pid(from, "the sender")?
     };
     let me = self_raw(env);
-    simple(env, &h, EventType::MessageReceive, me, peer, |b| term::encode(env, message, b), |p, id, mono| {
-        p.contexts.receive(me, id, mono);
-        None
-    })
+    simple(
+        env,
+        &h,
+        EventType::MessageReceive,
+        me,
+        peer,
+        |b| term::encode(env, message, b),
+        |p, id, mono| {
+            p.contexts.receive(me, id, mono);
+            None
+        },
+    )
 }
 
 #[rustler::nif]
-fn rt_state_change<'a>(env: Env<'a>, h: ResourceArc<Handle>, old: Term<'a>, new: Term<'a>) -> NifResult<Atom> {
+fn rt_state_change<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    old: Term<'a>,
+    new: Term<'a>,
+) -> NifResult<Atom> {
     let me = self_raw(env);
-    simple(env, &h, EventType::StateChange, me, RawPid::None, |b| term::encode_tuple(env, &[old, new], b), |p, _, _| {
-        p.contexts.cause(me)
-    })
+    simple(
+        env,
+        &h,
+        EventType::StateChange,
+        me,
+        RawPid::None,
+        |b| term::encode_tuple(env, &[old, new], b),
+        |p, _, _| p.contexts.cause(me),
+    )
 }
 
 #[rustler::nif]
 fn rt_process_spawn<'a>(env: Env<'a>, h: ResourceArc<Handle>, child: Term<'a>) -> NifResult<Atom> {
     let peer = raw_pid(child, "the child")?;
     let me = self_raw(env);
-    simple(env, &h, EventType::ProcessSpawn, me, peer, |b| term::encode(env, child, b), |p, _, _| {
-        p.contexts.current_call(me).map(|c| (c, LinkKind::CausedBy))
-    })
+    simple(
+        env,
+        &h,
+        EventType::ProcessSpawn,
+        me,
+        peer,
+        |b| term::encode(env, child, b),
+        |p, _, _| p.contexts.current_call(me).map(|c| (c, LinkKind::CausedBy)),
+    )
 }
 
 #[rustler::nif]
-fn rt_process_exit<'a>(env: Env<'a>, h: ResourceArc<Handle>, pid: Term<'a>, reason: Term<'a>) -> NifResult<Atom> {
+fn rt_process_exit<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    pid: Term<'a>,
+    reason: Term<'a>,
+) -> NifResult<Atom> {
     let who = local_pid(pid, "the exiting process")?;
-    simple(env, &h, EventType::ProcessExit, who, RawPid::None, |b| term::encode(env, reason, b), |p, _, _| {
-        p.contexts.forget(who);
-        None
-    })
+    simple(
+        env,
+        &h,
+        EventType::ProcessExit,
+        who,
+        RawPid::None,
+        |b| term::encode(env, reason, b),
+        |p, _, _| {
+            p.contexts.forget(who);
+            None
+        },
+    )
 }
 
 #[rustler::nif]
-fn rt_error<'a>(env: Env<'a>, h: ResourceArc<Handle>, kind: Term<'a>, reason: Term<'a>, stacktrace: Term<'a>) -> NifResult<Atom> {
+fn rt_error<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    kind: Term<'a>,
+    reason: Term<'a>,
+    stacktrace: Term<'a>,
+) -> NifResult<Atom> {
     let me = self_raw(env);
-    simple(env, &h, EventType::Error, me, RawPid::None, |b| term::encode_tuple(env, &[kind, reason, stacktrace], b), |p, _, _| {
-        p.contexts.current_call(me).map(|c| (c, LinkKind::CausedBy))
-    })
+    simple(
+        env,
+        &h,
+        EventType::Error,
+        me,
+        RawPid::None,
+        |b| term::encode_tuple(env, &[kind, reason, stacktrace], b),
+        |p, _, _| p.contexts.current_call(me).map(|c| (c, LinkKind::CausedBy)),
+    )
 }
 
 /// Capture on/off: `:global`, `{:module, m}` or `{:pid, p}`.
 #[rustler::nif]
 fn rt_set_capture<'a>(h: ResourceArc<Handle>, scope: Term<'a>, on: bool) -> NifResult<Atom> {
     let p = h.pipeline()?;
-    if scope.decode::<Atom>().is_ok_and(|a| a == crate::atoms::global()) {
+    if scope
+        .decode::<Atom>()
+        .is_ok_and(|a| a == crate::atoms::global())
+    {
         p.set_enabled(on);
         return Ok(crate::atoms::ok());
     }
@@ -236,5 +363,7 @@ fn rt_set_capture<'a>(h: ResourceArc<Handle>, scope: Term<'a>, on: bool) -> NifR
             return Ok(crate::atoms::ok());
         }
     }
-    Err(arg_error(format!("capture scope must be :global, {{:module, atom}} or {{:pid, local_pid}}, got: {scope:?}")))
+    Err(arg_error(format!(
+        "capture scope must be :global, {{:module, atom}} or {{:pid, local_pid}}, got: {scope:?}"
+    )))
 }

@@ -30,14 +30,22 @@ struct Enc<'e, 'r> {
 
 /// Encodes `term` (with the ETF version byte).
 pub fn encode(env: Env, term: Term, b: &Budget) -> Vec<u8> {
-    let mut e = Enc { env: env.as_c_arg(), w: EtfWriter::with_version(), b };
+    let mut e = Enc {
+        env: env.as_c_arg(),
+        w: EtfWriter::with_version(),
+        b,
+    };
     e.term(term.as_c_arg(), 0);
     e.w.into_bytes()
 }
 
 /// Encodes a tuple made of `items` without building it on the heap.
 pub fn encode_tuple(env: Env, items: &[Term], b: &Budget) -> Vec<u8> {
-    let mut e = Enc { env: env.as_c_arg(), w: EtfWriter::with_version(), b };
+    let mut e = Enc {
+        env: env.as_c_arg(),
+        w: EtfWriter::with_version(),
+        b,
+    };
     e.w.tuple_header(items.len());
     for t in items {
         e.term(t.as_c_arg(), 0);
@@ -47,7 +55,11 @@ pub fn encode_tuple(env: Env, items: &[Term], b: &Budget) -> Vec<u8> {
 
 /// Encodes a list whose elements are `items` (e.g. `[a | rest]` pieces).
 pub fn encode_list_len(env: Env, list: Term, b: &Budget) -> (Vec<u8>, u32) {
-    let mut e = Enc { env: env.as_c_arg(), w: EtfWriter::with_version(), b };
+    let mut e = Enc {
+        env: env.as_c_arg(),
+        w: EtfWriter::with_version(),
+        b,
+    };
     // the argument list is an envelope: each argument starts at depth 0
     let n = e.list(list.as_c_arg(), 0);
     (e.w.into_bytes(), n)
@@ -71,7 +83,12 @@ impl Enc<'_, '_> {
     fn term(&mut self, t: ERL_NIF_TERM, depth: usize) {
         let ty = unsafe { sys::enif_term_type(self.env, t) };
         use sys::ErlNifTermType::*;
-        if depth >= self.b.max_depth && matches!(ty, ERL_NIF_TERM_TYPE_LIST | ERL_NIF_TERM_TYPE_TUPLE | ERL_NIF_TERM_TYPE_MAP) {
+        if depth >= self.b.max_depth
+            && matches!(
+                ty,
+                ERL_NIF_TERM_TYPE_LIST | ERL_NIF_TERM_TYPE_TUPLE | ERL_NIF_TERM_TYPE_MAP
+            )
+        {
             if unsafe { sys::enif_is_empty_list(self.env, t) } != 0 {
                 self.w.nil();
             } else {
@@ -193,7 +210,8 @@ impl Enc<'_, '_> {
         if !self.b.redact.is_empty() {
             let mut arity: std::os::raw::c_int = 0;
             let mut arr: *const ERL_NIF_TERM = std::ptr::null();
-            if unsafe { sys::enif_get_tuple(self.env, t, &mut arity, &mut arr) } != 0 && arity == 2 {
+            if unsafe { sys::enif_get_tuple(self.env, t, &mut arity, &mut arr) } != 0 && arity == 2
+            {
                 let key = unsafe { *arr };
                 if self.is_redacted_key(key) {
                     self.w.tuple_header(2);
@@ -240,7 +258,12 @@ impl Enc<'_, '_> {
     fn map(&mut self, t: ERL_NIF_TERM, depth: usize) {
         let mut iter = MaybeUninit::<ErlNifMapIterator>::uninit();
         if unsafe {
-            sys::enif_map_iterator_create(self.env, t, iter.as_mut_ptr(), sys::ErlNifMapIteratorEntry::ERL_NIF_MAP_ITERATOR_HEAD)
+            sys::enif_map_iterator_create(
+                self.env,
+                t,
+                iter.as_mut_ptr(),
+                sys::ErlNifMapIteratorEntry::ERL_NIF_MAP_ITERATOR_HEAD,
+            )
         } == 0
         {
             self.opaque(t);
