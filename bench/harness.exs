@@ -87,6 +87,31 @@ defmodule Causeway.Bench do
     ns
   end
 
+  @doc "Runs `fun` in `procs` processes at once; returns the elapsed ns of the slowest."
+  def parallel_runs(procs, fun) do
+    parent = self()
+
+    pids =
+      for _ <- 1..procs do
+        spawn_link(fn ->
+          receive do
+            :go -> :ok
+          end
+
+          fun.()
+          send(parent, {:done, self()})
+        end)
+      end
+
+    {_, ns} =
+      time(fn ->
+        Enum.each(pids, &send(&1, :go))
+        for pid <- pids, do: receive(do: ({:done, ^pid} -> :ok))
+      end)
+
+    ns
+  end
+
   def tmp_dir(tag) do
     dir =
       Path.join(System.tmp_dir!(), "causeway-bench-#{tag}-#{System.unique_integer([:positive])}")

@@ -47,6 +47,8 @@ defmodule Causeway.Instance do
     case Native.pipeline_start(native, self()) do
       {:ok, handle} ->
         :persistent_term.put({Causeway, name}, handle)
+        # the instance named Causeway is the one Causeway.Runtime reports to
+        if name == Causeway, do: :ok = Native.rt_set_default(handle)
 
         {:ok, %{name: name, dir: native.dir, handle: handle, waiters: %{}, subscribers: %{}}}
 
@@ -149,6 +151,8 @@ defmodule Causeway.Instance do
     # Unpublish first so no new capture starts, then drain and close.
     if :persistent_term.get({Causeway, state.name}, nil) == state.handle,
       do: :persistent_term.erase({Causeway, state.name})
+
+    if state.name == Causeway, do: Native.rt_set_default(nil)
 
     Native.pipeline_close(state.handle)
 

@@ -46,15 +46,17 @@ defmodule Causeway.Native do
   end
 
   # runtime
-  def rt_function_entry(_h, _m, _f, _a), do: err()
-  def rt_function_exit(_h, _call_id, _result), do: err()
-  def rt_message_send(_h, _to, _msg), do: err()
-  def rt_message_receive(_h, _from, _msg), do: err()
-  def rt_state_change(_h, _old, _new), do: err()
-  def rt_process_spawn(_h, _child), do: err()
-  def rt_process_exit(_h, _pid, _reason), do: err()
-  def rt_error(_h, _kind, _reason, _stacktrace), do: err()
+  def rt_set_default(_h_or_nil), do: err()
+  def rt_function_entry(_m, _f, _a), do: err()
+  def rt_function_exit(_call_id, _result), do: err()
+  def rt_message_send(_to, _msg), do: err()
+  def rt_message_receive(_from, _msg), do: err()
+  def rt_state_change(_old, _new), do: err()
+  def rt_process_spawn(_child), do: err()
+  def rt_process_exit(_pid, _reason), do: err()
+  def rt_error(_kind, _reason, _stacktrace), do: err()
   def rt_set_capture(_h, _scope, _on), do: err()
+  def bench_noop(_x), do: err()
 
   # pipeline
   def pipeline_start(_opts, _owner), do: err()

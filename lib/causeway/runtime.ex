@@ -20,29 +20,14 @@ defmodule Causeway.Runtime do
 
   alias Causeway.Native
 
-  @key {Causeway, Causeway}
-
-  @compile {:inline, handle: 0}
-  defp handle, do: :persistent_term.get(@key, nil)
-
   @typedoc "The id of a captured call (the id of its entry event), or `nil` if it was not captured."
   @type call_id :: non_neg_integer() | nil
 
   @doc "A function was entered. Returns the call id to pass to `function_exit/2`."
   @spec function_entry(module(), atom(), list()) :: call_id()
   def function_entry(module, function, args)
-      when is_atom(module) and is_atom(function) and is_list(args) do
-    case handle() do
-      nil ->
-        nil
-
-      h ->
-        case Native.rt_function_entry(h, module, function, args) do
-          0 -> nil
-          id -> id
-        end
-    end
-  end
+      when is_atom(module) and is_atom(function) and is_list(args),
+      do: Native.rt_function_entry(module, function, args)
 
   def function_entry(module, function, args) do
     raise ArgumentError,
@@ -58,10 +43,7 @@ defmodule Causeway.Runtime do
   def function_exit(nil, _result), do: :ok
 
   def function_exit(call_id, result) when is_integer(call_id) and call_id > 0 do
-    case handle() do
-      nil -> :ok
-      h -> Native.rt_function_exit(h, call_id, result)
-    end
+    Native.rt_function_exit(call_id, result)
   end
 
   def function_exit(call_id, _result),
@@ -74,10 +56,7 @@ defmodule Causeway.Runtime do
   @doc "The calling process sends `message` to `to` (a pid)."
   @spec message_send(pid(), term()) :: :ok
   def message_send(to, message) when is_pid(to) do
-    case handle() do
-      nil -> :ok
-      h -> Native.rt_message_send(h, to, message)
-    end
+    Native.rt_message_send(to, message)
   end
 
   def message_send(to, _message),
@@ -90,10 +69,7 @@ defmodule Causeway.Runtime do
   @doc "The calling process received `message` from `from` (a pid, or `nil` when unknown)."
   @spec message_receive(pid() | nil, term()) :: :ok
   def message_receive(from, message) when is_pid(from) or is_nil(from) do
-    case handle() do
-      nil -> :ok
-      h -> Native.rt_message_receive(h, from, message)
-    end
+    Native.rt_message_receive(from, message)
   end
 
   def message_receive(from, _message),
@@ -106,19 +82,13 @@ defmodule Causeway.Runtime do
   @doc "The calling process's state changed from `old` to `new`."
   @spec state_change(term(), term()) :: :ok
   def state_change(old, new) do
-    case handle() do
-      nil -> :ok
-      h -> Native.rt_state_change(h, old, new)
-    end
+    Native.rt_state_change(old, new)
   end
 
   @doc "The calling process spawned `child`."
   @spec process_spawn(pid()) :: :ok
   def process_spawn(child) when is_pid(child) do
-    case handle() do
-      nil -> :ok
-      h -> Native.rt_process_spawn(h, child)
-    end
+    Native.rt_process_spawn(child)
   end
 
   def process_spawn(child),
@@ -127,10 +97,7 @@ defmodule Causeway.Runtime do
   @doc "Process `pid` (local) exited with `reason`."
   @spec process_exit(pid(), term()) :: :ok
   def process_exit(pid, reason) when is_pid(pid) and node(pid) == node() do
-    case handle() do
-      nil -> :ok
-      h -> Native.rt_process_exit(h, pid, reason)
-    end
+    Native.rt_process_exit(pid, reason)
   end
 
   def process_exit(pid, _reason),
@@ -140,10 +107,7 @@ defmodule Causeway.Runtime do
   @spec error(:error | :exit | :throw, term(), list()) :: :ok
   def error(kind, reason, stacktrace)
       when kind in [:error, :exit, :throw] and is_list(stacktrace) do
-    case handle() do
-      nil -> :ok
-      h -> Native.rt_error(h, kind, reason, stacktrace)
-    end
+    Native.rt_error(kind, reason, stacktrace)
   end
 
   def error(kind, _reason, stacktrace),

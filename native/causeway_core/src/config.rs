@@ -34,6 +34,9 @@ pub struct Config {
     /// Native memory budget in bytes (alert above it).
     pub memory_budget: u64,
     pub sync_writes: bool,
+    /// Keys whose values are never captured, as raw atom words (opaque here;
+    /// the NIF glue compares them with the keys of captured maps and tuples).
+    pub redact: Vec<u64>,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             retry_base_ms: 10,
             memory_budget: 512 << 20,
             sync_writes: false,
+            redact: Vec::new(),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! and that is counted.
 
 use crate::event::LinkKind;
+use crate::fasthash::FastBuild;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,7 +30,7 @@ struct Ctx {
 }
 
 pub struct Contexts {
-    map: DashMap<u64, Ctx>,
+    map: DashMap<u64, Ctx, FastBuild>,
     max_processes: usize,
     overflow: AtomicU64,
 }
@@ -40,7 +41,7 @@ pub type Cause = Option<(u64, LinkKind)>;
 impl Contexts {
     pub fn new(max_processes: usize) -> Contexts {
         Contexts {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(FastBuild::default()),
             max_processes,
             overflow: AtomicU64::new(0),
         }

@@ -17,6 +17,7 @@
 //! *orphaned event*. The maps are bounded; what does not fit is counted as missing.
 
 use crate::event::{EventType, Link, LinkKind, PidRec, StoredEvent};
+use crate::fasthash::FastBuild;
 use dashmap::DashMap;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
@@ -98,9 +99,9 @@ impl CorrelatorStats {
 pub struct Correlator {
     ttl_ns: AtomicI64,
     max_pending: u64,
-    calls: DashMap<u64, CallHalf>,
-    messages: DashMap<(ProcKey, u64), MsgSlot>,
-    procs: DashMap<ProcKey, ProcHalf>,
+    calls: DashMap<u64, CallHalf, FastBuild>,
+    messages: DashMap<(ProcKey, u64), MsgSlot, FastBuild>,
+    procs: DashMap<ProcKey, ProcHalf, FastBuild>,
     pending: AtomicU64,
     links: AtomicU64,
     matched: AtomicU64,
@@ -114,9 +115,9 @@ impl Correlator {
         Correlator {
             ttl_ns: AtomicI64::new(ttl_ns),
             max_pending,
-            calls: DashMap::new(),
-            messages: DashMap::new(),
-            procs: DashMap::new(),
+            calls: DashMap::with_hasher(FastBuild::default()),
+            messages: DashMap::with_hasher(FastBuild::default()),
+            procs: DashMap::with_hasher(FastBuild::default()),
             pending: AtomicU64::new(0),
             links: AtomicU64::new(0),
             matched: AtomicU64::new(0),

@@ -27,15 +27,152 @@ pub const NEW_PID_EXT: u8 = 88;
 
 /// Appends ETF items to a buffer. The caller decides the structure; the writer
 /// only knows the encodings. `len()` lets a caller roll back a partly written item.
+/// Captured payloads up to this many bytes live inline in the ring slot: the
+/// common small event costs no allocation (and no cross-thread free).
+pub const INLINE_PAYLOAD: usize = 56;
+
+/// An event payload: inline when small, on the heap otherwise.
+pub type Payload = smallvec::SmallVec<[u8; INLINE_PAYLOAD]>;
+
+/// The writer's buffer: the first `STACK` bytes on the stack (appends are a
+/// bounds check and a copy), the rest on the heap once it grows past that.
+pub struct Buf {
+    len: usize,
+    stack: [std::mem::MaybeUninit<u8>; Buf::STACK],
+    heap: Vec<u8>,
+    spilled: bool,
+}
+
+impl Default for Buf {
+    fn default() -> Self {
+        Buf {
+            len: 0,
+            stack: [std::mem::MaybeUninit::uninit(); Buf::STACK],
+            heap: Vec::new(),
+            spilled: false,
+        }
+    }
+}
+
+impl Clone for Buf {
+    fn clone(&self) -> Self {
+        let mut b = Buf::default();
+        b.extend_from_slice(self.as_slice());
+        b
+    }
+}
+
+impl std::fmt::Debug for Buf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_slice().fmt(f)
+    }
+}
+
+impl Buf {
+    pub const STACK: usize = 256;
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        if self.spilled {
+            self.heap.len()
+        } else {
+            self.len
+        }
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[inline]
+    pub fn as_slice(&self) -> &[u8] {
+        if self.spilled {
+            &self.heap
+        } else {
+            // SAFETY: the first `len` bytes of `stack` were written.
+            unsafe { std::slice::from_raw_parts(self.stack.as_ptr() as *const u8, self.len) }
+        }
+    }
+
+    #[inline]
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        if self.spilled {
+            &mut self.heap
+        } else {
+            // SAFETY: as above.
+            unsafe { std::slice::from_raw_parts_mut(self.stack.as_mut_ptr() as *mut u8, self.len) }
+        }
+    }
+
+    #[cold]
+    fn spill(&mut self, extra: usize) {
+        let mut v = Vec::with_capacity((self.len + extra).max(2 * Self::STACK));
+        v.extend_from_slice(self.as_slice());
+        self.heap = v;
+        self.spilled = true;
+    }
+
+    #[inline]
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        if !self.spilled {
+            if self.len + bytes.len() <= Self::STACK {
+                // SAFETY: in bounds (checked above), regions do not overlap.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        self.stack.as_mut_ptr().add(self.len) as *mut u8,
+                        bytes.len(),
+                    );
+                }
+                self.len += bytes.len();
+                return;
+            }
+            self.spill(bytes.len());
+        }
+        self.heap.extend_from_slice(bytes);
+    }
+
+    #[inline]
+    pub fn push(&mut self, b: u8) {
+        self.extend_from_slice(&[b]);
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        if self.spilled {
+            self.heap.truncate(len);
+        } else {
+            self.len = self.len.min(len);
+        }
+    }
+
+    pub fn to_payload(&self) -> Payload {
+        Payload::from_slice(self.as_slice())
+    }
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl std::ops::DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.as_mut_slice()
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct EtfWriter {
-    pub buf: Vec<u8>,
+    pub buf: Buf,
 }
 
 impl EtfWriter {
     pub fn new() -> Self {
         EtfWriter {
-            buf: Vec::with_capacity(64),
+            buf: Buf::default(),
         }
     }
 
@@ -59,7 +196,19 @@ impl EtfWriter {
     }
 
     pub fn into_bytes(self) -> Vec<u8> {
-        self.buf
+        if self.buf.spilled {
+            self.buf.heap
+        } else {
+            self.buf.as_slice().to_vec()
+        }
+    }
+
+    pub fn into_payload(self) -> Payload {
+        if self.buf.spilled {
+            Payload::from_vec(self.buf.heap)
+        } else {
+            self.buf.to_payload()
+        }
     }
 
     pub fn int(&mut self, v: i64) {
@@ -168,6 +317,10 @@ impl EtfWriter {
     }
 
     /// Raw bytes of an already encoded term (without its version byte).
+    pub fn as_slice(&self) -> &[u8] {
+        self.buf.as_slice()
+    }
+
     pub fn raw(&mut self, encoded: &[u8]) {
         let body = if encoded.first() == Some(&VERSION) {
             &encoded[1..]
@@ -328,16 +481,30 @@ mod tests {
     fn integers_pick_the_smallest_encoding() {
         let mut w = EtfWriter::new();
         w.int(5);
-        assert_eq!(w.buf, vec![SMALL_INTEGER_EXT, 5]);
+        assert_eq!(w.buf.as_slice(), &[SMALL_INTEGER_EXT, 5]);
         let mut w = EtfWriter::new();
         w.int(-1);
-        assert_eq!(w.buf, vec![INTEGER_EXT, 255, 255, 255, 255]);
+        assert_eq!(w.buf.as_slice(), &[INTEGER_EXT, 255, 255, 255, 255]);
         let mut w = EtfWriter::new();
         w.int(1 << 40);
-        assert_eq!(w.buf, vec![SMALL_BIG_EXT, 6, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(w.buf.as_slice(), &[SMALL_BIG_EXT, 6, 0, 0, 0, 0, 0, 0, 1]);
         let mut w = EtfWriter::new();
         w.int(i64::MIN);
         assert_eq!(w.buf[..3], [SMALL_BIG_EXT, 8, 1]);
+    }
+
+    #[test]
+    fn buffer_spills_to_the_heap_and_keeps_every_byte() {
+        let mut w = EtfWriter::new();
+        let big: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+        w.buf.extend_from_slice(&big[..100]);
+        w.buf.extend_from_slice(&big[100..]);
+        let at = 10;
+        w.buf[at..at + 4].copy_from_slice(&[9, 9, 9, 9]);
+        let mut want = big.clone();
+        want[10..14].copy_from_slice(&[9, 9, 9, 9]);
+        assert_eq!(w.clone().into_bytes(), want);
+        assert_eq!(w.into_payload().as_slice(), &want[..]);
     }
 
     #[test]

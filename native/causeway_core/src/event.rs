@@ -139,7 +139,7 @@ pub struct RawEvent {
     /// The other process: receiver of a send, sender of a receive (when known),
     /// child of a spawn.
     pub peer: RawPid,
-    pub data: Vec<u8>,
+    pub data: crate::etf::Payload,
     pub source: Source,
 }
 

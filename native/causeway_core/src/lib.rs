@@ -14,6 +14,7 @@ pub mod correlator;
 pub mod error;
 pub mod etf;
 pub mod event;
+pub mod fasthash;
 pub mod ids;
 pub mod metrics;
 pub mod pipeline;

@@ -52,7 +52,6 @@ pub struct Counters {
     pub write_errors: AtomicU64,
     pub retries: AtomicU64,
     pub worker_panics: AtomicU64,
-    pub bytes_in_rings: AtomicU64,
     pub busy_ns: AtomicU64,
 }
 

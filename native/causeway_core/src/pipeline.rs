@@ -15,6 +15,7 @@ use crate::config::{Config, ConfigUpdate, Tunables};
 use crate::context::Contexts;
 use crate::correlator::{Correlator, CorrelatorStats};
 use crate::event::{EventType, LinkKind, PidRec, RawEvent, RawPid, StoredEvent};
+use crate::fasthash::FastBuild;
 use crate::ids::IdGen;
 use crate::metrics::{Counters, Decision, DropReason, History, Latency, Percentiles, Rates};
 use crate::ring::{PushOutcome, Rings, ShardStats};
@@ -87,8 +88,8 @@ pub struct Pipeline {
     enabled: AtomicBool,
     closing: AtomicBool,
     closed: AtomicBool,
-    disabled_modules: DashSet<u64>,
-    disabled_pids: DashSet<u64>,
+    disabled_modules: DashSet<u64, FastBuild>,
+    disabled_pids: DashSet<u64, FastBuild>,
     any_disabled: AtomicUsize,
     flushes: Mutex<Vec<FlushReq>>,
     flush_pending: AtomicUsize,
@@ -100,6 +101,7 @@ pub struct Pipeline {
     manager: Mutex<Option<JoinHandle<()>>>,
     wake: (Mutex<bool>, Condvar),
     inject_panics: AtomicU32,
+    paused: AtomicBool,
     inject_write_errors: AtomicU32,
     rates: Mutex<Rates>,
     started: Instant,
@@ -173,8 +175,8 @@ impl Pipeline {
             enabled: AtomicBool::new(true),
             closing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
-            disabled_modules: DashSet::new(),
-            disabled_pids: DashSet::new(),
+            disabled_modules: DashSet::with_hasher(FastBuild::default()),
+            disabled_pids: DashSet::with_hasher(FastBuild::default()),
             any_disabled: AtomicUsize::new(0),
             flushes: Mutex::new(Vec::new()),
             flush_pending: AtomicUsize::new(0),
@@ -186,6 +188,7 @@ impl Pipeline {
             manager: Mutex::new(None),
             wake: (Mutex::new(false), Condvar::new()),
             inject_panics: AtomicU32::new(0),
+            paused: AtomicBool::new(false),
             inject_write_errors: AtomicU32::new(0),
             rates: Mutex::new(Rates::default()),
             started: Instant::now(),
@@ -243,26 +246,31 @@ impl Pipeline {
     #[inline]
     pub fn stamp(&self, mono_ns: i64) -> (usize, u64, i64) {
         let shard = self.rings.local_shard();
+        let (id, wall) = self.stamp_on(shard, mono_ns);
+        (shard, id, wall)
+    }
+
+    /// The id and wall-clock time of an event for `shard` at `mono_ns`.
+    #[inline]
+    pub fn stamp_on(&self, shard: usize, mono_ns: i64) -> (u64, i64) {
         let wall = mono_ns
             .saturating_add(self.resolver.time_offset_ns())
             .max(0);
-        (shard, self.ids.next(shard, wall as u64), wall)
+        (self.ids.next(shard, wall as u64), wall)
     }
 
     /// Puts an event into its shard; raises the level at once if the shard is
     /// filling up (the check runs on every push, not on a timer).
     #[inline]
     pub fn push(&self, shard: usize, ev: RawEvent) -> PushOutcome {
-        let bytes = ev.data.len() as u64;
         let outcome = self.rings.push(shard, ev);
-        if outcome != PushOutcome::Rejected {
-            Counters::add(&self.counters.bytes_in_rings, bytes);
-        }
-        let u = self.rings.utilization(shard);
-        if u >= 0.5 {
-            let l = Level::for_utilization(u) as u8;
-            if self.level.fetch_max(l, Ordering::Relaxed) < l {
-                self.wake_manager();
+        if outcome != PushOutcome::Stored || self.rings.time_to_check(shard) {
+            let u = self.rings.utilization(shard);
+            if u >= 0.5 {
+                let l = Level::for_utilization(u) as u8;
+                if self.level.fetch_max(l, Ordering::Relaxed) < l {
+                    self.wake_manager();
+                }
             }
         }
         outcome
@@ -427,6 +435,12 @@ impl Pipeline {
         self.inject_write_errors.store(n, Ordering::Relaxed);
     }
 
+    /// Benchmark and drill hook: writers stop reading the rings while paused
+    /// (capture goes on; rings fill and drops are counted as usual).
+    pub fn set_paused(&self, on: bool) {
+        self.paused.store(on, Ordering::Relaxed);
+    }
+
     fn wake_manager(&self) {
         let (m, cv) = &self.wake;
         if let Ok(mut w) = m.lock() {
@@ -558,7 +572,6 @@ impl Pipeline {
         lat: &mut hdrhistogram::Histogram<u64>,
     ) {
         let n = raw.len() as u64;
-        let bytes: u64 = raw.iter().map(|e| e.data.len() as u64).sum();
         let max_retries = self.config.max_retries;
         let mut attempt = 0u32;
         let outcome: std::result::Result<(), DropReason> = loop {
@@ -612,12 +625,6 @@ impl Pipeline {
             Err(DropReason::Panic) => Counters::add(&self.counters.dropped_panic, n),
             Err(_) => Counters::add(&self.counters.dropped_storage, n),
         }
-        let _ =
-            self.counters
-                .bytes_in_rings
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                    Some(v.saturating_sub(bytes))
-                });
         cache.correlated = false;
         cache.links.clear();
         raw.clear();
@@ -697,7 +704,7 @@ impl Pipeline {
                 function,
                 arity: r.arity,
                 peer,
-                data: r.data.clone(),
+                data: r.data.to_vec(),
                 source: r.source,
             },
             r.parent_link,
@@ -719,7 +726,7 @@ impl Pipeline {
     pub fn native_memory(&self) -> u64 {
         let c = self.correlator.stats();
         self.rings.slot_bytes()
-            + Counters::get(&self.counters.bytes_in_rings)
+            + self.rings.payload_bytes()
             + c.pending * 96
             + self.contexts.len() as u64 * 96
     }
@@ -857,6 +864,10 @@ fn worker_loop(p: Arc<Pipeline>, index: usize) {
         let n = p.target_workers.load(Ordering::Relaxed).max(1);
         if index >= n && !closing {
             break; // retired by scaling down; its shards now belong to others
+        }
+        if p.paused.load(Ordering::Relaxed) && !closing {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
         }
         let shards = if closing {
             (0..p.rings.shard_count()).collect()

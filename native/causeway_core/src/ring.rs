@@ -10,8 +10,7 @@
 use crate::event::RawEvent;
 use crossbeam::queue::ArrayQueue;
 use crossbeam::utils::CachePadded;
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Overflow {
@@ -45,13 +44,28 @@ pub enum PushOutcome {
     Evicted,
 }
 
-pub struct Shard {
-    queue: ArrayQueue<RawEvent>,
+/// Counters written by producers (one cache line).
+#[derive(Default)]
+struct ProducerSide {
     accepted: AtomicU64,
     rejected: AtomicU64,
     evicted: AtomicU64,
+    bytes_in: AtomicU64,
+}
+
+/// Counters written by the reader (another cache line: producers and writers
+/// never contend on them).
+#[derive(Default)]
+struct ConsumerSide {
     popped: AtomicU64,
     finished: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+pub struct Shard {
+    queue: ArrayQueue<RawEvent>,
+    prod: CachePadded<ProducerSide>,
+    cons: CachePadded<ConsumerSide>,
 }
 
 /// Counters of one shard at one moment.
@@ -64,6 +78,8 @@ pub struct ShardStats {
     pub evicted: u64,
     pub popped: u64,
     pub finished: u64,
+    /// Payload bytes of the events in the ring now.
+    pub payload_bytes: u64,
 }
 
 impl ShardStats {
@@ -88,26 +104,17 @@ pub struct Rings {
     overflow: Overflow,
 }
 
-static NEXT_THREAD_SLOT: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static THREAD_SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-/// A small number fixed for the calling OS thread. BEAM schedulers are OS threads,
-/// so `thread_slot() % shards` gives each scheduler its own shard.
+/// The CPU the calling thread runs on. Shards are picked by CPU: producers on
+/// different cores never share a ring, and it costs one vDSO call (no
+/// thread-local storage, which is slow in a dynamically loaded library).
 #[inline]
-pub fn thread_slot() -> usize {
-    THREAD_SLOT.with(|s| {
-        let v = s.get();
-        if v != usize::MAX {
-            v
-        } else {
-            let v = NEXT_THREAD_SLOT.fetch_add(1, Ordering::Relaxed);
-            s.set(v);
-            v
-        }
-    })
+pub fn cpu_slot() -> usize {
+    let c = unsafe { libc::sched_getcpu() };
+    if c < 0 {
+        0
+    } else {
+        c as usize
+    }
 }
 
 impl Rings {
@@ -128,11 +135,8 @@ impl Rings {
             .map(|_| {
                 CachePadded::new(Shard {
                     queue: ArrayQueue::new(capacity),
-                    accepted: AtomicU64::new(0),
-                    rejected: AtomicU64::new(0),
-                    evicted: AtomicU64::new(0),
-                    popped: AtomicU64::new(0),
-                    finished: AtomicU64::new(0),
+                    prod: CachePadded::new(ProducerSide::default()),
+                    cons: CachePadded::new(ConsumerSide::default()),
                 })
             })
             .collect();
@@ -155,44 +159,65 @@ impl Rings {
         self.overflow
     }
 
-    /// The shard of the calling thread.
+    /// The shard of the calling thread's CPU.
     #[inline]
     pub fn local_shard(&self) -> usize {
-        thread_slot() % self.shards.len()
+        cpu_slot() % self.shards.len()
     }
 
     #[inline]
     pub fn push(&self, shard: usize, event: RawEvent) -> PushOutcome {
         let s = &self.shards[shard % self.shards.len()];
+        let bytes = event.data.len() as u64;
         match self.overflow {
             Overflow::DropNewest => match s.queue.push(event) {
                 Ok(()) => {
-                    s.accepted.fetch_add(1, Ordering::Release);
+                    s.prod.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+                    s.prod.accepted.fetch_add(1, Ordering::Release);
                     PushOutcome::Stored
                 }
                 Err(_) => {
-                    s.rejected.fetch_add(1, Ordering::Relaxed);
+                    s.prod.rejected.fetch_add(1, Ordering::Relaxed);
                     PushOutcome::Rejected
                 }
             },
-            Overflow::DropOldest => match s.queue.force_push(event) {
-                None => {
-                    s.accepted.fetch_add(1, Ordering::Release);
-                    PushOutcome::Stored
+            Overflow::DropOldest => {
+                s.prod.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+                match s.queue.force_push(event) {
+                    None => {
+                        s.prod.accepted.fetch_add(1, Ordering::Release);
+                        PushOutcome::Stored
+                    }
+                    Some(old) => {
+                        // The new event is in; the oldest one is gone for good.
+                        s.cons
+                            .bytes_out
+                            .fetch_add(old.data.len() as u64, Ordering::Relaxed);
+                        s.prod.accepted.fetch_add(1, Ordering::Release);
+                        s.prod.evicted.fetch_add(1, Ordering::Release);
+                        PushOutcome::Evicted
+                    }
                 }
-                Some(_old) => {
-                    // The new event is in; the oldest one is gone for good.
-                    s.accepted.fetch_add(1, Ordering::Release);
-                    s.evicted.fetch_add(1, Ordering::Release);
-                    PushOutcome::Evicted
-                }
-            },
+            }
         }
+    }
+
+    /// True on one push in 64: when the producer should look at the fill level
+    /// (reading the queue's length touches the reader's cache line).
+    #[inline]
+    pub fn time_to_check(&self, shard: usize) -> bool {
+        self.shards[shard % self.shards.len()]
+            .prod
+            .accepted
+            .load(Ordering::Relaxed)
+            & 63
+            == 0
     }
 
     /// Counts an event refused before it reached the ring (e.g. sampled out).
     pub fn count_rejected(&self, shard: usize) {
         self.shards[shard % self.shards.len()]
+            .prod
             .rejected
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -201,9 +226,11 @@ impl Rings {
     pub fn pop_batch(&self, shard: usize, max: usize, out: &mut Vec<RawEvent>) -> usize {
         let s = &self.shards[shard % self.shards.len()];
         let mut n = 0;
+        let mut bytes = 0u64;
         while n < max {
             match s.queue.pop() {
                 Some(ev) => {
+                    bytes += ev.data.len() as u64;
                     out.push(ev);
                     n += 1;
                 }
@@ -211,7 +238,8 @@ impl Rings {
             }
         }
         if n > 0 {
-            s.popped.fetch_add(n as u64, Ordering::Relaxed);
+            s.cons.popped.fetch_add(n as u64, Ordering::Relaxed);
+            s.cons.bytes_out.fetch_add(bytes, Ordering::Relaxed);
         }
         n
     }
@@ -219,6 +247,7 @@ impl Rings {
     /// Marks `n` popped events of `shard` as fully handled (persisted or counted).
     pub fn finish(&self, shard: usize, n: u64) {
         self.shards[shard % self.shards.len()]
+            .cons
             .finished
             .fetch_add(n, Ordering::Release);
     }
@@ -231,7 +260,7 @@ impl Rings {
         self.shards.iter().all(|s| s.queue.is_empty())
     }
 
-    /// Fill level of one shard, 0.0..=1.0 (cheap: two atomic loads).
+    /// Fill level of one shard, 0.0..=1.0.
     #[inline]
     pub fn utilization(&self, shard: usize) -> f64 {
         self.len(shard) as f64 / self.capacity as f64
@@ -245,14 +274,20 @@ impl Rings {
 
     pub fn stats(&self, shard: usize) -> ShardStats {
         let s = &self.shards[shard % self.shards.len()];
+        let bytes_out = s.cons.bytes_out.load(Ordering::Acquire);
         ShardStats {
             capacity: self.capacity as u64,
             len: s.queue.len() as u64,
-            accepted: s.accepted.load(Ordering::Acquire),
-            rejected: s.rejected.load(Ordering::Acquire),
-            evicted: s.evicted.load(Ordering::Acquire),
-            popped: s.popped.load(Ordering::Acquire),
-            finished: s.finished.load(Ordering::Acquire),
+            accepted: s.prod.accepted.load(Ordering::Acquire),
+            rejected: s.prod.rejected.load(Ordering::Acquire),
+            evicted: s.prod.evicted.load(Ordering::Acquire),
+            popped: s.cons.popped.load(Ordering::Acquire),
+            finished: s.cons.finished.load(Ordering::Acquire),
+            payload_bytes: s
+                .prod
+                .bytes_in
+                .load(Ordering::Acquire)
+                .saturating_sub(bytes_out),
         }
     }
 
@@ -264,7 +299,7 @@ impl Rings {
     pub fn flush_targets(&self) -> Vec<u64> {
         self.shards
             .iter()
-            .map(|s| s.accepted.load(Ordering::Acquire))
+            .map(|s| s.prod.accepted.load(Ordering::Acquire))
             .collect()
     }
 
@@ -272,14 +307,20 @@ impl Rings {
     pub fn reached(&self, targets: &[u64]) -> bool {
         targets.iter().enumerate().all(|(i, &t)| {
             let s = &self.shards[i];
-            s.finished.load(Ordering::Acquire) + s.evicted.load(Ordering::Acquire) >= t
+            s.cons.finished.load(Ordering::Acquire) + s.prod.evicted.load(Ordering::Acquire) >= t
         })
     }
 
-    /// Bytes the rings hold now: slots plus payloads still queued (approximate
-    /// for payloads: counted at their length, not their capacity).
+    /// Bytes of the rings' slots (allocated up front).
     pub fn slot_bytes(&self) -> u64 {
         (self.shards.len() * self.capacity * std::mem::size_of::<RawEvent>()) as u64
+    }
+
+    /// Bytes of the payloads queued in the rings now.
+    pub fn payload_bytes(&self) -> u64 {
+        (0..self.shards.len())
+            .map(|s| self.stats(s).payload_bytes)
+            .sum()
     }
 }
 
@@ -424,10 +465,29 @@ mod tests {
     }
 
     #[test]
-    fn thread_slots_differ_between_threads() {
-        let a = thread_slot();
-        let b = std::thread::spawn(thread_slot).join().unwrap();
-        assert_ne!(a, b);
-        assert_eq!(a, thread_slot());
+    fn cpu_slot_is_a_cpu_of_this_machine() {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        assert!(cpu_slot() < n.max(64));
+    }
+
+    #[test]
+    fn payload_bytes_follow_push_pop_and_eviction() {
+        let r = Rings::new(1, 4, Overflow::DropOldest).unwrap();
+        for i in 0..6 {
+            r.push(
+                0,
+                RawEvent {
+                    id: i,
+                    data: smallvec::smallvec![0; 10],
+                    ..Default::default()
+                },
+            );
+        }
+        assert_eq!(r.payload_bytes(), 40);
+        let mut out = Vec::new();
+        r.pop_batch(0, 3, &mut out);
+        assert_eq!(r.payload_bytes(), 10);
     }
 }

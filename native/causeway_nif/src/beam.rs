@@ -35,28 +35,43 @@ pub fn pid_word(env: rustler::Env, p: &LocalPid) -> u64 {
     word(p.encode(env).as_c_arg())
 }
 
-/// Erlang monotonic time (ns). On a scheduler thread it asks the VM and, at
-/// most every 50 ms, refreshes the calibration that native threads use (the
-/// VM's clock functions return an error anywhere else).
+/// Erlang monotonic time (ns), on any thread, cheaply: our own monotonic
+/// clock (one vDSO call) plus a calibrated difference to the VM's clock. The
+/// difference is re-read from the VM (`enif_monotonic_time`, which only works
+/// on scheduler threads and is several times dearer) at most every 10 ms, by
+/// whichever scheduler thread captures first after that.
+#[inline]
 pub fn monotonic_ns() -> i64 {
-    let t = unsafe { sys::enif_monotonic_time(sys::ErlNifTimeUnit::ERL_NIF_NSEC) };
-    if t == i64::MIN {
-        return calibrated_ns();
+    let own = own_ns();
+    if own.wrapping_sub(CALIB_OWN_AT.load(Ordering::Relaxed)) > 10_000_000 {
+        recalibrate(own);
     }
-    let at = CALIB_AT.load(Ordering::Relaxed);
-    if t.wrapping_sub(at) > 50_000_000 || at == i64::MIN {
-        CALIB_AT.store(t, Ordering::Relaxed);
-        CALIB_DIFF.store(t - own_ns(), Ordering::Relaxed);
-    }
-    t
+    own + CALIB_DIFF.load(Ordering::Relaxed)
 }
 
-/// When the calibration was last refreshed (Erlang monotonic ns).
-static CALIB_AT: AtomicI64 = AtomicI64::new(i64::MIN);
-/// Erlang monotonic time minus our own monotonic clock: one word, so a reader
-/// never sees half of an update.
-static CALIB_DIFF: AtomicI64 = AtomicI64::new(0);
+#[cold]
+fn recalibrate(own: i64) {
+    let t = unsafe { sys::enif_monotonic_time(sys::ErlNifTimeUnit::ERL_NIF_NSEC) };
+    if t == i64::MIN {
+        return; // not a scheduler thread: keep the last calibration
+    }
+    CALIB_DIFF.store(t - own_ns(), Ordering::Relaxed);
+    CALIB_OWN_AT.store(own, Ordering::Relaxed);
+    let o = unsafe { sys::enif_time_offset(sys::ErlNifTimeUnit::ERL_NIF_NSEC) };
+    if o != i64::MIN {
+        OFFSET.store(o, Ordering::Relaxed);
+    }
+}
 
+/// When (our clock) the calibration was last refreshed.
+static CALIB_OWN_AT: AtomicI64 = AtomicI64::new(i64::MIN / 2);
+/// Erlang monotonic time minus our clock: one word, so a reader never sees
+/// half of an update.
+static CALIB_DIFF: AtomicI64 = AtomicI64::new(0);
+/// Erlang system time minus Erlang monotonic time.
+static OFFSET: AtomicI64 = AtomicI64::new(0);
+
+#[inline]
 fn own_ns() -> i64 {
     static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     BASE.get_or_init(std::time::Instant::now)
@@ -64,34 +79,15 @@ fn own_ns() -> i64 {
         .as_nanos() as i64
 }
 
-/// Erlang monotonic time estimated on any thread from the last calibration.
-pub fn calibrated_ns() -> i64 {
-    own_ns() + CALIB_DIFF.load(Ordering::Relaxed)
-}
-
-/// Calibrates from a scheduler thread (called when a pipeline starts).
+/// Calibrates now (call from a scheduler thread, e.g. when a pipeline starts).
 pub fn calibrate() {
-    let _ = monotonic_ns();
-    let t = unsafe { sys::enif_monotonic_time(sys::ErlNifTimeUnit::ERL_NIF_NSEC) };
-    if t != i64::MIN {
-        CALIB_AT.store(t, Ordering::Relaxed);
-        CALIB_DIFF.store(t - own_ns(), Ordering::Relaxed);
-    }
+    recalibrate(own_ns());
 }
 
-/// Erlang system time minus monotonic time (ns); the last known value when
-/// asked off a scheduler thread.
+/// Erlang system time minus monotonic time (ns), as of the last calibration.
+#[inline]
 pub fn time_offset_ns() -> i64 {
-    static LAST: AtomicI64 = AtomicI64::new(0);
-    let o = unsafe { sys::enif_time_offset(sys::ErlNifTimeUnit::ERL_NIF_NSEC) };
-    if o == i64::MIN {
-        LAST.load(Ordering::Relaxed)
-    } else {
-        if LAST.load(Ordering::Relaxed) != o {
-            LAST.store(o, Ordering::Relaxed);
-        }
-        o
-    }
+    OFFSET.load(Ordering::Relaxed)
 }
 
 /// `term_to_binary` of a term into owned bytes (None if the VM refuses).
@@ -145,7 +141,6 @@ impl Resolver for Beam {
     fn now_mono_ns(&self) -> i64 {
         monotonic_ns()
     }
-
     fn time_offset_ns(&self) -> i64 {
         time_offset_ns()
     }

@@ -10,8 +10,6 @@ pub struct Handle {
     /// Taken out on close: the database closes when the last query using it
     /// ends, not when the BEAM happens to collect this handle.
     pub store: Mutex<Option<Arc<Store>>>,
-    /// Raw atom words of the keys whose values are never captured.
-    pub redact: Vec<u64>,
 }
 
 #[rustler::resource_impl]
@@ -28,11 +26,10 @@ impl Drop for Handle {
 }
 
 impl Handle {
-    pub fn new(pipeline: Option<Arc<Pipeline>>, store: Arc<Store>, redact: Vec<u64>) -> Handle {
+    pub fn new(pipeline: Option<Arc<Pipeline>>, store: Arc<Store>) -> Handle {
         Handle {
             pipeline,
             store: Mutex::new(Some(store)),
-            redact,
         }
     }
 
@@ -59,6 +56,7 @@ impl Handle {
     pub fn close(&self) -> causeway_core::Result<()> {
         let r = match &self.pipeline {
             Some(p) => {
+                crate::runtime::clear_default_if(p);
                 let r = p.close();
                 p.release_store();
                 r

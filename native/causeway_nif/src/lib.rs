@@ -31,6 +31,7 @@ pub mod atoms {
         drop_oldest,
         panic,
         write_error,
+        pause,
         previous,
         utilization,
         workers,

@@ -60,6 +60,11 @@ fn pipeline_start(env: Env, o: StartOpts, owner: LocalPid) -> NifResult<Term> {
         retry_base_ms: o.retry_base_ms,
         memory_budget: o.memory_budget,
         sync_writes: o.sync_writes,
+        redact: o
+            .redact
+            .iter()
+            .map(|a| crate::beam::word(a.as_c_arg()))
+            .collect(),
     };
     config.validate().nif()?;
     crate::beam::calibrate();
@@ -80,12 +85,7 @@ fn pipeline_start(env: Env, o: StartOpts, owner: LocalPid) -> NifResult<Term> {
         Arc::new(OwnerNotifier { owner }),
     )
     .nif()?;
-    let redact = o
-        .redact
-        .iter()
-        .map(|a| crate::beam::word(a.as_c_arg()))
-        .collect();
-    let h = ResourceArc::new(Handle::new(Some(pipeline), store, redact));
+    let h = ResourceArc::new(Handle::new(Some(pipeline), store));
     Ok((crate::atoms::ok(), h).encode(env))
 }
 
@@ -142,8 +142,10 @@ fn pipeline_inject(h: ResourceArc<Handle>, kind: Atom, n: u32) -> NifResult<Atom
         p.inject_panics(n);
     } else if kind == crate::atoms::write_error() {
         p.inject_write_errors(n);
+    } else if kind == crate::atoms::pause() {
+        p.set_paused(n != 0);
     } else {
-        return Err(arg_error("fault must be :panic or :write_error"));
+        return Err(arg_error("drill must be :panic, :write_error or :pause"));
     }
     Ok(crate::atoms::ok())
 }

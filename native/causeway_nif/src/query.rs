@@ -278,6 +278,6 @@ fn store_open(env: Env, dir: String, read_only: bool) -> NifResult<Term> {
         },
     )
     .nif()?;
-    let h = ResourceArc::new(Handle::new(None, Arc::new(store), Vec::new()));
+    let h = ResourceArc::new(Handle::new(None, Arc::new(store)));
     Ok((crate::atoms::ok(), h).encode(env))
 }

@@ -7,7 +7,7 @@
 //! keyword/2-tuple key listed in `redact` by `:redacted` before a byte of it is
 //! written.
 
-use causeway_core::etf::{self, EtfWriter};
+use causeway_core::etf::{self, EtfWriter, Payload};
 use rustler::sys::{self, ErlNifBinary, ErlNifMapIterator, ErlNifTerm as ERL_NIF_TERM};
 use rustler::{Env, Term};
 use std::mem::MaybeUninit;
@@ -29,18 +29,18 @@ struct Enc<'e, 'r> {
 }
 
 /// Encodes `term` (with the ETF version byte).
-pub fn encode(env: Env, term: Term, b: &Budget) -> Vec<u8> {
+pub fn encode(env: Env, term: Term, b: &Budget) -> Payload {
     let mut e = Enc {
         env: env.as_c_arg(),
         w: EtfWriter::with_version(),
         b,
     };
     e.term(term.as_c_arg(), 0);
-    e.w.into_bytes()
+    e.w.into_payload()
 }
 
 /// Encodes a tuple made of `items` without building it on the heap.
-pub fn encode_tuple(env: Env, items: &[Term], b: &Budget) -> Vec<u8> {
+pub fn encode_tuple(env: Env, items: &[Term], b: &Budget) -> Payload {
     let mut e = Enc {
         env: env.as_c_arg(),
         w: EtfWriter::with_version(),
@@ -50,11 +50,11 @@ pub fn encode_tuple(env: Env, items: &[Term], b: &Budget) -> Vec<u8> {
     for t in items {
         e.term(t.as_c_arg(), 0);
     }
-    e.w.into_bytes()
+    e.w.into_payload()
 }
 
 /// Encodes a list whose elements are `items` (e.g. `[a | rest]` pieces).
-pub fn encode_list_len(env: Env, list: Term, b: &Budget) -> (Vec<u8>, u32) {
+pub fn encode_list_len(env: Env, list: Term, b: &Budget) -> (Payload, u32) {
     let mut e = Enc {
         env: env.as_c_arg(),
         w: EtfWriter::with_version(),
@@ -62,7 +62,7 @@ pub fn encode_list_len(env: Env, list: Term, b: &Budget) -> (Vec<u8>, u32) {
     };
     // the argument list is an envelope: each argument starts at depth 0
     let n = e.list(list.as_c_arg(), 0);
-    (e.w.into_bytes(), n)
+    (e.w.into_payload(), n)
 }
 
 impl Enc<'_, '_> {

@@ -1,0 +1,154 @@
+# Layer 1: the cost of capturing one event on the caller's scheduler, against
+# the designs a pure-Elixir tracer would use, in the same run. Causeway's
+# writers are paused while producers run (they would otherwise share the two
+# cores with the producer); the ring is warmed first, and each run fits in it.
+alias Causeway.Bench
+
+defmodule Bench.Capture do
+  @n 50_000
+  def n, do: @n
+
+  # --- the workloads: one event per iteration, 3 small arguments ---------
+
+  def causeway(0), do: :ok
+
+  def causeway(i) do
+    Causeway.Runtime.function_entry(Bench.Mod, :work, [i, :a, "b"])
+    causeway(i - 1)
+  end
+
+  def noop_nif(0), do: :ok
+
+  def noop_nif(i) do
+    Causeway.Native.bench_noop([i, :a, "b"])
+    noop_nif(i - 1)
+  end
+
+  def ets(_t, 0), do: :ok
+
+  def ets(t, i) do
+    :ets.insert(t, {i, Bench.Mod, :work, [i, :a, "b"]})
+    ets(t, i - 1)
+  end
+
+  def send_to(_pid, 0), do: :ok
+
+  def send_to(pid, i) do
+    send(pid, {:event, Bench.Mod, :work, [i, :a, "b"]})
+    send_to(pid, i - 1)
+  end
+
+  # An Elixir ring: a write cursor in :atomics, slots in a public ETS table.
+  def elixir_ring({_a, _t, _size}, 0), do: :ok
+
+  def elixir_ring({a, t, size} = ring, i) do
+    slot = :atomics.add_get(a, 1, 1)
+
+    :ets.insert(
+      t,
+      {rem(slot, size), System.monotonic_time(), self(), Bench.Mod, :work, [i, :a, "b"]}
+    )
+
+    elixir_ring(ring, i - 1)
+  end
+
+  def collector do
+    receive do
+      {:stop, from} -> send(from, :stopped)
+      _ -> collector()
+    end
+  end
+
+  # --- runners ---------------------------------------------------------------
+
+  def run_parallel(procs, fun) do
+    per = div(@n, procs)
+    ns = Bench.parallel_runs(procs, fn -> fun.(per) end)
+    {per * procs, ns}
+  end
+
+  def cases(procs) do
+    h = Causeway.Instance.handle!()
+
+    causeway = fn ->
+      # writers off while producing; drained between runs
+      Causeway.Native.pipeline_inject(h, :pause, 1)
+      r = run_parallel(procs, &causeway/1)
+      Causeway.Native.pipeline_inject(h, :pause, 0)
+      :ok = Causeway.flush()
+      r
+    end
+
+    ets = fn ->
+      t = :ets.new(:b, [:set, :public, write_concurrency: true])
+      r = run_parallel(procs, fn n -> ets(t, n) end)
+      :ets.delete(t)
+      r
+    end
+
+    send_ = fn ->
+      pid = spawn(&collector/0)
+      r = run_parallel(procs, fn n -> send_to(pid, n) end)
+      send(pid, {:stop, self()})
+      receive do: (:stopped -> :ok)
+      r
+    end
+
+    ring = fn ->
+      size = 65_536
+      r0 = {:atomics.new(1, []), :ets.new(:r, [:set, :public, write_concurrency: true]), size}
+      r = run_parallel(procs, fn n -> elixir_ring(r0, n) end)
+      :ets.delete(elem(r0, 1))
+      r
+    end
+
+    [
+      {"trivial NIF call (the floor)", fn -> run_parallel(procs, &noop_nif/1) end},
+      {"Causeway.Runtime.function_entry/3", causeway},
+      {"Elixir ring (:atomics + ETS)", ring},
+      {"send/2 to a collector process", send_},
+      {":ets.insert/2", ets}
+    ]
+  end
+end
+
+dir = Bench.tmp_dir("capture")
+{:ok, pid} = Causeway.start_link(dir: dir, ring_size: 131_072)
+Process.unlink(pid)
+# warm the rings' memory once (first touch of each page is a page fault)
+Causeway.Native.pipeline_inject(Causeway.Instance.handle!(), :pause, 1)
+Bench.Capture.run_parallel(2, fn n -> Bench.Capture.causeway(n * 2) end)
+Causeway.Native.pipeline_inject(Causeway.Instance.handle!(), :pause, 0)
+:ok = Causeway.flush()
+
+for procs <- [1, 2] do
+  rows =
+    Bench.compare(
+      "capture cost, #{procs} producer process(es), #{Bench.Capture.n()} events per run",
+      Bench.Capture.cases(procs),
+      runs: 7
+    )
+
+  by = Map.new(rows, &{&1.name, &1.median})
+  cw = by["Causeway.Runtime.function_entry/3"]
+
+  IO.puts(
+    "  Causeway vs Elixir ring: #{Float.round(by["Elixir ring (:atomics + ETS)"] / cw, 1)}× faster; " <>
+      "aggregate #{round(1.0e9 / cw)} events/s into the rings"
+  )
+end
+
+# zero growth of the producer's heap and mailbox from capture
+{:memory, before} = Process.info(self(), :memory)
+Causeway.Native.pipeline_inject(Causeway.Instance.handle!(), :pause, 1)
+Bench.Capture.causeway(50_000)
+Causeway.Native.pipeline_inject(Causeway.Instance.handle!(), :pause, 0)
+{:memory, after_} = Process.info(self(), :memory)
+{:message_queue_len, q} = Process.info(self(), :message_queue_len)
+
+IO.puts(
+  "\nproducer process memory before/after 50k captures: #{before} / #{after_} bytes; mailbox #{q}"
+)
+
+Causeway.stop()
+File.rm_rf!(dir)
