@@ -11,7 +11,7 @@
 use crate::event::LinkKind;
 use crate::fasthash::FastBuild;
 use dashmap::DashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// An open call: its id (= the entry's event id) and what was called.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,8 @@ struct Ctx {
 
 pub struct Contexts {
     map: DashMap<u64, Ctx, FastBuild>,
+    /// Entries in `map` (DashMap::len locks every shard: too dear per call).
+    count: AtomicUsize,
     max_processes: usize,
     overflow: AtomicU64,
 }
@@ -42,6 +44,7 @@ impl Contexts {
     pub fn new(max_processes: usize) -> Contexts {
         Contexts {
             map: DashMap::with_hasher(FastBuild::default()),
+            count: AtomicUsize::new(0),
             max_processes,
             overflow: AtomicU64::new(0),
         }
@@ -61,11 +64,14 @@ impl Contexts {
         if !create {
             return None;
         }
-        if self.map.len() >= self.max_processes {
+        if self.count.load(Ordering::Relaxed) >= self.max_processes {
             self.overflow.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let mut c = self.map.entry(pid).or_default();
+        let mut c = self.map.entry(pid).or_insert_with(|| {
+            self.count.fetch_add(1, Ordering::Relaxed);
+            Ctx::default()
+        });
         c.touched_ns = now;
         Some(f(&mut c))
     }
@@ -88,20 +94,22 @@ impl Contexts {
     /// (left open by a non-local return) are closed. Returns the call's frame, or
     /// `None` if it was not open.
     pub fn exit(&self, pid: u64, call_id: u64, now: i64) -> Option<Frame> {
-        let found = self
+        let (found, idle) = self
             .with(pid, now, false, |c| {
-                match c.stack.iter().rposition(|f| f.call_id == call_id) {
+                let f = match c.stack.iter().rposition(|f| f.call_id == call_id) {
                     Some(pos) => {
                         let f = c.stack[pos];
                         c.stack.truncate(pos);
                         Some(f)
                     }
                     None => None,
-                }
+                };
+                (f, c.stack.is_empty() && c.message == 0)
             })
-            .flatten();
-        self.map
-            .remove_if(&pid, |_, c| c.stack.is_empty() && c.message == 0);
+            .unwrap_or((None, false));
+        if idle {
+            self.remove_if(pid, |c| c.stack.is_empty() && c.message == 0);
+        }
         found
     }
 
@@ -128,23 +136,36 @@ impl Contexts {
             .and_then(|c| c.stack.last().map(|f| f.call_id))
     }
 
+    fn remove_if(&self, pid: u64, f: impl FnOnce(&Ctx) -> bool) {
+        if self.map.remove_if(&pid, |_, c| f(c)).is_some() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn forget(&self, pid: u64) {
-        self.map.remove(&pid);
+        self.remove_if(pid, |_| true);
     }
 
     /// Drops contexts untouched since `cutoff_ns`; returns how many.
     pub fn sweep(&self, cutoff_ns: i64) -> usize {
-        let before = self.map.len();
-        self.map.retain(|_, c| c.touched_ns >= cutoff_ns);
-        before.saturating_sub(self.map.len())
+        let mut removed = 0;
+        self.map.retain(|_, c| {
+            let keep = c.touched_ns >= cutoff_ns;
+            if !keep {
+                removed += 1;
+            }
+            keep
+        });
+        self.count.fetch_sub(removed, Ordering::Relaxed);
+        removed
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.count.load(Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     pub fn overflow(&self) -> u64 {

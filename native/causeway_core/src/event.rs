@@ -114,7 +114,7 @@ pub enum RawPid {
     #[default]
     None,
     Local(u64),
-    External(Vec<u8>),
+    External(Box<[u8]>),
 }
 
 /// What a producer writes into a ring: fixed fields plus one ETF payload.

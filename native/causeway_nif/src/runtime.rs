@@ -112,7 +112,7 @@ fn raw_pid(t: Term, what: &str) -> NifResult<RawPid> {
         return Ok(RawPid::Local(pid_word(t.get_env(), &p)));
     }
     match term_bytes(t.get_env().as_c_arg(), t.as_c_arg()) {
-        Some(b) => Ok(RawPid::External(b)),
+        Some(b) => Ok(RawPid::External(b.into_boxed_slice())),
         None => Err(arg_error(format!("{what} could not be encoded"))),
     }
 }
