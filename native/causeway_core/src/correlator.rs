@@ -457,6 +457,7 @@ mod tests {
             pid: pid(p),
             call_id: 0,
             parent_id: 0,
+            parent_link: None,
             module: None,
             function: None,
             arity: 0,

@@ -149,8 +149,9 @@ impl RawEvent {
     }
 }
 
-/// The persisted form of an event (rmp-serde, compact arrays).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// An event as the store gives it back (names resolved). Its disk form is
+/// `store::DiskEvent` (names interned, times as deltas).
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoredEvent {
     pub id: u64,
     pub kind: EventType,
@@ -159,24 +160,17 @@ pub struct StoredEvent {
     pub pid: PidRec,
     pub call_id: u64,
     pub parent_id: u64,
+    /// How this event relates to `parent_id` (known at capture).
+    pub parent_link: Option<LinkKind>,
     pub module: Option<String>,
     pub function: Option<String>,
     pub arity: u32,
     pub peer: Option<PidRec>,
-    #[serde(with = "serde_bytes_compat")]
     pub data: Vec<u8>,
     pub source: Source,
 }
 
 impl StoredEvent {
-    pub fn encode(&self) -> crate::Result<Vec<u8>> {
-        Ok(rmp_serde::to_vec(self)?)
-    }
-
-    pub fn decode(bytes: &[u8]) -> crate::Result<StoredEvent> {
-        Ok(rmp_serde::from_slice(bytes)?)
-    }
-
     /// The key a send and its receive share: a hash of the message bytes.
     pub fn msg_hash(&self) -> u64 {
         crate::etf::hash_bytes(&self.data)
@@ -280,7 +274,7 @@ pub struct Link {
 }
 
 /// Byte vectors as msgpack `bin` (not an array of integers).
-mod serde_bytes_compat {
+pub(crate) mod serde_bytes_compat {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -318,39 +312,6 @@ mod serde_bytes_compat {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stored_event_round_trips_and_is_compact() {
-        let ev = StoredEvent {
-            id: 1_790_000_000_000_000_123,
-            kind: EventType::FunctionEntry,
-            mono_ns: -576_460_000_000_000,
-            wall_ns: 1_790_000_000_000_000_100,
-            pid: PidRec {
-                node: "nonode@nohost".into(),
-                id: 123,
-                serial: 0,
-                creation: 0,
-            },
-            call_id: 1_790_000_000_000_000_123,
-            parent_id: 0,
-            module: Some("Elixir.Demo".into()),
-            function: Some("work".into()),
-            arity: 3,
-            peer: None,
-            data: vec![131, 106],
-            source: Source::Runtime,
-        };
-        let bytes = ev.encode().unwrap();
-        assert!(bytes.len() < 128, "envelope is {} bytes", bytes.len());
-        assert_eq!(StoredEvent::decode(&bytes).unwrap(), ev);
-    }
-
-    #[test]
-    fn decode_of_garbage_is_an_error_not_a_panic() {
-        assert!(StoredEvent::decode(&[0xc1, 0x00, 0xff]).is_err());
-        assert!(StoredEvent::decode(&[]).is_err());
-    }
 
     #[test]
     fn link_kinds_reverse_and_round_trip() {

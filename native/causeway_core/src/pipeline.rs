@@ -700,6 +700,7 @@ impl Pipeline {
                 pid,
                 call_id: r.call_id,
                 parent_id: r.parent_id,
+                parent_link: r.parent_link,
                 module,
                 function,
                 arity: r.arity,

@@ -140,6 +140,8 @@ impl Filter {
 struct Source {
     cf: &'static str,
     prefix: Vec<u8>,
+    /// Restricts the source to this one id (a point lookup in the merge).
+    only: Option<u64>,
 }
 
 fn bounds(prefix: &[u8], lo: u64, hi: u64) -> (Vec<u8>, Option<Vec<u8>>) {
@@ -182,6 +184,13 @@ impl<'a> Merge<'a> {
                 .db()
                 .cf_handle(src.cf)
                 .ok_or_else(|| Error::Corrupt(format!("column family {} missing", src.cf)))?;
+            let (lo, hi) = match src.only {
+                Some(id) => (lo.max(id), hi.min(id)),
+                None => (lo, hi),
+            };
+            if lo > hi {
+                continue;
+            }
             let (l, h) = bounds(&src.prefix, lo, hi);
             let mut ro = rocksdb::ReadOptions::default();
             ro.set_iterate_lower_bound(l.clone());
@@ -268,11 +277,20 @@ fn mfa_groups(store: &Store, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
 
 fn plan(store: &Store, f: &Filter) -> Result<(Vec<Source>, &'static str)> {
     if let Some(c) = f.call_id {
+        // the entry is the event whose id is the call id; its exits are in by_call
         return Ok((
-            vec![Source {
-                cf: CF_BY_CALL,
-                prefix: c.to_be_bytes().to_vec(),
-            }],
+            vec![
+                Source {
+                    cf: CF_EVENTS,
+                    prefix: Vec::new(),
+                    only: Some(c),
+                },
+                Source {
+                    cf: CF_BY_CALL,
+                    prefix: c.to_be_bytes().to_vec(),
+                    only: None,
+                },
+            ],
             "by_call",
         ));
     }
@@ -281,12 +299,24 @@ fn plan(store: &Store, f: &Filter) -> Result<(Vec<Source>, &'static str)> {
             vec![Source {
                 cf: CF_BY_PID,
                 prefix: p.key().to_vec(),
+                only: None,
             }],
             "by_pid",
         ));
     }
     if let Some(m) = &f.module {
-        let prefix = keys::mfa_prefix(m, f.function.as_deref(), f.function.as_ref().and(f.arity));
+        // names never stored match nothing
+        let Some(module) = store.name_id(m) else {
+            return Ok((Vec::new(), "by_mfa"));
+        };
+        let function = match &f.function {
+            Some(name) => match store.name_id(name) {
+                Some(id) => Some(id),
+                None => return Ok((Vec::new(), "by_mfa")),
+            },
+            None => None,
+        };
+        let prefix = keys::mfa_prefix(module, function, function.and(f.arity));
         let groups = if f.function.is_some() && f.arity.is_some() {
             vec![prefix]
         } else {
@@ -298,6 +328,7 @@ fn plan(store: &Store, f: &Filter) -> Result<(Vec<Source>, &'static str)> {
                 .map(|prefix| Source {
                     cf: CF_BY_MFA,
                     prefix,
+                    only: None,
                 })
                 .collect(),
             "by_mfa",
@@ -312,6 +343,7 @@ fn plan(store: &Store, f: &Filter) -> Result<(Vec<Source>, &'static str)> {
                 .map(|t| Source {
                     cf: CF_BY_TYPE,
                     prefix: vec![t as u8],
+                    only: None,
                 })
                 .collect(),
             "by_type",
@@ -321,6 +353,7 @@ fn plan(store: &Store, f: &Filter) -> Result<(Vec<Source>, &'static str)> {
         vec![Source {
             cf: CF_EVENTS,
             prefix: Vec::new(),
+            only: None,
         }],
         "time",
     ))
@@ -390,7 +423,7 @@ pub fn causal_chain(
     let mut via = None;
     loop {
         seen.insert(cur.id);
-        let links = store.links_of(cur.id)?;
+        let links = store.links_of(&cur)?;
         let next = CHAIN_ORDER.iter().find_map(|k| {
             links
                 .iter()
@@ -422,7 +455,7 @@ pub struct CallNode {
 }
 
 fn call_node(store: &Store, entry: StoredEvent, budget: &mut usize) -> Result<CallNode> {
-    let links = store.links_of(entry.id)?;
+    let links = store.links_of(&entry)?;
     let exit = match links.iter().find(|(k, _)| *k == LinkKind::CompletedBy) {
         Some((_, x)) => store.get(*x)?,
         None => None,
@@ -477,7 +510,7 @@ pub fn call_trees_of(store: &Store, pid: &PidMatch, max_nodes: usize) -> Result<
         if budget == 0 {
             break;
         }
-        let links = store.links_of(e.id)?;
+        let links = store.links_of(&e)?;
         if links.iter().any(|(k, _)| *k == LinkKind::CalledFrom) {
             continue;
         }
@@ -504,7 +537,7 @@ pub fn message_flow(
         for s in events(store, &f)?.events {
             if s.peer.as_ref().is_some_and(|p| to.matches(p)) {
                 let recv = match store
-                    .links_of(s.id)?
+                    .links_of(&s)?
                     .iter()
                     .find(|(k, _)| *k == LinkKind::ReceivedBy)
                 {

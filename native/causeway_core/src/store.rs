@@ -3,24 +3,37 @@
 //!
 //! | column family | key                                               | value |
 //! |---------------|---------------------------------------------------|-------|
-//! | `events`      | id (8, big-endian)                                | `StoredEvent` (msgpack) |
+//! | `events`      | id (8, big-endian)                                | `DiskEvent` (msgpack array) |
 //! | `by_pid`      | pid number (4) · serial (4) · id (8)              | — |
-//! | `by_mfa`      | len (2) · module · len (2) · function · arity (4) · id (8) | — |
+//! | `by_mfa`      | module (4) · function (4) · arity (4) · id (8)    | — (names interned) |
 //! | `by_type`     | type (1) · id (8)                                 | — |
-//! | `by_call`     | call id (8) · id (8)                              | — |
+//! | `by_call`     | call id (8) · exit id (8)                         | — (function exits) |
 //! | `links`       | from id (8) · kind (1) · to id (8)                | — |
 //! | `state`       | pid number (4) · serial (4) · id (8)              | — |
-//! | `meta`        | name                                              | value |
+//! | `meta`        | `schema_version`, `application`, `name` · id (4)  | value |
 //!
 //! Every scan sets both iterate bounds, so it never runs past its prefix.
+//!
+//! Links are stored once where another key already holds the relation: an
+//! event's capture-time parent is in the event (`parent_id`, `parent_link`)
+//! and only the reverse link (`calls`, `causes`) is a `links` key; an exit
+//! `completes` the entry named by its call id and the entry finds its exit in
+//! `by_call`. Only the correlator's matches (`receives`, `exit_of`) are stored
+//! in both directions. Module, function and node names are interned: the
+//! `meta` table maps small integers to names, written in the same batch as the
+//! first event that uses them.
 
-use crate::event::{EventType, Link, LinkKind, StoredEvent};
+use crate::event::{EventType, Link, LinkKind, PidRec, Source, StoredEvent};
+use crate::ids::id_to_wall_ns;
 use crate::{Error, Result};
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Options, ReadOptions, WriteBatch,
     WriteOptions, DB,
 };
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 pub const SCHEMA_VERSION: u32 = 1;
 pub const CF_EVENTS: &str = "events";
@@ -35,6 +48,7 @@ pub const ALL_CFS: [&str; 8] = [
     CF_EVENTS, CF_BY_PID, CF_BY_MFA, CF_BY_TYPE, CF_BY_CALL, CF_LINKS, CF_STATE, CF_META,
 ];
 const META_SCHEMA: &[u8] = b"schema_version";
+const META_NAME: &[u8] = b"name:";
 const META_APP: &[u8] = b"application";
 const APP_NAME: &[u8] = b"causeway";
 
@@ -62,13 +76,12 @@ pub mod keys {
         k
     }
 
-    pub fn mfa_prefix(module: &str, function: Option<&str>, arity: Option<u32>) -> Vec<u8> {
-        let mut k = Vec::with_capacity(module.len() + 16);
-        k.extend_from_slice(&(module.len().min(u16::MAX as usize) as u16).to_be_bytes());
-        k.extend_from_slice(module.as_bytes());
+    /// `module · [function · [arity]]` (interned name ids).
+    pub fn mfa_prefix(module: u32, function: Option<u32>, arity: Option<u32>) -> Vec<u8> {
+        let mut k = Vec::with_capacity(20);
+        k.extend_from_slice(&module.to_be_bytes());
         if let Some(f) = function {
-            k.extend_from_slice(&(f.len().min(u16::MAX as usize) as u16).to_be_bytes());
-            k.extend_from_slice(f.as_bytes());
+            k.extend_from_slice(&f.to_be_bytes());
             if let Some(a) = arity {
                 k.extend_from_slice(&a.to_be_bytes());
             }
@@ -76,9 +89,12 @@ pub mod keys {
         k
     }
 
-    pub fn mfa(module: &str, function: &str, arity: u32, id: u64) -> Vec<u8> {
-        let mut k = mfa_prefix(module, Some(function), Some(arity));
-        k.extend_from_slice(&id.to_be_bytes());
+    pub fn mfa(module: u32, function: u32, arity: u32, id: u64) -> [u8; 20] {
+        let mut k = [0u8; 20];
+        k[..4].copy_from_slice(&module.to_be_bytes());
+        k[4..8].copy_from_slice(&function.to_be_bytes());
+        k[8..12].copy_from_slice(&arity.to_be_bytes());
+        k[12..].copy_from_slice(&id.to_be_bytes());
         k
     }
 
@@ -129,6 +145,50 @@ pub struct Store {
     path: PathBuf,
     read_only: bool,
     write_opts: WriteOptions,
+    names: RwLock<Names>,
+}
+
+/// Interned names (modules, functions, nodes): id 0 means "none".
+#[derive(Default)]
+struct Names {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Names {
+    fn name(&self, id: u32) -> Option<&str> {
+        if id == 0 {
+            None
+        } else {
+            self.names.get(id as usize - 1).map(|s| s.as_str())
+        }
+    }
+}
+
+/// A pid on disk: node (name id), number, serial, creation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct DiskPid(u32, u32, u32, u32);
+
+/// An event on disk (its id is the key). Times are deltas: `wall_ns` from the
+/// time the id stands for (0..63 ns unless a burst ran ids ahead), and the
+/// monotonic time by its offset to wall time (the same for a whole run), so
+/// both compress to almost nothing.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiskEvent {
+    kind: u8,
+    wall_delta: i64,
+    mono_offset: i64,
+    pid: DiskPid,
+    call_id: u64,
+    parent_id: u64,
+    parent_link: u8,
+    module: u32,
+    function: u32,
+    arity: u32,
+    peer: Option<DiskPid>,
+    #[serde(with = "crate::event::serde_bytes_compat")]
+    data: Vec<u8>,
+    source: u8,
 }
 
 fn cf_options() -> Options {
@@ -221,8 +281,10 @@ impl Store {
             path: path.clone(),
             read_only: opts.read_only,
             write_opts,
+            names: RwLock::new(Names::default()),
         };
         store.check_schema(exists)?;
+        store.load_names()?;
         Ok(store)
     }
 
@@ -273,12 +335,95 @@ impl Store {
         self.read_only
     }
 
+    fn load_names(&self) -> Result<()> {
+        let mut n = Names::default();
+        let end = keys::prefix_end(META_NAME);
+        self.scan_keys(CF_META, META_NAME, end.as_deref(), false, |k, v| {
+            let id = <[u8; 4]>::try_from(&k[META_NAME.len()..])
+                .map(u32::from_be_bytes)
+                .map_err(|_| Error::Corrupt("name table key".into()))?;
+            let name = String::from_utf8_lossy(v).into_owned();
+            if id as usize != n.names.len() + 1 {
+                return Err(Error::Corrupt(format!("name table: id {id} out of order")));
+            }
+            n.ids.insert(name.clone(), id);
+            n.names.push(name);
+            Ok(true)
+        })?;
+        if let Ok(mut names) = self.names.write() {
+            *names = n;
+        }
+        Ok(())
+    }
+
+    /// The id of `name`, if it was ever stored.
+    pub fn name_id(&self, name: &str) -> Option<u32> {
+        self.names
+            .read()
+            .ok()
+            .and_then(|n| n.ids.get(name).copied())
+    }
+
+    /// Interns `name`; a new name is put into `batch` (so it lands with the
+    /// event that uses it) and recorded in `fresh` to undo if the batch fails.
+    fn intern(
+        &self,
+        name: &str,
+        batch: &mut WriteBatch,
+        meta: &rocksdb::ColumnFamily,
+        fresh: &mut Vec<String>,
+    ) -> u32 {
+        if let Some(id) = self.name_id(name) {
+            return id;
+        }
+        let Ok(mut n) = self.names.write() else {
+            return 0;
+        };
+        if let Some(&id) = n.ids.get(name) {
+            return id;
+        }
+        let id = n.names.len() as u32 + 1;
+        n.names.push(name.to_string());
+        n.ids.insert(name.to_string(), id);
+        let mut k = META_NAME.to_vec();
+        k.extend_from_slice(&id.to_be_bytes());
+        batch.put_cf(meta, k, name.as_bytes());
+        fresh.push(name.to_string());
+        id
+    }
+
+    fn disk_pid(
+        &self,
+        p: &PidRec,
+        b: &mut WriteBatch,
+        meta: &rocksdb::ColumnFamily,
+        fresh: &mut Vec<String>,
+    ) -> DiskPid {
+        DiskPid(
+            self.intern(&p.node, b, meta, fresh),
+            p.id,
+            p.serial,
+            p.creation,
+        )
+    }
+
+    fn pid_of(&self, d: DiskPid, names: &Names) -> PidRec {
+        PidRec {
+            node: names.name(d.0).unwrap_or("").to_string(),
+            id: d.1,
+            serial: d.2,
+            creation: d.3,
+        }
+    }
+
     /// Writes events, their index entries and links in one atomic `WriteBatch`.
+    /// Links the store can derive (capture-time parents, exit → entry) are not
+    /// stored twice; see the module doc.
     pub fn write(&self, events: &[StoredEvent], links: &[Link]) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly(self.path.display().to_string()));
         }
-        let (cf_ev, cf_pid, cf_mfa, cf_type, cf_call, cf_links, cf_state) = (
+        let (cf_ev, cf_pid, cf_mfa, cf_type, cf_call, cf_links, cf_state, cf_meta) = (
             self.cf(CF_EVENTS)?,
             self.cf(CF_BY_PID)?,
             self.cf(CF_BY_MFA)?,
@@ -286,27 +431,68 @@ impl Store {
             self.cf(CF_BY_CALL)?,
             self.cf(CF_LINKS)?,
             self.cf(CF_STATE)?,
+            self.cf(CF_META)?,
         );
         let mut b = WriteBatch::default();
+        let mut fresh = Vec::new();
         let mut buf = Vec::with_capacity(256);
         for ev in events {
+            let module = ev
+                .module
+                .as_deref()
+                .map_or(0, |m| self.intern(m, &mut b, cf_meta, &mut fresh));
+            let function = ev
+                .function
+                .as_deref()
+                .map_or(0, |f| self.intern(f, &mut b, cf_meta, &mut fresh));
+            let disk = DiskEvent {
+                kind: ev.kind as u8,
+                wall_delta: ev.wall_ns.wrapping_sub(id_to_wall_ns(ev.id) as i64),
+                mono_offset: ev.wall_ns.wrapping_sub(ev.mono_ns),
+                pid: self.disk_pid(&ev.pid, &mut b, cf_meta, &mut fresh),
+                call_id: ev.call_id,
+                parent_id: ev.parent_id,
+                parent_link: ev.parent_link.map_or(0, |k| k as u8),
+                module,
+                function,
+                arity: ev.arity,
+                peer: ev
+                    .peer
+                    .as_ref()
+                    .map(|p| self.disk_pid(p, &mut b, cf_meta, &mut fresh)),
+                data: ev.data.clone(),
+                source: ev.source as u8,
+            };
             buf.clear();
-            rmp_serde::encode::write(&mut buf, ev)?;
+            rmp_serde::encode::write(&mut buf, &disk)?;
             b.put_cf(cf_ev, keys::id(ev.id), &buf);
             let pid_key = ev.pid.key();
             b.put_cf(cf_pid, keys::pid(pid_key, ev.id), []);
             b.put_cf(cf_type, keys::typed(ev.kind as u8, ev.id), []);
-            if let (Some(m), Some(f)) = (&ev.module, &ev.function) {
-                b.put_cf(cf_mfa, keys::mfa(m, f, ev.arity, ev.id), []);
+            if module != 0 {
+                b.put_cf(cf_mfa, keys::mfa(module, function, ev.arity, ev.id), []);
             }
-            if ev.call_id != 0 {
+            if ev.kind == EventType::FunctionExit && ev.call_id != 0 {
                 b.put_cf(cf_call, keys::call(ev.call_id, ev.id), []);
             }
             if ev.kind == EventType::StateChange {
                 b.put_cf(cf_state, keys::pid(pid_key, ev.id), []);
             }
+            if let (Some(kind), true) = (ev.parent_link, ev.parent_id != 0 && ev.parent_id != ev.id)
+            {
+                b.put_cf(
+                    cf_links,
+                    keys::link(ev.parent_id, kind.reverse() as u8, ev.id),
+                    [],
+                );
+            }
         }
-        for l in links {
+        for l in links.iter().filter(|l| {
+            matches!(
+                l.kind,
+                LinkKind::Receives | LinkKind::ReceivedBy | LinkKind::ExitOf | LinkKind::ExitedBy
+            )
+        }) {
             b.put_cf(cf_links, keys::link(l.from, l.kind as u8, l.to), []);
             b.put_cf(
                 cf_links,
@@ -314,8 +500,52 @@ impl Store {
                 [],
             );
         }
-        self.db.write_opt(b, &self.write_opts)?;
+        let r = self.db.write_opt(b, &self.write_opts);
+        if r.is_err() && !fresh.is_empty() {
+            // the names did not land: forget them so a later batch writes them again
+            if let Ok(mut n) = self.names.write() {
+                for name in fresh {
+                    if let Some(id) = n.ids.remove(&name) {
+                        if id as usize == n.names.len() {
+                            n.names.pop();
+                        }
+                    }
+                }
+            }
+        }
+        r?;
         Ok(())
+    }
+
+    fn decode_event(&self, id: u64, bytes: &[u8]) -> Result<StoredEvent> {
+        let d: DiskEvent = rmp_serde::from_slice(bytes)?;
+        let names = self
+            .names
+            .read()
+            .map_err(|_| Error::Corrupt("name table lock".into()))?;
+        let kind = EventType::from_u8(d.kind)
+            .ok_or_else(|| Error::Corrupt(format!("event {id}: unknown type {}", d.kind)))?;
+        let wall_ns = (id_to_wall_ns(id) as i64).wrapping_add(d.wall_delta);
+        Ok(StoredEvent {
+            id,
+            kind,
+            mono_ns: wall_ns.wrapping_sub(d.mono_offset),
+            wall_ns,
+            pid: self.pid_of(d.pid, &names),
+            call_id: d.call_id,
+            parent_id: d.parent_id,
+            parent_link: LinkKind::from_u8(d.parent_link),
+            module: names.name(d.module).map(str::to_string),
+            function: names.name(d.function).map(str::to_string),
+            arity: d.arity,
+            peer: d.peer.map(|p| self.pid_of(p, &names)),
+            data: d.data,
+            source: if d.source == Source::Tracer as u8 {
+                Source::Tracer
+            } else {
+                Source::Runtime
+            },
+        })
     }
 
     /// Makes everything written so far durable (WAL synced to disk).
@@ -329,7 +559,7 @@ impl Store {
 
     pub fn get(&self, id: u64) -> Result<Option<StoredEvent>> {
         match self.db.get_pinned_cf(self.cf(CF_EVENTS)?, keys::id(id))? {
-            Some(v) => Ok(Some(StoredEvent::decode(&v)?)),
+            Some(v) => Ok(Some(self.decode_event(id, &v)?)),
             None => Ok(None),
         }
     }
@@ -339,9 +569,14 @@ impl Store {
         let cf = self.cf(CF_EVENTS)?;
         let ks: Vec<[u8; 8]> = ids.iter().map(|&i| keys::id(i)).collect();
         let mut out = Vec::with_capacity(ids.len());
-        for r in self.db.batched_multi_get_cf(cf, &ks, false) {
+        for (r, &id) in self
+            .db
+            .batched_multi_get_cf(cf, &ks, false)
+            .into_iter()
+            .zip(ids)
+        {
             if let Some(v) = r? {
-                out.push(StoredEvent::decode(&v)?);
+                out.push(self.decode_event(id, &v)?);
             }
         }
         Ok(out)
@@ -386,8 +621,8 @@ impl Store {
         Ok(())
     }
 
-    /// The links held by event `id`: `(kind, other event id)`.
-    pub fn links_of(&self, id: u64) -> Result<Vec<(LinkKind, u64)>> {
+    /// The stored links from `id`: `(kind, other event id)`.
+    fn stored_links(&self, id: u64) -> Result<Vec<(LinkKind, u64)>> {
         let lo = keys::id(id);
         let hi = keys::id(id.wrapping_add(1));
         let mut out = Vec::new();
@@ -400,6 +635,45 @@ impl Store {
             }
             Ok(true)
         })?;
+        Ok(out)
+    }
+
+    /// Every causal link of an event: stored ones and those derived from its
+    /// own fields (parent, call id) and from `by_call`.
+    pub fn links_of(&self, ev: &StoredEvent) -> Result<Vec<(LinkKind, u64)>> {
+        let mut out = Vec::new();
+        if let (Some(kind), true) = (ev.parent_link, ev.parent_id != 0 && ev.parent_id != ev.id) {
+            out.push((kind, ev.parent_id));
+        }
+        match ev.kind {
+            EventType::FunctionExit if ev.call_id != 0 && ev.call_id != ev.id => {
+                if self
+                    .db
+                    .get_pinned_cf(self.cf(CF_EVENTS)?, keys::id(ev.call_id))?
+                    .is_some()
+                {
+                    out.push((LinkKind::Completes, ev.call_id));
+                }
+            }
+            EventType::FunctionEntry => {
+                let lo = keys::call(ev.id, 0);
+                let hi = ev.id.checked_add(1).map(|n| keys::call(n, 0));
+                self.scan_keys(
+                    CF_BY_CALL,
+                    &lo,
+                    hi.as_ref().map(|h| &h[..]),
+                    false,
+                    |k, _| {
+                        if let Some(x) = keys::trailing_id(k) {
+                            out.push((LinkKind::CompletedBy, x));
+                        }
+                        Ok(true)
+                    },
+                )?;
+            }
+            _ => {}
+        }
+        out.extend(self.stored_links(ev.id)?);
         Ok(out)
     }
 
@@ -458,6 +732,7 @@ mod tests {
                 0
             },
             parent_id: 0,
+            parent_link: None,
             module: Some("Elixir.M".into()),
             function: Some("f".into()),
             arity: 1,
@@ -473,14 +748,23 @@ mod tests {
         let evs: Vec<_> = (1..=100)
             .map(|i| event(i * 64, (i % 3) as u32, EventType::FunctionEntry))
             .collect();
+        let mut exit = event(6464, 0, EventType::FunctionExit);
+        exit.call_id = 64;
+        exit.parent_id = 64;
+        let mut recv = event(6528, 1, EventType::MessageReceive);
+        recv.module = None;
+        recv.function = None;
+        recv.parent_id = 6464;
+        recv.parent_link = Some(LinkKind::CausedBy);
         {
             let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            s.write(&evs, &[]).unwrap();
             s.write(
-                &evs,
+                &[exit.clone(), recv.clone()],
                 &[Link {
-                    from: 128,
-                    kind: LinkKind::Completes,
-                    to: 64,
+                    from: 6528,
+                    kind: LinkKind::Receives,
+                    to: 128,
                 }],
             )
             .unwrap();
@@ -496,9 +780,30 @@ mod tests {
         .unwrap();
         assert_eq!(s.get(64 * 7).unwrap().as_ref(), Some(&evs[6]));
         assert_eq!(s.get(65).unwrap(), None);
-        assert_eq!(s.max_id().unwrap(), 6400);
-        assert_eq!(s.links_of(64).unwrap(), vec![(LinkKind::CompletedBy, 128)]);
-        assert_eq!(s.links_of(128).unwrap(), vec![(LinkKind::Completes, 64)]);
+        assert_eq!(s.get(6528).unwrap().as_ref(), Some(&recv));
+        assert_eq!(s.max_id().unwrap(), 6528);
+        let entry = s.get(64).unwrap().unwrap();
+        assert_eq!(
+            s.links_of(&entry).unwrap(),
+            vec![(LinkKind::CompletedBy, 6464)]
+        );
+        let exit = s.get(6464).unwrap().unwrap();
+        assert_eq!(
+            s.links_of(&exit).unwrap(),
+            vec![(LinkKind::Completes, 64), (LinkKind::Causes, 6528)]
+        );
+        let recv = s.get(6528).unwrap().unwrap();
+        assert_eq!(
+            s.links_of(&recv).unwrap(),
+            vec![(LinkKind::CausedBy, 6464), (LinkKind::Receives, 128)]
+        );
+        let send = s.get(128).unwrap().unwrap();
+        assert!(s
+            .links_of(&send)
+            .unwrap()
+            .contains(&(LinkKind::ReceivedBy, 6528)));
+        assert_eq!(s.name_id("Elixir.M"), Some(1));
+        assert_eq!(s.name_id("nope"), None);
         let mut n = 0;
         s.scan_keys(
             CF_BY_PID,
@@ -511,11 +816,48 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(n, 34);
+        assert_eq!(n, 35, "34 entries and the exit");
         assert!(
             s.write(&evs, &[]).is_err(),
             "read-only store refuses writes"
         );
+    }
+
+    #[test]
+    fn garbage_on_disk_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        for bytes in [&[][..], &[0xc1, 0x00, 0xff], &[0x93, 1, 2, 3]] {
+            s.db.put_cf(s.cf(CF_EVENTS).unwrap(), keys::id(5), bytes)
+                .unwrap();
+            assert!(s.get(5).is_err());
+        }
+    }
+
+    #[test]
+    fn an_event_on_disk_is_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let wall = 1_790_000_000_000_000_000i64;
+        let id = crate::ids::wall_ns_to_id(wall as u64) | 3;
+        let mut e = event(id, 77, EventType::FunctionEntry);
+        e.wall_ns = wall;
+        e.mono_ns = wall - 1_700_000_000_000_000_000;
+        e.call_id = id;
+        e.data = vec![
+            131, 108, 0, 0, 0, 3, 97, 1, 119, 1, b'a', 109, 0, 0, 0, 1, b'b', 106,
+        ];
+        s.write(&[e.clone()], &[]).unwrap();
+        let raw =
+            s.db.get_cf(s.cf(CF_EVENTS).unwrap(), keys::id(id))
+                .unwrap()
+                .unwrap();
+        assert!(
+            raw.len() < 60,
+            "{} bytes on disk before compression",
+            raw.len()
+        );
+        assert_eq!(s.get(id).unwrap(), Some(e));
     }
 
     #[test]

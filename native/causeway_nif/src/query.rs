@@ -76,7 +76,7 @@ fn with_links<'a>(
     links: bool,
 ) -> NifResult<Term<'a>> {
     if links {
-        let l = store.links_of(e.id).nif()?;
+        let l = store.links_of(e).nif()?;
         Ok(event_term(env, e, Some(&l)))
     } else {
         Ok(event_term(env, e, None))
@@ -255,7 +255,10 @@ fn query_links<'a>(
     id: u64,
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
-    let l = store.links_of(id).nif()?;
+    let l = match store.get(id).nif()? {
+        Some(e) => store.links_of(&e).nif()?,
+        None => Vec::new(),
+    };
     Ok((crate::atoms::ok(), links_term(env, &l)))
 }
 
