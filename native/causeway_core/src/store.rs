@@ -645,15 +645,17 @@ impl Store {
         if let (Some(kind), true) = (ev.parent_link, ev.parent_id != 0 && ev.parent_id != ev.id) {
             out.push((kind, ev.parent_id));
         }
+        let entry_exists = |call_id: u64| -> Result<bool> {
+            Ok(self
+                .db
+                .get_pinned_cf(self.cf(CF_EVENTS)?, keys::id(call_id))?
+                .is_some())
+        };
         match ev.kind {
-            EventType::FunctionExit if ev.call_id != 0 && ev.call_id != ev.id => {
-                if self
-                    .db
-                    .get_pinned_cf(self.cf(CF_EVENTS)?, keys::id(ev.call_id))?
-                    .is_some()
-                {
-                    out.push((LinkKind::Completes, ev.call_id));
-                }
+            EventType::FunctionExit
+                if ev.call_id != 0 && ev.call_id != ev.id && entry_exists(ev.call_id)? =>
+            {
+                out.push((LinkKind::Completes, ev.call_id));
             }
             EventType::FunctionEntry => {
                 let lo = keys::call(ev.id, 0);
