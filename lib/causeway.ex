@@ -40,6 +40,11 @@ defmodule Causeway do
     * `:memory_budget` — native memory alert threshold in bytes (512 MiB)
     * `:sync_writes` — fsync the WAL on every batch (default `false`;
       `flush/0` always syncs)
+    * `:retention` — `[max_age: ms | {n, :second | :minute | :hour | :day},
+      max_bytes: n, interval_ms: 60_000]`: older events (or the oldest, while
+      the store holds more than `max_bytes` of live data) are deleted in the
+      background with range deletes and compaction; indexes and links that
+      pointed at them go with them
 
   ## Queries
 
@@ -108,6 +113,20 @@ defmodule Causeway do
 
     case Native.pipeline_configure(Instance.handle!(name), update) do
       :ok -> :ok
+      {:error, e} -> {:error, Causeway.Error.from_native(e)}
+    end
+  end
+
+  @doc """
+  Applies the instance's `:retention` policy now (it also runs every
+  `interval_ms`); returns what was deleted.
+  """
+  @spec enforce_retention(atom()) ::
+          {:ok, %{events: non_neg_integer(), chunks: non_neg_integer()}}
+          | {:error, Causeway.Error.t()}
+  def enforce_retention(name \\ Causeway) do
+    case Native.pipeline_retention(Instance.handle!(name)) do
+      {:ok, stats} -> {:ok, stats}
       {:error, e} -> {:error, Causeway.Error.from_native(e)}
     end
   end

@@ -27,8 +27,11 @@ defmodule Causeway.Export do
     json = JSON.encode_to_iodata(%{"traceEvents" => trace, "displayTimeUnit" => "ns"})
 
     case File.write(path, json) do
-      :ok -> {:ok, %{path: path, events: length(events), trace_events: length(trace)}}
-      {:error, reason} -> {:error, %Causeway.Error{kind: :io, message: "#{path}: #{:file.format_error(reason)}"}}
+      :ok ->
+        {:ok, %{path: path, events: length(events), trace_events: length(trace)}}
+
+      {:error, reason} ->
+        {:error, %Causeway.Error{kind: :io, message: "#{path}: #{:file.format_error(reason)}"}}
     end
   end
 
@@ -43,9 +46,23 @@ defmodule Causeway.Export do
 
     names =
       for {pid, tid} <- tids,
-          do: %{"name" => "thread_name", "ph" => "M", "pid" => 1, "tid" => tid, "args" => %{"name" => inspect(pid)}}
+          do: %{
+            "name" => "thread_name",
+            "ph" => "M",
+            "pid" => 1,
+            "tid" => tid,
+            "args" => %{"name" => inspect(pid)}
+          }
 
-    process = [%{"name" => "process_name", "ph" => "M", "pid" => 1, "tid" => 0, "args" => %{"name" => to_string(node())}}]
+    process = [
+      %{
+        "name" => "process_name",
+        "ph" => "M",
+        "pid" => 1,
+        "tid" => 0,
+        "args" => %{"name" => to_string(node())}
+      }
+    ]
 
     body =
       Enum.flat_map(events, fn e ->
@@ -59,37 +76,98 @@ defmodule Causeway.Export do
   defp us(ns), do: ns / 1000
 
   defp trace_event(%Event{type: :function_entry} = e, base, _, _) do
-    [Map.merge(base, %{"ph" => "B", "name" => Event.mfa_string(e), "cat" => "call", "args" => %{"args" => short(e.data), "call_id" => e.call_id}})]
+    [
+      Map.merge(base, %{
+        "ph" => "B",
+        "name" => Event.mfa_string(e),
+        "cat" => "call",
+        "args" => %{"args" => short(e.data), "call_id" => e.call_id}
+      })
+    ]
   end
 
   defp trace_event(%Event{type: :function_exit} = e, base, _, _) do
-    [Map.merge(base, %{"ph" => "E", "name" => Event.mfa_string(e), "cat" => "call", "args" => %{"result" => short(e.data)}})]
+    [
+      Map.merge(base, %{
+        "ph" => "E",
+        "name" => Event.mfa_string(e),
+        "cat" => "call",
+        "args" => %{"result" => short(e.data)}
+      })
+    ]
   end
 
   defp trace_event(%Event{type: :message_send} = e, base, by_id, _) do
-    slice = Map.merge(base, %{"ph" => "X", "dur" => 1, "name" => "send", "cat" => "message", "args" => %{"message" => short(e.data.message), "to" => inspect(e.data.to)}})
-    flow = if received?(e, by_id), do: [Map.merge(base, %{"ph" => "s", "id" => e.id, "name" => "message", "cat" => "message"})], else: []
+    slice =
+      Map.merge(base, %{
+        "ph" => "X",
+        "dur" => 1,
+        "name" => "send",
+        "cat" => "message",
+        "args" => %{"message" => short(e.data.message), "to" => inspect(e.data.to)}
+      })
+
+    flow =
+      if received?(e, by_id),
+        do: [
+          Map.merge(base, %{"ph" => "s", "id" => e.id, "name" => "message", "cat" => "message"})
+        ],
+        else: []
+
     [slice | flow]
   end
 
   defp trace_event(%Event{type: :message_receive} = e, base, by_id, _) do
-    slice = Map.merge(base, %{"ph" => "X", "dur" => 1, "name" => "receive", "cat" => "message", "args" => %{"message" => short(e.data.message), "from" => inspect(e.data.from)}})
+    slice =
+      Map.merge(base, %{
+        "ph" => "X",
+        "dur" => 1,
+        "name" => "receive",
+        "cat" => "message",
+        "args" => %{"message" => short(e.data.message), "from" => inspect(e.data.from)}
+      })
 
     flow =
-      case Enum.find_value(e.links || [], fn {:receives, s} -> s; _ -> nil end) do
-        s when is_map_key(by_id, s) -> [Map.merge(base, %{"ph" => "f", "bp" => "e", "id" => s, "name" => "message", "cat" => "message"})]
-        _ -> []
+      case Enum.find_value(e.links || [], fn
+             {:receives, s} -> s
+             _ -> nil
+           end) do
+        s when is_map_key(by_id, s) ->
+          [
+            Map.merge(base, %{
+              "ph" => "f",
+              "bp" => "e",
+              "id" => s,
+              "name" => "message",
+              "cat" => "message"
+            })
+          ]
+
+        _ ->
+          []
       end
 
     [slice | flow]
   end
 
   defp trace_event(%Event{} = e, base, _, _) do
-    [Map.merge(base, %{"ph" => "i", "s" => "t", "name" => Atom.to_string(e.type), "cat" => Atom.to_string(e.type), "args" => %{"data" => short(e.data)}})]
+    [
+      Map.merge(base, %{
+        "ph" => "i",
+        "s" => "t",
+        "name" => Atom.to_string(e.type),
+        "cat" => Atom.to_string(e.type),
+        "args" => %{"data" => short(e.data)}
+      })
+    ]
   end
 
   defp received?(e, by_id),
-    do: Enum.any?(e.links || [], fn {:received_by, r} -> is_map_key(by_id, r); _ -> false end)
+    do:
+      Enum.any?(e.links || [], fn
+        {:received_by, r} -> is_map_key(by_id, r)
+        _ -> false
+      end)
 
   defp short(term), do: inspect(term, limit: 20, printable_limit: 200)
 
@@ -104,8 +182,11 @@ defmodule Causeway.Export do
     text = mermaid_text(opts)
 
     case File.write(path, text) do
-      :ok -> {:ok, %{path: path, lines: length(String.split(text, "\n", trim: true))}}
-      {:error, reason} -> {:error, %Causeway.Error{kind: :io, message: "#{path}: #{:file.format_error(reason)}"}}
+      :ok ->
+        {:ok, %{path: path, lines: length(String.split(text, "\n", trim: true))}}
+
+      {:error, reason} ->
+        {:error, %Causeway.Error{kind: :io, message: "#{path}: #{:file.format_error(reason)}"}}
     end
   end
 
@@ -147,5 +228,9 @@ defmodule Causeway.Export do
 
   # Mermaid's message text ends at a newline; `;` and `#` start entities.
   defp mermaid_escape(s),
-    do: s |> String.replace(["\n", "\r"], " ") |> String.replace("#", "#35;") |> String.replace(";", "#59;")
+    do:
+      s
+      |> String.replace(["\n", "\r"], " ")
+      |> String.replace("#", "#35;")
+      |> String.replace(";", "#59;")
 end

@@ -65,6 +65,7 @@ defmodule Causeway.Native do
   def pipeline_configure(_h, _update), do: err()
   def pipeline_inject(_h, _kind, _n), do: err()
   def pipeline_level(_h), do: err()
+  def pipeline_retention(_h), do: err()
   def pipeline_metrics(_h), do: err()
 
   # queries

@@ -21,7 +21,8 @@ defmodule Causeway.Options do
     max_retries: 8,
     retry_base_ms: 10,
     memory_budget: 512 * 1024 * 1024,
-    sync_writes: false
+    sync_writes: false,
+    retention: []
   ]
 
   def start_defaults, do: @start_defaults
@@ -64,6 +65,8 @@ defmodule Causeway.Options do
     unless is_boolean(opts[:sync_writes]),
       do: raise(ArgumentError, ":sync_writes must be a boolean")
 
+    retention = retention!(opts[:retention])
+
     native = %{
       dir: Path.expand(dir),
       shards: shards,
@@ -83,7 +86,10 @@ defmodule Causeway.Options do
       retry_base_ms: pos_int!(opts, :retry_base_ms),
       memory_budget: pos_int!(opts, :memory_budget),
       sync_writes: opts[:sync_writes],
-      redact: redact
+      redact: redact,
+      retention_max_age_ms: retention[:max_age],
+      retention_max_bytes: retention[:max_bytes],
+      retention_interval_ms: retention[:interval_ms]
     }
 
     {name, native}
@@ -117,6 +123,55 @@ defmodule Causeway.Options do
 
   def configure!(other),
     do: raise(ArgumentError, "options must be a keyword list, got: #{inspect(other)}")
+
+  @units %{millisecond: 1, second: 1_000, minute: 60_000, hour: 3_600_000, day: 86_400_000}
+
+  defp retention!(r) when is_list(r) do
+    r = Keyword.validate!(r, max_age: nil, max_bytes: nil, interval_ms: 60_000)
+
+    max_age =
+      case r[:max_age] do
+        nil ->
+          nil
+
+        ms when is_integer(ms) and ms > 0 ->
+          ms
+
+        {n, unit} when is_integer(n) and n > 0 and is_map_key(@units, unit) ->
+          n * @units[unit]
+
+        other ->
+          raise ArgumentError,
+                "retention :max_age must be milliseconds or {n, :second | :minute | :hour | :day}, got: #{inspect(other)}"
+      end
+
+    max_bytes =
+      case r[:max_bytes] do
+        nil ->
+          nil
+
+        b when is_integer(b) and b > 0 ->
+          b
+
+        other ->
+          raise ArgumentError,
+                "retention :max_bytes must be a positive integer, got: #{inspect(other)}"
+      end
+
+    interval = r[:interval_ms]
+
+    unless is_integer(interval) and interval >= 100,
+      do:
+        raise(
+          ArgumentError,
+          "retention :interval_ms must be an integer >= 100, got: #{inspect(interval)}"
+        )
+
+    [max_age: max_age, max_bytes: max_bytes, interval_ms: interval]
+  end
+
+  defp retention!(other),
+    do: raise(ArgumentError, ":retention must be a keyword list, got: #{inspect(other)}")
 
   defp workers!({min, max} = w)
        when is_integer(min) and is_integer(max) and min >= 1 and max <= 16 and min <= max,

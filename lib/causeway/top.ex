@@ -16,7 +16,15 @@ defmodule Causeway.Top do
   @doc "Runs the dashboard loop; returns `:ok` after `:count` frames."
   @spec run(keyword()) :: :ok
   def run(opts \\ []) do
-    opts = Keyword.validate!(opts, instance: Causeway, node: nil, interval_ms: 1_000, count: :infinity, clear: true)
+    opts =
+      Keyword.validate!(opts,
+        instance: Causeway,
+        node: nil,
+        interval_ms: 1_000,
+        count: :infinity,
+        clear: true
+      )
+
     loop(opts, opts[:count])
   end
 
@@ -45,7 +53,9 @@ defmodule Causeway.Top do
       {:ok, m} ->
         measurements = for {k, v} <- m, is_number(v), into: %{}, do: {k, v}
         Causeway.Telemetry.execute([:causeway, :metrics], measurements, %{instance: instance})
-        Causeway.Dashboard.render(m) <> "\n(#{DateTime.utc_now() |> DateTime.truncate(:second)}; Ctrl-C to stop)\n"
+
+        Causeway.Dashboard.render(m) <>
+          "\n(#{DateTime.utc_now() |> DateTime.truncate(:second)}; Ctrl-C to stop)\n"
 
       {:error, message} ->
         "Causeway: #{message}\n"

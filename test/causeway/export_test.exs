@@ -48,7 +48,12 @@ defmodule Causeway.ExportTest do
   end
 
   test "the JSON encoder writes what a strict parser reads back" do
-    term = %{"s" => "quote \" backslash \\ newline \n tab \t nul \u0000 é", :n => [1, -2, 3.5, 1.0e-9, 2.0e20], :b => [true, false, nil]}
+    term = %{
+      "s" => "quote \" backslash \\ newline \n tab \t nul \u0000 é",
+      :n => [1, -2, 3.5, 1.0e-9, 2.0e20],
+      :b => [true, false, nil]
+    }
+
     parsed = term |> Causeway.JSON.encode!() |> JSONParser.parse!()
     assert parsed["s"] == term["s"]
     assert parsed["n"] == [1, -2, 3.5, 1.0e-9, 2.0e20]
@@ -60,16 +65,29 @@ defmodule Causeway.ExportTest do
     {a, b, c} = three_processes()
     path = Path.join(tmp_dir!("trace"), "trace.json")
     File.mkdir_p!(Path.dirname(path))
-    assert {:ok, %{events: n, trace_events: t}} = Causeway.Export.chrome_trace(path, limit: :infinity)
+
+    assert {:ok, %{events: n, trace_events: t}} =
+             Causeway.Export.chrome_trace(path, limit: :infinity)
+
     assert n > 0 and t > n
 
-    %{"traceEvents" => evs, "displayTimeUnit" => "ns"} = path |> File.read!() |> JSONParser.parse!()
+    %{"traceEvents" => evs, "displayTimeUnit" => "ns"} =
+      path |> File.read!() |> JSONParser.parse!()
 
-    tracks = for %{"ph" => "M", "name" => "thread_name", "tid" => tid, "args" => %{"name" => name}} <- evs, into: %{}, do: {name, tid}
+    tracks =
+      for %{"ph" => "M", "name" => "thread_name", "tid" => tid, "args" => %{"name" => name}} <-
+            evs,
+          into: %{},
+          do: {name, tid}
+
     assert Map.keys(tracks) |> Enum.sort() == Enum.sort(Enum.map([a, b, c], &inspect/1))
 
     # every call is a begin/end pair on its process's track, named by its MFA
-    slices = for %{"ph" => ph, "name" => name, "tid" => tid} <- evs, ph in ["B", "E"], do: {ph, name, tid}
+    slices =
+      for %{"ph" => ph, "name" => name, "tid" => tid} <- evs,
+          ph in ["B", "E"],
+          do: {ph, name, tid}
+
     assert {"B", "A.start/0", tracks[inspect(a)]} in slices
     assert {"E", "A.start/0", tracks[inspect(a)]} in slices
     assert {"B", "B.relay/1", tracks[inspect(b)]} in slices
@@ -78,11 +96,18 @@ defmodule Causeway.ExportTest do
     # two messages were received: two flows, each starting on the sender's
     # track and finishing on the receiver's; the lost one has no flow
     starts = for %{"ph" => "s", "id" => id, "tid" => tid} <- evs, into: %{}, do: {id, tid}
-    finishes = for %{"ph" => "f", "id" => id, "tid" => tid, "bp" => "e"} <- evs, into: %{}, do: {id, tid}
+
+    finishes =
+      for %{"ph" => "f", "id" => id, "tid" => tid, "bp" => "e"} <- evs, into: %{}, do: {id, tid}
+
     assert map_size(starts) == 2
     assert Map.keys(starts) |> Enum.sort() == Map.keys(finishes) |> Enum.sort()
+
     assert Enum.sort(Enum.map(starts, fn {id, from} -> {from, finishes[id]} end)) ==
-             Enum.sort([{tracks[inspect(a)], tracks[inspect(b)]}, {tracks[inspect(b)], tracks[inspect(c)]}])
+             Enum.sort([
+               {tracks[inspect(a)], tracks[inspect(b)]},
+               {tracks[inspect(b)], tracks[inspect(c)]}
+             ])
 
     # the state change is an instant; timestamps are µs from the first event
     assert Enum.any?(evs, &match?(%{"ph" => "i", "name" => "state_change"}, &1))

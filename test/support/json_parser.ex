@@ -62,14 +62,21 @@ defmodule Causeway.Test.JSONParser do
   defp string(<<?\\, ?u, h::binary-size(4), r::binary>>, acc),
     do: string(r, [<<String.to_integer(h, 16)::utf8>> | acc])
 
-  defp string(<<c, _::binary>>, _) when c < 0x20, do: raise(ArgumentError, "control character in string")
+  defp string(<<c, _::binary>>, _) when c < 0x20,
+    do: raise(ArgumentError, "control character in string")
+
   defp string(<<c::utf8, r::binary>>, acc), do: string(r, [<<c::utf8>> | acc])
 
   defp number(r) do
     case Regex.run(~r/^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/, r) do
       [n | _] ->
         rest = binary_part(r, byte_size(n), byte_size(r) - byte_size(n))
-        v = if String.contains?(n, [".", "e", "E"]), do: String.to_float(normalize(n)), else: String.to_integer(n)
+
+        v =
+          if String.contains?(n, [".", "e", "E"]),
+            do: String.to_float(normalize(n)),
+            else: String.to_integer(n)
+
         {v, rest}
 
       nil ->

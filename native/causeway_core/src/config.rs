@@ -34,6 +34,9 @@ pub struct Config {
     /// Native memory budget in bytes (alert above it).
     pub memory_budget: u64,
     pub sync_writes: bool,
+    /// What the store keeps (enforced in the background).
+    pub retention: crate::store::RetentionPolicy,
+    pub retention_interval_ms: u64,
     /// Keys whose values are never captured, as raw atom words (opaque here;
     /// the NIF glue compares them with the keys of captured maps and tuples).
     pub redact: Vec<u64>,
@@ -60,6 +63,8 @@ impl Default for Config {
             memory_budget: 512 << 20,
             sync_writes: false,
             redact: Vec::new(),
+            retention: crate::store::RetentionPolicy::default(),
+            retention_interval_ms: 60_000,
         }
     }
 }

@@ -102,6 +102,9 @@ pub struct Pipeline {
     wake: (Mutex<bool>, Condvar),
     inject_panics: AtomicU32,
     paused: AtomicBool,
+    retention: Mutex<Option<JoinHandle<()>>>,
+    pub retention_deleted: AtomicU64,
+    retention_runs: AtomicU64,
     inject_write_errors: AtomicU32,
     rates: Mutex<Rates>,
     started: Instant,
@@ -138,6 +141,8 @@ pub struct Snapshot {
     pub history: Vec<Decision>,
     pub alerts: Vec<(&'static str, String)>,
     pub uptime_ms: u64,
+    pub retention_deleted: u64,
+    pub retention_runs: u64,
 }
 
 impl Pipeline {
@@ -189,6 +194,9 @@ impl Pipeline {
             wake: (Mutex::new(false), Condvar::new()),
             inject_panics: AtomicU32::new(0),
             paused: AtomicBool::new(false),
+            retention: Mutex::new(None),
+            retention_deleted: AtomicU64::new(0),
+            retention_runs: AtomicU64::new(0),
             inject_write_errors: AtomicU32::new(0),
             rates: Mutex::new(Rates::default()),
             started: Instant::now(),
@@ -202,6 +210,15 @@ impl Pipeline {
             .spawn(move || manager_loop(mp))?;
         if let Ok(mut m) = p.manager.lock() {
             *m = Some(handle);
+        }
+        if p.config.retention.is_active() {
+            let rp = p.clone();
+            let h = std::thread::Builder::new()
+                .name("causeway-retention".into())
+                .spawn(move || retention_loop(rp))?;
+            if let Ok(mut r) = p.retention.lock() {
+                *r = Some(h);
+            }
         }
         Ok(p)
     }
@@ -449,11 +466,29 @@ impl Pipeline {
         }
     }
 
+    /// Applies the retention policy now; returns what it deleted.
+    pub fn enforce_retention(&self) -> Result<crate::store::RetentionStats> {
+        let store = self.store().ok_or(Error::Closed)?;
+        let now_wall = self
+            .resolver
+            .now_mono_ns()
+            .saturating_add(self.resolver.time_offset_ns())
+            .max(0) as u64;
+        let st = store.enforce_retention(&self.config.retention, now_wall)?;
+        self.retention_deleted
+            .fetch_add(st.events, Ordering::Relaxed);
+        self.retention_runs.fetch_add(1, Ordering::Relaxed);
+        Ok(st)
+    }
+
     /// Stops capture, lets the workers drain what is buffered, joins every
     /// thread and syncs the store. Safe to call more than once.
     pub fn close(&self) -> Result<()> {
         self.closing.store(true, Ordering::Release);
         self.wake_manager();
+        if let Some(h) = self.retention.lock().ok().and_then(|mut r| r.take()) {
+            let _ = h.join();
+        }
         if let Some(h) = self.manager.lock().ok().and_then(|mut m| m.take()) {
             let _ = h.join();
         }
@@ -815,6 +850,8 @@ impl Pipeline {
             history: self.history.snapshot(),
             alerts,
             uptime_ms: self.started.elapsed().as_millis() as u64,
+            retention_deleted: self.retention_deleted.load(Ordering::Relaxed),
+            retention_runs: self.retention_runs.load(Ordering::Relaxed),
         }
     }
 }
@@ -902,6 +939,21 @@ fn worker_loop(p: Arc<Pipeline>, index: usize) {
         p.check_flushes();
     }
     p.live_workers.fetch_sub(1, Ordering::Relaxed);
+}
+
+fn retention_loop(p: Arc<Pipeline>) {
+    let every = Duration::from_millis(p.config.retention_interval_ms.max(100));
+    let mut last = Instant::now();
+    while !p.closing.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(100).min(every));
+        if last.elapsed() >= every {
+            if let Err(e) = p.enforce_retention() {
+                p.notifier
+                    .worker_event(usize::MAX, "retention_error", &e.to_string());
+            }
+            last = Instant::now();
+        }
+    }
 }
 
 fn manager_loop(p: Arc<Pipeline>) {

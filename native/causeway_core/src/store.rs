@@ -133,6 +133,28 @@ pub mod keys {
     }
 }
 
+/// Limits on what a store keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Events older than this many nanoseconds are deleted.
+    pub max_age_ns: Option<u64>,
+    /// Oldest events are deleted while live data exceeds this many bytes.
+    pub max_bytes: Option<u64>,
+}
+
+impl RetentionPolicy {
+    pub fn is_active(&self) -> bool {
+        self.max_age_ns.is_some() || self.max_bytes.is_some()
+    }
+}
+
+/// What a retention pass deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionStats {
+    pub events: u64,
+    pub chunks: u64,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct StoreOptions {
     pub read_only: bool,
@@ -679,6 +701,210 @@ impl Store {
         Ok(out)
     }
 
+    /// Deletes every event with an id below `cutoff` and everything that points
+    /// at them: range deletes over each index's id range (per pid, per
+    /// module/function/arity, per type), point deletes of the links that
+    /// surviving events hold towards deleted ones, then a compaction of the
+    /// deleted ranges. Works in chunks of `chunk` events so memory stays bounded.
+    pub fn delete_before(&self, cutoff: u64, chunk: usize) -> Result<RetentionStats> {
+        if self.read_only {
+            return Err(Error::ReadOnly(self.path.display().to_string()));
+        }
+        let mut stats = RetentionStats::default();
+        let chunk = chunk.max(1);
+        loop {
+            // the next chunk of doomed events, oldest first
+            let mut doomed = Vec::with_capacity(chunk.min(65_536));
+            let mut err = None;
+            self.scan_keys(CF_EVENTS, &[], Some(&keys::id(cutoff)), false, |k, v| {
+                if let Some(id) = keys::trailing_id(k) {
+                    match self.decode_event(id, v) {
+                        Ok(e) => doomed.push(e),
+                        Err(e) => {
+                            err = Some(e);
+                            return Ok(false);
+                        }
+                    }
+                }
+                Ok(doomed.len() < chunk)
+            })?;
+            if let Some(e) = err {
+                return Err(e);
+            }
+            let Some(last) = doomed.last().map(|e| e.id) else {
+                break;
+            };
+            let upto = if doomed.len() < chunk {
+                cutoff
+            } else {
+                last + 1
+            };
+            self.delete_chunk(&doomed, upto)?;
+            stats.events += doomed.len() as u64;
+            stats.chunks += 1;
+            if upto >= cutoff {
+                break;
+            }
+        }
+        if stats.events > 0 {
+            for cf in ALL_CFS {
+                if cf != CF_META {
+                    self.db.compact_range_cf(
+                        self.cf(cf)?,
+                        None::<&[u8]>,
+                        Some(&keys::id(cutoff)[..]),
+                    );
+                }
+            }
+            let evs = self.cf(CF_EVENTS)?;
+            self.db
+                .compact_range_cf(evs, None::<&[u8]>, Some(&keys::id(cutoff)[..]));
+        }
+        Ok(stats)
+    }
+
+    /// Removes `doomed` (all ids < `upto`) and their index entries in one batch.
+    fn delete_chunk(&self, doomed: &[StoredEvent], upto: u64) -> Result<()> {
+        use std::collections::BTreeSet;
+        let mut pids = BTreeSet::new();
+        let mut mfas = BTreeSet::new();
+        let mut dangling = Vec::new();
+        {
+            let names = self
+                .names
+                .read()
+                .map_err(|_| Error::Corrupt("name table lock".into()))?;
+            for e in doomed {
+                pids.insert(e.pid.key());
+                if let (Some(m), Some(f)) = (&e.module, &e.function) {
+                    if let (Some(&m), Some(&f)) = (names.ids.get(m), names.ids.get(f)) {
+                        mfas.insert(keys::mfa_prefix(m, Some(f), Some(e.arity)));
+                    }
+                }
+            }
+        }
+        for e in doomed {
+            for (kind, other) in self.stored_links(e.id)? {
+                if other >= upto {
+                    dangling.push(keys::link(other, kind.reverse() as u8, e.id));
+                }
+            }
+        }
+        let mut b = WriteBatch::default();
+        let id_range = |prefix: &[u8]| {
+            let mut lo = prefix.to_vec();
+            lo.extend_from_slice(&0u64.to_be_bytes());
+            let mut hi = prefix.to_vec();
+            hi.extend_from_slice(&upto.to_be_bytes());
+            (lo, hi)
+        };
+        let (lo, hi) = id_range(&[]);
+        b.delete_range_cf(self.cf(CF_EVENTS)?, &lo, &hi);
+        b.delete_range_cf(self.cf(CF_LINKS)?, &lo, &hi);
+        // by_call is keyed by the entry's id: exits of deleted calls go with them
+        b.delete_range_cf(self.cf(CF_BY_CALL)?, &lo, &hi);
+        for t in EventType::ALL {
+            let (lo, hi) = id_range(&[t as u8]);
+            b.delete_range_cf(self.cf(CF_BY_TYPE)?, &lo, &hi);
+        }
+        for p in &pids {
+            let (lo, hi) = id_range(p);
+            b.delete_range_cf(self.cf(CF_BY_PID)?, &lo, &hi);
+            b.delete_range_cf(self.cf(CF_STATE)?, &lo, &hi);
+        }
+        for m in &mfas {
+            let (lo, hi) = id_range(m);
+            b.delete_range_cf(self.cf(CF_BY_MFA)?, &lo, &hi);
+        }
+        for k in dangling {
+            b.delete_cf(self.cf(CF_LINKS)?, k);
+        }
+        self.db.write_opt(b, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// Applies `policy` at wall-clock time `now_wall_ns`.
+    pub fn enforce_retention(
+        &self,
+        policy: &RetentionPolicy,
+        now_wall_ns: u64,
+    ) -> Result<RetentionStats> {
+        let mut total = RetentionStats::default();
+        if let Some(age) = policy.max_age_ns {
+            let cutoff = crate::ids::wall_ns_to_id(now_wall_ns.saturating_sub(age));
+            let s = self.delete_before(cutoff, 10_000)?;
+            total.events += s.events;
+            total.chunks += s.chunks;
+        }
+        if let Some(max) = policy.max_bytes {
+            // Delete the oldest share of the id range that the excess stands for,
+            // then measure again (sizes are known only after compaction).
+            for _round in 0..16 {
+                let live = self.live_bytes();
+                if live <= max {
+                    break;
+                }
+                let (Some(lo), hi) = (self.min_id()?, self.max_id()?) else {
+                    break;
+                };
+                if hi <= lo {
+                    break;
+                }
+                let share = ((live - max) as f64 / live as f64).clamp(0.05, 1.0);
+                let cutoff = lo + (((hi - lo) as f64) * share).ceil() as u64;
+                let s = self.delete_before(cutoff.max(lo + 1), 10_000)?;
+                total.events += s.events;
+                total.chunks += s.chunks;
+                self.compact_all()?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// The smallest event id stored (`None` for an empty store).
+    pub fn min_id(&self) -> Result<Option<u64>> {
+        let mut min = None;
+        self.scan_keys(CF_EVENTS, &[], None, false, |k, _| {
+            min = keys::trailing_id(k);
+            Ok(false)
+        })?;
+        Ok(min)
+    }
+
+    /// Bytes of live data: SST files and memtables of every column family.
+    pub fn live_bytes(&self) -> u64 {
+        ALL_CFS
+            .iter()
+            .filter_map(|name| self.db.cf_handle(name))
+            .map(|cf| {
+                let sst = self
+                    .db
+                    .property_int_value_cf(cf, "rocksdb.live-sst-files-size")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                let mem = self
+                    .db
+                    .property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                sst + mem
+            })
+            .sum()
+    }
+
+    /// Flushes memtables to SST files and compacts everything (used to measure
+    /// bytes per event and after large deletions).
+    pub fn compact_all(&self) -> Result<()> {
+        for name in ALL_CFS {
+            let cf = self.cf(name)?;
+            self.db.flush_cf(cf)?;
+            self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+        Ok(())
+    }
+
     /// The largest event id stored (0 for an empty store).
     pub fn max_id(&self) -> Result<u64> {
         let mut max = 0;
@@ -823,6 +1049,146 @@ mod tests {
             s.write(&evs, &[]).is_err(),
             "read-only store refuses writes"
         );
+    }
+
+    /// Every index entry and link points at an event that exists.
+    fn assert_consistent(s: &Store) {
+        for cf in [CF_BY_PID, CF_BY_MFA, CF_BY_TYPE, CF_BY_CALL, CF_STATE] {
+            s.scan_keys(cf, &[], None, false, |k, _| {
+                let id = keys::trailing_id(k).unwrap();
+                assert!(
+                    s.get(id).unwrap().is_some(),
+                    "{cf} points at deleted event {id}"
+                );
+                Ok(true)
+            })
+            .unwrap();
+        }
+        s.scan_keys(CF_LINKS, &[], None, false, |k, _| {
+            let from = u64::from_be_bytes(k[..8].try_into().unwrap());
+            let to = keys::trailing_id(k).unwrap();
+            assert!(
+                s.get(from).unwrap().is_some() && s.get(to).unwrap().is_some(),
+                "dangling link {from} -> {to}"
+            );
+            Ok(true)
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn retention_deletes_exactly_the_old_events_and_keeps_indexes_consistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let mut evs = Vec::new();
+        for i in 1..=300u64 {
+            let kind = [
+                EventType::FunctionEntry,
+                EventType::FunctionExit,
+                EventType::StateChange,
+                EventType::MessageSend,
+            ][(i % 4) as usize];
+            let mut e = event(i * 64, (i % 5) as u32, kind);
+            e.module = Some(format!("Elixir.M{}", i % 3));
+            if kind == EventType::FunctionExit {
+                e.call_id = (i - 1) * 64;
+            }
+            if i > 1 && i % 7 == 0 {
+                e.parent_id = (i - 1) * 64;
+                e.parent_link = Some(LinkKind::CausedBy);
+            }
+            evs.push(e);
+        }
+        // cross links between old and new events
+        let links: Vec<Link> = (1..=100u64)
+            .map(|i| Link {
+                from: (i + 200) * 64,
+                kind: LinkKind::Receives,
+                to: i * 64,
+            })
+            .collect();
+        s.write(&evs, &links).unwrap();
+        assert_consistent(&s);
+
+        let stats = s.delete_before(150 * 64, 40).unwrap();
+        assert_eq!(stats.events, 149);
+        assert!(stats.chunks >= 4, "chunked: {stats:?}");
+        assert_eq!(s.min_id().unwrap(), Some(150 * 64));
+        assert_eq!(s.get(149 * 64).unwrap(), None);
+        assert!(s.get(150 * 64).unwrap().is_some());
+        assert_consistent(&s);
+        // a second pass finds nothing more
+        assert_eq!(s.delete_before(150 * 64, 40).unwrap().events, 0);
+        let n = crate::query::events(&s, &crate::query::Filter::default())
+            .unwrap()
+            .events
+            .len();
+        assert_eq!(n, 151);
+    }
+
+    #[test]
+    fn retention_by_age_and_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let base = 1_790_000_000_000_000_000u64;
+        let sec = 1_000_000_000u64;
+        let evs: Vec<_> = (0..2000u64)
+            .map(|i| {
+                let wall = base + i * sec / 10; // 10 events per second, 200 s
+                let mut e = event(
+                    crate::ids::wall_ns_to_id(wall),
+                    (i % 7) as u32,
+                    EventType::StateChange,
+                );
+                e.wall_ns = wall as i64;
+                e.data = vec![131, 109, 0, 0, 0, 64]
+                    .into_iter()
+                    .chain((0..64).map(|b| (b * 7 + i) as u8))
+                    .collect();
+                e
+            })
+            .collect();
+        s.write(&evs, &[]).unwrap();
+        // keep the last 100 s
+        let now = base + 200 * sec;
+        let st = s
+            .enforce_retention(
+                &RetentionPolicy {
+                    max_age_ns: Some(100 * sec),
+                    max_bytes: None,
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(st.events, 1000);
+        let oldest = s.get(s.min_id().unwrap().unwrap()).unwrap().unwrap();
+        assert!(oldest.wall_ns as u64 >= now - 100 * sec);
+        assert_consistent(&s);
+        // then at most a third of the bytes
+        s.compact_all().unwrap();
+        let before = s.live_bytes();
+        let st = s
+            .enforce_retention(
+                &RetentionPolicy {
+                    max_age_ns: None,
+                    max_bytes: Some(before / 3),
+                },
+                now,
+            )
+            .unwrap();
+        assert!(st.events > 0);
+        assert!(
+            s.live_bytes() <= before / 3,
+            "{} > {}",
+            s.live_bytes(),
+            before / 3
+        );
+        assert_eq!(
+            s.max_id().unwrap(),
+            evs.last().unwrap().id,
+            "the newest event is kept"
+        );
+        assert_consistent(&s);
     }
 
     #[test]

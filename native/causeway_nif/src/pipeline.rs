@@ -32,6 +32,9 @@ struct StartOpts {
     memory_budget: u64,
     sync_writes: bool,
     redact: Vec<Atom>,
+    retention_max_age_ms: Option<u64>,
+    retention_max_bytes: Option<u64>,
+    retention_interval_ms: u64,
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
@@ -65,6 +68,13 @@ fn pipeline_start(env: Env, o: StartOpts, owner: LocalPid) -> NifResult<Term> {
             .iter()
             .map(|a| crate::beam::word(a.as_c_arg()))
             .collect(),
+        retention: causeway_core::store::RetentionPolicy {
+            max_age_ns: o
+                .retention_max_age_ms
+                .map(|ms| ms.saturating_mul(1_000_000)),
+            max_bytes: o.retention_max_bytes,
+        },
+        retention_interval_ms: o.retention_interval_ms,
     };
     config.validate().nif()?;
     crate::beam::calibrate();
@@ -148,6 +158,23 @@ fn pipeline_inject(h: ResourceArc<Handle>, kind: Atom, n: u32) -> NifResult<Atom
         return Err(arg_error("drill must be :panic, :write_error or :pause"));
     }
     Ok(crate::atoms::ok())
+}
+
+/// Applies the retention policy now: `{:ok, %{events: n, chunks: n}}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn pipeline_retention(env: Env, h: ResourceArc<Handle>) -> NifResult<Term> {
+    let st = h.pipeline()?.enforce_retention().nif()?;
+    Ok((
+        crate::atoms::ok(),
+        map(
+            env,
+            vec![
+                ("events", st.events.encode(env)),
+                ("chunks", st.chunks.encode(env)),
+            ],
+        ),
+    )
+        .encode(env))
 }
 
 #[rustler::nif]
@@ -268,6 +295,8 @@ fn pipeline_metrics(env: Env, h: ResourceArc<Handle>) -> NifResult<Term> {
             ("history", history.encode(env)),
             ("alerts", alerts.encode(env)),
             ("uptime_ms", s.uptime_ms.encode(env)),
+            ("retention_deleted", s.retention_deleted.encode(env)),
+            ("retention_runs", s.retention_runs.encode(env)),
         ],
     ))
 }
