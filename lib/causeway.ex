@@ -223,6 +223,24 @@ defmodule Causeway do
     end
   end
 
+  # ------------------------------------------------------------------ tracing
+
+  @doc """
+  Traces unmodified code (a module, `{m, f, arity}`, a pid, pids, `:all` or
+  `:new`) into the same store, with safety limits; see `Causeway.Tracer`.
+  """
+  @spec trace(module() | mfa() | pid() | [pid()] | :all | :new, keyword()) ::
+          {:ok, Causeway.Tracer.t()} | {:error, Causeway.Error.t()}
+  def trace(target, opts \\ []), do: Causeway.Tracer.start(target, opts)
+
+  @doc "Stops a trace session, removing every trace flag and pattern it set."
+  @spec stop_trace(Causeway.Tracer.t()) :: :ok
+  def stop_trace(session), do: Causeway.Tracer.stop(session)
+
+  @doc "A session's state: `%{running: bool, events: n, stopped: bool, reason: ...}`."
+  @spec trace_info(Causeway.Tracer.t()) :: map()
+  def trace_info(session), do: Causeway.Tracer.info(session)
+
   # ------------------------------------------------------------------ queries
 
   @doc """

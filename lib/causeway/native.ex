@@ -58,6 +58,13 @@ defmodule Causeway.Native do
   def rt_set_capture(_h, _scope, _on), do: err()
   def bench_noop(_x), do: err()
 
+  # tracer (erl_tracer callbacks and sessions)
+  def enabled(_tag, _state, _tracee), do: err()
+  def trace(_tag, _state, _tracee, _term, _opts), do: err()
+  def tracer_session_new(_h, _opts, _owner), do: err()
+  def tracer_session_stop(_s, _reason), do: err()
+  def tracer_session_info(_s), do: err()
+
   # pipeline
   def pipeline_start(_opts, _owner), do: err()
   def pipeline_close(_h), do: err()

@@ -113,6 +113,39 @@ impl Contexts {
         found
     }
 
+    /// A traced function returned: closes the innermost open call of that
+    /// function (and any frames above it). The tracer reports returns by
+    /// module/function/arity, not by call id.
+    pub fn exit_matching(
+        &self,
+        pid: u64,
+        module: u64,
+        function: u64,
+        arity: u32,
+        now: i64,
+    ) -> Option<Frame> {
+        let (found, idle) = self
+            .with(pid, now, false, |c| {
+                let f =
+                    match c.stack.iter().rposition(|f| {
+                        f.module == module && f.function == function && f.arity == arity
+                    }) {
+                        Some(pos) => {
+                            let f = c.stack[pos];
+                            c.stack.truncate(pos);
+                            Some(f)
+                        }
+                        None => None,
+                    };
+                (f, c.stack.is_empty() && c.message == 0)
+            })
+            .unwrap_or((None, false));
+        if idle {
+            self.remove_if(pid, |c| c.stack.is_empty() && c.message == 0);
+        }
+        found
+    }
+
     /// A message is being handled by `pid`: later state changes are caused by it.
     pub fn receive(&self, pid: u64, receive_id: u64, now: i64) {
         self.with(pid, now, true, |c| c.message = receive_id);
@@ -232,6 +265,46 @@ mod tests {
         assert_eq!(c.enter(1, f(60), 0), Some((50, LinkKind::CausedBy)));
         c.forget(1);
         assert_eq!(c.cause(1), None);
+    }
+
+    #[test]
+    fn returns_reported_by_function_close_the_innermost_match() {
+        let c = Contexts::new(100);
+        c.enter(
+            1,
+            Frame {
+                call_id: 10,
+                module: 1,
+                function: 2,
+                arity: 1,
+            },
+            0,
+        );
+        c.enter(
+            1,
+            Frame {
+                call_id: 11,
+                module: 1,
+                function: 3,
+                arity: 0,
+            },
+            0,
+        );
+        c.enter(
+            1,
+            Frame {
+                call_id: 12,
+                module: 1,
+                function: 2,
+                arity: 1,
+            },
+            0,
+        );
+        assert_eq!(c.exit_matching(1, 1, 2, 1, 0).map(|f| f.call_id), Some(12));
+        assert_eq!(c.exit_matching(1, 1, 3, 0, 0).map(|f| f.call_id), Some(11));
+        assert_eq!(c.exit_matching(1, 9, 9, 9, 0), None);
+        assert_eq!(c.exit_matching(1, 1, 2, 1, 0).map(|f| f.call_id), Some(10));
+        assert!(c.is_empty());
     }
 
     #[test]

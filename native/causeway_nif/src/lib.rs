@@ -9,6 +9,7 @@ mod pipeline;
 mod query;
 mod runtime;
 mod term;
+mod tracer;
 
 pub mod atoms {
     rustler::atoms! {

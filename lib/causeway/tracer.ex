@@ -1,0 +1,402 @@
+defmodule Causeway.Tracer do
+  @moduledoc """
+  Zero-recompile tracing of unmodified code with an `erl_tracer` written in
+  Rust: `Causeway.Native`'s `enabled/3` and `trace/5` NIFs run synchronously in
+  the traced process and write to the same rings as `Causeway.Runtime` (events
+  have `source: :tracer`). No tracer process, no mailbox.
+
+      {:ok, s} = Causeway.trace(MyApp.Worker)                       # calls, returns, exceptions
+      {:ok, s} = Causeway.trace({MyApp.Worker, :handle, 2}, args: [:a, :_])
+      {:ok, s} = Causeway.trace(pid, what: [:send, :receive, :procs])
+      {:ok, s} = Causeway.trace(:new, what: [:call, :return], functions: [MyApp.Worker])
+      Causeway.stop_trace(s)
+
+  ## Targets
+  `Module`, `{M, F, arity}` (calls by any process), a pid, a list of pids,
+  `:all` (every process, now and later) or `:new` (processes spawned from now on).
+
+  ## Options
+    * `:what` — any of `[:call, :return, :exception, :send, :receive, :procs]`
+      (default: `[:call, :return, :exception]` for function targets,
+      `[:send, :receive, :procs]` for process targets)
+    * `:functions` — for process targets with `:call`: modules or `{M, F, A}`s
+    * `:args` — a list pattern the call's arguments must match, `:_` for any
+      (`args: [:a, :_]`); or `:match_spec` — a raw call match spec
+    * safety limits, whichever trips first stops the session and says why:
+      `:max_events` (10 000), `:max_rate` (events/s, 10 000), `:duration_ms`
+      (60 000), `:max_msg_bytes` (2 048: the capture budget of each term)
+    * `:instance` — the Causeway instance to record into (default `Causeway`)
+
+  A session is a supervised process: stopping it (`Causeway.stop_trace/1`), the
+  process that started it dying, its instance stopping, or a limit tripping
+  removes every trace flag and trace pattern it set. The starter gets
+  `{:causeway_trace, session, {:stopped, reason}}` when a limit stops it.
+  """
+
+  use GenServer, restart: :temporary
+
+  alias Causeway.Native
+
+  defstruct [:pid, :target]
+
+  @type t :: %__MODULE__{pid: pid(), target: term()}
+
+  @whats [:call, :return, :exception, :send, :receive, :procs]
+
+  @doc false
+  def start(target, opts) do
+    opts =
+      Keyword.validate!(opts,
+        what: nil,
+        functions: [],
+        args: nil,
+        match_spec: nil,
+        max_events: 10_000,
+        max_rate: 10_000,
+        duration_ms: 60_000,
+        max_msg_bytes: 2_048,
+        instance: Causeway
+      )
+
+    plan = plan!(target, opts)
+    handle = Causeway.Instance.handle!(opts[:instance])
+
+    case DynamicSupervisor.start_child(
+           Causeway.SessionSupervisor,
+           {__MODULE__, {plan, opts, handle, self()}}
+         ) do
+      {:ok, pid} -> {:ok, %__MODULE__{pid: pid, target: target}}
+      {:error, {%Causeway.Error{} = e, _}} -> {:error, e}
+      {:error, %Causeway.Error{} = e} -> {:error, e}
+      {:error, other} -> {:error, %Causeway.Error{kind: :trace, message: inspect(other)}}
+    end
+  end
+
+  @doc false
+  def child_spec(arg),
+    do: %{id: __MODULE__, start: {GenServer, :start_link, [__MODULE__, arg]}, restart: :temporary}
+
+  @doc false
+  def stop(%__MODULE__{pid: pid}) do
+    GenServer.stop(pid, :normal, 10_000)
+  catch
+    :exit, _ -> :ok
+  end
+
+  @doc false
+  def info(%__MODULE__{pid: pid}) do
+    GenServer.call(pid, :info)
+  catch
+    :exit, _ -> %{running: false}
+  end
+
+  # ---------------------------------------------------------------- planning
+
+  defp plan!(target, opts) do
+    {procs, fun_targets} =
+      case target do
+        m when is_atom(m) and m not in [:all, :new] ->
+          {:processes, [{m, :_, :_}]}
+
+        {m, f, a} when is_atom(m) and is_atom(f) and (is_integer(a) or a == :_) ->
+          {:processes, [{m, f, a}]}
+
+        :all ->
+          {:processes, []}
+
+        :new ->
+          {:new, []}
+
+        pid when is_pid(pid) ->
+          {[pid], []}
+
+        pids when is_list(pids) and pids != [] ->
+          if Enum.all?(pids, &is_pid/1), do: {pids, []}, else: bad_target!(target)
+
+        _ ->
+          bad_target!(target)
+      end
+
+    function_target? = fun_targets != []
+
+    what =
+      case opts[:what] do
+        nil ->
+          if function_target?, do: [:call, :return, :exception], else: [:send, :receive, :procs]
+
+        w when is_list(w) ->
+          w
+
+        other ->
+          raise ArgumentError,
+                ":what must be a list of #{inspect(@whats)}, got: #{inspect(other)}"
+      end
+
+    unknown = what -- @whats
+
+    if unknown != [],
+      do:
+        raise(
+          ArgumentError,
+          "unknown :what #{inspect(unknown)}; expected any of #{inspect(@whats)}"
+        )
+
+    extra_funs =
+      Enum.map(List.wrap(opts[:functions]), fn
+        m when is_atom(m) ->
+          {m, :_, :_}
+
+        {m, f, a} = mfa when is_atom(m) and is_atom(f) and (is_integer(a) or a == :_) ->
+          mfa
+
+        other ->
+          raise ArgumentError,
+                ":functions must hold modules or {m, f, arity}, got: #{inspect(other)}"
+      end)
+
+    patterns = fun_targets ++ extra_funs
+    calls? = :call in what
+
+    if calls? and patterns == [] do
+      raise ArgumentError,
+            "tracing :call needs functions: give a module or {m, f, a} target, or functions: [...]"
+    end
+
+    for {m, _, _} <- patterns do
+      case Code.ensure_loaded(m) do
+        {:module, ^m} ->
+          :ok
+
+        {:error, reason} ->
+          raise ArgumentError,
+                "cannot trace #{inspect(m)}: the module is not available (#{reason})"
+      end
+    end
+
+    for v <- [:max_events, :max_rate, :duration_ms, :max_msg_bytes] do
+      unless is_integer(opts[v]) and opts[v] > 0,
+        do:
+          raise(
+            ArgumentError,
+            "#{inspect(v)} must be a positive integer, got: #{inspect(opts[v])}"
+          )
+    end
+
+    flags =
+      Enum.flat_map(what, fn
+        :call -> [:call]
+        :send -> [:send]
+        :receive -> [:receive]
+        :procs -> [:procs]
+        _ -> []
+      end)
+      |> Enum.uniq()
+
+    if flags == [],
+      do: raise(ArgumentError, ":what must include :call, :send, :receive or :procs")
+
+    %{
+      procs: procs,
+      flags: flags,
+      patterns: if(calls?, do: patterns, else: []),
+      match_spec: match_spec!(what, opts)
+    }
+  end
+
+  defp bad_target!(t),
+    do:
+      raise(
+        ArgumentError,
+        "trace target must be a module, {m, f, arity}, a pid, a list of pids, :all or :new, got: #{inspect(t)}"
+      )
+
+  defp match_spec!(what, opts) do
+    actions =
+      cond do
+        :exception in what -> [{:exception_trace}]
+        :return in what -> [{:return_trace}]
+        true -> []
+      end
+
+    case {opts[:match_spec], opts[:args]} do
+      {nil, nil} ->
+        [{:_, [], actions}]
+
+      {nil, args} when is_list(args) ->
+        [{args, [], actions}]
+
+      {ms, nil} when is_list(ms) ->
+        Enum.map(ms, fn
+          {head, guards, body} -> {head, guards, Enum.uniq(body ++ actions)}
+          other -> raise ArgumentError, "not a match spec clause: #{inspect(other)}"
+        end)
+
+      _ ->
+        raise ArgumentError, "give either :args (a list pattern) or :match_spec, not both"
+    end
+  end
+
+  # ---------------------------------------------------------------- session
+
+  @impl true
+  def init({plan, opts, handle, owner}) do
+    Process.flag(:trap_exit, true)
+    owner_ref = Process.monitor(owner)
+    instance_ref = Process.monitor(Process.whereis(opts[:instance]) || self())
+
+    modules = plan.patterns |> Enum.map(&elem(&1, 0)) |> Enum.uniq()
+
+    session_opts = %{
+      max_events: opts[:max_events],
+      max_rate: opts[:max_rate],
+      duration_ms: opts[:duration_ms],
+      max_msg_bytes: opts[:max_msg_bytes],
+      modules: modules
+    }
+
+    with {:ok, session} <- Native.tracer_session_new(handle, session_opts, self()),
+         :ok <- apply_patterns(plan) do
+      tracer = {:tracer, Native, session}
+      matched = apply_flags(plan, tracer)
+      exclude_ourselves(plan, opts[:instance])
+      timer = Process.send_after(self(), :duration_elapsed, opts[:duration_ms])
+
+      {:ok,
+       %{
+         plan: plan,
+         session: session,
+         owner: owner,
+         owner_ref: owner_ref,
+         instance_ref: instance_ref,
+         timer: timer,
+         processes: matched,
+         stopped: nil
+       }}
+    else
+      {:error, %Causeway.Error{} = e} -> {:stop, e}
+      {:error, e} -> {:stop, Causeway.Error.from_native(e)}
+    end
+  end
+
+  defp apply_patterns(%{patterns: patterns, match_spec: ms}) do
+    Enum.reduce_while(patterns, :ok, fn mfa, :ok ->
+      case :erlang.trace_pattern(mfa, ms, [:local]) do
+        0 ->
+          Enum.each(patterns, &:erlang.trace_pattern(&1, false, [:local]))
+
+          {:halt,
+           {:error,
+            %Causeway.Error{kind: :not_found, message: "no function matches #{inspect(mfa)}"}}}
+
+        _ ->
+          {:cont, :ok}
+      end
+    end)
+  end
+
+  defp apply_flags(%{procs: procs, flags: flags}, tracer) when is_list(procs) do
+    Enum.count(procs, fn pid ->
+      try do
+        :erlang.trace(pid, true, [tracer | flags]) == 1
+      rescue
+        ArgumentError -> false
+      end
+    end)
+  end
+
+  defp apply_flags(%{procs: spec, flags: flags}, tracer),
+    do: :erlang.trace(spec, true, [tracer | flags])
+
+  # Causeway's own processes are never traced (their work would trace itself).
+  defp exclude_ourselves(%{procs: procs, flags: flags}, instance)
+       when procs in [:processes, :new] do
+    for pid <- [self(), Process.whereis(instance), Process.whereis(Causeway.SessionSupervisor)],
+        is_pid(pid) do
+      try do
+        :erlang.trace(pid, false, flags)
+      rescue
+        ArgumentError -> :ok
+      end
+    end
+  end
+
+  defp exclude_ourselves(_, _), do: :ok
+
+  @impl true
+  def handle_call(:info, _from, state) do
+    native = Native.tracer_session_info(state.session)
+
+    {:reply,
+     Map.merge(native, %{
+       running: state.stopped == nil,
+       processes: state.processes,
+       flags: state.plan.flags,
+       patterns: state.plan.patterns
+     }), state}
+  end
+
+  @impl true
+  def handle_info({:causeway_trace, :stopped, reason}, state) do
+    send(
+      state.owner,
+      {:causeway_trace, %__MODULE__{pid: self(), target: nil}, {:stopped, String.to_atom(reason)}}
+    )
+
+    {:stop, :normal, %{state | stopped: reason}}
+  end
+
+  def handle_info(:duration_elapsed, state) do
+    Native.tracer_session_stop(state.session, "duration_ms")
+
+    send(
+      state.owner,
+      {:causeway_trace, %__MODULE__{pid: self(), target: nil}, {:stopped, :duration_ms}}
+    )
+
+    {:stop, :normal, %{state | stopped: "duration_ms"}}
+  end
+
+  def handle_info({:DOWN, ref, :process, _, _}, %{owner_ref: ref} = state),
+    do: {:stop, :normal, state}
+
+  def handle_info({:DOWN, ref, :process, _, _}, %{instance_ref: ref} = state),
+    do: {:stop, :normal, state}
+
+  def handle_info({:EXIT, _, reason}, state), do: {:stop, reason, state}
+  def handle_info(_, state), do: {:noreply, state}
+
+  @impl true
+  def terminate(_reason, state) do
+    Native.tracer_session_stop(state.session, state.stopped || "stopped")
+    cleanup(state.plan, state.session)
+    :ok
+  end
+
+  defp cleanup(%{procs: procs, flags: flags, patterns: patterns}, session) do
+    for mfa <- patterns, do: :erlang.trace_pattern(mfa, false, [:local])
+
+    case procs do
+      list when is_list(list) ->
+        for pid <- list, do: untrace(pid, flags, session)
+
+      :processes ->
+        for pid <- Process.list(), do: untrace(pid, flags, session)
+
+      :new ->
+        :erlang.trace(:new, false, flags)
+        for pid <- Process.list(), do: untrace(pid, flags, session)
+    end
+
+    :ok
+  end
+
+  # Only processes whose tracer is this session: other tools' tracing stays.
+  defp untrace(pid, flags, session) do
+    case :erlang.trace_info(pid, :tracer) do
+      {:tracer, {Native, ^session}} -> :erlang.trace(pid, false, flags)
+      _ -> :ok
+    end
+  rescue
+    ArgumentError -> :ok
+  end
+end
