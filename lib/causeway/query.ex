@@ -21,7 +21,8 @@ defmodule Causeway.Query do
     :links,
     :store,
     :instance,
-    :page_size
+    :page_size,
+    :scan
   ]
 
   @doc false
@@ -49,6 +50,17 @@ defmodule Causeway.Query do
 
     case Native.query_events(h, filter) do
       {:ok, {events, next, index}} -> {Enum.map(events, &Event.from_native/1), next, index}
+      {:error, e} -> raise Causeway.Error.from_native(e)
+    end
+  end
+
+  @doc false
+  # How many events match, decoded in Rust only (for benchmarks): {count, index}.
+  def count(opts) do
+    opts = Keyword.validate!(opts, @event_opts)
+
+    case Native.query_count(handle(opts), filter!(opts)) do
+      {:ok, r} -> r
       {:error, e} -> raise Causeway.Error.from_native(e)
     end
   end
@@ -142,7 +154,8 @@ defmodule Causeway.Query do
       limit: limit,
       reverse: reverse,
       after: opt_int!(opts, :after),
-      links: Keyword.get(opts, :links, true) == true
+      links: Keyword.get(opts, :links, true) == true,
+      scan: Keyword.get(opts, :scan, false) == true
     }
   end
 

@@ -55,6 +55,8 @@ pub struct Filter {
     pub reverse: bool,
     /// Resume strictly after this id (in the order of the scan).
     pub after: Option<u64>,
+    /// Ignore the indexes and scan the primary key range (a baseline for benchmarks).
+    pub force_scan: bool,
 }
 
 /// How far ahead of its capture time an id may run (bursts faster than one
@@ -276,6 +278,16 @@ fn mfa_groups(store: &Store, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
 }
 
 fn plan(store: &Store, f: &Filter) -> Result<(Vec<Source>, &'static str)> {
+    if f.force_scan {
+        return Ok((
+            vec![Source {
+                cf: CF_EVENTS,
+                prefix: Vec::new(),
+                only: None,
+            }],
+            "scan",
+        ));
+    }
     if let Some(c) = f.call_id {
         // the entry is the event whose id is the call id; its exits are in by_call
         return Ok((

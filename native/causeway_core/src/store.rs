@@ -213,12 +213,28 @@ pub struct DiskEvent {
     source: u8,
 }
 
-fn cf_options() -> Options {
+/// One block cache for every column family of every store in this process.
+fn block_cache() -> &'static rocksdb::Cache {
+    static CACHE: std::sync::OnceLock<rocksdb::Cache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| rocksdb::Cache::new_lru_cache(256 << 20))
+}
+
+/// Events are read one by one (point lookups from the indexes): small blocks
+/// and a bloom filter; the indexes are read in ranges: larger blocks.
+fn cf_options(name: &str) -> Options {
     let mut o = Options::default();
     o.set_compression_type(DBCompressionType::Lz4);
     o.set_bottommost_compression_type(DBCompressionType::Zstd);
     let mut table = BlockBasedOptions::default();
-    table.set_block_size(16 * 1024);
+    table.set_block_cache(block_cache());
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    if name == CF_EVENTS {
+        table.set_block_size(4 * 1024);
+        table.set_bloom_filter(10.0, false);
+    } else {
+        table.set_block_size(16 * 1024);
+    }
     o.set_block_based_table_factory(&table);
     o
 }
@@ -286,12 +302,12 @@ impl Store {
         db_opts.set_max_background_jobs(2);
         db_opts.set_write_buffer_size(32 << 20);
         db_opts.set_compression_type(DBCompressionType::Lz4);
+        let cfs = ALL_CFS
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n)));
         let db = if opts.read_only {
-            DB::open_cf_for_read_only(&db_opts, &path, ALL_CFS, false)
+            DB::open_cf_descriptors_read_only(&db_opts, &path, cfs, false)
         } else {
-            let cfs = ALL_CFS
-                .iter()
-                .map(|n| ColumnFamilyDescriptor::new(*n, cf_options()));
             DB::open_cf_descriptors(&db_opts, &path, cfs)
         }
         .map_err(|e| path_error(&path, e))?;

@@ -39,6 +39,7 @@ struct QueryFilter<'a> {
     reverse: bool,
     after: Option<u64>,
     links: bool,
+    scan: bool,
 }
 
 fn filter_of(q: &QueryFilter) -> NifResult<Filter> {
@@ -64,6 +65,7 @@ fn filter_of(q: &QueryFilter) -> NifResult<Filter> {
         limit: q.limit,
         reverse: q.reverse,
         after: q.after,
+        force_scan: q.scan,
         ..Default::default()
     }
     .with_time(q.since.map(|s| s as i64), q.until.map(|u| u as i64)))
@@ -260,6 +262,48 @@ fn query_links<'a>(
         None => Vec::new(),
     };
     Ok((crate::atoms::ok(), links_term(env, &l)))
+}
+
+/// Runs a query and returns only how many events matched (decoded in Rust,
+/// nothing built for Elixir): `{:ok, {count, index}}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn query_count<'a>(
+    env: Env<'a>,
+    h: ResourceArc<Handle>,
+    q: QueryFilter<'a>,
+) -> NifResult<(rustler::Atom, Term<'a>)> {
+    let store = h.store()?;
+    let f = filter_of(&q)?;
+    let page = query::events(&store, &f).nif()?;
+    Ok((
+        crate::atoms::ok(),
+        (page.events.len(), atom(env, page.index)).encode(env),
+    ))
+}
+
+/// Flushes memtables and compacts the whole store.
+#[rustler::nif(schedule = "DirtyIo")]
+fn store_compact(h: ResourceArc<Handle>) -> NifResult<rustler::Atom> {
+    h.store()?.compact_all().nif()?;
+    Ok(crate::atoms::ok())
+}
+
+/// `%{live_bytes: n, disk_bytes: n, min_id: id | nil, max_id: id}`
+#[rustler::nif(schedule = "DirtyIo")]
+fn store_stats(env: Env, h: ResourceArc<Handle>) -> NifResult<Term> {
+    let store = h.store()?;
+    let keys = ["live_bytes", "disk_bytes", "min_id", "max_id"].map(|k| atom(env, k));
+    let vals = [
+        store.live_bytes().encode(env),
+        store.size_on_disk().encode(env),
+        match store.min_id().nif()? {
+            Some(i) => i.encode(env),
+            None => crate::atoms::nil().encode(env),
+        },
+        store.max_id().nif()?.encode(env),
+    ];
+    Ok(Term::map_from_term_arrays(env, &keys, &vals)
+        .unwrap_or_else(|_| crate::atoms::nil().encode(env)))
 }
 
 /// Lets go of a store opened with `store_open` (it closes when no query holds it).
