@@ -296,6 +296,34 @@ defmodule Causeway do
           {:ok, term(), Event.t()} | :none
   def state_at(pid, time, opts \\ []), do: Causeway.Query.state_at(pid, time, opts)
 
+  @doc """
+  The process tree recorded under `pid`: `%{pid: pid, spawned: event | nil,
+  exit: event | nil, children: [tree]}` from `process_spawn` events (the parent
+  spawned the child) and `process_exit` events. `:max_depth` (default 32)
+  bounds the walk.
+  """
+  @spec process_tree(pid(), keyword()) :: map()
+  def process_tree(pid, opts \\ []) when is_pid(pid) do
+    {max_depth, query} = Keyword.pop(opts, :max_depth, 32)
+    process_tree(pid, nil, max_depth, query)
+  end
+
+  defp process_tree(pid, spawned, depth, query) do
+    exit = List.first(events(Keyword.merge(query, pid: pid, type: :process_exit, limit: 1)))
+
+    children =
+      if depth <= 0 do
+        []
+      else
+        for %{data: %{child: child}} = spawn <-
+              events(Keyword.merge(query, pid: pid, type: :process_spawn, limit: :infinity)),
+            is_pid(child),
+            do: process_tree(child, spawn, depth - 1, query)
+      end
+
+    %{pid: pid, spawned: spawned, exit: exit, children: children}
+  end
+
   @doc "Prints a call tree (or every top-level call of a pid)."
   @spec print_call_tree(non_neg_integer() | pid(), keyword()) :: :ok
   def print_call_tree(root, opts \\ []) do

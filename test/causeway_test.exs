@@ -170,6 +170,24 @@ defmodule CausewayTest do
       assert {:error, %Causeway.Error{kind: :path}} = Causeway.open(Path.join(base, "missing"))
     end
 
+    test "a corrupt store is refused with a clear error and left as it was" do
+      {_, dir} = start_causeway!()
+      Runtime.state_change(:a, :b)
+      flush!()
+      stop_causeway!()
+      # damage the manifest the CURRENT file points at
+      manifest = Path.join(dir, String.trim(File.read!(Path.join(dir, "CURRENT"))))
+      File.write!(manifest, :binary.copy(<<0xDE, 0xAD>>, 64))
+      snapshot = for f <- File.ls!(dir), into: %{}, do: {f, File.read!(Path.join(dir, f))}
+
+      assert {:error, %Causeway.Error{kind: kind, message: msg}} = Causeway.start_link(dir: dir)
+      assert kind in [:path, :incompatible]
+      assert msg =~ dir
+      assert {:error, %Causeway.Error{}} = Causeway.open(dir)
+      after_ = for f <- File.ls!(dir), into: %{}, do: {f, File.read!(Path.join(dir, f))}
+      assert Map.take(after_, Map.keys(snapshot)) == snapshot
+    end
+
     test "runtime functions" do
       start_causeway!()
 

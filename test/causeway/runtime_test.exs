@@ -38,6 +38,41 @@ defmodule Causeway.RuntimeTest do
     assert ids == Enum.sort(ids) and ids == Enum.uniq(ids)
   end
 
+  test "the process tree: spawns under their parent, with their exits" do
+    start_causeway!()
+    parent = self()
+
+    child =
+      spawn(fn ->
+        grandchild = spawn(fn -> receive do: (:bye -> :ok) end)
+        Runtime.process_spawn(grandchild)
+        send(parent, {:grandchild, grandchild})
+        receive do: (:bye -> :ok)
+        Runtime.process_exit(self(), :normal)
+      end)
+
+    Runtime.process_spawn(child)
+    assert_receive {:grandchild, gc}
+    send(child, :bye)
+    send(gc, :bye)
+    Process.sleep(20)
+    Runtime.process_exit(gc, :killed)
+    flush!()
+
+    tree = Causeway.process_tree(self())
+
+    assert [
+             %{
+               pid: ^child,
+               exit: %{data: %{reason: :normal}},
+               children: [%{pid: ^gc, exit: gexit}]
+             }
+           ] = tree.children
+
+    assert gexit.data.reason == :killed
+    assert {:exit_of, hd(tree.children).spawned.id} in hd(tree.children).exit.links
+  end
+
   test "concurrent producers on every scheduler: exact counts" do
     start_causeway!(ring_size: 65_536)
     scheds = System.schedulers_online()
