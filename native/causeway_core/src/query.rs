@@ -5,7 +5,8 @@
 use crate::event::{EventType, LinkKind, StoredEvent};
 use crate::ids::wall_ns_to_id;
 use crate::store::{
-    keys, Store, CF_BY_CALL, CF_BY_MFA, CF_BY_PID, CF_BY_TYPE, CF_EVENTS, CF_STATE,
+    is_posting_cf, keys, postings, Store, CF_BY_CALL, CF_BY_MFA, CF_BY_PID, CF_BY_TYPE, CF_EVENTS,
+    CF_STATE,
 };
 use crate::{Error, Result};
 use std::cmp::Reverse;
@@ -159,9 +160,90 @@ fn bounds(prefix: &[u8], lo: u64, hi: u64) -> (Vec<u8>, Option<Vec<u8>>) {
     (l, h)
 }
 
+/// The ids of one source, in order: either keys that end in an id, or
+/// posting lists merged on the fly (see `store::postings`).
+enum Stream<'a> {
+    Keys(rocksdb::DBRawIterator<'a>),
+    Postings {
+        it: rocksdb::DBRawIterator<'a>,
+        lo: u64,
+        hi: u64,
+        fwd: BinaryHeap<Reverse<u64>>,
+        rev: BinaryHeap<u64>,
+    },
+}
+
+impl Stream<'_> {
+    fn next(&mut self, reverse: bool) -> Result<Option<u64>> {
+        match self {
+            Stream::Keys(it) => {
+                if !it.valid() {
+                    it.status()?;
+                    return Ok(None);
+                }
+                let id = it.key().and_then(keys::trailing_id);
+                if reverse {
+                    it.prev();
+                } else {
+                    it.next();
+                }
+                Ok(id)
+            }
+            Stream::Postings {
+                it,
+                lo,
+                hi,
+                fwd,
+                rev,
+            } => {
+                loop {
+                    if it.valid() {
+                        let first = it
+                            .key()
+                            .and_then(keys::trailing_id)
+                            .ok_or_else(|| Error::Corrupt("posting key".into()))?;
+                        // open the next list while it may hold ids before the
+                        // best one buffered (lists start at `first`, end
+                        // before `first + SPAN`)
+                        let open = if reverse {
+                            rev.peek()
+                                .is_none_or(|&top| first.saturating_add(postings::SPAN) > top)
+                        } else {
+                            fwd.peek().is_none_or(|&Reverse(top)| first <= top)
+                        };
+                        if open {
+                            let ids = postings::decode(first, it.value().unwrap_or(&[]))?;
+                            for id in ids.into_iter().filter(|id| id >= lo && id <= hi) {
+                                if reverse {
+                                    rev.push(id);
+                                } else {
+                                    fwd.push(Reverse(id));
+                                }
+                            }
+                            if reverse {
+                                it.prev();
+                            } else {
+                                it.next();
+                            }
+                            continue;
+                        }
+                    } else {
+                        it.status()?;
+                    }
+                    return Ok(if reverse {
+                        rev.pop()
+                    } else {
+                        fwd.pop().map(|Reverse(id)| id)
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// Sorted-merge of several sources: ids in ascending (or descending) order.
 struct Merge<'a> {
-    iters: Vec<rocksdb::DBRawIterator<'a>>,
+    streams: Vec<Stream<'a>>,
     heap: BinaryHeap<(Reverse<u64>, usize)>,
     heap_rev: BinaryHeap<(u64, usize)>,
     reverse: bool,
@@ -176,7 +258,7 @@ impl<'a> Merge<'a> {
         reverse: bool,
     ) -> Result<Merge<'a>> {
         let mut m = Merge {
-            iters: Vec::new(),
+            streams: Vec::new(),
             heap: BinaryHeap::new(),
             heap_rev: BinaryHeap::new(),
             reverse,
@@ -193,7 +275,14 @@ impl<'a> Merge<'a> {
             if lo > hi {
                 continue;
             }
-            let (l, h) = bounds(&src.prefix, lo, hi);
+            let posting = is_posting_cf(src.cf);
+            // a posting list that starts up to SPAN before `lo` may reach into the range
+            let key_lo = if posting {
+                lo.saturating_sub(postings::SPAN)
+            } else {
+                lo
+            };
+            let (l, h) = bounds(&src.prefix, key_lo, hi);
             let mut ro = rocksdb::ReadOptions::default();
             ro.set_iterate_lower_bound(l.clone());
             if let Some(h) = h {
@@ -206,24 +295,33 @@ impl<'a> Merge<'a> {
                 it.seek(&l);
             }
             it.status()?;
-            let i = m.iters.len();
-            m.iters.push(it);
-            m.push(i);
+            let stream = if posting {
+                Stream::Postings {
+                    it,
+                    lo,
+                    hi,
+                    fwd: BinaryHeap::new(),
+                    rev: BinaryHeap::new(),
+                }
+            } else {
+                Stream::Keys(it)
+            };
+            let i = m.streams.len();
+            m.streams.push(stream);
+            m.advance(i)?;
         }
         Ok(m)
     }
 
-    fn push(&mut self, i: usize) {
-        let it = &self.iters[i];
-        if it.valid() {
-            if let Some(id) = it.key().and_then(keys::trailing_id) {
-                if self.reverse {
-                    self.heap_rev.push((id, i));
-                } else {
-                    self.heap.push((Reverse(id), i));
-                }
+    fn advance(&mut self, i: usize) -> Result<()> {
+        if let Some(id) = self.streams[i].next(self.reverse)? {
+            if self.reverse {
+                self.heap_rev.push((id, i));
+            } else {
+                self.heap.push((Reverse(id), i));
             }
         }
+        Ok(())
     }
 
     fn next_id(&mut self) -> Result<Option<u64>> {
@@ -233,15 +331,40 @@ impl<'a> Merge<'a> {
             self.heap.pop().map(|(Reverse(id), i)| (id, i))
         };
         let Some((id, i)) = top else { return Ok(None) };
-        if self.reverse {
-            self.iters[i].prev();
-        } else {
-            self.iters[i].next();
-        }
-        self.iters[i].status()?;
-        self.push(i);
+        self.advance(i)?;
         Ok(Some(id))
     }
+}
+
+/// Ids under one prefix of one column family in `[lo, hi]`, in order.
+pub fn ids_in(
+    store: &Store,
+    cf: &'static str,
+    prefix: &[u8],
+    lo: u64,
+    hi: u64,
+    reverse: bool,
+    limit: usize,
+) -> Result<Vec<u64>> {
+    let mut m = Merge::new(
+        store,
+        &[Source {
+            cf,
+            prefix: prefix.to_vec(),
+            only: None,
+        }],
+        lo,
+        hi,
+        reverse,
+    )?;
+    let mut out = Vec::new();
+    while out.len() < limit {
+        match m.next_id()? {
+            Some(id) => out.push(id),
+            None => break,
+        }
+    }
+    Ok(out)
 }
 
 /// The distinct `len·module·len·function·arity` groups under an mfa prefix.
@@ -578,50 +701,63 @@ pub fn state_history(
     until_id: u64,
     limit: usize,
 ) -> Result<Vec<StoredEvent>> {
-    let mut ids = Vec::new();
-    let (lo, hi) = bounds(&pid.key(), since_id, until_id);
-    store.scan_keys(CF_STATE, &lo, hi.as_deref(), false, |k, _| {
-        if let Some(id) = keys::trailing_id(k) {
-            ids.push(id);
+    let want = if limit == 0 { usize::MAX } else { limit };
+    let mut out = Vec::new();
+    let mut m = Merge::new(
+        store,
+        &[Source {
+            cf: CF_STATE,
+            prefix: pid.key().to_vec(),
+            only: None,
+        }],
+        since_id,
+        until_id,
+        false,
+    )?;
+    let mut ids = Vec::with_capacity(256);
+    while out.len() < want {
+        ids.clear();
+        while ids.len() < 256 {
+            match m.next_id()? {
+                Some(id) => ids.push(id),
+                None => break,
+            }
         }
-        Ok(limit == 0 || ids.len() < limit * 2)
-    })?;
-    let mut evs: Vec<StoredEvent> = store
-        .get_many(&ids)?
-        .into_iter()
-        .filter(|e| pid.matches(&e.pid))
-        .collect();
-    if limit > 0 {
-        evs.truncate(limit);
+        if ids.is_empty() {
+            break;
+        }
+        out.extend(
+            store
+                .get_many(&ids)?
+                .into_iter()
+                .filter(|e| pid.matches(&e.pid)),
+        );
     }
-    Ok(evs)
+    out.truncate(want);
+    Ok(out)
 }
 
 /// The last state change of `pid` at or before wall-clock `wall_ns`.
 pub fn state_at(store: &Store, pid: &PidMatch, wall_ns: u64) -> Result<Option<StoredEvent>> {
     let until =
         wall_ns_to_id(wall_ns.saturating_add(ID_SLACK_NS)) | ((1u64 << crate::ids::SHARD_BITS) - 1);
-    let (lo, hi) = bounds(&pid.key(), 0, until);
-    let mut found = None;
-    let mut err = None;
-    store.scan_keys(CF_STATE, &lo, hi.as_deref(), true, |k, _| {
-        let Some(id) = keys::trailing_id(k) else {
-            return Ok(true);
-        };
-        match store.get(id) {
-            Ok(Some(e)) if pid.matches(&e.pid) && e.wall_ns as u64 <= wall_ns => {
-                found = Some(e);
-                Ok(false)
-            }
-            Ok(_) => Ok(true),
-            Err(e) => {
-                err = Some(e);
-                Ok(false)
+    let mut m = Merge::new(
+        store,
+        &[Source {
+            cf: CF_STATE,
+            prefix: pid.key().to_vec(),
+            only: None,
+        }],
+        0,
+        until,
+        true,
+    )?;
+    while let Some(id) = m.next_id()? {
+        if let Some(e) = store.get(id)? {
+            if pid.matches(&e.pid) && e.wall_ns as u64 <= wall_ns {
+                return Ok(Some(e));
             }
         }
-    })?;
-    match err {
-        Some(e) => Err(e),
-        None => Ok(found),
     }
+    Ok(None)
 }

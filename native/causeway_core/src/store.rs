@@ -133,6 +133,104 @@ pub mod keys {
     }
 }
 
+/// Posting lists: the secondary indexes of pid, type, module/function/arity
+/// and state hold, per key prefix and per written batch, one entry
+/// `prefix · first id` whose value lists the batch's ids under that prefix
+/// (delta varints). A posting never spans more than `SPAN` of id space, so a
+/// scan of `[lo, hi]` reads the entries from `lo − SPAN` and merges them in
+/// order. One RocksDB key per prefix per batch instead of one per event.
+pub mod postings {
+    use crate::{Error, Result};
+
+    /// ~1.07 s of id space (ids are nanoseconds).
+    pub const SPAN: u64 = 1 << 30;
+
+    /// Encodes sorted ids (all within `SPAN` of the first, which is the id
+    /// in the entry's key).
+    pub fn encode(ids: &[u64]) -> Vec<u8> {
+        encode_from(ids.first().copied().unwrap_or(0), ids)
+    }
+
+    /// Encodes sorted ids, all ≥ `first` and within `SPAN` of it, relative to
+    /// `first` (the id in the entry's key).
+    pub fn encode_from(first: u64, ids: &[u64]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ids.len() * 3 + 4);
+        varint(&mut out, ids.len() as u64);
+        let mut prev = first;
+        for &id in ids {
+            varint(&mut out, id - prev);
+            prev = id;
+        }
+        out
+    }
+
+    /// The ids of a posting whose first id is `first`.
+    pub fn decode(first: u64, bytes: &[u8]) -> Result<Vec<u64>> {
+        let mut pos = 0;
+        let n = read_varint(bytes, &mut pos)? as usize;
+        if n > bytes.len() {
+            return Err(Error::Corrupt("posting list length".into()));
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut cur = first;
+        for _ in 0..n {
+            cur = cur
+                .checked_add(read_varint(bytes, &mut pos)?)
+                .ok_or_else(|| Error::Corrupt("posting list delta".into()))?;
+            out.push(cur);
+        }
+        Ok(out)
+    }
+
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn read_varint(b: &[u8], pos: &mut usize) -> Result<u64> {
+        let mut v: u64 = 0;
+        let mut shift = 0;
+        loop {
+            let byte = *b
+                .get(*pos)
+                .ok_or_else(|| Error::Corrupt("posting list truncated".into()))?;
+            *pos += 1;
+            if shift >= 64 {
+                return Err(Error::Corrupt("posting list varint".into()));
+            }
+            v |= ((byte & 0x7f) as u64) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+            shift += 7;
+        }
+    }
+
+    /// Splits sorted ids into runs no wider than `SPAN`.
+    pub fn runs(ids: &[u64]) -> Vec<&[u64]> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for i in 1..ids.len() {
+            if ids[i] - ids[start] >= SPAN {
+                out.push(&ids[start..i]);
+                start = i;
+            }
+        }
+        if !ids.is_empty() {
+            out.push(&ids[start..]);
+        }
+        out
+    }
+}
+
+/// The column families that hold posting lists.
+pub fn is_posting_cf(cf: &str) -> bool {
+    matches!(cf, CF_BY_PID | CF_BY_TYPE | CF_BY_MFA | CF_STATE)
+}
+
 /// Limits on what a store keeps.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RetentionPolicy {
@@ -474,6 +572,11 @@ impl Store {
         let mut b = WriteBatch::default();
         let mut fresh = Vec::new();
         let mut buf = Vec::with_capacity(256);
+        // (column family, prefix) → ids, written as posting lists below
+        let mut groups: HashMap<(u8, Vec<u8>), Vec<u64>> = HashMap::new();
+        let mut post = |cf: u8, prefix: &[u8], id: u64| {
+            groups.entry((cf, prefix.to_vec())).or_default().push(id);
+        };
         for ev in events {
             let module = ev
                 .module
@@ -505,16 +608,20 @@ impl Store {
             rmp_serde::encode::write(&mut buf, &disk)?;
             b.put_cf(cf_ev, keys::id(ev.id), &buf);
             let pid_key = ev.pid.key();
-            b.put_cf(cf_pid, keys::pid(pid_key, ev.id), []);
-            b.put_cf(cf_type, keys::typed(ev.kind as u8, ev.id), []);
+            post(0, &pid_key, ev.id);
+            post(1, &[ev.kind as u8], ev.id);
             if module != 0 {
-                b.put_cf(cf_mfa, keys::mfa(module, function, ev.arity, ev.id), []);
+                post(
+                    2,
+                    &keys::mfa_prefix(module, Some(function), Some(ev.arity)),
+                    ev.id,
+                );
             }
             if ev.kind == EventType::FunctionExit && ev.call_id != 0 {
                 b.put_cf(cf_call, keys::call(ev.call_id, ev.id), []);
             }
             if ev.kind == EventType::StateChange {
-                b.put_cf(cf_state, keys::pid(pid_key, ev.id), []);
+                post(3, &pid_key, ev.id);
             }
             if let (Some(kind), true) = (ev.parent_link, ev.parent_id != 0 && ev.parent_id != ev.id)
             {
@@ -523,6 +630,16 @@ impl Store {
                     keys::link(ev.parent_id, kind.reverse() as u8, ev.id),
                     [],
                 );
+            }
+        }
+        for ((cf, prefix), mut ids) in groups {
+            let cf = [cf_pid, cf_type, cf_mfa, cf_state][cf as usize];
+            ids.sort_unstable();
+            ids.dedup();
+            for run in postings::runs(&ids) {
+                let mut k = prefix.clone();
+                k.extend_from_slice(&run[0].to_be_bytes());
+                b.put_cf(cf, k, postings::encode(run));
             }
         }
         for l in links.iter().filter(|l| {
@@ -819,23 +936,70 @@ impl Store {
         b.delete_range_cf(self.cf(CF_LINKS)?, &lo, &hi);
         // by_call is keyed by the entry's id: exits of deleted calls go with them
         b.delete_range_cf(self.cf(CF_BY_CALL)?, &lo, &hi);
-        for t in EventType::ALL {
-            let (lo, hi) = id_range(&[t as u8]);
-            b.delete_range_cf(self.cf(CF_BY_TYPE)?, &lo, &hi);
-        }
-        for p in &pids {
-            let (lo, hi) = id_range(p);
-            b.delete_range_cf(self.cf(CF_BY_PID)?, &lo, &hi);
-            b.delete_range_cf(self.cf(CF_STATE)?, &lo, &hi);
-        }
-        for m in &mfas {
-            let (lo, hi) = id_range(m);
-            b.delete_range_cf(self.cf(CF_BY_MFA)?, &lo, &hi);
+        let types: Vec<[u8; 1]> = EventType::ALL.iter().map(|t| [*t as u8]).collect();
+        let lists: [(&str, Vec<&[u8]>); 4] = [
+            (CF_BY_TYPE, types.iter().map(|t| &t[..]).collect()),
+            (CF_BY_PID, pids.iter().map(|p| &p[..]).collect()),
+            (CF_STATE, pids.iter().map(|p| &p[..]).collect()),
+            (CF_BY_MFA, mfas.iter().map(|m| &m[..]).collect()),
+        ];
+        for (cf_name, prefixes) in lists {
+            let cf = self.cf(cf_name)?;
+            for prefix in prefixes {
+                self.trim_postings(&mut b, cf, cf_name, prefix, upto)?;
+            }
         }
         for k in dangling {
             b.delete_cf(self.cf(CF_LINKS)?, k);
         }
         self.db.write_opt(b, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// Removes ids below `upto` from the posting lists under `prefix`: lists
+    /// that start before `upto − SPAN` hold only such ids and are range-deleted;
+    /// the few that straddle `upto` are rewritten without them.
+    fn trim_postings(
+        &self,
+        b: &mut WriteBatch,
+        cf: &rocksdb::ColumnFamily,
+        cf_name: &str,
+        prefix: &[u8],
+        upto: u64,
+    ) -> Result<()> {
+        let with = |id: u64| {
+            let mut k = prefix.to_vec();
+            k.extend_from_slice(&id.to_be_bytes());
+            k
+        };
+        let straddle = upto.saturating_sub(postings::SPAN);
+        b.delete_range_cf(cf, with(0), with(straddle));
+        let mut rewrites = Vec::new();
+        self.scan_keys(
+            cf_name,
+            &with(straddle),
+            Some(&with(upto)),
+            false,
+            |k, v| {
+                let first =
+                    keys::trailing_id(k).ok_or_else(|| Error::Corrupt("posting key".into()))?;
+                let kept: Vec<u64> = postings::decode(first, v)?
+                    .into_iter()
+                    .filter(|&id| id >= upto)
+                    .collect();
+                rewrites.push((k.to_vec(), kept));
+                Ok(true)
+            },
+        )?;
+        for (k, kept) in rewrites {
+            if kept.is_empty() {
+                b.delete_cf(cf, k);
+            } else {
+                // the key keeps its first id: every id is still ≥ it and within SPAN of it
+                let first = keys::trailing_id(&k).unwrap_or(0);
+                b.put_cf(cf, &k, postings::encode_from(first, &kept));
+            }
+        }
         Ok(())
     }
 
@@ -1060,7 +1224,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(n, 35, "34 entries and the exit");
+        assert_eq!(n, 2, "two batches: two posting lists");
         assert!(
             s.write(&evs, &[]).is_err(),
             "read-only store refuses writes"
@@ -1070,12 +1234,20 @@ mod tests {
     /// Every index entry and link points at an event that exists.
     fn assert_consistent(s: &Store) {
         for cf in [CF_BY_PID, CF_BY_MFA, CF_BY_TYPE, CF_BY_CALL, CF_STATE] {
-            s.scan_keys(cf, &[], None, false, |k, _| {
-                let id = keys::trailing_id(k).unwrap();
-                assert!(
-                    s.get(id).unwrap().is_some(),
-                    "{cf} points at deleted event {id}"
-                );
+            s.scan_keys(cf, &[], None, false, |k, v| {
+                let last = keys::trailing_id(k).unwrap();
+                let ids = if is_posting_cf(cf) {
+                    postings::decode(last, v).unwrap()
+                } else {
+                    vec![last]
+                };
+                assert!(!ids.is_empty(), "{cf}: empty posting list");
+                for id in ids {
+                    assert!(
+                        s.get(id).unwrap().is_some(),
+                        "{cf} points at deleted event {id}"
+                    );
+                }
                 Ok(true)
             })
             .unwrap();
@@ -1157,9 +1329,16 @@ mod tests {
                     EventType::StateChange,
                 );
                 e.wall_ns = wall as i64;
-                e.data = vec![131, 109, 0, 0, 0, 64]
+                // incompressible payloads, so the data dwarfs the fixed size of the files
+                let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                e.data = vec![131, 109, 0, 0, 2, 0]
                     .into_iter()
-                    .chain((0..64).map(|b| (b * 7 + i) as u8))
+                    .chain((0..512).map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    }))
                     .collect();
                 e
             })
@@ -1205,6 +1384,21 @@ mod tests {
             "the newest event is kept"
         );
         assert_consistent(&s);
+    }
+
+    #[test]
+    fn posting_lists_round_trip_and_split_by_span() {
+        let ids = [5, 6, 100, 1 << 20, (1 << 30) + 5, (1 << 30) + 6, 3 << 30];
+        let runs = postings::runs(&ids);
+        assert_eq!(runs, vec![&ids[..4], &ids[4..6], &ids[6..]]);
+        for run in runs {
+            assert_eq!(
+                postings::decode(run[0], &postings::encode(run)).unwrap(),
+                run
+            );
+        }
+        assert!(postings::decode(1, &[5, 1]).is_err(), "truncated");
+        assert!(postings::decode(1, &[0xff; 12]).is_err(), "runaway varint");
     }
 
     #[test]
