@@ -511,7 +511,7 @@ pub fn events(store: &Store, f: &Filter) -> Result<Page> {
     let mut ids = Vec::with_capacity(256);
     'outer: loop {
         ids.clear();
-        while ids.len() < 256 {
+        while ids.len() < 1024 {
             match merge.next_id()? {
                 Some(id) => ids.push(id),
                 None => break,

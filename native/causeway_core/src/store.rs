@@ -722,17 +722,28 @@ impl Store {
     /// Fetches events by id, in the order given; ids with no event are skipped.
     pub fn get_many(&self, ids: &[u64]) -> Result<Vec<StoredEvent>> {
         let cf = self.cf(CF_EVENTS)?;
-        let ks: Vec<[u8; 8]> = ids.iter().map(|&i| keys::id(i)).collect();
+        // RocksDB reads sorted keys faster (one pass over each block); queries
+        // hand ids in ascending or descending order.
+        let descending = ids.windows(2).all(|w| w[0] > w[1]) && ids.len() > 1;
+        let mut order: Vec<u64> = ids.to_vec();
+        if descending {
+            order.reverse();
+        }
+        let sorted = order.windows(2).all(|w| w[0] < w[1]);
+        let ks: Vec<[u8; 8]> = order.iter().map(|&i| keys::id(i)).collect();
         let mut out = Vec::with_capacity(ids.len());
         for (r, &id) in self
             .db
-            .batched_multi_get_cf(cf, &ks, false)
+            .batched_multi_get_cf(cf, &ks, sorted)
             .into_iter()
-            .zip(ids)
+            .zip(&order)
         {
             if let Some(v) = r? {
                 out.push(self.decode_event(id, &v)?);
             }
+        }
+        if descending {
+            out.reverse();
         }
         Ok(out)
     }
