@@ -24,6 +24,11 @@ defmodule Causeway.Demo do
     def handle_call({:get, key}, _from, state), do: {:reply, Map.get(state, key), state}
   end
 
+  defmodule Ledger do
+    @moduledoc "A plain module (no instrumentation): `mix causeway.demo` records it with `Causeway.trace/2`."
+    def record(worker, amount), do: {:recorded, worker, amount}
+  end
+
   defmodule Math do
     @moduledoc "Instrumented pure functions with nested calls."
     use Causeway.Instrument
@@ -64,6 +69,7 @@ defmodule Causeway.Demo do
             for r <- 1..rounds do
               score = Math.score(w * 100 + r)
               :ok = Store.put(store, {w, r}, score)
+              {:recorded, _, _} = Ledger.record(w, score)
               _ = Math.safe_div(score, rem(r, 5))
               msg = {:done, w, r, score}
               Causeway.Runtime.message_send(me, msg)

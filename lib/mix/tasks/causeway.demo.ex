@@ -25,8 +25,11 @@ defmodule Mix.Tasks.Causeway.Demo do
     File.rm_rf!(dir)
 
     {:ok, _} = Causeway.start_link(dir: dir)
+    # Ledger is not instrumented: its calls are recorded by the erl_tracer NIF
+    {:ok, session} = Causeway.trace(Causeway.Demo.Ledger, max_events: 100_000)
     t0 = System.monotonic_time(:millisecond)
     %{store: store, workers: [first | _]} = Causeway.Demo.run(workers, rounds)
+    Causeway.stop_trace(session)
     :ok = Causeway.flush()
     elapsed = System.monotonic_time(:millisecond) - t0
     metrics = Causeway.metrics()
@@ -64,6 +67,29 @@ defmodule Mix.Tasks.Causeway.Demo do
       _ ->
         :ok
     end
+
+    traced =
+      Causeway.events(
+        store: s,
+        module: Causeway.Demo.Ledger,
+        type: :function_exit,
+        limit: :infinity
+      )
+
+    IO.puts(
+      "\n== traced without recompiling (Causeway.trace/2): #{length(traced)} returns of Causeway.Demo.Ledger.record/2, e.g."
+    )
+
+    Enum.each(Enum.take(traced, 2), &IO.puts("  " <> inspect(&1)))
+
+    trace_path = Path.join(dir, "trace.json")
+
+    {:ok, %{trace_events: n}} =
+      Causeway.Export.chrome_trace(trace_path, store: s, pid: first, limit: 2_000)
+
+    IO.puts(
+      "\n== Chrome trace of #{inspect(first)}: #{trace_path} (#{n} trace events; open it in https://ui.perfetto.dev)"
+    )
 
     case List.last(history) do
       nil ->
