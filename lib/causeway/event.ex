@@ -81,45 +81,8 @@ defmodule Causeway.Event do
   def types, do: @types
 
   @doc false
-  def from_native(
-        {id, type, mono, wall_ns, node, pid, call_id, parent_id, module, function, arity, data,
-         peer, source, links}
-      ) do
-    %__MODULE__{
-      id: id,
-      type: type,
-      timestamp: mono,
-      wall_time: wall_time(wall_ns),
-      node: node,
-      pid: pid,
-      call_id: call_id,
-      parent_id: parent_id,
-      module: module,
-      function: function,
-      arity: arity,
-      data: shape(type, data, peer),
-      source: source,
-      links: links
-    }
-  end
-
-  defp wall_time(ns) do
-    case DateTime.from_unix(div(ns, 1000), :microsecond) do
-      {:ok, dt} -> dt
-      _ -> nil
-    end
-  end
-
-  defp shape(:message_send, msg, peer), do: %{to: peer, message: msg}
-  defp shape(:message_receive, msg, peer), do: %{from: peer, message: msg}
-  defp shape(:state_change, {old, new}, _), do: %{old: old, new: new}
-  defp shape(:process_spawn, _child, peer), do: %{child: peer}
-  defp shape(:process_exit, reason, _), do: %{reason: reason}
-
-  defp shape(:error, {kind, reason, stacktrace}, _),
-    do: %{kind: kind, reason: reason, stacktrace: stacktrace}
-
-  defp shape(_type, data, _peer), do: data
+  # Events are built as structs by the NIF; this is the one place that says so.
+  def from_native(%__MODULE__{} = e), do: e
 
   @doc "`Module.function/arity` of a function event, as a string (`nil` otherwise)."
   @spec mfa_string(t()) :: String.t() | nil

@@ -229,13 +229,6 @@ pub fn pid_term<'a>(env: Env<'a>, p: &PidRec) -> Term<'a> {
     }
 }
 
-fn opt_name<'a>(env: Env<'a>, s: &Option<String>) -> Term<'a> {
-    match s {
-        Some(s) => name(env, s),
-        None => atoms::nil().encode(env),
-    }
-}
-
 fn nil_if_zero<'a>(env: Env<'a>, v: u64) -> Term<'a> {
     if v == 0 {
         atoms::nil().encode(env)
@@ -252,39 +245,246 @@ pub fn links_term<'a>(env: Env<'a>, links: &[(LinkKind, u64)]) -> Term<'a> {
     items.encode(env)
 }
 
-/// `{id, type, mono_ns, wall_ns, node, pid, call_id, parent_id, module,
-///   function, arity, data, peer, source, links}` — `Causeway.Event.from_native/1`.
-pub fn event_term<'a>(
+mod struct_atoms {
+    rustler::atoms! {
+        __struct__,
+        elixir_event = "Elixir.Causeway.Event",
+        elixir_datetime = "Elixir.DateTime",
+        elixir_iso = "Elixir.Calendar.ISO",
+        id, type_ = "type", timestamp, wall_time, node, pid, call_id, parent_id,
+        module, function, arity, data, source, links,
+        calendar, year, month, day, hour, minute, second, microsecond,
+        time_zone, zone_abbr, utc_offset, std_offset,
+        to, from, message, old, new, child, reason, kind, stacktrace,
+        function_entry, function_exit, message_send, message_receive, state_change,
+        process_spawn, process_exit, error,
+        runtime, tracer,
+        completes, completed_by, called_from, calls, receives, received_by,
+        caused_by, causes, exit_of, exited_by,
+    }
+}
+
+use std::collections::HashMap;
+
+/// Terms made once per query for the names and pids that repeat across events.
+#[derive(Default)]
+pub struct TermCache<'a> {
+    names: HashMap<String, Term<'a>>,
+    pids: HashMap<(String, u32, u32, u32), Term<'a>>,
+}
+
+impl<'a> TermCache<'a> {
+    fn name(&mut self, env: Env<'a>, s: &str) -> Term<'a> {
+        if let Some(t) = self.names.get(s) {
+            return *t;
+        }
+        let t = name(env, s);
+        self.names.insert(s.to_string(), t);
+        t
+    }
+
+    fn pid(&mut self, env: Env<'a>, p: &PidRec) -> Term<'a> {
+        let k = (p.node.clone(), p.id, p.serial, p.creation);
+        if let Some(t) = self.pids.get(&k) {
+            return *t;
+        }
+        let t = pid_term(env, p);
+        self.pids.insert(k, t);
+        t
+    }
+}
+
+fn type_atom(t: causeway_core::event::EventType) -> Atom {
+    use causeway_core::event::EventType::*;
+    use struct_atoms as a;
+    match t {
+        FunctionEntry => a::function_entry(),
+        FunctionExit => a::function_exit(),
+        MessageSend => a::message_send(),
+        MessageReceive => a::message_receive(),
+        StateChange => a::state_change(),
+        ProcessSpawn => a::process_spawn(),
+        ProcessExit => a::process_exit(),
+        Error => a::error(),
+    }
+}
+
+fn link_atom(k: LinkKind) -> Atom {
+    use struct_atoms as a;
+    match k {
+        LinkKind::Completes => a::completes(),
+        LinkKind::CompletedBy => a::completed_by(),
+        LinkKind::CalledFrom => a::called_from(),
+        LinkKind::Calls => a::calls(),
+        LinkKind::Receives => a::receives(),
+        LinkKind::ReceivedBy => a::received_by(),
+        LinkKind::CausedBy => a::caused_by(),
+        LinkKind::Causes => a::causes(),
+        LinkKind::ExitOf => a::exit_of(),
+        LinkKind::ExitedBy => a::exited_by(),
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn map_of<'a>(env: Env<'a>, keys: &[Atom], values: &[Term<'a>]) -> Term<'a> {
+    let ks: Vec<Term> = keys.iter().map(|k| k.encode(env)).collect();
+    Term::map_from_term_arrays(env, &ks, values).unwrap_or_else(|_| atoms::nil().encode(env))
+}
+
+/// A UTC `%DateTime{}` (microsecond precision) for wall-clock nanoseconds.
+pub fn datetime<'a>(env: Env<'a>, wall_ns: i64) -> Term<'a> {
+    use struct_atoms as a;
+    let secs = wall_ns.div_euclid(1_000_000_000);
+    let us = wall_ns.rem_euclid(1_000_000_000) / 1_000;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    map_of(
+        env,
+        &[
+            a::__struct__(),
+            a::calendar(),
+            a::year(),
+            a::month(),
+            a::day(),
+            a::hour(),
+            a::minute(),
+            a::second(),
+            a::microsecond(),
+            a::time_zone(),
+            a::zone_abbr(),
+            a::utc_offset(),
+            a::std_offset(),
+        ],
+        &[
+            a::elixir_datetime().encode(env),
+            a::elixir_iso().encode(env),
+            y.encode(env),
+            m.encode(env),
+            d.encode(env),
+            (sod / 3600).encode(env),
+            (sod % 3600 / 60).encode(env),
+            (sod % 60).encode(env),
+            (us, 6).encode(env),
+            "Etc/UTC".encode(env),
+            "UTC".encode(env),
+            0.encode(env),
+            0.encode(env),
+        ],
+    )
+}
+
+/// The event's `data`, shaped by type (see `Causeway.Event`).
+fn shaped_data<'a>(env: Env<'a>, e: &StoredEvent, peer: Term<'a>) -> Term<'a> {
+    use causeway_core::event::EventType::*;
+    use struct_atoms as a;
+    let raw = decode_term(env, &e.data);
+    let elems = |n: usize| {
+        rustler::types::tuple::get_tuple(raw)
+            .ok()
+            .filter(|t| t.len() == n)
+    };
+    match e.kind {
+        MessageSend => map_of(env, &[a::to(), a::message()], &[peer, raw]),
+        MessageReceive => map_of(env, &[a::from(), a::message()], &[peer, raw]),
+        StateChange => match elems(2) {
+            Some(t) => map_of(env, &[a::old(), a::new()], &[t[0], t[1]]),
+            None => raw,
+        },
+        ProcessSpawn => map_of(env, &[a::child()], &[peer]),
+        ProcessExit => map_of(env, &[a::reason()], &[raw]),
+        Error => match elems(3) {
+            Some(t) => map_of(
+                env,
+                &[a::kind(), a::reason(), a::stacktrace()],
+                &[t[0], t[1], t[2]],
+            ),
+            None => raw,
+        },
+        FunctionEntry | FunctionExit => raw,
+    }
+}
+
+/// A `%Causeway.Event{}` built here (no Elixir-side conversion per event).
+pub fn event_struct<'a>(
     env: Env<'a>,
     e: &StoredEvent,
     links: Option<&[(LinkKind, u64)]>,
+    cache: &mut TermCache<'a>,
 ) -> Term<'a> {
-    let items = [
-        e.id.encode(env),
-        atom(env, e.kind.name()),
-        e.mono_ns.encode(env),
-        e.wall_ns.encode(env),
-        name(env, &e.pid.node),
-        pid_term(env, &e.pid),
-        nil_if_zero(env, e.call_id),
-        nil_if_zero(env, e.parent_id),
-        opt_name(env, &e.module),
-        opt_name(env, &e.function),
-        if e.module.is_some() {
-            e.arity.encode(env)
-        } else {
-            atoms::nil().encode(env)
-        },
-        decode_term(env, &e.data),
-        match &e.peer {
-            Some(p) => pid_term(env, p),
-            None => atoms::nil().encode(env),
-        },
-        atom(env, e.source.name()),
-        match links {
-            Some(l) => links_term(env, l),
-            None => atoms::nil().encode(env),
-        },
-    ];
-    rustler::types::tuple::make_tuple(env, &items)
+    use struct_atoms as a;
+    let nil = atoms::nil().encode(env);
+    let peer = match &e.peer {
+        Some(p) => cache.pid(env, p),
+        None => nil,
+    };
+    let opt_name = |cache: &mut TermCache<'a>, s: &Option<String>| match s {
+        Some(s) => cache.name(env, s),
+        None => nil,
+    };
+    let module = opt_name(cache, &e.module);
+    let function = opt_name(cache, &e.function);
+    let links = match links {
+        Some(l) => l
+            .iter()
+            .map(|(k, id)| (link_atom(*k), *id).encode(env))
+            .collect::<Vec<_>>()
+            .encode(env),
+        None => nil,
+    };
+    map_of(
+        env,
+        &[
+            a::__struct__(),
+            a::id(),
+            a::type_(),
+            a::timestamp(),
+            a::wall_time(),
+            a::node(),
+            a::pid(),
+            a::call_id(),
+            a::parent_id(),
+            a::module(),
+            a::function(),
+            a::arity(),
+            a::data(),
+            a::source(),
+            a::links(),
+        ],
+        &[
+            a::elixir_event().encode(env),
+            e.id.encode(env),
+            type_atom(e.kind).encode(env),
+            e.mono_ns.encode(env),
+            datetime(env, e.wall_ns),
+            cache.name(env, &e.pid.node),
+            cache.pid(env, &e.pid),
+            nil_if_zero(env, e.call_id),
+            nil_if_zero(env, e.parent_id),
+            module,
+            function,
+            if e.module.is_some() {
+                e.arity.encode(env)
+            } else {
+                nil
+            },
+            shaped_data(env, e, peer),
+            match e.source {
+                causeway_core::event::Source::Runtime => a::runtime().encode(env),
+                causeway_core::event::Source::Tracer => a::tracer().encode(env),
+            },
+            links,
+        ],
+    )
 }

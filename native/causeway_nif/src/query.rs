@@ -1,7 +1,7 @@
 //! `Causeway.Query`: every query runs on a dirty I/O scheduler.
 
 use crate::beam::term_bytes;
-use crate::convert::{atom, event_term, links_term};
+use crate::convert::{atom, event_struct, links_term, TermCache};
 use crate::error::{arg_error, core_error, Nif};
 use crate::handle::Handle;
 use causeway_core::etf;
@@ -76,12 +76,13 @@ fn with_links<'a>(
     store: &Store,
     e: &causeway_core::event::StoredEvent,
     links: bool,
+    cache: &mut TermCache<'a>,
 ) -> NifResult<Term<'a>> {
     if links {
         let l = store.links_of(e).nif()?;
-        Ok(event_term(env, e, Some(&l)))
+        Ok(event_struct(env, e, Some(&l), cache))
     } else {
-        Ok(event_term(env, e, None))
+        Ok(event_struct(env, e, None, cache))
     }
 }
 
@@ -93,11 +94,12 @@ fn query_events<'a>(
     q: QueryFilter<'a>,
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
+    let mut cache = TermCache::default();
     let f = filter_of(&q)?;
     let page = query::events(&store, &f).nif()?;
     let mut out = Vec::with_capacity(page.events.len());
     for e in &page.events {
-        out.push(with_links(env, &store, e, q.links)?);
+        out.push(with_links(env, &store, e, q.links, &mut cache)?);
     }
     let next = match page.next {
         Some(n) => n.encode(env),
@@ -116,23 +118,32 @@ fn query_event<'a>(
     id: u64,
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
+    let mut cache = TermCache::default();
     match store.get(id).nif()? {
-        Some(e) => Ok((crate::atoms::ok(), with_links(env, &store, &e, true)?)),
+        Some(e) => Ok((
+            crate::atoms::ok(),
+            with_links(env, &store, &e, true, &mut cache)?,
+        )),
         None => Err(core_error(causeway_core::Error::NotFound(format!(
             "event {id}"
         )))),
     }
 }
 
-fn node_term<'a>(env: Env<'a>, store: &Store, n: &CallNode) -> NifResult<Term<'a>> {
-    let entry = with_links(env, store, &n.entry, true)?;
+fn node_term<'a>(
+    env: Env<'a>,
+    store: &Store,
+    n: &CallNode,
+    cache: &mut TermCache<'a>,
+) -> NifResult<Term<'a>> {
+    let entry = with_links(env, store, &n.entry, true, cache)?;
     let exit = match &n.exit {
-        Some(x) => with_links(env, store, x, true)?,
+        Some(x) => with_links(env, store, x, true, cache)?,
         None => crate::atoms::nil().encode(env),
     };
     let mut kids = Vec::with_capacity(n.children.len());
     for c in &n.children {
-        kids.push(node_term(env, store, c)?);
+        kids.push(node_term(env, store, c, cache)?);
     }
     Ok((entry, exit, kids).encode(env))
 }
@@ -146,15 +157,16 @@ fn query_call_tree<'a>(
     max_nodes: usize,
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
+    let mut cache = TermCache::default();
     if let Ok(id) = root.decode::<u64>() {
         let n = query::call_tree(&store, id, max_nodes).nif()?;
-        return Ok((crate::atoms::ok(), node_term(env, &store, &n)?));
+        return Ok((crate::atoms::ok(), node_term(env, &store, &n, &mut cache)?));
     }
     let pid = pid_match(root, "call_tree's argument (a call id or a pid)")?;
     let trees = query::call_trees_of(&store, &pid, max_nodes).nif()?;
     let mut out = Vec::with_capacity(trees.len());
     for t in &trees {
-        out.push(node_term(env, &store, t)?);
+        out.push(node_term(env, &store, t, &mut cache)?);
     }
     Ok((crate::atoms::ok(), out.encode(env)))
 }
@@ -168,6 +180,7 @@ fn query_causal_chain<'a>(
     max: usize,
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
+    let mut cache = TermCache::default();
     let chain = query::causal_chain(&store, id, max.max(1)).nif()?;
     let mut out = Vec::with_capacity(chain.len());
     for (e, via) in &chain {
@@ -175,7 +188,7 @@ fn query_causal_chain<'a>(
             Some(k) => atom(env, k.name()),
             None => crate::atoms::nil().encode(env),
         };
-        out.push((with_links(env, &store, e, true)?, via).encode(env));
+        out.push((with_links(env, &store, e, true, &mut cache)?, via).encode(env));
     }
     Ok((crate::atoms::ok(), out.encode(env)))
 }
@@ -190,6 +203,7 @@ fn query_message_flow<'a>(
     limit: usize,
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
+    let mut cache = TermCache::default();
     let (a, b) = (
         pid_match(a, "the first pid")?,
         pid_match(b, "the second pid")?,
@@ -198,10 +212,10 @@ fn query_message_flow<'a>(
     let mut out = Vec::with_capacity(flow.len());
     for (s, r) in &flow {
         let r = match r {
-            Some(r) => with_links(env, &store, r, true)?,
+            Some(r) => with_links(env, &store, r, true, &mut cache)?,
             None => crate::atoms::nil().encode(env),
         };
-        out.push((with_links(env, &store, s, true)?, r).encode(env));
+        out.push((with_links(env, &store, s, true, &mut cache)?, r).encode(env));
     }
     Ok((crate::atoms::ok(), out.encode(env)))
 }
@@ -216,6 +230,7 @@ fn query_state_history<'a>(
     limit: usize,
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
+    let mut cache = TermCache::default();
     let pid = pid_match(pid, "state_history's argument")?;
     let f = Filter::default().with_time(since.map(|s| s as i64), until.map(|u| u as i64));
     let (lo, hi) = (f.since_id.unwrap_or(0), f.until_id.unwrap_or(u64::MAX));
@@ -230,7 +245,7 @@ fn query_state_history<'a>(
         .collect();
     let mut out = Vec::with_capacity(evs.len());
     for e in &evs {
-        out.push(with_links(env, &store, e, true)?);
+        out.push(with_links(env, &store, e, true, &mut cache)?);
     }
     Ok((crate::atoms::ok(), out.encode(env)))
 }
@@ -243,9 +258,13 @@ fn query_state_at<'a>(
     wall_ns: u64,
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
+    let mut cache = TermCache::default();
     let pid = pid_match(pid, "state_at's pid")?;
     match query::state_at(&store, &pid, wall_ns).nif()? {
-        Some(e) => Ok((crate::atoms::ok(), with_links(env, &store, &e, true)?)),
+        Some(e) => Ok((
+            crate::atoms::ok(),
+            with_links(env, &store, &e, true, &mut cache)?,
+        )),
         None => Ok((crate::atoms::ok(), crate::atoms::nil().encode(env))),
     }
 }
