@@ -126,7 +126,7 @@ defmodule Causeway.InstrumentTest do
     flush!()
     [_boom1, exit] = Causeway.events(pid: self(), type: :function_exit, function: :boom)
     assert {:exception, :error, %ArgumentError{message: "bad 7"}} = exit.data
-    assert Causeway.metrics().process_contexts == 0
+    assert Causeway.metrics().open_calls == 0
   end
 
   test "nested calls carry the right parent" do

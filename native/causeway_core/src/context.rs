@@ -107,9 +107,7 @@ impl Contexts {
                 (f, c.stack.is_empty() && c.message == 0)
             })
             .unwrap_or((None, false));
-        if idle {
-            self.remove_if(pid, |c| c.stack.is_empty() && c.message == 0);
-        }
+        let _ = idle; // idle contexts stay for the next call; `sweep_idle` removes them
         found
     }
 
@@ -140,9 +138,7 @@ impl Contexts {
                 (f, c.stack.is_empty() && c.message == 0)
             })
             .unwrap_or((None, false));
-        if idle {
-            self.remove_if(pid, |c| c.stack.is_empty() && c.message == 0);
-        }
+        let _ = idle; // idle contexts stay for the next call; `sweep_idle` removes them
         found
     }
 
@@ -193,6 +189,27 @@ impl Contexts {
         removed
     }
 
+    /// Drops contexts with no open call and no message that were not touched
+    /// since `cutoff_ns` (kept a while: the next call of a busy process reuses
+    /// its entry instead of removing and re-inserting it).
+    pub fn sweep_idle(&self, cutoff_ns: i64) -> usize {
+        let mut removed = 0;
+        self.map.retain(|_, c| {
+            let keep = c.touched_ns >= cutoff_ns || !c.stack.is_empty() || c.message != 0;
+            if !keep {
+                removed += 1;
+            }
+            keep
+        });
+        self.count.fetch_sub(removed, Ordering::Relaxed);
+        removed
+    }
+
+    /// Calls open now, over every process (walks the map: for metrics).
+    pub fn open_calls(&self) -> usize {
+        self.map.iter().map(|c| c.stack.len()).sum()
+    }
+
     pub fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }
@@ -234,7 +251,9 @@ mod tests {
         assert!(c.exit(1, 11, 0).is_some());
         assert!(c.exit(1, 10, 0).is_some());
         assert_eq!(c.exit(1, 10, 0), None);
-        assert_eq!(c.len(), 1, "only process 2 is still inside a call");
+        assert_eq!(c.open_calls(), 1, "only process 2 is still inside a call");
+        assert_eq!(c.sweep_idle(1), 1, "process 1's idle context goes");
+        assert_eq!(c.len(), 1);
     }
 
     #[test]
@@ -247,7 +266,7 @@ mod tests {
             c.exit(1, 10, 0).is_some(),
             "outer frame catches what the inner raised"
         );
-        assert!(c.is_empty());
+        assert_eq!(c.open_calls(), 0);
     }
 
     #[test]
@@ -304,7 +323,7 @@ mod tests {
         assert_eq!(c.exit_matching(1, 1, 3, 0, 0).map(|f| f.call_id), Some(11));
         assert_eq!(c.exit_matching(1, 9, 9, 9, 0), None);
         assert_eq!(c.exit_matching(1, 1, 2, 1, 0).map(|f| f.call_id), Some(10));
-        assert!(c.is_empty());
+        assert_eq!(c.open_calls(), 0);
     }
 
     #[test]

@@ -131,6 +131,7 @@ pub struct Snapshot {
     pub queue_depth: u64,
     pub correlation: CorrelatorStats,
     pub contexts: usize,
+    pub open_calls: usize,
     pub context_overflow: u64,
     pub native_memory: u64,
     pub memory_budget: u64,
@@ -840,6 +841,7 @@ impl Pipeline {
             flush_interval_ms: self.flush_now_ms.load(Ordering::Relaxed),
             correlation,
             contexts: self.contexts.len(),
+            open_calls: self.contexts.open_calls(),
             context_overflow: self.contexts.overflow(),
             native_memory,
             memory_budget,
@@ -1054,6 +1056,7 @@ fn manager_loop(p: Arc<Pipeline>) {
             let now = p.resolver.now_mono_ns();
             p.correlator.expire(now);
             p.contexts.sweep(now.saturating_sub(p.correlator.ttl_ns()));
+            p.contexts.sweep_idle(now.saturating_sub(1_000_000_000));
             p.check_flushes();
             let _ = p.ensure_workers(); // joins retired threads, replaces dead ones
         }

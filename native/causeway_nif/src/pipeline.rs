@@ -285,6 +285,7 @@ fn pipeline_metrics(env: Env, h: ResourceArc<Handle>) -> NifResult<Term> {
             ("ambiguous_matches", c.ambiguous.encode(env)),
             ("pending_correlations", c.pending.encode(env)),
             ("process_contexts", s.contexts.encode(env)),
+            ("open_calls", s.open_calls.encode(env)),
             ("context_overflow", s.context_overflow.encode(env)),
             ("native_memory", s.native_memory.encode(env)),
             ("memory_budget", s.memory_budget.encode(env)),
