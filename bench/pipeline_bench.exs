@@ -108,7 +108,7 @@ IO.puts(
 )
 
 # capture→persisted latency at a paced load
-rate = String.to_integer(System.get_env("BENCH_PACED_RATE", "100000"))
+rate = String.to_integer(System.get_env("BENCH_PACED_RATE", "250000"))
 dir = Bench.tmp_dir("latency")
 {:ok, pid} = Causeway.start_link(dir: dir)
 Process.unlink(pid)
