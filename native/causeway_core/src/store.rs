@@ -289,6 +289,29 @@ impl Names {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct DiskPid(u32, u32, u32, u32);
 
+/// `DiskEvent` as written: the same fields, borrowing the payload.
+#[derive(Serialize)]
+struct DiskEventOut<'a> {
+    kind: u8,
+    wall_delta: i64,
+    mono_offset: i64,
+    pid: DiskPid,
+    call_id: u64,
+    parent_id: u64,
+    parent_link: u8,
+    module: u32,
+    function: u32,
+    arity: u32,
+    peer: Option<DiskPid>,
+    #[serde(serialize_with = "bytes_ref")]
+    data: &'a [u8],
+    source: u8,
+}
+
+fn bytes_ref<S: serde::Serializer>(v: &&[u8], s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_bytes(v)
+}
+
 /// An event on disk (its id is the key). Times are deltas: `wall_ns` from the
 /// time the id stands for (0..63 ns unless a burst ran ids ahead), and the
 /// monotonic time by its offset to wall time (the same for a whole run), so
@@ -528,21 +551,6 @@ impl Store {
         id
     }
 
-    fn disk_pid(
-        &self,
-        p: &PidRec,
-        b: &mut WriteBatch,
-        meta: &rocksdb::ColumnFamily,
-        fresh: &mut Vec<String>,
-    ) -> DiskPid {
-        DiskPid(
-            self.intern(&p.node, b, meta, fresh),
-            p.id,
-            p.serial,
-            p.creation,
-        )
-    }
-
     fn pid_of(&self, d: DiskPid, names: &Names) -> PidRec {
         PidRec {
             node: names.name(d.0).unwrap_or("").to_string(),
@@ -555,7 +563,7 @@ impl Store {
     /// Writes events, their index entries and links in one atomic `WriteBatch`.
     /// Links the store can derive (capture-time parents, exit → entry) are not
     /// stored twice; see the module doc.
-    pub fn write(&self, events: &[StoredEvent], links: &[Link]) -> Result<()> {
+    pub fn write<'e>(&self, events: &'e [StoredEvent], links: &[Link]) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly(self.path.display().to_string()));
         }
@@ -573,35 +581,60 @@ impl Store {
         let mut fresh = Vec::new();
         let mut buf = Vec::with_capacity(256);
         // (column family, prefix) → ids, written as posting lists below
-        let mut groups: HashMap<(u8, Vec<u8>), Vec<u64>> = HashMap::new();
+        // prefixes are at most 12 bytes: a fixed key, no allocation per event
+        let mut groups: HashMap<(u8, u8, [u8; 12]), Vec<u64>, crate::fasthash::FastBuild> =
+            HashMap::default();
         let mut post = |cf: u8, prefix: &[u8], id: u64| {
-            groups.entry((cf, prefix.to_vec())).or_default().push(id);
+            let mut k = [0u8; 12];
+            k[..prefix.len()].copy_from_slice(prefix);
+            groups
+                .entry((cf, prefix.len() as u8, k))
+                .or_default()
+                .push(id);
         };
+        // the names of a batch repeat: look each up once per batch
+        let mut names: Vec<(&str, u32)> = Vec::with_capacity(16);
         for ev in events {
+            let mut id_of = |name: &'e str, b: &mut WriteBatch, fresh: &mut Vec<String>| -> u32 {
+                if let Some((_, id)) = names.iter().find(|(n, _)| *n == name) {
+                    return *id;
+                }
+                let id = self.intern(name, b, cf_meta, fresh);
+                if names.len() < 64 {
+                    names.push((name, id));
+                }
+                id
+            };
             let module = ev
                 .module
                 .as_deref()
-                .map_or(0, |m| self.intern(m, &mut b, cf_meta, &mut fresh));
+                .map_or(0, |m| id_of(m, &mut b, &mut fresh));
             let function = ev
                 .function
                 .as_deref()
-                .map_or(0, |f| self.intern(f, &mut b, cf_meta, &mut fresh));
-            let disk = DiskEvent {
+                .map_or(0, |f| id_of(f, &mut b, &mut fresh));
+            let node = id_of(&ev.pid.node, &mut b, &mut fresh);
+            let peer = ev.peer.as_ref().map(|p| {
+                DiskPid(
+                    id_of(&p.node, &mut b, &mut fresh),
+                    p.id,
+                    p.serial,
+                    p.creation,
+                )
+            });
+            let disk = DiskEventOut {
                 kind: ev.kind as u8,
                 wall_delta: ev.wall_ns.wrapping_sub(id_to_wall_ns(ev.id) as i64),
                 mono_offset: ev.wall_ns.wrapping_sub(ev.mono_ns),
-                pid: self.disk_pid(&ev.pid, &mut b, cf_meta, &mut fresh),
+                pid: DiskPid(node, ev.pid.id, ev.pid.serial, ev.pid.creation),
                 call_id: ev.call_id,
                 parent_id: ev.parent_id,
                 parent_link: ev.parent_link.map_or(0, |k| k as u8),
                 module,
                 function,
                 arity: ev.arity,
-                peer: ev
-                    .peer
-                    .as_ref()
-                    .map(|p| self.disk_pid(p, &mut b, cf_meta, &mut fresh)),
-                data: ev.data.clone(),
+                peer,
+                data: &ev.data,
                 source: ev.source as u8,
             };
             buf.clear();
@@ -632,12 +665,12 @@ impl Store {
                 );
             }
         }
-        for ((cf, prefix), mut ids) in groups {
+        for ((cf, len, prefix), mut ids) in groups {
             let cf = [cf_pid, cf_type, cf_mfa, cf_state][cf as usize];
             ids.sort_unstable();
             ids.dedup();
             for run in postings::runs(&ids) {
-                let mut k = prefix.clone();
+                let mut k = prefix[..len as usize].to_vec();
                 k.extend_from_slice(&run[0].to_be_bytes());
                 b.put_cf(cf, k, postings::encode(run));
             }
