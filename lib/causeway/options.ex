@@ -15,7 +15,7 @@ defmodule Causeway.Options do
     max_depth: 16,
     redact: [],
     correlation_ttl_ms: 300_000,
-    max_pending: 1_000_000,
+    max_pending: 250_000,
     max_processes: 1_000_000,
     emergency_sample: 100,
     max_retries: 8,

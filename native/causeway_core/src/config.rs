@@ -55,7 +55,7 @@ impl Default for Config {
             max_term_bytes: 2_048,
             max_depth: 16,
             correlation_ttl_ms: 300_000,
-            max_pending: 1_000_000,
+            max_pending: 250_000,
             max_processes: 1_000_000,
             emergency_sample: 100,
             max_retries: 8,

@@ -239,6 +239,15 @@ impl Pipeline {
     /// sampled out in the emergency level is counted as dropped.
     #[inline]
     pub fn admit(&self, kind: EventType, pid: u64, module: u64) -> bool {
+        self.admit_as(kind, pid, module, false)
+    }
+
+    /// `admit`, where `paired` says the event completes one that was kept (an
+    /// exit whose entry was captured): it is not sampled on its own, so the
+    /// emergency level keeps or drops calls whole and leaves no half waiting
+    /// for a partner that will never come.
+    #[inline]
+    pub fn admit_as(&self, kind: EventType, pid: u64, module: u64, paired: bool) -> bool {
         if !self.enabled.load(Ordering::Relaxed) || self.closing.load(Ordering::Relaxed) {
             return false;
         }
@@ -248,7 +257,10 @@ impl Pipeline {
         {
             return false;
         }
-        if self.level.load(Ordering::Relaxed) == Level::Emergency as u8 && !kind.is_critical() {
+        if !paired
+            && self.level.load(Ordering::Relaxed) == Level::Emergency as u8
+            && !kind.is_critical()
+        {
             let n = self.sample_tick.fetch_add(1, Ordering::Relaxed);
             let every = self.tun.emergency_sample.load(Ordering::Relaxed).max(1) as u64;
             if !n.is_multiple_of(every) {

@@ -240,11 +240,10 @@ fn rt_function_entry<'a>(
 fn rt_function_exit<'a>(env: Env<'a>, call_id: u64, result: Term<'a>) -> Atom {
     with_default(|p, cpu| {
         let pid = self_raw(env);
-        let frame = p
-            .contexts
-            .exit(pid, call_id, monotonic_ns())
-            .unwrap_or_default();
-        if !p.admit(EventType::FunctionExit, pid, frame.module) {
+        let frame = p.contexts.exit(pid, call_id, monotonic_ns());
+        let paired = frame.is_some();
+        let frame = frame.unwrap_or_default();
+        if !p.admit_as(EventType::FunctionExit, pid, frame.module, paired) {
             return;
         }
         let s = stamp(p, cpu);

@@ -257,7 +257,17 @@ fn trace<'a>(
         }
     }
     let module = mfa.map_or(0, |(m, _, _)| word(m.as_c_arg()));
-    if !p.admit(kind, pid, module) || !s.admit(env, now) {
+    // a return closes its frame whether or not it is recorded; one whose call
+    // was recorded is kept with it under sampling (calls stay whole)
+    let exit_frame = match (kind, mfa) {
+        (EventType::FunctionExit, Some((_, f, arity))) => {
+            let arity = arity.decode::<u32>().unwrap_or(0);
+            p.contexts
+                .exit_matching(pid, module, word(f.as_c_arg()), arity, now)
+        }
+        _ => None,
+    };
+    if !p.admit_as(kind, pid, module, exit_frame.is_some()) || !s.admit(env, now) {
         return ok;
     }
 
@@ -305,7 +315,7 @@ fn trace<'a>(
             let Some((_, f, arity)) = mfa else { return ok };
             let arity = arity.decode::<u32>().unwrap_or(0);
             let function = word(f.as_c_arg());
-            let frame = p.contexts.exit_matching(pid, module, function, arity, now);
+            let frame = exit_frame;
             let value = extra(env, opts);
             ev.data = if tag == atoms::exception_from() {
                 // extra is {Class, Value}
