@@ -163,6 +163,7 @@ fn bounds(prefix: &[u8], lo: u64, hi: u64) -> (Vec<u8>, Option<Vec<u8>>) {
 /// The ids of one source, in order: either keys that end in an id, or
 /// posting lists merged on the fly (see `store::postings`).
 enum Stream<'a> {
+    Fixed(std::vec::IntoIter<u64>),
     Keys(rocksdb::DBRawIterator<'a>),
     Postings {
         it: rocksdb::DBRawIterator<'a>,
@@ -176,6 +177,7 @@ enum Stream<'a> {
 impl Stream<'_> {
     fn next(&mut self, reverse: bool) -> Result<Option<u64>> {
         match self {
+            Stream::Fixed(ids) => Ok(ids.next()),
             Stream::Keys(it) => {
                 if !it.valid() {
                     it.status()?;
@@ -268,11 +270,28 @@ impl<'a> Merge<'a> {
                 .db()
                 .cf_handle(src.cf)
                 .ok_or_else(|| Error::Corrupt(format!("column family {} missing", src.cf)))?;
+            let (lo0, hi0) = (lo, hi);
             let (lo, hi) = match src.only {
-                Some(id) => (lo.max(id), hi.min(id)),
-                None => (lo, hi),
+                Some(id) if src.cf != CF_BY_CALL => (lo.max(id), hi.min(id)),
+                _ => (lo, hi),
             };
             if lo > hi {
+                continue;
+            }
+            if src.cf == CF_BY_CALL {
+                // the exits of one call: a short list, looked up directly
+                let call = src.only.unwrap_or(0);
+                let mut ids: Vec<u64> = store
+                    .exits_of(call)?
+                    .into_iter()
+                    .filter(|x| *x >= lo0 && *x <= hi0)
+                    .collect();
+                if reverse {
+                    ids.reverse();
+                }
+                let i = m.streams.len();
+                m.streams.push(Stream::Fixed(ids.into_iter()));
+                m.advance(i)?;
                 continue;
             }
             let posting = is_posting_cf(src.cf);
@@ -423,7 +442,7 @@ fn plan(store: &Store, f: &Filter) -> Result<(Vec<Source>, &'static str)> {
                 Source {
                     cf: CF_BY_CALL,
                     prefix: c.to_be_bytes().to_vec(),
-                    only: None,
+                    only: Some(c),
                 },
             ],
             "by_call",

@@ -209,6 +209,46 @@ pub mod postings {
         }
     }
 
+    fn zigzag(v: i64) -> u64 {
+        ((v << 1) ^ (v >> 63)) as u64
+    }
+
+    fn unzigzag(v: u64) -> i64 {
+        ((v >> 1) as i64) ^ -((v & 1) as i64)
+    }
+
+    /// Encodes `(call id, exit id)` pairs sorted by call id, the first call id
+    /// being the entry's key.
+    pub fn encode_pairs(pairs: &[(u64, u64)]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(pairs.len() * 4 + 4);
+        varint(&mut out, pairs.len() as u64);
+        let mut prev = pairs.first().map_or(0, |p| p.0);
+        for &(call, exit) in pairs {
+            varint(&mut out, call - prev);
+            varint(&mut out, zigzag(exit.wrapping_sub(call) as i64));
+            prev = call;
+        }
+        out
+    }
+
+    pub fn decode_pairs(first: u64, bytes: &[u8]) -> Result<Vec<(u64, u64)>> {
+        let mut pos = 0;
+        let n = read_varint(bytes, &mut pos)? as usize;
+        if n > bytes.len() {
+            return Err(Error::Corrupt("call list length".into()));
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut call = first;
+        for _ in 0..n {
+            call = call
+                .checked_add(read_varint(bytes, &mut pos)?)
+                .ok_or_else(|| Error::Corrupt("call list delta".into()))?;
+            let exit = call.wrapping_add(unzigzag(read_varint(bytes, &mut pos)?) as u64);
+            out.push((call, exit));
+        }
+        Ok(out)
+    }
+
     /// Splits sorted ids into runs no wider than `SPAN`.
     pub fn runs(ids: &[u64]) -> Vec<&[u64]> {
         let mut out = Vec::new();
@@ -594,6 +634,8 @@ impl Store {
         };
         // the names of a batch repeat: look each up once per batch
         let mut names: Vec<(&str, u32)> = Vec::with_capacity(16);
+        // exits by call id, written as pair lists below
+        let mut calls: Vec<(u64, u64)> = Vec::new();
         for ev in events {
             let mut id_of = |name: &'e str, b: &mut WriteBatch, fresh: &mut Vec<String>| -> u32 {
                 if let Some((_, id)) = names.iter().find(|(n, _)| *n == name) {
@@ -651,7 +693,7 @@ impl Store {
                 );
             }
             if ev.kind == EventType::FunctionExit && ev.call_id != 0 {
-                b.put_cf(cf_call, keys::call(ev.call_id, ev.id), []);
+                calls.push((ev.call_id, ev.id));
             }
             if ev.kind == EventType::StateChange {
                 post(3, &pid_key, ev.id);
@@ -663,6 +705,21 @@ impl Store {
                     keys::link(ev.parent_id, kind.reverse() as u8, ev.id),
                     [],
                 );
+            }
+        }
+        calls.sort_unstable();
+        calls.dedup();
+        let mut start = 0;
+        for i in 0..=calls.len() {
+            if i == calls.len() || calls[i].0 - calls[start].0 >= postings::SPAN {
+                if i > start {
+                    b.put_cf(
+                        cf_call,
+                        keys::id(calls[start].0),
+                        postings::encode_pairs(&calls[start..i]),
+                    );
+                }
+                start = i;
             }
         }
         for ((cf, len, prefix), mut ids) in groups {
@@ -837,6 +894,31 @@ impl Store {
         Ok(out)
     }
 
+    /// The exits of a call (normally one), from the `by_call` pair lists.
+    pub fn exits_of(&self, call_id: u64) -> Result<Vec<u64>> {
+        let mut out = Vec::new();
+        let lo = keys::id(call_id.saturating_sub(postings::SPAN));
+        let hi = call_id.checked_add(1).map(keys::id);
+        self.scan_keys(
+            CF_BY_CALL,
+            &lo,
+            hi.as_ref().map(|h| &h[..]),
+            false,
+            |k, v| {
+                let first =
+                    keys::trailing_id(k).ok_or_else(|| Error::Corrupt("call list key".into()))?;
+                for (c, x) in postings::decode_pairs(first, v)? {
+                    if c == call_id {
+                        out.push(x);
+                    }
+                }
+                Ok(true)
+            },
+        )?;
+        out.sort_unstable();
+        Ok(out)
+    }
+
     /// Every causal link of an event: stored ones and those derived from its
     /// own fields (parent, call id) and from `by_call`.
     pub fn links_of(&self, ev: &StoredEvent) -> Result<Vec<(LinkKind, u64)>> {
@@ -857,20 +939,9 @@ impl Store {
                 out.push((LinkKind::Completes, ev.call_id));
             }
             EventType::FunctionEntry => {
-                let lo = keys::call(ev.id, 0);
-                let hi = ev.id.checked_add(1).map(|n| keys::call(n, 0));
-                self.scan_keys(
-                    CF_BY_CALL,
-                    &lo,
-                    hi.as_ref().map(|h| &h[..]),
-                    false,
-                    |k, _| {
-                        if let Some(x) = keys::trailing_id(k) {
-                            out.push((LinkKind::CompletedBy, x));
-                        }
-                        Ok(true)
-                    },
-                )?;
+                for x in self.exits_of(ev.id)? {
+                    out.push((LinkKind::CompletedBy, x));
+                }
             }
             _ => {}
         }
@@ -978,8 +1049,8 @@ impl Store {
         let (lo, hi) = id_range(&[]);
         b.delete_range_cf(self.cf(CF_EVENTS)?, &lo, &hi);
         b.delete_range_cf(self.cf(CF_LINKS)?, &lo, &hi);
-        // by_call is keyed by the entry's id: exits of deleted calls go with them
-        b.delete_range_cf(self.cf(CF_BY_CALL)?, &lo, &hi);
+        // by_call is keyed by call ids: exits of deleted calls go with them
+        self.trim_calls(&mut b, upto)?;
         let types: Vec<[u8; 1]> = EventType::ALL.iter().map(|t| [*t as u8]).collect();
         let lists: [(&str, Vec<&[u8]>); 4] = [
             (CF_BY_TYPE, types.iter().map(|t| &t[..]).collect()),
@@ -1042,6 +1113,37 @@ impl Store {
                 // the key keeps its first id: every id is still ≥ it and within SPAN of it
                 let first = keys::trailing_id(&k).unwrap_or(0);
                 b.put_cf(cf, &k, postings::encode_from(first, &kept));
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the pairs of calls below `upto` from the `by_call` lists.
+    fn trim_calls(&self, b: &mut WriteBatch, upto: u64) -> Result<()> {
+        let cf = self.cf(CF_BY_CALL)?;
+        let straddle = upto.saturating_sub(postings::SPAN);
+        b.delete_range_cf(cf, keys::id(0), keys::id(straddle));
+        let mut rewrites = Vec::new();
+        self.scan_keys(
+            CF_BY_CALL,
+            &keys::id(straddle),
+            Some(&keys::id(upto)),
+            false,
+            |k, v| {
+                let first =
+                    keys::trailing_id(k).ok_or_else(|| Error::Corrupt("call list key".into()))?;
+                let kept: Vec<(u64, u64)> = postings::decode_pairs(first, v)?
+                    .into_iter()
+                    .filter(|p| p.0 >= upto)
+                    .collect();
+                rewrites.push((k.to_vec(), kept));
+                Ok(true)
+            },
+        )?;
+        for (k, kept) in rewrites {
+            b.delete_cf(cf, &k);
+            if let Some(first) = kept.first() {
+                b.put_cf(cf, keys::id(first.0), postings::encode_pairs(&kept));
             }
         }
         Ok(())
@@ -1442,6 +1544,11 @@ mod tests {
             );
         }
         assert!(postings::decode(1, &[5, 1]).is_err(), "truncated");
+        let pairs = [(10, 15), (10, 9), (12, 100), (40, 41)];
+        assert_eq!(
+            postings::decode_pairs(10, &postings::encode_pairs(&pairs)).unwrap(),
+            pairs
+        );
         assert!(postings::decode(1, &[0xff; 12]).is_err(), "runaway varint");
     }
 
