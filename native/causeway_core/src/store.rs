@@ -144,6 +144,9 @@ pub mod postings {
 
     /// ~1.07 s of id space (ids are nanoseconds).
     pub const SPAN: u64 = 1 << 30;
+    /// The narrower span of the `by_call` pair lists (~16.8 ms): looking up
+    /// the exit of one call reads only the lists written around its entry.
+    pub const CALL_SPAN: u64 = 1 << 24;
 
     /// Encodes sorted ids (all within `SPAN` of the first, which is the id
     /// in the entry's key).
@@ -209,44 +212,62 @@ pub mod postings {
         }
     }
 
-    fn zigzag(v: i64) -> u64 {
-        ((v << 1) ^ (v >> 63)) as u64
-    }
-
-    fn unzigzag(v: u64) -> i64 {
-        ((v >> 1) as i64) ^ -((v & 1) as i64)
-    }
-
-    /// Encodes `(call id, exit id)` pairs sorted by call id, the first call id
-    /// being the entry's key.
+    /// `(call id, exit id)` pairs sorted by call id, as fixed-width big-endian
+    /// records so a lookup binary-searches the value without decoding it.
     pub fn encode_pairs(pairs: &[(u64, u64)]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(pairs.len() * 4 + 4);
-        varint(&mut out, pairs.len() as u64);
-        let mut prev = pairs.first().map_or(0, |p| p.0);
+        let mut out = Vec::with_capacity(pairs.len() * 16);
         for &(call, exit) in pairs {
-            varint(&mut out, call - prev);
-            varint(&mut out, zigzag(exit.wrapping_sub(call) as i64));
-            prev = call;
+            out.extend_from_slice(&call.to_be_bytes());
+            out.extend_from_slice(&exit.to_be_bytes());
         }
         out
     }
 
-    pub fn decode_pairs(first: u64, bytes: &[u8]) -> Result<Vec<(u64, u64)>> {
-        let mut pos = 0;
-        let n = read_varint(bytes, &mut pos)? as usize;
-        if n > bytes.len() {
+    fn pair_at(bytes: &[u8], i: usize) -> (u64, u64) {
+        let r = &bytes[i * 16..i * 16 + 16];
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(&r[..8]);
+        b.copy_from_slice(&r[8..]);
+        (u64::from_be_bytes(a), u64::from_be_bytes(b))
+    }
+
+    pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<(u64, u64)>> {
+        if !bytes.len().is_multiple_of(16) {
             return Err(Error::Corrupt("call list length".into()));
         }
-        let mut out = Vec::with_capacity(n);
-        let mut call = first;
-        for _ in 0..n {
-            call = call
-                .checked_add(read_varint(bytes, &mut pos)?)
-                .ok_or_else(|| Error::Corrupt("call list delta".into()))?;
-            let exit = call.wrapping_add(unzigzag(read_varint(bytes, &mut pos)?) as u64);
-            out.push((call, exit));
+        Ok((0..bytes.len() / 16).map(|i| pair_at(bytes, i)).collect())
+    }
+
+    /// The exits recorded for `call` in one pair list (binary search).
+    pub fn exits_in(bytes: &[u8], call: u64) -> Result<Vec<u64>> {
+        if !bytes.len().is_multiple_of(16) {
+            return Err(Error::Corrupt("call list length".into()));
+        }
+        let n = bytes.len() / 16;
+        let (mut lo, mut hi) = (0, n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if pair_at(bytes, mid).0 < call {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let mut out = Vec::new();
+        while lo < n && pair_at(bytes, lo).0 == call {
+            out.push(pair_at(bytes, lo).1);
+            lo += 1;
         }
         Ok(out)
+    }
+
+    /// The key of a pair list: first and last call id.
+    pub fn pair_key(first: u64, last: u64) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&first.to_be_bytes());
+        k[8..].copy_from_slice(&last.to_be_bytes());
+        k
     }
 
     /// Splits sorted ids into runs no wider than `SPAN`.
@@ -711,13 +732,10 @@ impl Store {
         calls.dedup();
         let mut start = 0;
         for i in 0..=calls.len() {
-            if i == calls.len() || calls[i].0 - calls[start].0 >= postings::SPAN {
+            if i == calls.len() || calls[i].0 - calls[start].0 >= postings::CALL_SPAN {
                 if i > start {
-                    b.put_cf(
-                        cf_call,
-                        keys::id(calls[start].0),
-                        postings::encode_pairs(&calls[start..i]),
-                    );
+                    let key = postings::pair_key(calls[start].0, calls[i - 1].0);
+                    b.put_cf(cf_call, key, postings::encode_pairs(&calls[start..i]));
                 }
                 start = i;
             }
@@ -897,20 +915,17 @@ impl Store {
     /// The exits of a call (normally one), from the `by_call` pair lists.
     pub fn exits_of(&self, call_id: u64) -> Result<Vec<u64>> {
         let mut out = Vec::new();
-        let lo = keys::id(call_id.saturating_sub(postings::SPAN));
-        let hi = call_id.checked_add(1).map(keys::id);
+        let lo = postings::pair_key(call_id.saturating_sub(postings::CALL_SPAN), 0);
+        let hi = call_id.checked_add(1).map(|c| postings::pair_key(c, 0));
         self.scan_keys(
             CF_BY_CALL,
             &lo,
             hi.as_ref().map(|h| &h[..]),
             false,
             |k, v| {
-                let first =
-                    keys::trailing_id(k).ok_or_else(|| Error::Corrupt("call list key".into()))?;
-                for (c, x) in postings::decode_pairs(first, v)? {
-                    if c == call_id {
-                        out.push(x);
-                    }
+                // only lists whose range holds the call are searched
+                if k.len() == 16 && keys::trailing_id(k).is_some_and(|last| last >= call_id) {
+                    out.extend(postings::exits_in(v, call_id)?);
                 }
                 Ok(true)
             },
@@ -1121,18 +1136,20 @@ impl Store {
     /// Removes the pairs of calls below `upto` from the `by_call` lists.
     fn trim_calls(&self, b: &mut WriteBatch, upto: u64) -> Result<()> {
         let cf = self.cf(CF_BY_CALL)?;
-        let straddle = upto.saturating_sub(postings::SPAN);
-        b.delete_range_cf(cf, keys::id(0), keys::id(straddle));
+        let straddle = upto.saturating_sub(postings::CALL_SPAN);
+        b.delete_range_cf(
+            cf,
+            postings::pair_key(0, 0),
+            postings::pair_key(straddle, 0),
+        );
         let mut rewrites = Vec::new();
         self.scan_keys(
             CF_BY_CALL,
-            &keys::id(straddle),
-            Some(&keys::id(upto)),
+            &postings::pair_key(straddle, 0),
+            Some(&postings::pair_key(upto, 0)),
             false,
             |k, v| {
-                let first =
-                    keys::trailing_id(k).ok_or_else(|| Error::Corrupt("call list key".into()))?;
-                let kept: Vec<(u64, u64)> = postings::decode_pairs(first, v)?
+                let kept: Vec<(u64, u64)> = postings::decode_pairs(v)?
                     .into_iter()
                     .filter(|p| p.0 >= upto)
                     .collect();
@@ -1142,8 +1159,12 @@ impl Store {
         )?;
         for (k, kept) in rewrites {
             b.delete_cf(cf, &k);
-            if let Some(first) = kept.first() {
-                b.put_cf(cf, keys::id(first.0), postings::encode_pairs(&kept));
+            if let (Some(first), Some(last)) = (kept.first(), kept.last()) {
+                b.put_cf(
+                    cf,
+                    postings::pair_key(first.0, last.0),
+                    postings::encode_pairs(&kept),
+                );
             }
         }
         Ok(())
@@ -1544,11 +1565,13 @@ mod tests {
             );
         }
         assert!(postings::decode(1, &[5, 1]).is_err(), "truncated");
-        let pairs = [(10, 15), (10, 9), (12, 100), (40, 41)];
-        assert_eq!(
-            postings::decode_pairs(10, &postings::encode_pairs(&pairs)).unwrap(),
-            pairs
-        );
+        let pairs = [(10, 9), (10, 15), (12, 100), (40, 41)];
+        let enc = postings::encode_pairs(&pairs);
+        assert_eq!(postings::decode_pairs(&enc).unwrap(), pairs);
+        assert_eq!(postings::exits_in(&enc, 10).unwrap(), vec![9, 15]);
+        assert_eq!(postings::exits_in(&enc, 40).unwrap(), vec![41]);
+        assert!(postings::exits_in(&enc, 11).unwrap().is_empty());
+        assert!(postings::decode_pairs(&enc[..17]).is_err());
         assert!(postings::decode(1, &[0xff; 12]).is_err(), "runaway varint");
     }
 
