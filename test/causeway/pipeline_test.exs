@@ -182,6 +182,50 @@ defmodule Causeway.PipelineTest do
     assert m.produced == m.persisted + m.dropped_total
   end
 
+  # A real outage: the write-ahead log and the directory made immutable
+  # (chattr +i, which stops root too), then restored.
+  @chattr System.find_executable("chattr")
+  @tag skip: if(@chattr == nil, do: "needs chattr (e2fsprogs)")
+  test "a storage outage: nothing crashes, memory stays bounded, drops are counted, writing resumes by itself" do
+    {_, dir} = start_causeway!(max_retries: 3, retry_base_ms: 10, ring_size: 4096)
+    :ok = Causeway.subscribe(:health)
+    Runtime.state_change(:before, 1)
+    flush!()
+    files = [dir | Path.wildcard(Path.join(dir, "*.log"))]
+
+    case System.cmd("chattr", ["+i" | files], stderr_to_stdout: true) do
+      {_, 0} -> :ok
+      {out, _} -> flunk("chattr +i failed here (#{String.trim(out)}); the outage cannot be made")
+    end
+
+    try do
+      for i <- 1..20_000, do: Runtime.state_change(:during, i)
+      assert {:error, %Causeway.Error{kind: :storage}} = Causeway.flush(Causeway, 5_000)
+      assert_receive {:causeway, :health, :storage_error, %{detail: detail}}, 5_000
+      assert detail =~ "Operation not permitted"
+      m = Causeway.metrics()
+      assert m.write_errors > 0
+      assert m.dropped.storage + m.dropped.ring_full > 0
+      assert m.native_memory < m.memory_budget
+    after
+      System.cmd("chattr", ["-i" | files])
+    end
+
+    # storage is back: the store is reopened and new events are written
+    for i <- 1..100, do: Runtime.state_change(:after, i)
+    assert wait_until(fn -> Causeway.flush(Causeway, 2_000) == :ok end, 20_000)
+    assert_receive {:causeway, :health, :storage_recovered, _}, 5_000
+    assert Causeway.metrics().store_recoveries >= 1
+
+    after_ =
+      Causeway.events(type: :state_change, limit: :infinity, links: false)
+      |> Enum.filter(&(&1.data.old == :after))
+
+    assert length(after_) == 100
+    m = Causeway.metrics()
+    assert m.produced == m.persisted + m.dropped_total
+  end
+
   test "configure changes settings at runtime and rejects bad values" do
     start_causeway!()
     assert :ok = Causeway.configure(batch_size: 50, workers: {3, 5}, flush_interval_ms: 2)

@@ -52,6 +52,7 @@ pub struct Counters {
     pub write_errors: AtomicU64,
     pub retries: AtomicU64,
     pub worker_panics: AtomicU64,
+    pub recoveries: AtomicU64,
     pub busy_ns: AtomicU64,
 }
 

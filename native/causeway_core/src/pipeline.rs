@@ -79,6 +79,9 @@ pub struct Pipeline {
     /// Taken out on close, so the database is closed when the last query
     /// holding it ends (and not whenever the BEAM collects the handle).
     store: Mutex<Option<Arc<Store>>>,
+    store_path: std::path::PathBuf,
+    store_opts: crate::store::StoreOptions,
+    recovering: Mutex<()>,
     pub counters: Counters,
     pub latency: Latency,
     pub history: History,
@@ -139,6 +142,7 @@ pub struct Snapshot {
     pub write_errors: u64,
     pub retries: u64,
     pub worker_panics: u64,
+    pub store_recoveries: u64,
     pub history: Vec<Decision>,
     pub alerts: Vec<(&'static str, String)>,
     pub uptime_ms: u64,
@@ -171,6 +175,9 @@ impl Pipeline {
                 (config.correlation_ttl_ms as i64).saturating_mul(1_000_000),
                 config.max_pending,
             ),
+            store_path: store.path().to_path_buf(),
+            store_opts: store.options(),
+            recovering: Mutex::new(()),
             store: Mutex::new(Some(store)),
             counters: Counters::default(),
             latency: Latency::default(),
@@ -385,7 +392,10 @@ impl Pipeline {
         }
         let result = match self.store() {
             Some(s) => s.sync().map_err(|e| e.to_string()),
-            None => Err("closed".to_string()),
+            None if self.closed.load(Ordering::Acquire) => Err("closed".to_string()),
+            None => {
+                Err("storage unavailable: the store is being reopened after a failure".to_string())
+            }
         };
         for token in done {
             self.notifier.flushed(token, result.clone());
@@ -555,6 +565,50 @@ impl Pipeline {
         self.store.lock().ok().and_then(|s| s.clone())
     }
 
+    /// Reopens the store after a storage failure: lets go of the broken
+    /// database (waiting briefly for queries that hold it), opens the directory
+    /// again, and puts the new one in place. `Ok(false)` if another worker is
+    /// already doing it. Until it succeeds, writes fail and are retried.
+    pub fn recover_store(&self) -> Result<bool> {
+        let Ok(_guard) = self.recovering.try_lock() else {
+            return Ok(false);
+        };
+        let Ok(mut slot) = self.store.lock() else {
+            return Err(Error::Busy("store slot poisoned".into()));
+        };
+        if let Some(old) = slot.take() {
+            // other writers and queries drop their clones when they finish
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let mut old = old;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(store) => {
+                        drop(store); // closes the database, releases its lock
+                        break;
+                    }
+                    Err(still_shared) if Instant::now() < deadline => {
+                        old = still_shared;
+                        drop(slot);
+                        std::thread::sleep(Duration::from_millis(5));
+                        slot = self
+                            .store
+                            .lock()
+                            .map_err(|_| Error::Busy("store slot poisoned".into()))?;
+                    }
+                    Err(still_shared) => {
+                        // someone holds it for long: put it back, try again later
+                        *slot = Some(still_shared);
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        let store = Store::open(&self.store_path, self.store_opts.clone())?;
+        *slot = Some(Arc::new(store));
+        Counters::add(&self.counters.recoveries, 1);
+        Ok(true)
+    }
+
     /// Lets go of the store (after `close`): the database closes once no query
     /// holds it any more.
     pub fn release_store(&self) {
@@ -631,6 +685,29 @@ impl Pipeline {
                     if attempt == 0 {
                         self.notifier
                             .worker_event(worker, "storage_error", &e.to_string());
+                    }
+                    // RocksDB stops accepting writes after an I/O error until the
+                    // database is reopened: try that before the next attempt
+                    if matches!(e, Error::Storage(_) | Error::Closed)
+                        && !self.closing.load(Ordering::Relaxed)
+                    {
+                        match self.recover_store() {
+                            Ok(true) => self.notifier.worker_event(
+                                worker,
+                                "storage_recovered",
+                                "store reopened",
+                            ),
+                            Ok(false) => {}
+                            Err(re) => {
+                                if attempt == 0 {
+                                    self.notifier.worker_event(
+                                        worker,
+                                        "storage_error",
+                                        &format!("reopen failed: {re}"),
+                                    )
+                                }
+                            }
+                        }
                     }
                     DropReason::Storage
                 }
@@ -861,6 +938,7 @@ impl Pipeline {
             write_errors: Counters::get(&self.counters.write_errors),
             retries: Counters::get(&self.counters.retries),
             worker_panics: Counters::get(&self.counters.worker_panics),
+            store_recoveries: Counters::get(&self.counters.recoveries),
             history: self.history.snapshot(),
             alerts,
             uptime_ms: self.started.elapsed().as_millis() as u64,

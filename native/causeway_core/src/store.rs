@@ -324,6 +324,7 @@ pub struct StoreOptions {
 pub struct Store {
     db: DB,
     path: PathBuf,
+    opts: StoreOptions,
     read_only: bool,
     write_opts: WriteOptions,
     names: RwLock<Names>,
@@ -499,6 +500,7 @@ impl Store {
         let store = Store {
             db,
             path: path.clone(),
+            opts: opts.clone(),
             read_only: opts.read_only,
             write_opts,
             names: RwLock::new(Names::default()),
@@ -549,6 +551,11 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The options this store was opened with.
+    pub fn options(&self) -> StoreOptions {
+        self.opts.clone()
     }
 
     pub fn is_read_only(&self) -> bool {

@@ -26,10 +26,17 @@ impl Drop for Handle {
 }
 
 impl Handle {
+    /// With a pipeline, the pipeline owns the store (so it can reopen it after
+    /// a storage failure); the handle keeps one only for query-only stores.
     pub fn new(pipeline: Option<Arc<Pipeline>>, store: Arc<Store>) -> Handle {
+        let own = if pipeline.is_some() {
+            None
+        } else {
+            Some(store)
+        };
         Handle {
             pipeline,
-            store: Mutex::new(Some(store)),
+            store: Mutex::new(own),
         }
     }
 
@@ -45,6 +52,11 @@ impl Handle {
 
     /// The store, or `{:error, {:closed, _}}` once closed.
     pub fn store(&self) -> Result<Arc<Store>, rustler::Error> {
+        if let Some(p) = &self.pipeline {
+            return p
+                .store()
+                .ok_or_else(|| crate::error::core_error(causeway_core::Error::Closed));
+        }
         self.store
             .lock()
             .ok()

@@ -293,6 +293,7 @@ fn pipeline_metrics(env: Env, h: ResourceArc<Handle>) -> NifResult<Term> {
             ("write_errors", s.write_errors.encode(env)),
             ("retries", s.retries.encode(env)),
             ("worker_panics", s.worker_panics.encode(env)),
+            ("store_recoveries", s.store_recoveries.encode(env)),
             ("history", history.encode(env)),
             ("alerts", alerts.encode(env)),
             ("uptime_ms", s.uptime_ms.encode(env)),
