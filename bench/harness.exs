@@ -62,31 +62,6 @@ defmodule Causeway.Bench do
     {r, System.monotonic_time(:nanosecond) - t0}
   end
 
-  @doc "Runs `fun.(i)` in `procs` processes concurrently, `n` times each; returns elapsed ns."
-  def parallel(procs, n, fun) do
-    parent = self()
-
-    pids =
-      for p <- 1..procs do
-        spawn_link(fn ->
-          receive do
-            :go -> :ok
-          end
-
-          for i <- 1..n, do: fun.(p * n + i)
-          send(parent, {:done, self()})
-        end)
-      end
-
-    {_, ns} =
-      time(fn ->
-        Enum.each(pids, &send(&1, :go))
-        for pid <- pids, do: receive(do: ({:done, ^pid} -> :ok))
-      end)
-
-    ns
-  end
-
   @doc "Runs `fun` in `procs` processes at once; returns the elapsed ns of the slowest."
   def parallel_runs(procs, fun) do
     parent = self()

@@ -94,21 +94,7 @@ impl Contexts {
     /// (left open by a non-local return) are closed. Returns the call's frame, or
     /// `None` if it was not open.
     pub fn exit(&self, pid: u64, call_id: u64, now: i64) -> Option<Frame> {
-        let (found, idle) = self
-            .with(pid, now, false, |c| {
-                let f = match c.stack.iter().rposition(|f| f.call_id == call_id) {
-                    Some(pos) => {
-                        let f = c.stack[pos];
-                        c.stack.truncate(pos);
-                        Some(f)
-                    }
-                    None => None,
-                };
-                (f, c.stack.is_empty() && c.message == 0)
-            })
-            .unwrap_or((None, false));
-        let _ = idle; // idle contexts stay for the next call; `sweep_idle` removes them
-        found
+        self.close_innermost(pid, now, |f| f.call_id == call_id)
     }
 
     /// A traced function returned: closes the innermost open call of that
@@ -122,24 +108,21 @@ impl Contexts {
         arity: u32,
         now: i64,
     ) -> Option<Frame> {
-        let (found, idle) = self
-            .with(pid, now, false, |c| {
-                let f =
-                    match c.stack.iter().rposition(|f| {
-                        f.module == module && f.function == function && f.arity == arity
-                    }) {
-                        Some(pos) => {
-                            let f = c.stack[pos];
-                            c.stack.truncate(pos);
-                            Some(f)
-                        }
-                        None => None,
-                    };
-                (f, c.stack.is_empty() && c.message == 0)
-            })
-            .unwrap_or((None, false));
-        let _ = idle; // idle contexts stay for the next call; `sweep_idle` removes them
-        found
+        self.close_innermost(pid, now, |f| {
+            f.module == module && f.function == function && f.arity == arity
+        })
+    }
+
+    /// Closes the innermost frame matching `is_it` and everything above it.
+    /// An idle context stays for the process's next call (`sweep_idle` removes it).
+    fn close_innermost(&self, pid: u64, now: i64, is_it: impl Fn(&Frame) -> bool) -> Option<Frame> {
+        self.with(pid, now, false, |c| {
+            let pos = c.stack.iter().rposition(is_it)?;
+            let f = c.stack[pos];
+            c.stack.truncate(pos);
+            Some(f)
+        })
+        .flatten()
     }
 
     /// A message is being handled by `pid`: later state changes are caused by it.

@@ -351,35 +351,13 @@ impl Names {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct DiskPid(u32, u32, u32, u32);
 
-/// `DiskEvent` as written: the same fields, borrowing the payload.
-#[derive(Serialize)]
-struct DiskEventOut<'a> {
-    kind: u8,
-    wall_delta: i64,
-    mono_offset: i64,
-    pid: DiskPid,
-    call_id: u64,
-    parent_id: u64,
-    parent_link: u8,
-    module: u32,
-    function: u32,
-    arity: u32,
-    peer: Option<DiskPid>,
-    #[serde(serialize_with = "bytes_ref")]
-    data: &'a [u8],
-    source: u8,
-}
-
-fn bytes_ref<S: serde::Serializer>(v: &&[u8], s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_bytes(v)
-}
-
 /// An event on disk (its id is the key). Times are deltas: `wall_ns` from the
 /// time the id stands for (0..63 ns unless a burst ran ids ahead), and the
 /// monotonic time by its offset to wall time (the same for a whole run), so
 /// both compress to almost nothing.
+/// Written borrowing the payload (`Cow::Borrowed`), read owning it.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
-pub struct DiskEvent {
+pub struct DiskEvent<'a> {
     kind: u8,
     wall_delta: i64,
     mono_offset: i64,
@@ -391,9 +369,50 @@ pub struct DiskEvent {
     function: u32,
     arity: u32,
     peer: Option<DiskPid>,
-    #[serde(with = "crate::event::serde_bytes_compat")]
-    data: Vec<u8>,
+    #[serde(serialize_with = "cow_bytes", deserialize_with = "cow_bytes_owned")]
+    data: std::borrow::Cow<'a, [u8]>,
     source: u8,
+}
+
+#[allow(clippy::ptr_arg)] // serde's `serialize_with` hands over `&FieldType`
+fn cow_bytes<S: serde::Serializer>(
+    v: &std::borrow::Cow<'_, [u8]>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_bytes(v)
+}
+
+/// Reads msgpack `bin` (or an array of integers) into an owned payload.
+fn cow_bytes_owned<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<std::borrow::Cow<'static, [u8]>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: serde::de::Error>(
+            self,
+            v: Vec<u8>,
+        ) -> std::result::Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> std::result::Result<Vec<u8>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(b) = a.next_element::<u8>()? {
+                out.push(b);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_bytes(V).map(std::borrow::Cow::Owned)
 }
 
 /// One block cache for every column family of every store in this process.
@@ -692,7 +711,7 @@ impl Store {
                     p.creation,
                 )
             });
-            let disk = DiskEventOut {
+            let disk = DiskEvent {
                 kind: ev.kind as u8,
                 wall_delta: ev.wall_ns.wrapping_sub(id_to_wall_ns(ev.id) as i64),
                 mono_offset: ev.wall_ns.wrapping_sub(ev.mono_ns),
@@ -704,7 +723,7 @@ impl Store {
                 function,
                 arity: ev.arity,
                 peer,
-                data: &ev.data,
+                data: std::borrow::Cow::Borrowed(&ev.data),
                 source: ev.source as u8,
             };
             buf.clear();
@@ -809,7 +828,7 @@ impl Store {
             function: names.name(d.function).map(str::to_string),
             arity: d.arity,
             peer: d.peer.map(|p| self.pid_of(p, &names)),
-            data: d.data,
+            data: d.data.into_owned(),
             source: if d.source == Source::Tracer as u8 {
                 Source::Tracer
             } else {
