@@ -25,7 +25,9 @@ pub fn atom<'a>(env: Env<'a>, s: &str) -> Term<'a> {
 }
 
 /// `binary_to_term(bytes, [:safe])`, or our reader when atoms are unknown here.
-pub fn decode_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+/// `binary_to_term(bytes, [:safe])`: the term and the bytes it used, or
+/// `None` (unknown atoms, bad data).
+fn safe_binary_to_term<'a>(env: Env<'a>, bytes: &[u8]) -> Option<(Term<'a>, usize)> {
     let mut t = sys::ErlNifTerm::default();
     let n = unsafe {
         sys::enif_binary_to_term(
@@ -36,8 +38,12 @@ pub fn decode_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
             sys::ERL_NIF_BIN2TERM_SAFE,
         )
     };
-    if n > 0 {
-        return unsafe { Term::new(env, t) };
+    (n > 0).then(|| (unsafe { Term::new(env, t) }, n))
+}
+
+pub fn decode_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    if let Some((t, _)) = safe_binary_to_term(env, bytes) {
+        return t;
     }
     let mut pos = usize::from(bytes.first() == Some(&etf::VERSION));
     match (Reader {
@@ -185,23 +191,11 @@ impl<'a> Reader<'a, '_> {
             _ => {
                 // Pids, references, funs...: they name no new atoms only if their
                 // node is known; hand the rest of the bytes to the VM safely.
-                let mut t = sys::ErlNifTerm::default();
                 let mut buf = vec![etf::VERSION];
                 buf.extend_from_slice(&self.bytes[start..]);
-                let used = unsafe {
-                    sys::enif_binary_to_term(
-                        env.as_c_arg(),
-                        buf.as_ptr(),
-                        buf.len(),
-                        &mut t,
-                        sys::ERL_NIF_BIN2TERM_SAFE,
-                    )
-                };
-                if used == 0 {
-                    return None;
-                }
+                let (term, used) = safe_binary_to_term(env, &buf)?;
                 *pos = start + used - 1;
-                unsafe { Term::new(env, t) }
+                term
             }
         };
         self.depth -= 1;
@@ -212,18 +206,8 @@ impl<'a> Reader<'a, '_> {
 /// A stored pid as a pid term when its node is known here, else a string.
 pub fn pid_term<'a>(env: Env<'a>, p: &PidRec) -> Term<'a> {
     let bytes = etf::encode_pid(p);
-    let mut t = sys::ErlNifTerm::default();
-    let n = unsafe {
-        sys::enif_binary_to_term(
-            env.as_c_arg(),
-            bytes.as_ptr(),
-            bytes.len(),
-            &mut t,
-            sys::ERL_NIF_BIN2TERM_SAFE,
-        )
-    };
-    if n > 0 {
-        unsafe { Term::new(env, t) }
+    if let Some((t, _)) = safe_binary_to_term(env, &bytes) {
+        t
     } else {
         format!("<0.{}.{}>@{}", p.id, p.serial, p.node).encode(env)
     }
