@@ -55,7 +55,7 @@ defmodule Causeway.PipelineTest do
 
   test "every backpressure level is reached, with its actions and messages, and left again" do
     start_causeway!(
-      ring_size: 1024,
+      ring_size: 4096,
       shards: 1,
       workers: {2, 8},
       batch_size: 8,
@@ -69,7 +69,7 @@ defmodule Causeway.PipelineTest do
     :ok = Native.pipeline_inject(handle(), :write_error, 1_000_000)
     # writers hold what they popped, so fill until the ring itself reaches each level
     fill_until = fn level ->
-      Enum.find(1..200, fn _ ->
+      Enum.find(1..1_000, fn _ ->
         for i <- 1..8, do: Runtime.message_send(self(), i)
         Process.sleep(2)
         Native.pipeline_level(handle()) == level
