@@ -166,6 +166,7 @@ enum Stream<'a> {
     Fixed(std::vec::IntoIter<u64>),
     Keys(rocksdb::DBRawIterator<'a>),
     Postings {
+        cf: &'static str,
         it: rocksdb::DBRawIterator<'a>,
         lo: u64,
         hi: u64,
@@ -192,6 +193,7 @@ impl Stream<'_> {
                 Ok(id)
             }
             Stream::Postings {
+                cf,
                 it,
                 lo,
                 hi,
@@ -214,7 +216,7 @@ impl Stream<'_> {
                             fwd.peek().is_none_or(|&Reverse(top)| first <= top)
                         };
                         if open {
-                            let ids = postings::decode(first, it.value().unwrap_or(&[]))?;
+                            let ids = postings::decode_ids(cf, first, it.value().unwrap_or(&[]))?;
                             for id in ids.into_iter().filter(|id| id >= lo && id <= hi) {
                                 if reverse {
                                     rev.push(id);
@@ -316,6 +318,7 @@ impl<'a> Merge<'a> {
             it.status()?;
             let stream = if posting {
                 Stream::Postings {
+                    cf: src.cf,
                     it,
                     lo,
                     hi,
@@ -513,6 +516,107 @@ fn plan(store: &Store, f: &Filter) -> Result<(Vec<Source>, &'static str)> {
     ))
 }
 
+/// An event read from a covering list, ordered by id for the merge heaps.
+struct Held(u64, StoredEvent);
+
+impl PartialEq for Held {
+    fn eq(&self, o: &Self) -> bool {
+        self.0 == o.0
+    }
+}
+impl Eq for Held {}
+impl PartialOrd for Held {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Held {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&o.0)
+    }
+}
+
+/// A process's events straight from its covering `by_pid` lists: one
+/// sequential scan, no point lookups; lists are merged in id order as in
+/// `Stream::Postings`.
+fn events_by_pid(
+    store: &Store,
+    f: &Filter,
+    pid_key: &[u8],
+    lo: u64,
+    hi: u64,
+    limit: usize,
+    page: &mut Page,
+) -> Result<()> {
+    let cf = store
+        .db()
+        .cf_handle(CF_BY_PID)
+        .ok_or_else(|| Error::Corrupt("column family by_pid missing".into()))?;
+    let (l, h) = bounds(pid_key, lo.saturating_sub(postings::SPAN), hi);
+    let mut ro = rocksdb::ReadOptions::default();
+    ro.set_iterate_lower_bound(l.clone());
+    if let Some(h) = h {
+        ro.set_iterate_upper_bound(h);
+    }
+    let mut it = store.db().raw_iterator_cf_opt(cf, ro);
+    if f.reverse {
+        it.seek_to_last();
+    } else {
+        it.seek(&l);
+    }
+    let mut fwd: BinaryHeap<Reverse<Held>> = BinaryHeap::new();
+    let mut rev: BinaryHeap<Held> = BinaryHeap::new();
+    loop {
+        if it.valid() {
+            let first = it
+                .key()
+                .and_then(keys::trailing_id)
+                .ok_or_else(|| Error::Corrupt("posting key".into()))?;
+            let open = if f.reverse {
+                rev.peek()
+                    .is_none_or(|top| first.saturating_add(postings::SPAN) > top.0)
+            } else {
+                fwd.peek().is_none_or(|Reverse(top)| first <= top.0)
+            };
+            if open {
+                for (id, bytes) in postings::decode_covering(first, it.value().unwrap_or(&[]))? {
+                    if id >= lo && id <= hi {
+                        let e = store.decode_stored(id, bytes)?;
+                        if f.reverse {
+                            rev.push(Held(id, e));
+                        } else {
+                            fwd.push(Reverse(Held(id, e)));
+                        }
+                    }
+                }
+                if f.reverse {
+                    it.prev();
+                } else {
+                    it.next();
+                }
+                continue;
+            }
+        } else {
+            it.status()?;
+        }
+        let next = if f.reverse {
+            rev.pop()
+        } else {
+            fwd.pop().map(|Reverse(h)| h)
+        };
+        let Some(Held(id, e)) = next else {
+            return Ok(());
+        };
+        if f.matches(&e) {
+            page.events.push(e);
+            if page.events.len() >= limit {
+                page.next = Some(id);
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// Events matching `f`, at most `f.limit` (0 = no limit), in id order.
 pub fn events(store: &Store, f: &Filter) -> Result<Page> {
     let (sources, index) = plan(store, f)?;
@@ -526,6 +630,10 @@ pub fn events(store: &Store, f: &Filter) -> Result<Page> {
         return Ok(page);
     }
     let limit = if f.limit == 0 { usize::MAX } else { f.limit };
+    if let ([src], "by_pid") = (&sources[..], index) {
+        events_by_pid(store, f, &src.prefix, lo, hi, limit, &mut page)?;
+        return Ok(page);
+    }
     let mut merge = Merge::new(store, &sources, lo, hi, f.reverse)?;
     let mut ids = Vec::with_capacity(256);
     'outer: loop {

@@ -4,12 +4,12 @@
 //! | column family | key                                               | value |
 //! |---------------|---------------------------------------------------|-------|
 //! | `events`      | id (8, big-endian)                                | `DiskEvent` (msgpack array) |
-//! | `by_pid`      | pid number (4) · serial (4) · id (8)              | — |
-//! | `by_mfa`      | module (4) · function (4) · arity (4) · id (8)    | — (names interned) |
-//! | `by_type`     | type (1) · id (8)                                 | — |
-//! | `by_call`     | call id (8) · exit id (8)                         | — (function exits) |
+//! | `by_pid`      | pid number (4) · serial (4) · first id (8)        | the batch's events of that process (ids + stored bytes: a covering list) |
+//! | `by_mfa`      | module (4) · function (4) · arity (4) · first id (8) | ids (posting list; names interned) |
+//! | `by_type`     | type (1) · first id (8)                           | ids (posting list) |
+//! | `by_call`     | first call id (8) · last call id (8)              | (call id, exit id) pairs |
 //! | `links`       | from id (8) · kind (1) · to id (8)                | — |
-//! | `state`       | pid number (4) · serial (4) · id (8)              | — |
+//! | `state`       | pid number (4) · serial (4) · first id (8)        | ids of state changes (posting list) |
 //! | `meta`        | `schema_version`, `application`, `name` · id (4)  | value |
 //!
 //! Every scan sets both iterate bounds, so it never runs past its prefix.
@@ -209,6 +209,61 @@ pub mod postings {
                 return Ok(v);
             }
             shift += 7;
+        }
+    }
+
+    /// A covering list (`by_pid`): for each event its id (delta from the
+    /// previous, the first from `first`) and its stored bytes, so a process's
+    /// events are read in one sequential scan.
+    pub fn encode_covering(first: u64, events: &[(u64, &[u8])]) -> Vec<u8> {
+        let bytes: usize = events.iter().map(|e| e.1.len() + 4).sum();
+        let mut out = Vec::with_capacity(bytes + 4);
+        varint(&mut out, events.len() as u64);
+        let mut prev = first;
+        for &(id, ev) in events {
+            varint(&mut out, id - prev);
+            varint(&mut out, ev.len() as u64);
+            out.extend_from_slice(ev);
+            prev = id;
+        }
+        out
+    }
+
+    pub fn decode_covering(first: u64, bytes: &[u8]) -> Result<Vec<(u64, &[u8])>> {
+        let mut pos = 0;
+        let n = read_varint(bytes, &mut pos)? as usize;
+        if n > bytes.len() {
+            return Err(Error::Corrupt("event list length".into()));
+        }
+        let mut out = Vec::with_capacity(n);
+        let mut cur = first;
+        for _ in 0..n {
+            cur = cur
+                .checked_add(read_varint(bytes, &mut pos)?)
+                .ok_or_else(|| Error::Corrupt("event list delta".into()))?;
+            let len = read_varint(bytes, &mut pos)? as usize;
+            let ev = bytes
+                .get(
+                    pos..pos
+                        .checked_add(len)
+                        .ok_or_else(|| Error::Corrupt("event list entry".into()))?,
+                )
+                .ok_or_else(|| Error::Corrupt("event list truncated".into()))?;
+            pos += len;
+            out.push((cur, ev));
+        }
+        Ok(out)
+    }
+
+    /// The ids of a list of column family `cf` (covering or not).
+    pub fn decode_ids(cf: &str, first: u64, bytes: &[u8]) -> Result<Vec<u64>> {
+        if cf == super::CF_BY_PID {
+            Ok(decode_covering(first, bytes)?
+                .into_iter()
+                .map(|e| e.0)
+                .collect())
+        } else {
+            decode(first, bytes)
         }
     }
 
@@ -683,6 +738,10 @@ impl Store {
         let mut names: Vec<(&str, u32)> = Vec::with_capacity(16);
         // exits by call id, written as pair lists below
         let mut calls: Vec<(u64, u64)> = Vec::new();
+        // each event's stored bytes, for the covering by_pid lists
+        let mut arena: Vec<u8> = Vec::with_capacity(events.len() * 64);
+        let mut by_pid: HashMap<[u8; 8], Vec<(u64, usize, usize)>, crate::fasthash::FastBuild> =
+            HashMap::default();
         for ev in events {
             let mut id_of = |name: &'e str, b: &mut WriteBatch, fresh: &mut Vec<String>| -> u32 {
                 if let Some((_, id)) = names.iter().find(|(n, _)| *n == name) {
@@ -730,7 +789,11 @@ impl Store {
             rmp_serde::encode::write(&mut buf, &disk)?;
             b.put_cf(cf_ev, keys::id(ev.id), &buf);
             let pid_key = ev.pid.key();
-            post(0, &pid_key, ev.id);
+            by_pid
+                .entry(pid_key)
+                .or_default()
+                .push((ev.id, arena.len(), buf.len()));
+            arena.extend_from_slice(&buf);
             post(1, &[ev.kind as u8], ev.id);
             if module != 0 {
                 post(
@@ -764,6 +827,25 @@ impl Store {
                     b.put_cf(cf_call, key, postings::encode_pairs(&calls[start..i]));
                 }
                 start = i;
+            }
+        }
+        for (pid_key, mut evs) in by_pid {
+            evs.sort_unstable_by_key(|e| e.0);
+            evs.dedup_by_key(|e| e.0);
+            let mut start = 0;
+            for i in 1..=evs.len() {
+                if i == evs.len() || evs[i].0 - evs[start].0 >= postings::SPAN {
+                    let run: Vec<(u64, &[u8])> = evs[start..i]
+                        .iter()
+                        .map(|&(id, at, n)| (id, &arena[at..at + n]))
+                        .collect();
+                    b.put_cf(
+                        cf_pid,
+                        keys::pid(pid_key, run[0].0),
+                        postings::encode_covering(run[0].0, &run),
+                    );
+                    start = i;
+                }
             }
         }
         for ((cf, len, prefix), mut ids) in groups {
@@ -804,6 +886,11 @@ impl Store {
         }
         r?;
         Ok(())
+    }
+
+    /// Decodes an event's stored bytes (from `events` or a covering list).
+    pub fn decode_stored(&self, id: u64, bytes: &[u8]) -> Result<StoredEvent> {
+        self.decode_event(id, bytes)
     }
 
     fn decode_event(&self, id: u64, bytes: &[u8]) -> Result<StoredEvent> {
@@ -1139,21 +1226,37 @@ impl Store {
             |k, v| {
                 let first =
                     keys::trailing_id(k).ok_or_else(|| Error::Corrupt("posting key".into()))?;
-                let kept: Vec<u64> = postings::decode(first, v)?
-                    .into_iter()
-                    .filter(|&id| id >= upto)
-                    .collect();
-                rewrites.push((k.to_vec(), kept));
+                if cf_name == CF_BY_PID {
+                    let kept: Vec<(u64, &[u8])> = postings::decode_covering(first, v)?
+                        .into_iter()
+                        .filter(|e| e.0 >= upto)
+                        .collect();
+                    let value = if kept.is_empty() {
+                        None
+                    } else {
+                        Some(postings::encode_covering(first, &kept))
+                    };
+                    rewrites.push((k.to_vec(), value));
+                } else {
+                    let kept: Vec<u64> = postings::decode(first, v)?
+                        .into_iter()
+                        .filter(|&id| id >= upto)
+                        .collect();
+                    let value = if kept.is_empty() {
+                        None
+                    } else {
+                        Some(postings::encode_from(first, &kept))
+                    };
+                    rewrites.push((k.to_vec(), value));
+                }
                 Ok(true)
             },
         )?;
-        for (k, kept) in rewrites {
-            if kept.is_empty() {
-                b.delete_cf(cf, k);
-            } else {
-                // the key keeps its first id: every id is still ≥ it and within SPAN of it
-                let first = keys::trailing_id(&k).unwrap_or(0);
-                b.put_cf(cf, &k, postings::encode_from(first, &kept));
+        // a rewritten list keeps its key: every id is still ≥ it and within SPAN of it
+        for (k, value) in rewrites {
+            match value {
+                Some(v) => b.put_cf(cf, &k, v),
+                None => b.delete_cf(cf, k),
             }
         }
         Ok(())
@@ -1429,8 +1532,14 @@ mod tests {
         for cf in [CF_BY_PID, CF_BY_MFA, CF_BY_TYPE, CF_BY_CALL, CF_STATE] {
             s.scan_keys(cf, &[], None, false, |k, v| {
                 let last = keys::trailing_id(k).unwrap();
-                let ids = if is_posting_cf(cf) {
-                    postings::decode(last, v).unwrap()
+                let ids = if cf == CF_BY_CALL {
+                    postings::decode_pairs(v)
+                        .unwrap()
+                        .into_iter()
+                        .map(|p| p.1)
+                        .collect()
+                } else if is_posting_cf(cf) {
+                    postings::decode_ids(cf, last, v).unwrap()
                 } else {
                     vec![last]
                 };
