@@ -3,7 +3,7 @@
 # compaction, event/1 and call_tree/1 latency, and events/1 by pid + time
 # range (decoded in Rust, and delivered to Elixir as structs) next to a full
 # scan of the same range in the same run.
-alias Causeway.Bench
+alias Causeway.Bench, warn: false
 
 defmodule Bench.Query do
   def total, do: String.to_integer(System.get_env("BENCH_QUERY_EVENTS", "1000000"))
@@ -40,98 +40,117 @@ defmodule Bench.Query do
   end
 end
 
-total = Bench.Query.total()
-procs = 50
-per = div(total, 7 * procs)
-dir = Bench.tmp_dir("query")
-{:ok, pid} = Causeway.start_link(dir: dir, ring_size: 1_048_576, emergency_sample: 1)
-Process.unlink(pid)
-IO.puts("\n## building a store of #{per * 7 * procs} events (#{procs} processes)…")
+defmodule Bench.QueryRun do
+  def run(covering) do
+    total = Bench.Query.total()
+    procs = 50
+    per = div(total, 7 * procs)
+    dir = Bench.tmp_dir("query")
 
-{pids, build_ns} =
-  Bench.time(fn ->
-    1..procs
-    |> Enum.chunk_every(2)
-    |> Enum.flat_map(fn chunk ->
-      chunk
-      |> Enum.map(fn _ ->
-        Task.async(fn ->
-          Bench.Query.work(per)
-          self()
+    {:ok, pid} =
+      Causeway.start_link(
+        dir: dir,
+        ring_size: 1_048_576,
+        emergency_sample: 1,
+        covering_pid_index: covering
+      )
+
+    Process.unlink(pid)
+
+    IO.puts(
+      "\n## building a store of #{per * 7 * procs} events (#{procs} processes; covering_pid_index: #{covering})…"
+    )
+
+    {pids, build_ns} =
+      Bench.time(fn ->
+        1..procs
+        |> Enum.chunk_every(2)
+        |> Enum.flat_map(fn chunk ->
+          chunk
+          |> Enum.map(fn _ ->
+            Task.async(fn ->
+              Bench.Query.work(per)
+              self()
+            end)
+          end)
+          |> Task.await_many(:infinity)
         end)
       end)
-      |> Task.await_many(:infinity)
-    end)
-  end)
 
-:ok = Causeway.flush()
-m = Causeway.metrics()
+    :ok = Causeway.flush()
+    m = Causeway.metrics()
 
-IO.puts(
-  "  captured #{m.produced} events in #{div(build_ns, 1_000_000)} ms; #{m.persisted} persisted (#{m.dropped_total} dropped)"
-)
+    IO.puts(
+      "  captured #{m.produced} events in #{div(build_ns, 1_000_000)} ms; #{m.persisted} persisted (#{m.dropped_total} dropped)"
+    )
 
-h = Causeway.Instance.handle!()
-:ok = Causeway.Native.store_compact(h)
-stats = Causeway.Native.store_stats(h)
+    h = Causeway.Instance.handle!()
+    :ok = Causeway.Native.store_compact(h)
+    stats = Causeway.Native.store_stats(h)
 
-IO.puts(
-  "  on disk after compaction: #{Float.round(stats.live_bytes / m.persisted, 1)} bytes per event (live SST data #{div(stats.live_bytes, 1024 * 1024)} MiB; the directory with WAL and logs #{div(stats.disk_bytes, 1024 * 1024)} MiB)"
-)
+    IO.puts(
+      "  on disk after compaction: #{Float.round(stats.live_bytes / m.persisted, 1)} bytes per event (live SST data #{div(stats.live_bytes, 1024 * 1024)} MiB; the directory with WAL and logs #{div(stats.disk_bytes, 1024 * 1024)} MiB)"
+    )
 
-target = hd(pids)
-recent = Causeway.events(pid: target, limit: 2_000, order: :desc, links: false)
-ids = recent |> Enum.map(& &1.id) |> Enum.shuffle() |> Enum.take(500)
+    target = hd(pids)
+    recent = Causeway.events(pid: target, limit: 2_000, order: :desc, links: false)
+    ids = recent |> Enum.map(& &1.id) |> Enum.shuffle() |> Enum.take(500)
 
-calls =
-  recent
-  |> Enum.filter(&(&1.type == :function_entry and &1.function == :checkout))
-  |> Enum.map(& &1.call_id)
+    calls =
+      recent
+      |> Enum.filter(&(&1.type == :function_entry and &1.function == :checkout))
+      |> Enum.map(& &1.call_id)
 
-# one warm-up pass over each set, then the measured pass
-Bench.Query.time_each(ids, &Causeway.event/1)
-Bench.Query.time_each(calls, &Causeway.call_tree/1)
-{p50, p99} = Bench.Query.percentiles(Bench.Query.time_each(ids, &Causeway.event/1))
+    # one warm-up pass over each set, then the measured pass
+    Bench.Query.time_each(ids, &Causeway.event/1)
+    Bench.Query.time_each(calls, &Causeway.call_tree/1)
+    {p50, p99} = Bench.Query.percentiles(Bench.Query.time_each(ids, &Causeway.event/1))
 
-IO.puts(
-  "\n## event/1 over #{length(ids)} random ids: p50 #{div(p50, 1000)} µs, p99 #{div(p99, 1000)} µs"
-)
+    IO.puts(
+      "\n## event/1 over #{length(ids)} random ids: p50 #{div(p50, 1000)} µs, p99 #{div(p99, 1000)} µs"
+    )
 
-{p50, p99} = Bench.Query.percentiles(Bench.Query.time_each(calls, &Causeway.call_tree/1))
+    {p50, p99} = Bench.Query.percentiles(Bench.Query.time_each(calls, &Causeway.call_tree/1))
 
-IO.puts(
-  "## call_tree/1 of one call (3 calls, 6 events) over #{length(calls)} calls: p50 #{div(p50, 1000)} µs, p99 #{div(p99, 1000)} µs"
-)
+    IO.puts(
+      "## call_tree/1 of one call (3 calls, 6 events) over #{length(calls)} calls: p50 #{div(p50, 1000)} µs, p99 #{div(p99, 1000)} µs"
+    )
 
-all = Causeway.events(pid: target, limit: :infinity, links: false)
-first = Enum.at(all, div(length(all), 4))
-last = Enum.at(all, div(3 * length(all), 4))
+    all = Causeway.events(pid: target, limit: :infinity, links: false)
+    first = Enum.at(all, div(length(all), 4))
+    last = Enum.at(all, div(3 * length(all), 4))
 
-range = [
-  pid: target,
-  since: first.wall_time,
-  until: last.wall_time,
-  limit: :infinity,
-  links: false
-]
+    range = [
+      pid: target,
+      since: first.wall_time,
+      until: last.wall_time,
+      limit: :infinity,
+      links: false
+    ]
 
-Bench.compare(
-  "events/1 by pid + time range (#{div(length(all), 2)} of #{m.persisted} events)",
-  [
-    {"full scan of the time range, filtered in Rust",
-     fn ->
-       Bench.time(fn -> Causeway.Query.count(range ++ [scan: true]) end)
-       |> then(fn {{n, _}, ns} -> {n, ns} end)
-     end},
-    {"by_pid index, decoded in Rust",
-     fn ->
-       Bench.time(fn -> Causeway.Query.count(range) end) |> then(fn {{n, _}, ns} -> {n, ns} end)
-     end},
-    {"by_pid index, delivered as %Causeway.Event{}",
-     fn -> Bench.time(fn -> length(Causeway.events(range)) end) end}
-  ],
-  runs: 5
-)
+    Bench.compare(
+      "events/1 by pid + time range (#{div(length(all), 2)} of #{m.persisted} events; covering_pid_index: #{covering})",
+      [
+        {"full scan of the time range, filtered in Rust",
+         fn ->
+           Bench.time(fn -> Causeway.Query.count(range ++ [scan: true]) end)
+           |> then(fn {{n, _}, ns} -> {n, ns} end)
+         end},
+        {"by_pid index, decoded in Rust",
+         fn ->
+           Bench.time(fn -> Causeway.Query.count(range) end)
+           |> then(fn {{n, _}, ns} -> {n, ns} end)
+         end},
+        {"by_pid index, delivered as %Causeway.Event{}",
+         fn -> Bench.time(fn -> length(Causeway.events(range)) end) end}
+      ],
+      runs: 5
+    )
 
-Causeway.stop()
-File.rm_rf!(dir)
+    Causeway.stop()
+    File.rm_rf!(dir)
+  end
+end
+
+Bench.QueryRun.run(false)
+Bench.QueryRun.run(true)

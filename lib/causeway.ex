@@ -40,6 +40,10 @@ defmodule Causeway do
     * `:memory_budget` — native memory alert threshold in bytes (512 MiB)
     * `:sync_writes` — fsync the WAL on every batch (default `false`;
       `flush/0` always syncs)
+    * `:covering_pid_index` — also keep each process's events inside the pid
+      index (default `false`): queries by pid read them in one sequential scan,
+      about twice as fast, for ~15 % lower write throughput and ~1.8× the
+      bytes on disk
     * `:retention` — `[max_age: ms | {n, :second | :minute | :hour | :day},
       max_bytes: n, interval_ms: 60_000]`: older events (or the oldest, while
       the store holds more than `max_bytes` of live data) are deleted in the

@@ -22,6 +22,7 @@ defmodule Causeway.Options do
     retry_base_ms: 10,
     memory_budget: 512 * 1024 * 1024,
     sync_writes: false,
+    covering_pid_index: false,
     retention: []
   ]
 
@@ -62,8 +63,10 @@ defmodule Causeway.Options do
     unless is_list(redact) and Enum.all?(redact, &is_atom/1),
       do: raise(ArgumentError, ":redact must be a list of atoms, got: #{inspect(redact)}")
 
-    unless is_boolean(opts[:sync_writes]),
-      do: raise(ArgumentError, ":sync_writes must be a boolean")
+    for key <- [:sync_writes, :covering_pid_index] do
+      unless is_boolean(opts[key]),
+        do: raise(ArgumentError, "#{inspect(key)} must be a boolean, got: #{inspect(opts[key])}")
+    end
 
     retention = retention!(opts[:retention])
 
@@ -86,6 +89,7 @@ defmodule Causeway.Options do
       retry_base_ms: pos_int!(opts, :retry_base_ms),
       memory_budget: pos_int!(opts, :memory_budget),
       sync_writes: opts[:sync_writes],
+      covering_pid_index: opts[:covering_pid_index],
       redact: redact,
       retention_max_age_ms: retention[:max_age],
       retention_max_bytes: retention[:max_bytes],

@@ -579,14 +579,30 @@ fn events_by_pid(
                 fwd.peek().is_none_or(|Reverse(top)| first <= top.0)
             };
             if open {
-                for (id, bytes) in postings::decode_covering(first, it.value().unwrap_or(&[]))? {
-                    if id >= lo && id <= hi {
-                        let e = store.decode_stored(id, bytes)?;
-                        if f.reverse {
-                            rev.push(Held(id, e));
-                        } else {
-                            fwd.push(Reverse(Held(id, e)));
+                let held: Vec<Held> =
+                    match postings::decode_pid_list(first, it.value().unwrap_or(&[]))? {
+                        postings::PidList::Events(evs) => evs
+                            .into_iter()
+                            .filter(|(id, _)| *id >= lo && *id <= hi)
+                            .map(|(id, bytes)| Ok(Held(id, store.decode_stored(id, bytes)?)))
+                            .collect::<Result<_>>()?,
+                        postings::PidList::Ids(ids) => {
+                            let ids: Vec<u64> = ids
+                                .into_iter()
+                                .filter(|id| *id >= lo && *id <= hi)
+                                .collect();
+                            store
+                                .get_many(&ids)?
+                                .into_iter()
+                                .map(|e| Held(e.id, e))
+                                .collect()
                         }
+                    };
+                for h in held {
+                    if f.reverse {
+                        rev.push(h);
+                    } else {
+                        fwd.push(Reverse(h));
                     }
                 }
                 if f.reverse {

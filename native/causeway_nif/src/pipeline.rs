@@ -31,6 +31,7 @@ struct StartOpts {
     retry_base_ms: u64,
     memory_budget: u64,
     sync_writes: bool,
+    covering_pid_index: bool,
     redact: Vec<Atom>,
     retention_max_age_ms: Option<u64>,
     retention_max_bytes: Option<u64>,
@@ -84,6 +85,7 @@ fn pipeline_start(env: Env, o: StartOpts, owner: LocalPid) -> NifResult<Term> {
             StoreOptions {
                 read_only: false,
                 sync_writes: o.sync_writes,
+                covering_pid_index: o.covering_pid_index,
             },
         )
         .nif()?,
