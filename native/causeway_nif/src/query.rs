@@ -300,6 +300,13 @@ fn query_count<'a>(
     ))
 }
 
+/// Flushes memtables to SST files, no compaction.
+#[rustler::nif(schedule = "DirtyIo")]
+fn store_flush(h: ResourceArc<Handle>) -> NifResult<rustler::Atom> {
+    h.store()?.flush_all().nif()?;
+    Ok(crate::atoms::ok())
+}
+
 /// Flushes memtables and compacts the whole store.
 #[rustler::nif(schedule = "DirtyIo")]
 fn store_compact(h: ResourceArc<Handle>) -> NifResult<rustler::Atom> {
