@@ -160,6 +160,31 @@ fn bounds(prefix: &[u8], lo: u64, hi: u64) -> (Vec<u8>, Option<Vec<u8>>) {
     (l, h)
 }
 
+/// An iterator over the keys `prefix ++ id` with `lo <= id <= hi`, placed on
+/// the first (or, in reverse, the last) of them.
+fn key_range<'a>(
+    store: &'a Store,
+    cf: &impl rocksdb::AsColumnFamilyRef,
+    prefix: &[u8],
+    lo: u64,
+    hi: u64,
+    reverse: bool,
+) -> rocksdb::DBRawIterator<'a> {
+    let (l, h) = bounds(prefix, lo, hi);
+    let mut ro = rocksdb::ReadOptions::default();
+    ro.set_iterate_lower_bound(l.clone());
+    if let Some(h) = h {
+        ro.set_iterate_upper_bound(h);
+    }
+    let mut it = store.db().raw_iterator_cf_opt(cf, ro);
+    if reverse {
+        it.seek_to_last();
+    } else {
+        it.seek(&l);
+    }
+    it
+}
+
 /// The ids of one source, in order: either keys that end in an id, or
 /// posting lists merged on the fly (see `store::postings`).
 enum Stream<'a> {
@@ -167,12 +192,85 @@ enum Stream<'a> {
     Keys(rocksdb::DBRawIterator<'a>),
     Postings {
         cf: &'static str,
-        it: rocksdb::DBRawIterator<'a>,
         lo: u64,
         hi: u64,
-        fwd: BinaryHeap<Reverse<u64>>,
-        rev: BinaryHeap<u64>,
+        lists: ListMerge<'a, u64>,
     },
+}
+
+/// Something held in a `ListMerge`: ordered by its event id.
+trait Keyed: Ord {
+    fn id(&self) -> u64;
+}
+
+impl Keyed for u64 {
+    fn id(&self) -> u64 {
+        *self
+    }
+}
+
+/// The items of posting lists (one per key, the key ending in the list's first
+/// id, a list spanning less than `postings::SPAN`), merged in id order in
+/// either direction: the next list is opened while it may hold items before
+/// the best one buffered.
+struct ListMerge<'a, T> {
+    it: rocksdb::DBRawIterator<'a>,
+    reverse: bool,
+    fwd: BinaryHeap<Reverse<T>>,
+    rev: BinaryHeap<T>,
+}
+
+impl<'a, T: Keyed> ListMerge<'a, T> {
+    fn new(it: rocksdb::DBRawIterator<'a>, reverse: bool) -> Self {
+        ListMerge {
+            it,
+            reverse,
+            fwd: BinaryHeap::new(),
+            rev: BinaryHeap::new(),
+        }
+    }
+
+    /// The next item; `open(first, value)` decodes one list.
+    fn next(&mut self, mut open: impl FnMut(u64, &[u8]) -> Result<Vec<T>>) -> Result<Option<T>> {
+        loop {
+            if self.it.valid() {
+                let first = self
+                    .it
+                    .key()
+                    .and_then(keys::trailing_id)
+                    .ok_or_else(|| Error::Corrupt("posting key".into()))?;
+                let wanted = if self.reverse {
+                    self.rev
+                        .peek()
+                        .is_none_or(|top| first.saturating_add(postings::SPAN) > top.id())
+                } else {
+                    self.fwd.peek().is_none_or(|Reverse(top)| first <= top.id())
+                };
+                if wanted {
+                    for item in open(first, self.it.value().unwrap_or(&[]))? {
+                        if self.reverse {
+                            self.rev.push(item);
+                        } else {
+                            self.fwd.push(Reverse(item));
+                        }
+                    }
+                    if self.reverse {
+                        self.it.prev();
+                    } else {
+                        self.it.next();
+                    }
+                    continue;
+                }
+            } else {
+                self.it.status()?;
+            }
+            return Ok(if self.reverse {
+                self.rev.pop()
+            } else {
+                self.fwd.pop().map(|Reverse(t)| t)
+            });
+        }
+    }
 }
 
 impl Stream<'_> {
@@ -192,54 +290,14 @@ impl Stream<'_> {
                 }
                 Ok(id)
             }
-            Stream::Postings {
-                cf,
-                it,
-                lo,
-                hi,
-                fwd,
-                rev,
-            } => {
-                loop {
-                    if it.valid() {
-                        let first = it
-                            .key()
-                            .and_then(keys::trailing_id)
-                            .ok_or_else(|| Error::Corrupt("posting key".into()))?;
-                        // open the next list while it may hold ids before the
-                        // best one buffered (lists start at `first`, end
-                        // before `first + SPAN`)
-                        let open = if reverse {
-                            rev.peek()
-                                .is_none_or(|&top| first.saturating_add(postings::SPAN) > top)
-                        } else {
-                            fwd.peek().is_none_or(|&Reverse(top)| first <= top)
-                        };
-                        if open {
-                            let ids = postings::decode_ids(cf, first, it.value().unwrap_or(&[]))?;
-                            for id in ids.into_iter().filter(|id| id >= lo && id <= hi) {
-                                if reverse {
-                                    rev.push(id);
-                                } else {
-                                    fwd.push(Reverse(id));
-                                }
-                            }
-                            if reverse {
-                                it.prev();
-                            } else {
-                                it.next();
-                            }
-                            continue;
-                        }
-                    } else {
-                        it.status()?;
-                    }
-                    return Ok(if reverse {
-                        rev.pop()
-                    } else {
-                        fwd.pop().map(|Reverse(id)| id)
-                    });
-                }
+            Stream::Postings { cf, lo, hi, lists } => {
+                let (cf, lo, hi) = (*cf, *lo, *hi);
+                lists.next(|first, value| {
+                    Ok(postings::decode_ids(cf, first, value)?
+                        .into_iter()
+                        .filter(|id| (lo..=hi).contains(id))
+                        .collect())
+                })
             }
         }
     }
@@ -303,27 +361,14 @@ impl<'a> Merge<'a> {
             } else {
                 lo
             };
-            let (l, h) = bounds(&src.prefix, key_lo, hi);
-            let mut ro = rocksdb::ReadOptions::default();
-            ro.set_iterate_lower_bound(l.clone());
-            if let Some(h) = h {
-                ro.set_iterate_upper_bound(h);
-            }
-            let mut it = store.db().raw_iterator_cf_opt(cf, ro);
-            if reverse {
-                it.seek_to_last();
-            } else {
-                it.seek(&l);
-            }
+            let it = key_range(store, cf, &src.prefix, key_lo, hi, reverse);
             it.status()?;
             let stream = if posting {
                 Stream::Postings {
                     cf: src.cf,
-                    it,
                     lo,
                     hi,
-                    fwd: BinaryHeap::new(),
-                    rev: BinaryHeap::new(),
+                    lists: ListMerge::new(it, reverse),
                 }
             } else {
                 Stream::Keys(it)
@@ -535,6 +580,11 @@ impl Ord for Held {
         self.0.cmp(&o.0)
     }
 }
+impl Keyed for Held {
+    fn id(&self) -> u64 {
+        self.0
+    }
+}
 
 /// A process's events straight from its covering `by_pid` lists: one
 /// sequential scan, no point lookups; lists are merged in id order as in
@@ -552,74 +602,34 @@ fn events_by_pid(
         .db()
         .cf_handle(CF_BY_PID)
         .ok_or_else(|| Error::Corrupt("column family by_pid missing".into()))?;
-    let (l, h) = bounds(pid_key, lo.saturating_sub(postings::SPAN), hi);
-    let mut ro = rocksdb::ReadOptions::default();
-    ro.set_iterate_lower_bound(l.clone());
-    if let Some(h) = h {
-        ro.set_iterate_upper_bound(h);
-    }
-    let mut it = store.db().raw_iterator_cf_opt(cf, ro);
-    if f.reverse {
-        it.seek_to_last();
-    } else {
-        it.seek(&l);
-    }
-    let mut fwd: BinaryHeap<Reverse<Held>> = BinaryHeap::new();
-    let mut rev: BinaryHeap<Held> = BinaryHeap::new();
+    let it = key_range(
+        store,
+        cf,
+        pid_key,
+        lo.saturating_sub(postings::SPAN),
+        hi,
+        f.reverse,
+    );
+    let mut lists = ListMerge::new(it, f.reverse);
+    let in_range = |id: &u64| (lo..=hi).contains(id);
     loop {
-        if it.valid() {
-            let first = it
-                .key()
-                .and_then(keys::trailing_id)
-                .ok_or_else(|| Error::Corrupt("posting key".into()))?;
-            let open = if f.reverse {
-                rev.peek()
-                    .is_none_or(|top| first.saturating_add(postings::SPAN) > top.0)
-            } else {
-                fwd.peek().is_none_or(|Reverse(top)| first <= top.0)
-            };
-            if open {
-                let held: Vec<Held> =
-                    match postings::decode_pid_list(first, it.value().unwrap_or(&[]))? {
-                        postings::PidList::Events(evs) => evs
-                            .into_iter()
-                            .filter(|(id, _)| *id >= lo && *id <= hi)
-                            .map(|(id, bytes)| Ok(Held(id, store.decode_stored(id, bytes)?)))
-                            .collect::<Result<_>>()?,
-                        postings::PidList::Ids(ids) => {
-                            let ids: Vec<u64> = ids
-                                .into_iter()
-                                .filter(|id| *id >= lo && *id <= hi)
-                                .collect();
-                            store
-                                .get_many(&ids)?
-                                .into_iter()
-                                .map(|e| Held(e.id, e))
-                                .collect()
-                        }
-                    };
-                for h in held {
-                    if f.reverse {
-                        rev.push(h);
-                    } else {
-                        fwd.push(Reverse(h));
-                    }
+        let next = lists.next(|first, value| {
+            Ok(match postings::decode_pid_list(first, value)? {
+                postings::PidList::Events(evs) => evs
+                    .into_iter()
+                    .filter(|(id, _)| in_range(id))
+                    .map(|(id, bytes)| Ok(Held(id, store.decode_stored(id, bytes)?)))
+                    .collect::<Result<_>>()?,
+                postings::PidList::Ids(ids) => {
+                    let ids: Vec<u64> = ids.into_iter().filter(in_range).collect();
+                    store
+                        .get_many(&ids)?
+                        .into_iter()
+                        .map(|e| Held(e.id, e))
+                        .collect()
                 }
-                if f.reverse {
-                    it.prev();
-                } else {
-                    it.next();
-                }
-                continue;
-            }
-        } else {
-            it.status()?;
-        }
-        let next = if f.reverse {
-            rev.pop()
-        } else {
-            fwd.pop().map(|Reverse(h)| h)
-        };
+            })
+        })?;
         let Some(Held(id, e)) = next else {
             return Ok(());
         };
