@@ -561,34 +561,9 @@ fn plan(store: &Store, f: &Filter) -> Result<(Vec<Source>, &'static str)> {
     ))
 }
 
-/// An event read from a covering list, ordered by id for the merge heaps.
-struct Held(u64, StoredEvent);
-
-impl PartialEq for Held {
-    fn eq(&self, o: &Self) -> bool {
-        self.0 == o.0
-    }
-}
-impl Eq for Held {}
-impl PartialOrd for Held {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Held {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.0.cmp(&o.0)
-    }
-}
-impl Keyed for Held {
-    fn id(&self) -> u64 {
-        self.0
-    }
-}
-
-/// A process's events straight from its covering `by_pid` lists: one
-/// sequential scan, no point lookups; lists are merged in id order as in
-/// `Stream::Postings`.
+/// A process's events from its `by_pid` lists: covering lists are one
+/// sequential scan with no point lookups, id lists are fetched with one
+/// multi-get per list; lists are merged in id order as in `Stream::Postings`.
 fn events_by_pid(
     store: &Store,
     f: &Filter,
@@ -612,34 +587,75 @@ fn events_by_pid(
     );
     let mut lists = ListMerge::new(it, f.reverse);
     let in_range = |id: &u64| (lo..=hi).contains(id);
+    // Events wait in the merge in their disk form (a slot in a copy of their
+    // list) and are decoded once, when their turn comes.
+    let mut bufs: Vec<Vec<u8>> = Vec::new();
+    let mut waiting: Vec<usize> = Vec::new();
     loop {
         let next = lists.next(|first, value| {
-            Ok(match postings::decode_pid_list(first, value)? {
-                postings::PidList::Events(evs) => evs
-                    .into_iter()
-                    .filter(|(id, _)| in_range(id))
-                    .map(|(id, bytes)| Ok(Held(id, store.decode_stored(id, bytes)?)))
-                    .collect::<Result<_>>()?,
+            let b = bufs.len() as u32;
+            let mut buf = Vec::with_capacity(value.len());
+            let mut slots = Vec::new();
+            let mut keep = |id: u64, bytes: &[u8]| {
+                slots.push(Slot {
+                    id,
+                    buf: b,
+                    off: buf.len() as u32,
+                    len: bytes.len() as u32,
+                });
+                buf.extend_from_slice(bytes);
+                Ok(())
+            };
+            match postings::decode_pid_list(first, value)? {
+                postings::PidList::Events(evs) => {
+                    for (id, bytes) in evs.into_iter().filter(|(id, _)| in_range(id)) {
+                        keep(id, bytes)?;
+                    }
+                }
                 postings::PidList::Ids(ids) => {
                     let ids: Vec<u64> = ids.into_iter().filter(in_range).collect();
-                    store
-                        .get_many(&ids)?
-                        .into_iter()
-                        .map(|e| Held(e.id, e))
-                        .collect()
+                    store.get_many_raw(&ids, keep)?;
                 }
-            })
+            }
+            bufs.push(buf);
+            waiting.push(slots.len());
+            Ok(slots)
         })?;
-        let Some(Held(id, e)) = next else {
+        let Some(slot) = next else {
             return Ok(());
         };
+        let b = slot.buf as usize;
+        let bytes = bufs[b]
+            .get(slot.off as usize..(slot.off + slot.len) as usize)
+            .ok_or_else(|| Error::Corrupt("by_pid slot".into()))?;
+        let e = store.decode_stored(slot.id, bytes)?;
+        waiting[b] -= 1;
+        if waiting[b] == 0 {
+            bufs[b] = Vec::new();
+        }
         if f.matches(&e) {
             page.events.push(e);
             if page.events.len() >= limit {
-                page.next = Some(id);
+                page.next = Some(slot.id);
                 return Ok(());
             }
         }
+    }
+}
+
+/// An event of a `by_pid` list in its disk form: bytes `off..off + len` of
+/// the copy `buf` of its list. Ordered by id (ids are unique).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Slot {
+    id: u64,
+    buf: u32,
+    off: u32,
+    len: u32,
+}
+
+impl Keyed for Slot {
+    fn id(&self) -> u64 {
+        self.id
     }
 }
 
