@@ -32,6 +32,32 @@ defmodule Causeway.QueryTest do
     :ok
   end
 
+  test "events are complete structs: a UTC DateTime and every field in place" do
+    before = DateTime.utc_now()
+    id = Runtime.function_entry(Alpha, :one, [1, "two"])
+    Runtime.state_change(%{n: 1}, %{n: 2})
+    Runtime.function_exit(id, :done)
+    flush!()
+    later = DateTime.utc_now()
+
+    [entry, change, exit] = Causeway.events(pid: self())
+    assert %Causeway.Event{type: :function_entry, module: Alpha, function: :one, arity: 2} = entry
+    assert entry.data == [1, "two"] and entry.call_id == id and entry.pid == self()
+    assert entry.node == node() and entry.source == :runtime
+    assert change.data == %{old: %{n: 1}, new: %{n: 2}}
+    assert exit.data == :done and exit.call_id == id and exit.parent_id == id
+    assert change.parent_id == id and entry.parent_id == nil
+
+    for e <- [entry, change, exit] do
+      us = DateTime.to_unix(e.wall_time, :microsecond)
+      # the same DateTime as Elixir's own, field for field
+      assert e.wall_time == DateTime.from_unix!(us, :microsecond)
+      assert DateTime.compare(e.wall_time, DateTime.add(before, -1, :millisecond)) == :gt
+      assert DateTime.compare(e.wall_time, DateTime.add(later, 1, :millisecond)) == :lt
+      assert is_integer(e.timestamp)
+    end
+  end
+
   test "every filter alone and combined matches a brute-force expectation" do
     procs = workload()
     all = Causeway.events(limit: :infinity)

@@ -250,11 +250,16 @@ mod struct_atoms {
 
 use std::collections::HashMap;
 
+type FastMap<K, V> = HashMap<K, V, causeway_core::fasthash::FastBuild>;
+
 /// Terms made once per query for the names and pids that repeat across events.
 #[derive(Default)]
 pub struct TermCache<'a> {
-    names: HashMap<String, Term<'a>>,
-    pids: HashMap<(String, u32, u32, u32), Term<'a>>,
+    names: FastMap<String, Term<'a>>,
+    /// (number, serial, creation) → (node, pid) for each node seen.
+    pids: FastMap<(u32, u32, u32), Vec<(String, Term<'a>)>>,
+    /// `"Etc/UTC"` and `"UTC"` for `%DateTime{}`.
+    utc: Option<(Term<'a>, Term<'a>)>,
 }
 
 impl<'a> TermCache<'a> {
@@ -268,13 +273,19 @@ impl<'a> TermCache<'a> {
     }
 
     fn pid(&mut self, env: Env<'a>, p: &PidRec) -> Term<'a> {
-        let k = (p.node.clone(), p.id, p.serial, p.creation);
-        if let Some(t) = self.pids.get(&k) {
+        let same_node = self.pids.entry((p.id, p.serial, p.creation)).or_default();
+        if let Some((_, t)) = same_node.iter().find(|(node, _)| *node == p.node) {
             return *t;
         }
         let t = pid_term(env, p);
-        self.pids.insert(k, t);
+        same_node.push((p.node.clone(), t));
         t
+    }
+
+    fn utc(&mut self, env: Env<'a>) -> (Term<'a>, Term<'a>) {
+        *self
+            .utc
+            .get_or_insert_with(|| ("Etc/UTC".encode(env), "UTC".encode(env)))
     }
 }
 
@@ -322,49 +333,81 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-fn map_of<'a>(env: Env<'a>, keys: &[Atom], values: &[Term<'a>]) -> Term<'a> {
-    let ks: Vec<Term> = keys.iter().map(|k| k.encode(env)).collect();
-    Term::map_from_term_arrays(env, &ks, values).unwrap_or_else(|_| atoms::nil().encode(env))
+/// Map keys in term order — atoms compare by name — so that
+/// `enif_make_map_from_arrays`, whose check is an insertion sort, does one
+/// pass instead of sorting. Gives the atoms and, for the test, their names.
+macro_rules! sorted_keys {
+    ($name:ident, $names:ident: $($k:ident),+) => {
+        fn $name() -> [Atom; [$(stringify!($k)),+].len()] {
+            [$(struct_atoms::$k()),+]
+        }
+        const $names: &[&str] = &[$(stringify!($k)),+];
+        const _: () = assert!(names_sorted($names), "map keys out of term order");
+    };
+}
+
+/// Whether `names` are in ascending byte order (checked at compile time;
+/// `type_` stands for `type`, which sorts the same against its neighbours).
+const fn names_sorted(names: &[&str]) -> bool {
+    let mut n = 1;
+    while n < names.len() {
+        let (a, b) = (names[n - 1].as_bytes(), names[n].as_bytes());
+        let mut i = 0;
+        while i < a.len() && i < b.len() && a[i] == b[i] {
+            i += 1;
+        }
+        let less = if i < a.len() && i < b.len() {
+            a[i] < b[i]
+        } else {
+            a.len() < b.len()
+        };
+        if !less {
+            return false;
+        }
+        n += 1;
+    }
+    true
+}
+
+sorted_keys!(event_keys, EVENT_KEY_NAMES:
+    __struct__, arity, call_id, data, function, id, links, module, node, parent_id,
+    pid, source, timestamp, type_, wall_time);
+
+sorted_keys!(datetime_keys, DATETIME_KEY_NAMES:
+    __struct__, calendar, day, hour, microsecond, minute, month, second, std_offset,
+    time_zone, utc_offset, year, zone_abbr);
+
+fn map_of<'a, const N: usize>(env: Env<'a>, keys: [Atom; N], values: [Term<'a>; N]) -> Term<'a> {
+    let ks = keys.map(|k| k.encode(env));
+    Term::map_from_term_arrays(env, &ks, &values).unwrap_or_else(|_| atoms::nil().encode(env))
 }
 
 /// A UTC `%DateTime{}` (microsecond precision) for wall-clock nanoseconds.
-pub fn datetime<'a>(env: Env<'a>, wall_ns: i64) -> Term<'a> {
+pub fn datetime<'a>(env: Env<'a>, wall_ns: i64, cache: &mut TermCache<'a>) -> Term<'a> {
     use struct_atoms as a;
     let secs = wall_ns.div_euclid(1_000_000_000);
     let us = wall_ns.rem_euclid(1_000_000_000) / 1_000;
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
+    let (zone, abbr) = cache.utc(env);
+    let zero = 0.encode(env);
     map_of(
         env,
-        &[
-            a::__struct__(),
-            a::calendar(),
-            a::year(),
-            a::month(),
-            a::day(),
-            a::hour(),
-            a::minute(),
-            a::second(),
-            a::microsecond(),
-            a::time_zone(),
-            a::zone_abbr(),
-            a::utc_offset(),
-            a::std_offset(),
-        ],
-        &[
+        datetime_keys(),
+        [
             a::elixir_datetime().encode(env),
             a::elixir_iso().encode(env),
-            y.encode(env),
-            m.encode(env),
             d.encode(env),
             (sod / 3600).encode(env),
-            (sod % 3600 / 60).encode(env),
-            (sod % 60).encode(env),
             (us, 6).encode(env),
-            "Etc/UTC".encode(env),
-            "UTC".encode(env),
-            0.encode(env),
-            0.encode(env),
+            (sod % 3600 / 60).encode(env),
+            m.encode(env),
+            (sod % 60).encode(env),
+            zero,
+            zone,
+            zero,
+            y.encode(env),
+            abbr,
         ],
     )
 }
@@ -380,19 +423,19 @@ fn shaped_data<'a>(env: Env<'a>, e: &StoredEvent, peer: Term<'a>) -> Term<'a> {
             .filter(|t| t.len() == n)
     };
     match e.kind {
-        MessageSend => map_of(env, &[a::to(), a::message()], &[peer, raw]),
-        MessageReceive => map_of(env, &[a::from(), a::message()], &[peer, raw]),
+        MessageSend => map_of(env, [a::message(), a::to()], [raw, peer]),
+        MessageReceive => map_of(env, [a::from(), a::message()], [peer, raw]),
         StateChange => match elems(2) {
-            Some(t) => map_of(env, &[a::old(), a::new()], &[t[0], t[1]]),
+            Some(t) => map_of(env, [a::new(), a::old()], [t[1], t[0]]),
             None => raw,
         },
-        ProcessSpawn => map_of(env, &[a::child()], &[peer]),
-        ProcessExit => map_of(env, &[a::reason()], &[raw]),
+        ProcessSpawn => map_of(env, [a::child()], [peer]),
+        ProcessExit => map_of(env, [a::reason()], [raw]),
         Error => match elems(3) {
             Some(t) => map_of(
                 env,
-                &[a::kind(), a::reason(), a::stacktrace()],
-                &[t[0], t[1], t[2]],
+                [a::kind(), a::reason(), a::stacktrace()],
+                [t[0], t[1], t[2]],
             ),
             None => raw,
         },
@@ -427,48 +470,38 @@ pub fn event_struct<'a>(
             .encode(env),
         None => nil,
     };
+    let arity = if e.module.is_some() {
+        e.arity.encode(env)
+    } else {
+        nil
+    };
+    let source = match e.source {
+        causeway_core::event::Source::Runtime => a::runtime(),
+        causeway_core::event::Source::Tracer => a::tracer(),
+    };
+    let data = shaped_data(env, e, peer);
+    let node = cache.name(env, &e.pid.node);
+    let pid = cache.pid(env, &e.pid);
+    let wall_time = datetime(env, e.wall_ns, cache);
     map_of(
         env,
-        &[
-            a::__struct__(),
-            a::id(),
-            a::type_(),
-            a::timestamp(),
-            a::wall_time(),
-            a::node(),
-            a::pid(),
-            a::call_id(),
-            a::parent_id(),
-            a::module(),
-            a::function(),
-            a::arity(),
-            a::data(),
-            a::source(),
-            a::links(),
-        ],
-        &[
+        event_keys(),
+        [
             a::elixir_event().encode(env),
-            e.id.encode(env),
-            type_atom(e.kind).encode(env),
-            e.mono_ns.encode(env),
-            datetime(env, e.wall_ns),
-            cache.name(env, &e.pid.node),
-            cache.pid(env, &e.pid),
+            arity,
             nil_if_zero(env, e.call_id),
-            nil_if_zero(env, e.parent_id),
-            module,
+            data,
             function,
-            if e.module.is_some() {
-                e.arity.encode(env)
-            } else {
-                nil
-            },
-            shaped_data(env, e, peer),
-            match e.source {
-                causeway_core::event::Source::Runtime => a::runtime().encode(env),
-                causeway_core::event::Source::Tracer => a::tracer().encode(env),
-            },
+            e.id.encode(env),
             links,
+            module,
+            node,
+            nil_if_zero(env, e.parent_id),
+            pid,
+            source.encode(env),
+            e.mono_ns.encode(env),
+            type_atom(e.kind).encode(env),
+            wall_time,
         ],
     )
 }
