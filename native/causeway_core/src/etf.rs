@@ -427,7 +427,7 @@ pub fn parse_pid(bytes: &[u8]) -> Result<PidRec> {
             .ok_or_else(|| Error::Corrupt("short pid encoding".into()))? as u32
     };
     Ok(PidRec {
-        node,
+        node: node.into(),
         id,
         serial,
         creation,

@@ -81,11 +81,15 @@ impl Source {
     }
 }
 
+/// A shared, immutable name (node, module, function): events read back from
+/// the store share one allocation per distinct name.
+pub type Name = std::sync::Arc<str>;
+
 /// A process identifier made independent of the VM that produced it:
 /// node name, number, serial and creation (the fields of `NEW_PID_EXT`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub struct PidRec {
-    pub node: String,
+    pub node: Name,
     pub id: u32,
     pub serial: u32,
     pub creation: u32,
@@ -162,8 +166,8 @@ pub struct StoredEvent {
     pub parent_id: u64,
     /// How this event relates to `parent_id` (known at capture).
     pub parent_link: Option<LinkKind>,
-    pub module: Option<String>,
-    pub function: Option<String>,
+    pub module: Option<Name>,
+    pub function: Option<Name>,
     pub arity: u32,
     pub peer: Option<PidRec>,
     pub data: Vec<u8>,

@@ -951,7 +951,7 @@ impl Pipeline {
 #[derive(Default)]
 struct EnrichCache {
     pids: HashMap<u64, PidRec>,
-    atoms: HashMap<u64, Option<String>>,
+    atoms: HashMap<u64, Option<crate::event::Name>>,
     correlated: bool,
     links: Vec<crate::event::Link>,
 }
@@ -971,14 +971,14 @@ impl EnrichCache {
         p
     }
 
-    fn atom(&mut self, r: &dyn Resolver, raw: u64) -> Option<String> {
+    fn atom(&mut self, r: &dyn Resolver, raw: u64) -> Option<crate::event::Name> {
         if let Some(a) = self.atoms.get(&raw) {
             return a.clone();
         }
         if self.atoms.len() >= Self::MAX {
             self.atoms.clear();
         }
-        let a = r.atom(raw);
+        let a = r.atom(raw).map(Into::into);
         self.atoms.insert(raw, a.clone());
         a
     }

@@ -32,7 +32,7 @@ impl PidMatch {
     pub fn matches(&self, p: &crate::event::PidRec) -> bool {
         p.id == self.id
             && p.serial == self.serial
-            && self.node.as_ref().is_none_or(|n| *n == p.node)
+            && self.node.as_ref().is_none_or(|n| **n == *p.node)
     }
 }
 

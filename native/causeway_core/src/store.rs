@@ -23,7 +23,7 @@
 //! `meta` table maps small integers to names, written in the same batch as the
 //! first event that uses them.
 
-use crate::event::{EventType, Link, LinkKind, PidRec, Source, StoredEvent};
+use crate::event::{EventType, Link, LinkKind, Name, PidRec, Source, StoredEvent};
 use crate::ids::id_to_wall_ns;
 use crate::{Error, Result};
 use rocksdb::{
@@ -418,15 +418,16 @@ pub struct Store {
 #[derive(Default)]
 struct Names {
     ids: HashMap<String, u32>,
-    names: Vec<String>,
+    names: Vec<Name>,
 }
 
 impl Names {
-    fn name(&self, id: u32) -> Option<&str> {
+    /// The name, shared (no copy).
+    fn shared(&self, id: u32) -> Option<&Name> {
         if id == 0 {
             None
         } else {
-            self.names.get(id as usize - 1).map(|s| s.as_str())
+            self.names.get(id as usize - 1)
         }
     }
 }
@@ -684,7 +685,7 @@ impl Store {
                 return Err(Error::Corrupt(format!("name table: id {id} out of order")));
             }
             n.ids.insert(name.clone(), id);
-            n.names.push(name);
+            n.names.push(name.into());
             Ok(true)
         })?;
         if let Ok(mut names) = self.names.write() {
@@ -720,7 +721,7 @@ impl Store {
             return id;
         }
         let id = n.names.len() as u32 + 1;
-        n.names.push(name.to_string());
+        n.names.push(name.into());
         n.ids.insert(name.to_string(), id);
         let mut k = META_NAME.to_vec();
         k.extend_from_slice(&id.to_be_bytes());
@@ -731,7 +732,7 @@ impl Store {
 
     fn pid_of(&self, d: DiskPid, names: &Names) -> PidRec {
         PidRec {
-            node: names.name(d.0).unwrap_or("").to_string(),
+            node: names.shared(d.0).cloned().unwrap_or_default(),
             id: d.1,
             serial: d.2,
             creation: d.3,
@@ -950,8 +951,8 @@ impl Store {
             call_id: d.call_id,
             parent_id: d.parent_id,
             parent_link: LinkKind::from_u8(d.parent_link),
-            module: names.name(d.module).map(str::to_string),
-            function: names.name(d.function).map(str::to_string),
+            module: names.shared(d.module).cloned(),
+            function: names.shared(d.function).cloned(),
             arity: d.arity,
             peer: d.peer.map(|p| self.pid_of(p, &names)),
             data: d.data.into_owned(),
@@ -1207,7 +1208,7 @@ impl Store {
             for e in doomed {
                 pids.insert(e.pid.key());
                 if let (Some(m), Some(f)) = (&e.module, &e.function) {
-                    if let (Some(&m), Some(&f)) = (names.ids.get(m), names.ids.get(f)) {
+                    if let (Some(&m), Some(&f)) = (names.ids.get(&**m), names.ids.get(&**f)) {
                         mfas.insert(keys::mfa_prefix(m, Some(f), Some(e.arity)));
                     }
                 }
@@ -1650,7 +1651,7 @@ mod tests {
                 EventType::MessageSend,
             ][(i % 4) as usize];
             let mut e = event(i * 64, (i % 5) as u32, kind);
-            e.module = Some(format!("Elixir.M{}", i % 3));
+            e.module = Some(format!("Elixir.M{}", i % 3).into());
             if kind == EventType::FunctionExit {
                 e.call_id = (i - 1) * 64;
             }

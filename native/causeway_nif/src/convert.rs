@@ -257,7 +257,7 @@ type FastMap<K, V> = HashMap<K, V, causeway_core::fasthash::FastBuild>;
 pub struct TermCache<'a> {
     names: FastMap<String, Term<'a>>,
     /// (number, serial, creation) → (node, pid) for each node seen.
-    pids: FastMap<(u32, u32, u32), Vec<(String, Term<'a>)>>,
+    pids: FastMap<(u32, u32, u32), Vec<(causeway_core::event::Name, Term<'a>)>>,
     /// `"Etc/UTC"` and `"UTC"` for `%DateTime{}`.
     utc: Option<(Term<'a>, Term<'a>)>,
 }
@@ -456,7 +456,7 @@ pub fn event_struct<'a>(
         Some(p) => cache.pid(env, p),
         None => nil,
     };
-    let opt_name = |cache: &mut TermCache<'a>, s: &Option<String>| match s {
+    let opt_name = |cache: &mut TermCache<'a>, s: &Option<causeway_core::event::Name>| match s {
         Some(s) => cache.name(env, s),
         None => nil,
     };
