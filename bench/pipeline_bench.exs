@@ -55,9 +55,12 @@ defmodule Bench.Pipeline do
     {n(), ns}
   end
 
-  def causeway do
+  def causeway(opts \\ []) do
     dir = Bench.tmp_dir("e2e")
-    {:ok, pid} = Causeway.start_link(dir: dir, ring_size: 1_048_576, emergency_sample: 1)
+
+    {:ok, pid} =
+      Causeway.start_link([dir: dir, ring_size: 1_048_576, emergency_sample: 1] ++ opts)
+
     Process.unlink(pid)
     half = div(n(), 2)
 
@@ -95,7 +98,9 @@ Bench.compare(
   "end to end: captured, correlated and persisted with the WAL on (#{Bench.Pipeline.n()} events, 2 producers)",
   [
     {"baseline: send/2 to a collector doing :ets.insert", &Bench.Pipeline.baseline/0},
-    {"Causeway: until flush/0 returns (durable)", &Bench.Pipeline.causeway/0}
+    {"Causeway, covering_pid_index: false",
+     fn -> Bench.Pipeline.causeway(covering_pid_index: false) end},
+    {"Causeway: until flush/0 returns (durable)", fn -> Bench.Pipeline.causeway() end}
   ],
   runs: 3
 )

@@ -22,7 +22,7 @@ defmodule Causeway.Options do
     retry_base_ms: 10,
     memory_budget: 512 * 1024 * 1024,
     sync_writes: false,
-    covering_pid_index: false,
+    covering_pid_index: true,
     retention: []
   ]
 

@@ -29,15 +29,15 @@ defmodule Causeway.RetentionTest do
 
   test "the covering pid index answers like the id index, across reopen and retention" do
     dir = tmp_dir!()
-    start_causeway!(dir: dir, retention: [max_age: 300, interval_ms: 60_000])
+    start_causeway!(dir: dir, covering_pid_index: false, retention: [max_age: 300])
     old = for i <- 1..30, do: Runtime.function_entry(Old, :call, [i])
     for id <- Enum.reverse(old), do: Runtime.function_exit(id, :ok)
     flush!()
     stop_causeway!()
 
-    # reopened with the covering format: the old id lists and the new
-    # covering lists are read side by side
-    start_causeway!(dir: dir, covering_pid_index: true, retention: [max_age: 300])
+    # reopened with the covering format (the default): the old id lists and
+    # the new covering lists are read side by side
+    start_causeway!(dir: dir, retention: [max_age: 300])
     Process.sleep(400)
     new = for i <- 1..20, do: Runtime.function_entry(New, :call, [i])
     for id <- Enum.reverse(new), do: Runtime.function_exit(id, :ok)
