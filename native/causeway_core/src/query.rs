@@ -643,6 +643,43 @@ fn events_by_pid(
     }
 }
 
+/// Events in an id (time) range, straight from the events column family:
+/// one sequential read, each value decoded where the iterator holds it.
+fn events_in_time(
+    store: &Store,
+    f: &Filter,
+    lo: u64,
+    hi: u64,
+    limit: usize,
+    page: &mut Page,
+) -> Result<()> {
+    let cf = store
+        .db()
+        .cf_handle(CF_EVENTS)
+        .ok_or_else(|| Error::Corrupt("column family events missing".into()))?;
+    let mut it = key_range(store, cf, &[], lo, hi, f.reverse);
+    while it.valid() {
+        let (Some(id), Some(bytes)) = (it.key().and_then(keys::trailing_id), it.value()) else {
+            return Err(Error::Corrupt("event key".into()));
+        };
+        let e = store.decode_stored(id, bytes)?;
+        if f.matches(&e) {
+            page.events.push(e);
+            if page.events.len() >= limit {
+                page.next = Some(id);
+                return Ok(());
+            }
+        }
+        if f.reverse {
+            it.prev();
+        } else {
+            it.next();
+        }
+    }
+    it.status()?;
+    Ok(())
+}
+
 /// An event of a `by_pid` list in its disk form: bytes `off..off + len` of
 /// the copy `buf` of its list. Ordered by id (ids are unique).
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -672,9 +709,16 @@ pub fn events(store: &Store, f: &Filter) -> Result<Page> {
         return Ok(page);
     }
     let limit = if f.limit == 0 { usize::MAX } else { f.limit };
-    if let ([src], "by_pid") = (&sources[..], index) {
-        events_by_pid(store, f, &src.prefix, lo, hi, limit, &mut page)?;
-        return Ok(page);
+    match (&sources[..], index) {
+        ([src], "by_pid") => {
+            events_by_pid(store, f, &src.prefix, lo, hi, limit, &mut page)?;
+            return Ok(page);
+        }
+        ([src], "time" | "scan") if src.cf == CF_EVENTS && src.only.is_none() => {
+            events_in_time(store, f, lo, hi, limit, &mut page)?;
+            return Ok(page);
+        }
+        _ => {}
     }
     let mut merge = Merge::new(store, &sources, lo, hi, f.reverse)?;
     let mut ids = Vec::with_capacity(256);
