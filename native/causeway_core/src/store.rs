@@ -1958,6 +1958,21 @@ mod tests {
             "{flushed} bytes flushed vs {compacted} compacted"
         );
         assert_eq!(s.get(evs[777].id).unwrap().as_ref(), Some(&evs[777]));
+        // index and filter come in partitions (a monolithic one of a big file
+        // outgrew its cache shard and was re-read by every lookup)
+        let props =
+            s.db.property_value_cf(
+                s.cf(CF_EVENTS).unwrap(),
+                "rocksdb.aggregated-table-properties",
+            )
+            .unwrap()
+            .unwrap();
+        let partitions: u64 = props
+            .split(';')
+            .find_map(|kv| kv.trim().strip_prefix("# index partitions="))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no index partitions in {props}"));
+        assert!(partitions > 1, "{props}");
     }
 
     #[test]
