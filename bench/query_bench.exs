@@ -83,6 +83,7 @@ defmodule Bench.QueryRun do
       if System.get_env("BENCH_QUERY_PACED") == "false",
         do: 1,
         else: max(1, div(per * 7 * procs, 1_000_000))
+
     pids = Enum.map(1..procs, fn _ -> spawn_link(&Bench.Query.worker/0) end)
 
     {_, build_ns} =
@@ -162,7 +163,7 @@ defmodule Bench.QueryRun do
     Bench.compare(
       "events/1 by pid + time range (#{div(length(all), 2)} of #{m.persisted} events; covering_pid_index: #{covering})",
       [
-        {"full scan of the time range, filtered in Rust",
+        {"full scan of the time range (every process), filtered in Rust",
          fn ->
            Bench.time(fn -> Causeway.Query.count(range ++ [scan: true]) end)
            |> then(fn {{n, _}, ns} -> {n, ns} end)
