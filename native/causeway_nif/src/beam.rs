@@ -71,12 +71,17 @@ static CALIB_DIFF: AtomicI64 = AtomicI64::new(0);
 /// Erlang system time minus Erlang monotonic time.
 static OFFSET: AtomicI64 = AtomicI64::new(0);
 
+/// CLOCK_MONOTONIC in ns: one vDSO call, no `Instant` arithmetic (which
+/// checks and normalises a `Duration` on every read).
 #[inline]
 fn own_ns() -> i64 {
-    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    BASE.get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_nanos() as i64
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // CLOCK_MONOTONIC cannot fail on Linux with a valid pointer
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
 /// Calibrates now (call from a scheduler thread, e.g. when a pipeline starts).

@@ -1,6 +1,9 @@
 //! Causeway's NIF glue: term conversion, the pipeline resource, NIF entry
 //! points and messages back to the BEAM. The logic lives in `causeway_core`.
 
+#[macro_use]
+mod lean;
+
 mod beam;
 mod convert;
 mod error;

@@ -146,7 +146,11 @@ struct Stamp {
 }
 
 fn stamp(p: &Pipeline, cpu: usize) -> Stamp {
-    let mono = monotonic_ns();
+    stamp_at(p, cpu, monotonic_ns())
+}
+
+/// `stamp` with a clock reading the caller already has.
+fn stamp_at(p: &Pipeline, cpu: usize, mono: i64) -> Stamp {
     let shard = cpu % p.rings.shard_count();
     let (id, wall) = p.stamp_on(shard, mono);
     Stamp {
@@ -185,8 +189,13 @@ fn push(p: &Pipeline, s: Stamp, e: Ev) {
     );
 }
 
+lean_nif!("rt_function_entry", 3, |env, a| rt_function_entry(
+    env,
+    a[0].decode()?,
+    a[1].decode()?,
+    a[2]
+));
 /// Returns the call id, or `nil` when nothing was captured.
-#[rustler::nif]
 fn rt_function_entry<'a>(
     env: Env<'a>,
     module: Atom,
@@ -236,17 +245,22 @@ fn rt_function_entry<'a>(
     })
 }
 
-#[rustler::nif]
+lean_nif!("rt_function_exit", 2, |env, a| Ok(rt_function_exit(
+    env,
+    a[0].decode()?,
+    a[1]
+)));
 fn rt_function_exit<'a>(env: Env<'a>, call_id: u64, result: Term<'a>) -> Atom {
     with_default(|p, cpu| {
         let pid = self_raw(env);
-        let frame = p.contexts.exit(pid, call_id, monotonic_ns());
+        let now = monotonic_ns();
+        let frame = p.contexts.exit(pid, call_id, now);
         let paired = frame.is_some();
         let frame = frame.unwrap_or_default();
         if !p.admit_as(EventType::FunctionExit, pid, frame.module, paired) {
             return;
         }
-        let s = stamp(p, cpu);
+        let s = stamp_at(p, cpu, now);
         let data = term::encode(env, result, &budget(p));
         let ev = Ev {
             kind: EventType::FunctionExit,
@@ -299,7 +313,9 @@ fn capture(
     crate::atoms::ok()
 }
 
-#[rustler::nif]
+lean_nif!("rt_message_send", 2, |env, a| rt_message_send(
+    env, a[0], a[1]
+));
 fn rt_message_send<'a>(env: Env<'a>, to: Term<'a>, message: Term<'a>) -> NifResult<Atom> {
     let peer = raw_pid(to, "the receiver")?;
     let me = self_raw(env);
@@ -312,7 +328,9 @@ fn rt_message_send<'a>(env: Env<'a>, to: Term<'a>, message: Term<'a>) -> NifResu
     ))
 }
 
-#[rustler::nif]
+lean_nif!("rt_message_receive", 2, |env, a| rt_message_receive(
+    env, a[0], a[1]
+));
 fn rt_message_receive<'a>(env: Env<'a>, from: Term<'a>, message: Term<'a>) -> NifResult<Atom> {
     let peer = if from
         .decode::<Atom>()
@@ -335,7 +353,9 @@ fn rt_message_receive<'a>(env: Env<'a>, from: Term<'a>, message: Term<'a>) -> Ni
     ))
 }
 
-#[rustler::nif]
+lean_nif!("rt_state_change", 2, |env, a| Ok(rt_state_change(
+    env, a[0], a[1]
+)));
 fn rt_state_change<'a>(env: Env<'a>, old: Term<'a>, new: Term<'a>) -> Atom {
     let me = self_raw(env);
     capture(
@@ -347,7 +367,7 @@ fn rt_state_change<'a>(env: Env<'a>, old: Term<'a>, new: Term<'a>) -> Atom {
     )
 }
 
-#[rustler::nif]
+lean_nif!("rt_process_spawn", 1, |env, a| rt_process_spawn(env, a[0]));
 fn rt_process_spawn<'a>(env: Env<'a>, child: Term<'a>) -> NifResult<Atom> {
     let peer = raw_pid(child, "the child")?;
     let me = self_raw(env);
@@ -360,7 +380,9 @@ fn rt_process_spawn<'a>(env: Env<'a>, child: Term<'a>) -> NifResult<Atom> {
     ))
 }
 
-#[rustler::nif]
+lean_nif!("rt_process_exit", 2, |env, a| rt_process_exit(
+    env, a[0], a[1]
+));
 fn rt_process_exit<'a>(env: Env<'a>, pid: Term<'a>, reason: Term<'a>) -> NifResult<Atom> {
     let who = local_pid(pid, "the exiting process")?;
     Ok(capture(
@@ -375,7 +397,7 @@ fn rt_process_exit<'a>(env: Env<'a>, pid: Term<'a>, reason: Term<'a>) -> NifResu
     ))
 }
 
-#[rustler::nif]
+lean_nif!("rt_error", 3, |env, a| Ok(rt_error(env, a[0], a[1], a[2])));
 fn rt_error<'a>(env: Env<'a>, kind: Term<'a>, reason: Term<'a>, stacktrace: Term<'a>) -> Atom {
     let me = self_raw(env);
     capture(
@@ -413,8 +435,8 @@ fn rt_set_capture<'a>(h: ResourceArc<Handle>, scope: Term<'a>, on: bool) -> NifR
     )))
 }
 
+lean_nif!("bench_noop", 1, |env, a| Ok(bench_noop(a[0])));
 /// A NIF that does nothing: the floor `mix bench` measures capture against.
-#[rustler::nif]
 fn bench_noop(_x: Term) -> Atom {
     crate::atoms::ok()
 }

@@ -183,8 +183,8 @@ fn tracer_session_info(env: Env, s: ResourceArc<TraceSession>) -> Term {
         .unwrap_or_else(|_| crate::atoms::nil().encode(env))
 }
 
+lean_nif!("enabled", 3, |env, a| Ok(enabled(env, a[0], a[1], a[2])));
 /// erl_tracer `enabled/3`: trace while the session lives, detach after.
-#[rustler::nif]
 fn enabled<'a>(env: Env<'a>, _tag: Term<'a>, state: Term<'a>, _tracee: Term<'a>) -> Term<'a> {
     let Ok(s) = state.decode::<ResourceArc<TraceSession>>() else {
         return atoms::remove().encode(env);
@@ -200,8 +200,15 @@ fn extra<'a>(env: Env<'a>, opts: Term<'a>) -> Option<Term<'a>> {
     opts.map_get(atoms::extra().encode(env)).ok()
 }
 
+lean_nif!("trace", 5, |env, a| Ok(trace(
+    env,
+    a[0].decode()?,
+    a[1],
+    a[2],
+    a[3],
+    a[4]
+)));
 /// erl_tracer `trace/5`: one event per probe, into the caller's ring.
-#[rustler::nif]
 fn trace<'a>(
     env: Env<'a>,
     tag: Atom,
