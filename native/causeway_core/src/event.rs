@@ -151,6 +151,21 @@ impl RawEvent {
     pub fn kind(&self) -> EventType {
         self.kind.unwrap_or(EventType::Error)
     }
+
+    /// Bytes this event holds outside its own struct (a payload too big to
+    /// be inline, a remote pid's bytes).
+    #[inline]
+    pub fn heap_bytes(&self) -> u64 {
+        let data = if self.data.spilled() {
+            self.data.capacity() as u64
+        } else {
+            0
+        };
+        match &self.peer {
+            RawPid::External(b) => data + b.len() as u64,
+            _ => data,
+        }
+    }
 }
 
 /// An event as the store gives it back (names resolved). Its disk form is

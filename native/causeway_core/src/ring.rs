@@ -78,7 +78,8 @@ pub struct ShardStats {
     pub evicted: u64,
     pub popped: u64,
     pub finished: u64,
-    /// Payload bytes of the events in the ring now.
+    /// Heap bytes held by the events in the ring now (payloads too big to
+    /// live in their slot, remote pids); the slots are `Rings::slot_bytes`.
     pub payload_bytes: u64,
 }
 
@@ -168,11 +169,14 @@ impl Rings {
     #[inline]
     pub fn push(&self, shard: usize, event: RawEvent) -> PushOutcome {
         let s = &self.shards[shard % self.shards.len()];
-        let bytes = event.data.len() as u64;
+        let bytes = event.heap_bytes();
         match self.overflow {
             Overflow::DropNewest => match s.queue.push(event) {
                 Ok(()) => {
-                    s.prod.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+                    // most events hold nothing outside their slot: no second atomic
+                    if bytes > 0 {
+                        s.prod.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+                    }
                     s.prod.accepted.fetch_add(1, Ordering::Release);
                     PushOutcome::Stored
                 }
@@ -182,7 +186,9 @@ impl Rings {
                 }
             },
             Overflow::DropOldest => {
-                s.prod.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+                if bytes > 0 {
+                    s.prod.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+                }
                 match s.queue.force_push(event) {
                     None => {
                         s.prod.accepted.fetch_add(1, Ordering::Release);
@@ -192,7 +198,7 @@ impl Rings {
                         // The new event is in; the oldest one is gone for good.
                         s.cons
                             .bytes_out
-                            .fetch_add(old.data.len() as u64, Ordering::Relaxed);
+                            .fetch_add(old.heap_bytes(), Ordering::Relaxed);
                         s.prod.accepted.fetch_add(1, Ordering::Release);
                         s.prod.evicted.fetch_add(1, Ordering::Release);
                         PushOutcome::Evicted
@@ -230,7 +236,7 @@ impl Rings {
         while n < max {
             match s.queue.pop() {
                 Some(ev) => {
-                    bytes += ev.data.len() as u64;
+                    bytes += ev.heap_bytes();
                     out.push(ev);
                     n += 1;
                 }
@@ -239,7 +245,9 @@ impl Rings {
         }
         if n > 0 {
             s.cons.popped.fetch_add(n as u64, Ordering::Relaxed);
-            s.cons.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+            if bytes > 0 {
+                s.cons.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+            }
         }
         n
     }
@@ -316,7 +324,7 @@ impl Rings {
         (self.shards.len() * self.capacity * std::mem::size_of::<RawEvent>()) as u64
     }
 
-    /// Bytes of the payloads queued in the rings now.
+    /// Heap bytes held by the events queued in the rings now (beyond `slot_bytes`).
     pub fn payload_bytes(&self) -> u64 {
         (0..self.shards.len())
             .map(|s| self.stats(s).payload_bytes)
@@ -474,20 +482,24 @@ mod tests {
 
     #[test]
     fn payload_bytes_follow_push_pop_and_eviction() {
+        // payloads too big for their slot are counted; inline ones are slot memory
+        let big = crate::etf::INLINE_PAYLOAD + 10;
         let r = Rings::new(1, 4, Overflow::DropOldest).unwrap();
         for i in 0..6 {
             r.push(
                 0,
                 RawEvent {
                     id: i,
-                    data: smallvec::smallvec![0; 10],
+                    data: smallvec::smallvec![0; big],
                     ..Default::default()
                 },
             );
         }
-        assert_eq!(r.payload_bytes(), 40);
+        assert_eq!(r.payload_bytes(), 4 * big as u64);
         let mut out = Vec::new();
         r.pop_batch(0, 3, &mut out);
-        assert_eq!(r.payload_bytes(), 10);
+        assert_eq!(r.payload_bytes(), big as u64);
+        r.push(0, ev(9));
+        assert_eq!(r.payload_bytes(), big as u64, "an inline payload adds nothing");
     }
 }
