@@ -500,6 +500,10 @@ mod tests {
         r.pop_batch(0, 3, &mut out);
         assert_eq!(r.payload_bytes(), big as u64);
         r.push(0, ev(9));
-        assert_eq!(r.payload_bytes(), big as u64, "an inline payload adds nothing");
+        assert_eq!(
+            r.payload_bytes(),
+            big as u64,
+            "an inline payload adds nothing"
+        );
     }
 }
