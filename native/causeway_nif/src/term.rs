@@ -136,18 +136,21 @@ impl Enc<'_, '_> {
     }
 
     fn atom(&mut self, t: ERL_NIF_TERM) {
-        let mut buf = [0u8; 256];
+        // not zeroed: the VM writes the name and its NUL, we read only those
+        let mut buf = MaybeUninit::<[u8; 256]>::uninit();
         let n = unsafe {
             sys::enif_get_atom(
                 self.env,
                 t,
                 buf.as_mut_ptr() as *mut std::os::raw::c_char,
-                buf.len() as u32,
+                256,
                 sys::ErlNifCharEncoding::ERL_NIF_LATIN1,
             )
         };
         if n > 0 {
-            self.w.atom_latin1(&buf[..(n as usize - 1)]);
+            let name =
+                unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, n as usize - 1) };
+            self.w.atom_latin1(name);
         } else {
             self.opaque(t); // not Latin-1 (OTP 25 cannot give it to us another way)
         }
