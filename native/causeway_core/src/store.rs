@@ -424,11 +424,13 @@ pub struct Store {
     names: RwLock<Names>,
 }
 
-/// Interned names (modules, functions, nodes): id 0 means "none".
+/// Interned names (modules, functions, nodes): id 0 means "none". A slot
+/// left empty (an id a store written by an earlier version allocated but never
+/// persisted) reads as no name.
 #[derive(Default)]
 struct Names {
     ids: HashMap<String, u32>,
-    names: Vec<Name>,
+    names: Vec<Option<Name>>,
 }
 
 impl Names {
@@ -437,7 +439,7 @@ impl Names {
         if id == 0 {
             None
         } else {
-            self.names.get(id as usize - 1)
+            self.names.get(id as usize - 1).and_then(Option::as_ref)
         }
     }
 }
@@ -708,11 +710,14 @@ impl Store {
                 .map(u32::from_be_bytes)
                 .map_err(|_| Error::Corrupt("name table key".into()))?;
             let name = String::from_utf8_lossy(v).into_owned();
-            if id as usize != n.names.len() + 1 {
+            // keys come in id order; a gap stays an empty slot and its id is
+            // never handed out again
+            if id == 0 || (id as usize) <= n.names.len() {
                 return Err(Error::Corrupt(format!("name table: id {id} out of order")));
             }
+            n.names.resize(id as usize - 1, None);
             n.ids.insert(name.clone(), id);
-            n.names.push(name.into());
+            n.names.push(Some(name.into()));
             Ok(true)
         })?;
         if let Ok(mut names) = self.names.write() {
@@ -729,32 +734,31 @@ impl Store {
             .and_then(|n| n.ids.get(name).copied())
     }
 
-    /// Interns `name`; a new name is put into `batch` (so it lands with the
-    /// event that uses it) and recorded in `fresh` to undo if the batch fails.
-    fn intern(
-        &self,
-        name: &str,
-        batch: &mut WriteBatch,
-        meta: &rocksdb::ColumnFamily,
-        fresh: &mut Vec<String>,
-    ) -> u32 {
+    /// Interns `name`. A new name is written to the store on its own, under
+    /// the table's lock, before its id is handed to anyone: every batch that
+    /// uses the id comes later in the WAL, so no crash or failed write can
+    /// leave an event whose name is not on disk, and concurrent writers never
+    /// see an id that might still be taken back.
+    fn intern(&self, name: &str, meta: &rocksdb::ColumnFamily) -> Result<u32> {
         if let Some(id) = self.name_id(name) {
-            return id;
+            return Ok(id);
         }
-        let Ok(mut n) = self.names.write() else {
-            return 0;
-        };
+        let mut n = self
+            .names
+            .write()
+            .map_err(|_| Error::Corrupt("name table lock".into()))?;
         if let Some(&id) = n.ids.get(name) {
-            return id;
+            return Ok(id);
         }
-        let id = n.names.len() as u32 + 1;
-        n.names.push(name.into());
-        n.ids.insert(name.to_string(), id);
+        let id = u32::try_from(n.names.len() + 1)
+            .map_err(|_| Error::Corrupt("name table full".into()))?;
         let mut k = META_NAME.to_vec();
         k.extend_from_slice(&id.to_be_bytes());
-        batch.put_cf(meta, k, name.as_bytes());
-        fresh.push(name.to_string());
-        id
+        self.db
+            .put_cf_opt(meta, k, name.as_bytes(), &self.write_opts)?;
+        n.names.push(Some(name.into()));
+        n.ids.insert(name.to_string(), id);
+        Ok(id)
     }
 
     fn pid_of(&self, d: DiskPid, names: &Names) -> PidRec {
@@ -784,7 +788,6 @@ impl Store {
             self.cf(CF_META)?,
         );
         let mut b = WriteBatch::default();
-        let mut fresh = Vec::new();
         let mut buf = Vec::with_capacity(256);
         // (column family, prefix) → ids, written as posting lists below
         // prefixes are at most 12 bytes: a fixed key, no allocation per event
@@ -807,33 +810,33 @@ impl Store {
         let mut by_pid: HashMap<[u8; 8], Vec<(u64, usize, usize)>, crate::fasthash::FastBuild> =
             HashMap::default();
         for ev in events {
-            let mut id_of = |name: &'e str, b: &mut WriteBatch, fresh: &mut Vec<String>| -> u32 {
+            let mut id_of = |name: &'e str| -> Result<u32> {
                 if let Some((_, id)) = names.iter().find(|(n, _)| *n == name) {
-                    return *id;
+                    return Ok(*id);
                 }
-                let id = self.intern(name, b, cf_meta, fresh);
+                let id = self.intern(name, cf_meta)?;
                 if names.len() < 64 {
                     names.push((name, id));
                 }
-                id
+                Ok(id)
             };
-            let module = ev
-                .module
-                .as_deref()
-                .map_or(0, |m| id_of(m, &mut b, &mut fresh));
-            let function = ev
-                .function
-                .as_deref()
-                .map_or(0, |f| id_of(f, &mut b, &mut fresh));
-            let node = id_of(&ev.pid.node, &mut b, &mut fresh);
-            let peer = ev.peer.as_ref().map(|p| {
-                DiskPid(
-                    id_of(&p.node, &mut b, &mut fresh),
-                    p.id,
-                    p.serial,
-                    p.creation,
-                )
-            });
+            let module = match ev.module.as_deref() {
+                Some(m) => id_of(m)?,
+                None => 0,
+            };
+            let function = match ev.function.as_deref() {
+                Some(f) => id_of(f)?,
+                None => 0,
+            };
+            let node = id_of(&ev.pid.node)?;
+            let peer_node = match &ev.peer {
+                Some(p) => id_of(&p.node)?,
+                None => 0,
+            };
+            let peer = ev
+                .peer
+                .as_ref()
+                .map(|p| DiskPid(peer_node, p.id, p.serial, p.creation));
             let disk = DiskEvent {
                 kind: ev.kind as u8,
                 wall_delta: ev.wall_ns.wrapping_sub(id_to_wall_ns(ev.id) as i64),
@@ -938,20 +941,7 @@ impl Store {
                 [],
             );
         }
-        let r = self.db.write_opt(b, &self.write_opts);
-        if r.is_err() && !fresh.is_empty() {
-            // the names did not land: forget them so a later batch writes them again
-            if let Ok(mut n) = self.names.write() {
-                for name in fresh {
-                    if let Some(id) = n.ids.remove(&name) {
-                        if id as usize == n.names.len() {
-                            n.names.pop();
-                        }
-                    }
-                }
-            }
-        }
-        r?;
+        self.db.write_opt(b, &self.write_opts)?;
         Ok(())
     }
 
@@ -1997,6 +1987,52 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.kind(), "incompatible", "{e}");
+    }
+
+    #[test]
+    fn names_reach_the_disk_before_any_event_that_uses_them() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            // interned for a batch that then never lands (a crash, a failed write)
+            let id = s.intern("Elixir.Lonely", s.cf(CF_META).unwrap()).unwrap();
+            assert_eq!(s.name_id("Elixir.Lonely"), Some(id));
+        }
+        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert!(s.name_id("Elixir.Lonely").is_some());
+    }
+
+    #[test]
+    fn a_gap_in_the_name_table_is_not_fatal() {
+        // stores written before names were persisted on their own could lose
+        // a name whose batch failed while a later one landed
+        let dir = tempfile::tempdir().unwrap();
+        let mut e = event(64, 1, EventType::FunctionEntry);
+        {
+            let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            s.write(std::slice::from_ref(&e), &[]).unwrap();
+            let m = s.name_id("Elixir.M").unwrap();
+            let meta = s.cf(CF_META).unwrap();
+            let mut k = META_NAME.to_vec();
+            k.extend_from_slice(&m.to_be_bytes());
+            s.db.delete_cf(meta, k).unwrap();
+        }
+        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        assert_eq!(s.name_id("Elixir.M"), None);
+        let got = s.get(64).unwrap().unwrap();
+        assert_eq!(got.module, None, "a missing name reads as none");
+        assert_eq!(got.function.as_deref(), Some("f"));
+        // new names never reuse the lost id
+        e.id = 128;
+        e.module = Some("Elixir.N".into());
+        s.write(std::slice::from_ref(&e), &[]).unwrap();
+        let n = s.name_id("Elixir.N").unwrap();
+        assert!(n > s.name_id("f").unwrap() && n > s.name_id("nonode@nohost").unwrap());
+        assert_eq!(
+            s.get(128).unwrap().unwrap().module.as_deref(),
+            Some("Elixir.N")
+        );
+        assert_eq!(s.get(64).unwrap().unwrap().module, None);
     }
 
     #[test]
