@@ -113,6 +113,37 @@ defmodule Causeway.QueryTest do
     end)
   end
 
+  defp nest(0), do: :ok
+
+  defp nest(n) do
+    id = Runtime.function_entry(Deep, :down, [n])
+    nest(n - 1)
+    Runtime.function_exit(id, n)
+  end
+
+  test "call_tree of a recursion deeper than any native stack" do
+    depth = 20_000
+    nest(depth)
+    flush!()
+    [root] = Causeway.events(type: :function_entry, limit: 1)
+
+    tree = Causeway.call_tree(root.call_id, max_nodes: depth)
+    {levels, last} = Stream.iterate(tree, &List.first(&1.children)) |> count_levels(0)
+    assert levels == depth
+    assert last.entry.data == [1] and last.result == 1
+    assert tree.result == depth
+
+    # the node budget cuts the tree, never the VM
+    small = Causeway.call_tree(root.call_id, max_nodes: 100)
+    assert {101, _} = Stream.iterate(small, &List.first(&1.children)) |> count_levels(0)
+  end
+
+  defp count_levels(stream, _) do
+    stream
+    |> Stream.take_while(&(&1 != nil))
+    |> Enum.reduce({0, nil}, fn node, {n, _} -> {n + 1, node} end)
+  end
+
   test "pagination neither skips nor repeats" do
     workload()
     all = Causeway.events(limit: :infinity) |> Enum.map(& &1.id)

@@ -802,7 +802,25 @@ pub struct CallNode {
     pub children: Vec<CallNode>,
 }
 
-fn call_node(store: &Store, entry: StoredEvent, budget: &mut usize) -> Result<CallNode> {
+/// Trees are as deep as the recursion they record (thousands of levels):
+/// dropped level by level, not by the recursive drop glue a dirty
+/// scheduler's small stack could not hold.
+impl Drop for CallNode {
+    fn drop(&mut self) {
+        let mut doomed = std::mem::take(&mut self.children);
+        while let Some(mut n) = doomed.pop() {
+            doomed.append(&mut n.children);
+        }
+    }
+}
+
+/// A node being built: its calls not yet visited wait in `pending`.
+struct OpenCall {
+    node: CallNode,
+    pending: std::vec::IntoIter<StoredEvent>,
+}
+
+fn open_call(store: &Store, entry: StoredEvent) -> Result<OpenCall> {
     let links = store.links_of(&entry)?;
     let exit = match links.iter().find(|(k, _)| *k == LinkKind::CompletedBy) {
         Some((_, x)) => store.get(*x)?,
@@ -814,19 +832,41 @@ fn call_node(store: &Store, entry: StoredEvent, budget: &mut usize) -> Result<Ca
         .map(|(_, c)| *c)
         .collect();
     child_ids.sort_unstable();
-    let mut children = Vec::new();
-    for c in store.get_many(&child_ids)? {
-        if *budget == 0 {
-            break;
-        }
-        *budget -= 1;
-        children.push(call_node(store, c, budget)?);
-    }
-    Ok(CallNode {
-        entry,
-        exit,
-        children,
+    Ok(OpenCall {
+        node: CallNode {
+            entry,
+            exit,
+            children: Vec::new(),
+        },
+        pending: store.get_many(&child_ids)?.into_iter(),
     })
+}
+
+/// The tree under `entry`, depth first, with an explicit stack (no recursion:
+/// a recorded recursion can be deeper than any thread's stack); every node
+/// below the root spends one unit of `budget`.
+fn call_node(store: &Store, entry: StoredEvent, budget: &mut usize) -> Result<CallNode> {
+    let mut stack = vec![open_call(store, entry)?];
+    loop {
+        let Some(top) = stack.last_mut() else {
+            return Err(Error::Corrupt("call tree stack".into()));
+        };
+        if *budget > 0 {
+            if let Some(child) = top.pending.next() {
+                *budget -= 1;
+                stack.push(open_call(store, child)?);
+                continue;
+            }
+        }
+        let Some(done) = stack.pop() else {
+            return Err(Error::Corrupt("call tree stack".into()));
+        };
+        let node = done.node;
+        match stack.last_mut() {
+            Some(parent) => parent.node.children.push(node),
+            None => return Ok(node),
+        }
+    }
 }
 
 /// The tree of one call (by its call id = its entry's id).

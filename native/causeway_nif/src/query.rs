@@ -130,22 +130,48 @@ fn query_event<'a>(
     }
 }
 
+/// `{entry, exit | nil, [child]}`, built bottom-up with an explicit stack:
+/// a tree records a recursion, which can be deeper than this dirty
+/// scheduler's stack.
 fn node_term<'a>(
     env: Env<'a>,
     store: &Store,
-    n: &CallNode,
+    root: &CallNode,
     cache: &mut TermCache<'a>,
 ) -> NifResult<Term<'a>> {
-    let entry = with_links(env, store, &n.entry, true, cache)?;
-    let exit = match &n.exit {
-        Some(x) => with_links(env, store, x, true, cache)?,
-        None => crate::atoms::nil().encode(env),
-    };
-    let mut kids = Vec::with_capacity(n.children.len());
-    for c in &n.children {
-        kids.push(node_term(env, store, c, cache)?);
+    struct Open<'n, 'a> {
+        node: &'n CallNode,
+        next: usize,
+        kids: Vec<Term<'a>>,
     }
-    Ok((entry, exit, kids).encode(env))
+    fn open<'n, 'a>(node: &'n CallNode) -> Open<'n, 'a> {
+        Open {
+            node,
+            next: 0,
+            kids: Vec::with_capacity(node.children.len()),
+        }
+    }
+    let mut stack = vec![open(root)];
+    while let Some(top) = stack.last_mut() {
+        if let Some(child) = top.node.children.get(top.next) {
+            top.next += 1;
+            stack.push(open(child));
+            continue;
+        }
+        let Some(done) = stack.pop() else { break };
+        let n = done.node;
+        let entry = with_links(env, store, &n.entry, true, cache)?;
+        let exit = match &n.exit {
+            Some(x) => with_links(env, store, x, true, cache)?,
+            None => crate::atoms::nil().encode(env),
+        };
+        let term = (entry, exit, done.kids).encode(env);
+        match stack.last_mut() {
+            Some(parent) => parent.kids.push(term),
+            None => return Ok(term),
+        }
+    }
+    Err(rustler::Error::Term(Box::new("empty call tree")))
 }
 
 /// A call id → `{:ok, node}`; a pid → `{:ok, [node]}` (its top-level calls).
