@@ -30,7 +30,7 @@ defmodule Causeway do
       every dropped event is counted
     * `:workers` — `{min, max}` native writer threads, 1..16 (default `{2, 16}`)
     * `:batch_size` (1000), `:flush_interval_ms` (5) — writer batching
-    * `:max_term_bytes` (2048), `:max_depth` (16) — capture budget of one term
+    * `:max_term_bytes` (2048, at most 64 MiB), `:max_depth` (16, at most 1000) — capture budget of one term
     * `:redact` — keys (atoms) whose values are never captured, e.g. `[:password]`
     * `:correlation_ttl_ms` (300 000) — how long half a correlation waits
     * `:emergency_sample` (100) — at the emergency backpressure level, keep one

@@ -130,6 +130,8 @@ defmodule CausewayTest do
     assert List.last(stored).data.message == {:tick, n}
   end
 
+  import Bitwise
+
   describe "bad input gets a clear error, never a crash" do
     test "start_link options" do
       assert_raise ArgumentError, ~r/ring_size must be a power of two/, fn ->
@@ -141,6 +143,14 @@ defmodule CausewayTest do
       assert_raise ArgumentError, ~r/unknown keys/, fn -> Causeway.start_link(nope: 1) end
       assert_raise ArgumentError, ~r/:dir/, fn -> Causeway.start_link(dir: 42) end
       assert_raise ArgumentError, ~r/redact/, fn -> Causeway.start_link(redact: ["password"]) end
+
+      assert_raise ArgumentError, ~r/max_depth must be in 1..1000/, fn ->
+        Causeway.start_link(max_depth: 100_000)
+      end
+
+      assert_raise ArgumentError, ~r/max_term_bytes must be in/, fn ->
+        Causeway.start_link(max_term_bytes: 1 <<< 33)
+      end
     end
 
     test "a directory that cannot be used is an error naming the path" do

@@ -190,10 +190,22 @@ defmodule Causeway.Options do
         ":workers must be {min, max} with 1 <= min <= max <= 16, got: #{inspect(other)}"
       )
 
+  # bounds the native side relies on (see causeway_core::config::check_term_budget)
+  @ranges %{max_depth: 1..1000, max_term_bytes: 64..(64 * 1024 * 1024)}
+
   defp pos_int!(opts, key) do
-    case opts[key] do
-      v when is_integer(v) and v > 0 -> v
-      v -> raise ArgumentError, "#{inspect(key)} must be a positive integer, got: #{inspect(v)}"
+    case {opts[key], @ranges[key]} do
+      {v, nil} when is_integer(v) and v > 0 ->
+        v
+
+      {v, lo..hi} when is_integer(v) and v >= lo and v <= hi ->
+        v
+
+      {v, lo..hi} ->
+        raise ArgumentError, "#{inspect(key)} must be in #{lo}..#{hi}, got: #{inspect(v)}"
+
+      {v, nil} ->
+        raise ArgumentError, "#{inspect(key)} must be a positive integer, got: #{inspect(v)}"
     end
   end
 

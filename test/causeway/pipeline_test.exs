@@ -234,6 +234,7 @@ defmodule Causeway.PipelineTest do
     assert_raise ArgumentError, ~r/workers/, fn -> Causeway.configure(workers: {0, 20}) end
     assert_raise ArgumentError, ~r/batch_size/, fn -> Causeway.configure(batch_size: 0) end
     assert_raise ArgumentError, ~r/unknown keys/, fn -> Causeway.configure(bogus: 1) end
+    assert_raise ArgumentError, ~r/max_depth/, fn -> Causeway.configure(max_depth: 5000) end
   end
 
   test "stopping drains what is buffered; the owner dying closes the pipeline" do

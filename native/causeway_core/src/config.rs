@@ -98,20 +98,39 @@ impl Config {
                 self.flush_interval_ms
             ));
         }
-        if self.max_term_bytes < 64 {
-            return bad(format!(
-                "max_term_bytes must be at least 64, got {}",
-                self.max_term_bytes
-            ));
-        }
-        if self.max_depth == 0 {
-            return bad("max_depth must be at least 1".into());
-        }
+        check_term_budget(Some(self.max_term_bytes), Some(self.max_depth))?;
         if self.emergency_sample == 0 {
             return bad("emergency_sample must be at least 1".into());
         }
         Ok(())
     }
+}
+
+/// The deepest a captured term is walked: the encoder recurses on the
+/// caller's scheduler stack, and reading a term back recurses on a dirty
+/// scheduler's (320 KB by default).
+pub const MAX_DEPTH_LIMIT: usize = 1_000;
+/// The largest `max_term_bytes` (ETF lengths are 32-bit; a capture this big
+/// already costs the traced process milliseconds).
+pub const MAX_TERM_BYTES_LIMIT: usize = 64 << 20;
+
+/// `max_term_bytes` in 64..=64 MiB and `max_depth` in 1..=1000, when given.
+pub fn check_term_budget(max_term_bytes: Option<usize>, max_depth: Option<usize>) -> Result<()> {
+    if let Some(b) = max_term_bytes {
+        if !(64..=MAX_TERM_BYTES_LIMIT).contains(&b) {
+            return Err(Error::InvalidArgument(format!(
+                "max_term_bytes must be in 64..={MAX_TERM_BYTES_LIMIT}, got {b}"
+            )));
+        }
+    }
+    if let Some(d) = max_depth {
+        if !(1..=MAX_DEPTH_LIMIT).contains(&d) {
+            return Err(Error::InvalidArgument(format!(
+                "max_depth must be in 1..={MAX_DEPTH_LIMIT}, got {d}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub fn validate_workers(min: usize, max: usize) -> Result<()> {
@@ -195,5 +214,18 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("batch_size"));
+        for (bytes, depth, what) in [
+            (63, 16, "max_term_bytes"),
+            (MAX_TERM_BYTES_LIMIT + 1, 16, "max_term_bytes"),
+            (2048, 0, "max_depth"),
+            (2048, MAX_DEPTH_LIMIT + 1, "max_depth"),
+        ] {
+            let c = Config {
+                max_term_bytes: bytes,
+                max_depth: depth,
+                ..Config::default()
+            };
+            assert!(c.validate().unwrap_err().to_string().contains(what));
+        }
     }
 }

@@ -420,16 +420,10 @@ impl Pipeline {
                 )));
             }
         }
-        if let Some(t) = u.max_term_bytes {
-            if t < 64 {
-                return Err(Error::InvalidArgument(format!(
-                    "max_term_bytes must be at least 64, got {t}"
-                )));
-            }
-        }
-        if u.max_depth == Some(0) || u.emergency_sample == Some(0) {
+        crate::config::check_term_budget(u.max_term_bytes, u.max_depth)?;
+        if u.emergency_sample == Some(0) {
             return Err(Error::InvalidArgument(
-                "max_depth and emergency_sample must be at least 1".into(),
+                "emergency_sample must be at least 1".into(),
             ));
         }
         let t = &self.tun;

@@ -92,7 +92,9 @@ impl<'a> Reader<'a, '_> {
 
     fn term(&mut self, pos: &mut usize) -> Option<Term<'a>> {
         self.depth += 1;
-        if self.depth > 10_000 {
+        // captures are at most 1000 deep (config::MAX_DEPTH_LIMIT); this
+        // recursion runs on a dirty scheduler's 320 KB stack
+        if self.depth > causeway_core::config::MAX_DEPTH_LIMIT + 8 {
             return None;
         }
         let env = self.env;
