@@ -194,10 +194,14 @@ defmodule Causeway.Query do
   defp opt_time(opts, key) do
     case Keyword.get(opts, key) do
       nil -> nil
-      t when key == :until -> max(wall_ns!(t, key, :last), 0)
-      t -> max(wall_ns!(t, key, :first), 0)
+      t when key == :until -> clamp_ns(wall_ns!(t, key, :last))
+      t -> clamp_ns(wall_ns!(t, key, :first))
     end
   end
+
+  # wall-clock ns as the store keeps them: 1970 .. 2262 (signed 64-bit)
+  @max_ns 0x7FFF_FFFF_FFFF_FFFF
+  defp clamp_ns(ns), do: ns |> max(0) |> min(@max_ns)
 
   @doc false
   # A time as wall-clock ns. A DateTime stands for its whole precision unit
@@ -298,7 +302,7 @@ defmodule Causeway.Query do
 
   @doc false
   def state_at(pid, time, opts) when is_pid(pid) do
-    wall = max(wall_ns!(time, :time, :last), 0)
+    wall = clamp_ns(wall_ns!(time, :time, :last))
 
     case unwrap(Native.query_state_at(handle(opts), pid, wall)) do
       nil ->

@@ -113,6 +113,22 @@ defmodule Causeway.QueryTest do
     end)
   end
 
+  test "time bounds far in the past or future are clamped, not wrapped" do
+    workload()
+    all = Causeway.events(limit: :infinity) |> Enum.map(& &1.id)
+    far = ~U[2300-01-01 00:00:00Z]
+    farther = ~U[9999-12-31 23:59:59Z]
+    assert Enum.map(Causeway.events(until: far, limit: :infinity), & &1.id) == all
+    assert Enum.map(Causeway.events(until: farther, limit: :infinity), & &1.id) == all
+    assert Causeway.events(since: far, limit: :infinity) == []
+
+    assert Enum.map(Causeway.events(since: ~U[1900-01-01 00:00:00Z], limit: :infinity), & &1.id) ==
+             all
+
+    [%{pid: pid} | _] = Causeway.events(type: :state_change, limit: 1)
+    assert {:ok, _state, _event} = Causeway.state_at(pid, farther)
+  end
+
   defp nest(0), do: :ok
 
   defp nest(n) do
