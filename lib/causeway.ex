@@ -274,7 +274,8 @@ defmodule Causeway do
 
   @doc """
   A call id → `%Causeway.CallTree{}` (the call with its exit, duration and
-  nested calls); a pid → the list of its top-level call trees.
+  nested calls); a pid → the list of its top-level call trees. `:max_nodes`
+  (default 10 000, or `:infinity`) caps the calls expanded; reading stops there.
   """
   @spec call_tree(non_neg_integer() | pid(), keyword()) ::
           Causeway.CallTree.t() | [Causeway.CallTree.t()]
@@ -283,15 +284,24 @@ defmodule Causeway do
   @doc """
   From an event back to its root cause, across processes: `[{event, link}]`
   where `link` says how the event led to the one before it (`nil` for the first).
+  `:max` (default 1000, or `:infinity`) caps its length.
   """
   @spec causal_chain(non_neg_integer(), keyword()) :: [{Event.t(), atom() | nil}]
   def causal_chain(event_id, opts \\ []), do: Causeway.Query.causal_chain(event_id, opts)
 
-  @doc "Messages between two processes, each send with its matched receive (or `nil`)."
+  @doc """
+  Messages between two processes, each send with its matched receive (or
+  `nil`), oldest first. `:limit` (a positive integer or `:infinity`, the
+  default) stops reading once that many are found.
+  """
   @spec message_flow(pid(), pid(), keyword()) :: [%{send: Event.t(), receive: Event.t() | nil}]
   def message_flow(a, b, opts \\ []), do: Causeway.Query.message_flow(a, b, opts)
 
-  @doc "A process's state changes, oldest first."
+  @doc """
+  A process's state changes, oldest first. `:since` / `:until` (as in
+  `events/1`) bound the time; `:limit` (positive integer or `:infinity`, the
+  default) stops reading once that many are found.
+  """
   @spec state_history(pid(), keyword()) :: [Event.t()]
   def state_history(pid, opts \\ []), do: Causeway.Query.state_history(pid, opts)
 

@@ -198,8 +198,12 @@ defmodule Causeway.Export do
     unless is_list(pids) and pids != [] and Enum.all?(pids, &is_pid/1),
       do: raise(ArgumentError, ":pids must be a non-empty list of pids, got: #{inspect(pids)}")
 
-    limit = Keyword.get(opts, :limit, 500)
-    query = Keyword.take(opts, [:store, :instance])
+    limit = Causeway.Query.count!(opts, :limit, 500)
+    # each pair reads at most `limit` messages; the first `limit` of all are among them
+    query =
+      Keyword.take(opts, [:store, :instance]) ++
+        [limit: if(limit == 0, do: :infinity, else: limit)]
+
     alias_of = pids |> Enum.with_index(1) |> Map.new(fn {p, i} -> {p, "P#{i}"} end)
 
     flows =
@@ -208,7 +212,7 @@ defmodule Causeway.Export do
       end
       |> List.flatten()
       |> Enum.sort_by(& &1.send.id)
-      |> Enum.take(limit)
+      |> then(fn all -> if limit == 0, do: all, else: Enum.take(all, limit) end)
 
     participants = for p <- pids, do: "    participant #{alias_of[p]} as #{inspect(p)}"
 

@@ -122,18 +122,7 @@ defmodule Causeway.Query do
     if pid != nil and not is_pid(pid),
       do: raise(ArgumentError, ":pid must be a pid, got: #{inspect(pid)}")
 
-    limit =
-      case Keyword.get(opts, :limit, 1000) do
-        :infinity ->
-          0
-
-        n when is_integer(n) and n > 0 ->
-          n
-
-        other ->
-          raise ArgumentError,
-                ":limit must be a positive integer or :infinity, got: #{inspect(other)}"
-      end
+    limit = count!(opts, :limit, 1000)
 
     reverse =
       case Keyword.get(opts, :order, :asc) do
@@ -174,6 +163,22 @@ defmodule Causeway.Query do
       nil -> nil
       a when is_atom(a) -> Atom.to_string(a)
       other -> raise ArgumentError, "#{inspect(key)} must be an atom, got: #{inspect(other)}"
+    end
+  end
+
+  # A count option: a positive integer, or :infinity (0 to the NIF: no limit).
+  @doc false
+  def count!(opts, key, default) do
+    case Keyword.get(opts, key, default) do
+      :infinity ->
+        0
+
+      n when is_integer(n) and n > 0 and n < 0x1_0000_0000_0000_0000 ->
+        n
+
+      other ->
+        raise ArgumentError,
+              "#{inspect(key)} must be a positive integer or :infinity, got: #{inspect(other)}"
     end
   end
 
@@ -246,7 +251,11 @@ defmodule Causeway.Query do
 
   @doc false
   def call_tree(root, opts) when (is_integer(root) and root >= 0) or is_pid(root) do
-    max = Keyword.get(opts, :max_nodes, 10_000)
+    max =
+      case count!(opts, :max_nodes, 10_000) do
+        0 -> 0xFFFF_FFFF_FFFF_FFFF
+        n -> n
+      end
 
     case Native.query_call_tree(handle(opts), root, max) do
       {:ok, trees} when is_list(trees) -> Enum.map(trees, &Causeway.CallTree.from_native/1)
@@ -261,7 +270,13 @@ defmodule Causeway.Query do
 
   @doc false
   def causal_chain(id, opts) when is_integer(id) and id >= 0 do
-    case unwrap(Native.query_causal_chain(handle(opts), id, Keyword.get(opts, :max, 1000))) do
+    max =
+      case count!(opts, :max, 1000) do
+        0 -> 0xFFFF_FFFF_FFFF_FFFF
+        n -> n
+      end
+
+    case unwrap(Native.query_causal_chain(handle(opts), id, max)) do
       nil -> []
       chain -> Enum.map(chain, fn {e, via} -> {Event.from_native(e), via} end)
     end
@@ -272,7 +287,7 @@ defmodule Causeway.Query do
 
   @doc false
   def message_flow(a, b, opts) when is_pid(a) and is_pid(b) do
-    limit = Keyword.get(opts, :limit, 0)
+    limit = count!(opts, :limit, :infinity)
 
     handle(opts)
     |> Native.query_message_flow(a, b, limit)
@@ -289,7 +304,7 @@ defmodule Causeway.Query do
   def state_history(pid, opts) when is_pid(pid) do
     since = opt_time(opts, :since)
     until = opt_time(opts, :until)
-    limit = Keyword.get(opts, :limit, 0)
+    limit = count!(opts, :limit, :infinity)
 
     handle(opts)
     |> Native.query_state_history(pid, since, until, limit)

@@ -134,5 +134,10 @@ defmodule Causeway.ExportTest do
     assert {pa, pb, pc} == {inspect(a), inspect(b), inspect(c)}
     refute first =~ "\n"
     assert_raise ArgumentError, ~r/:pids/, fn -> Causeway.Export.mermaid_text(pids: [:x]) end
+
+    # :limit keeps the oldest messages; :infinity keeps them all
+    assert Causeway.Export.mermaid_text(pids: [a, b, c], limit: :infinity) == text
+    one = Causeway.Export.mermaid_text(pids: [a, b, c], limit: 1)
+    assert String.split(one, "\n", trim: true) |> Enum.take(-1) == ["    P1->>P2: " <> first]
   end
 end

@@ -213,6 +213,53 @@ defmodule Causeway.QueryTest do
 
     assert [%{data: %{new: :b}}] =
              Causeway.state_history(pid, since: second.wall_time, until: second.wall_time)
+
+    # the limit applies after the time window, and reading stops there
+    assert [%{data: %{new: :b}}] = Causeway.state_history(pid, since: second.wall_time, limit: 1)
+    assert length(Causeway.state_history(pid, limit: :infinity)) == 3
+
+    assert_raise ArgumentError, ~r/:limit must be a positive integer or :infinity/, fn ->
+      Causeway.state_history(pid, limit: -1)
+    end
+  end
+
+  test "message_flow stops at its limit and keeps the oldest" do
+    parent = self()
+
+    b =
+      spawn(fn ->
+        receive do
+          :go -> send(parent, :done)
+        end
+      end)
+
+    for i <- 1..5, do: Runtime.message_send(b, {:n, i})
+    for i <- 6..8, do: Runtime.message_send(parent, {:n, i})
+    flush!()
+
+    all = Causeway.message_flow(self(), b)
+    assert Enum.map(all, & &1.send.data.message) == for(i <- 1..5, do: {:n, i})
+
+    assert Enum.map(Causeway.message_flow(self(), b, limit: 2), & &1.send.data.message) ==
+             [{:n, 1}, {:n, 2}]
+
+    assert length(Causeway.message_flow(self(), b, limit: :infinity)) == 5
+
+    assert_raise ArgumentError, ~r/:limit/, fn ->
+      Causeway.message_flow(self(), b, limit: :all)
+    end
+
+    send(b, :go)
+  end
+
+  test "tree and chain sizes take a count or :infinity and nothing else" do
+    id = Runtime.function_entry(Alpha, :one, [1])
+    Runtime.function_exit(id, :ok)
+    flush!()
+    assert %Causeway.CallTree{} = Causeway.call_tree(id, max_nodes: :infinity)
+    assert [{_, nil} | _] = Causeway.causal_chain(id, max: :infinity)
+    assert_raise ArgumentError, ~r/:max_nodes/, fn -> Causeway.call_tree(id, max_nodes: -5) end
+    assert_raise ArgumentError, ~r/:max /, fn -> Causeway.causal_chain(id, max: "3") end
   end
 
   test "causal_chain crosses three processes: state change ← message ← sender's call ← ..." do

@@ -884,27 +884,27 @@ pub fn call_tree(store: &Store, call_id: u64, max_nodes: usize) -> Result<CallNo
     call_node(store, entry, &mut budget)
 }
 
-/// Every top-level call of a process (calls with no instrumented caller).
+/// Every top-level call of a process (calls with no instrumented caller), at
+/// most `max_nodes` nodes in all; reading stops when the budget is spent.
 pub fn call_trees_of(store: &Store, pid: &PidMatch, max_nodes: usize) -> Result<Vec<CallNode>> {
     let f = Filter {
         pid: Some(pid.clone()),
         types: vec![EventType::FunctionEntry],
         ..Default::default()
     };
-    let page = events(store, &f)?;
     let mut budget = max_nodes;
     let mut out = Vec::new();
-    for e in page.events {
+    for_each_event(store, &f, |e| {
         if budget == 0 {
-            break;
+            return Ok(false);
         }
         let links = store.links_of(&e)?;
-        if links.iter().any(|(k, _)| *k == LinkKind::CalledFrom) {
-            continue;
+        if !links.iter().any(|(k, _)| *k == LinkKind::CalledFrom) {
+            budget -= 1;
+            out.push(call_node(store, e, &mut budget)?);
         }
-        budget -= 1;
-        out.push(call_node(store, e, &mut budget)?);
-    }
+        Ok(budget > 0)
+    })?;
     Ok(out)
 }
 
@@ -915,6 +915,9 @@ pub fn message_flow(
     b: &PidMatch,
     limit: usize,
 ) -> Result<Vec<(StoredEvent, Option<StoredEvent>)>> {
+    // each direction in id order, stopping at `limit`: the first `limit` of
+    // their merge are among those
+    let want = if limit == 0 { usize::MAX } else { limit };
     let mut out = Vec::new();
     for (from, to) in [(a, b), (b, a)] {
         let f = Filter {
@@ -922,7 +925,8 @@ pub fn message_flow(
             types: vec![EventType::MessageSend],
             ..Default::default()
         };
-        for s in events(store, &f)?.events {
+        let mut taken = 0;
+        for_each_event(store, &f, |s| {
             if s.peer.as_ref().is_some_and(|p| to.matches(p)) {
                 let recv = match store
                     .links_of(&s)?
@@ -933,29 +937,35 @@ pub fn message_flow(
                     None => None,
                 };
                 out.push((s, recv));
+                taken += 1;
             }
-        }
+            Ok(taken < want)
+        })?;
         if a == b {
             break;
         }
     }
     out.sort_by_key(|(s, _)| s.id);
-    if limit > 0 {
-        out.truncate(limit);
-    }
+    out.truncate(want);
     Ok(out)
 }
 
-/// State changes of a process, oldest first (`limit` 0 = all).
+/// State changes of a process within the wall-clock window `since..=until`
+/// (ns, either open), oldest first; `limit` 0 = all. Reads stop at the limit.
 pub fn state_history(
     store: &Store,
     pid: &PidMatch,
-    since_id: u64,
-    until_id: u64,
+    since_wall: Option<i64>,
+    until_wall: Option<i64>,
     limit: usize,
 ) -> Result<Vec<StoredEvent>> {
+    let f = Filter::default().with_time(since_wall, until_wall);
+    let (lo, hi) = f.id_range();
     let want = if limit == 0 { usize::MAX } else { limit };
     let mut out = Vec::new();
+    if lo > hi {
+        return Ok(out);
+    }
     let mut m = Merge::new(
         store,
         &[Source {
@@ -963,8 +973,8 @@ pub fn state_history(
             prefix: pid.key().to_vec(),
             only: None,
         }],
-        since_id,
-        until_id,
+        lo,
+        hi,
         false,
     )?;
     let mut ids = Vec::with_capacity(256);
@@ -983,11 +993,34 @@ pub fn state_history(
             store
                 .get_many(&ids)?
                 .into_iter()
-                .filter(|e| pid.matches(&e.pid)),
+                .filter(|e| pid.matches(&e.pid) && f.matches(e)),
         );
     }
     out.truncate(want);
     Ok(out)
+}
+
+/// Calls `each` with the events matching `f`, in order, a page at a time
+/// (memory stays bounded however many match), until it returns false.
+fn for_each_event(
+    store: &Store,
+    f: &Filter,
+    mut each: impl FnMut(StoredEvent) -> Result<bool>,
+) -> Result<()> {
+    let mut f = f.clone();
+    f.limit = 1024;
+    loop {
+        let page = events(store, &f)?;
+        for e in page.events {
+            if !each(e)? {
+                return Ok(());
+            }
+        }
+        match page.next {
+            Some(id) => f.after = Some(id),
+            None => return Ok(()),
+        }
+    }
 }
 
 /// The last state change of `pid` at or before wall-clock `wall_ns`.

@@ -68,7 +68,10 @@ fn filter_of(q: &QueryFilter) -> NifResult<Filter> {
         force_scan: q.scan,
         ..Default::default()
     }
-    .with_time(q.since.map(|s| s as i64), q.until.map(|u| u as i64)))
+    .with_time(
+        q.since.map(|s| s.min(i64::MAX as u64) as i64),
+        q.until.map(|u| u.min(i64::MAX as u64) as i64),
+    ))
 }
 
 fn with_links<'a>(
@@ -258,17 +261,8 @@ fn query_state_history<'a>(
     let store = h.store()?;
     let mut cache = TermCache::default();
     let pid = pid_match(pid, "state_history's argument")?;
-    let f = Filter::default().with_time(since.map(|s| s as i64), until.map(|u| u as i64));
-    let (lo, hi) = (f.since_id.unwrap_or(0), f.until_id.unwrap_or(u64::MAX));
-    let evs: Vec<_> = query::state_history(&store, &pid, lo, hi, 0)
-        .nif()?
-        .into_iter()
-        .filter(|e| {
-            f.since_wall.is_none_or(|s| e.wall_ns >= s)
-                && f.until_wall.is_none_or(|u| e.wall_ns <= u)
-        })
-        .take(if limit == 0 { usize::MAX } else { limit })
-        .collect();
+    let wall = |t: Option<u64>| t.map(|t| t.min(i64::MAX as u64) as i64);
+    let evs = query::state_history(&store, &pid, wall(since), wall(until), limit).nif()?;
     let mut out = Vec::with_capacity(evs.len());
     for e in &evs {
         out.push(with_links(env, &store, e, true, &mut cache)?);
