@@ -144,9 +144,14 @@ defmodule Causeway do
   (`{:module, m}`) or one process (`{:pid, p}`). When off, capture costs a flag check.
   """
   @spec capture(:global | {:module, module()} | {:pid, pid()}, boolean(), atom()) :: :ok
-  def capture(scope, on?, name \\ Causeway) when is_boolean(on?) do
+  def capture(scope, on?, name \\ Causeway)
+
+  def capture(scope, on?, name) when is_boolean(on?) do
     Native.rt_set_capture(Instance.handle!(name), scope, on?)
   end
+
+  def capture(_scope, on?, _name),
+    do: raise(ArgumentError, "capture/2 expects true or false, got: #{inspect(on?)}")
 
   @doc """
   Subscribes the caller to `:backpressure` (`{:causeway, :backpressure, level, info}`
@@ -154,9 +159,18 @@ defmodule Causeway do
   writer panics or storage fails).
   """
   @spec subscribe(:backpressure | :health, atom()) :: :ok
-  def subscribe(topic, name \\ Causeway) when topic in [:backpressure, :health] do
+  def subscribe(topic, name \\ Causeway)
+
+  def subscribe(topic, name) when topic in [:backpressure, :health] do
     GenServer.call(name, {:subscribe, topic, self()})
   end
+
+  def subscribe(topic, _name),
+    do:
+      raise(
+        ArgumentError,
+        "subscribe/1 expects :backpressure or :health, got: #{inspect(topic)}"
+      )
 
   @doc "Undoes `subscribe/2`."
   @spec unsubscribe(:backpressure | :health, atom()) :: :ok
@@ -213,7 +227,17 @@ defmodule Causeway do
   def open(dir, opts \\ []) do
     opts = Keyword.validate!(opts, read_only: true)
 
-    case Native.store_open(Path.expand(dir), opts[:read_only] == true) do
+    unless is_boolean(opts[:read_only]),
+      do:
+        raise(
+          ArgumentError,
+          ":read_only must be true or false, got: #{inspect(opts[:read_only])}"
+        )
+
+    unless is_binary(dir) or is_list(dir),
+      do: raise(ArgumentError, "open/2 expects a directory path, got: #{inspect(dir)}")
+
+    case Native.store_open(Path.expand(dir), opts[:read_only]) do
       {:ok, h} ->
         {:ok, %Causeway.Store{handle: h, dir: Path.expand(dir), read_only: opts[:read_only]}}
 
@@ -230,6 +254,9 @@ defmodule Causeway do
       {:error, e} -> raise Causeway.Error.from_native(e)
     end
   end
+
+  def close(other),
+    do: raise(ArgumentError, "close/1 expects a store from open/2, got: #{inspect(other)}")
 
   # ------------------------------------------------------------------ tracing
 
@@ -321,10 +348,23 @@ defmodule Causeway do
   bounds the walk.
   """
   @spec process_tree(pid(), keyword()) :: map()
-  def process_tree(pid, opts \\ []) when is_pid(pid) do
+  def process_tree(pid, opts \\ [])
+
+  def process_tree(pid, opts) when is_pid(pid) do
     {max_depth, query} = Keyword.pop(opts, :max_depth, 32)
+
+    unless is_integer(max_depth) and max_depth >= 0,
+      do:
+        raise(
+          ArgumentError,
+          ":max_depth must be a non-negative integer, got: #{inspect(max_depth)}"
+        )
+
     process_tree(pid, nil, max_depth, query)
   end
+
+  def process_tree(pid, _opts),
+    do: raise(ArgumentError, "process_tree/1 expects a pid, got: #{inspect(pid)}")
 
   defp process_tree(pid, spawned, depth, query) do
     exit = List.first(events(Keyword.merge(query, pid: pid, type: :process_exit, limit: 1)))

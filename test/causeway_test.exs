@@ -153,6 +153,30 @@ defmodule CausewayTest do
       end
     end
 
+    test "public functions name what was wrong" do
+      assert_raise ArgumentError, ~r/capture\/2 expects true or false/, fn ->
+        Causeway.capture(:global, :yes)
+      end
+
+      assert_raise ArgumentError, ~r/:backpressure or :health/, fn ->
+        Causeway.subscribe(:everything)
+      end
+
+      assert_raise ArgumentError, ~r/:read_only must be true or false/, fn ->
+        Causeway.open(tmp_dir!("ro"), read_only: "true")
+      end
+
+      assert_raise ArgumentError, ~r/close\/1 expects a store/, fn -> Causeway.close(:nope) end
+
+      assert_raise ArgumentError, ~r/process_tree\/1 expects a pid/, fn ->
+        Causeway.process_tree(1)
+      end
+
+      assert_raise ArgumentError, ~r/:max_depth/, fn ->
+        Causeway.process_tree(self(), max_depth: :deep)
+      end
+    end
+
     test "a directory that cannot be used is an error naming the path" do
       base = tmp_dir!("bad")
       File.mkdir_p!(base)

@@ -173,12 +173,19 @@ defmodule Causeway.Tracer do
       end
     end
 
-    for v <- [:max_events, :max_rate, :duration_ms, :max_msg_bytes] do
-      unless is_integer(opts[v]) and opts[v] > 0,
+    # checked before any trace flag or pattern is set: a timer cannot be
+    # longer than 2^32 - 1 ms, and the native session holds 64-bit counters
+    for {v, max} <- [
+          max_events: 0x7FFF_FFFF_FFFF_FFFF,
+          max_rate: 0x7FFF_FFFF_FFFF_FFFF,
+          duration_ms: 0xFFFF_FFFF,
+          max_msg_bytes: 64 * 1024 * 1024
+        ] do
+      unless is_integer(opts[v]) and opts[v] > 0 and opts[v] <= max,
         do:
           raise(
             ArgumentError,
-            "#{inspect(v)} must be a positive integer, got: #{inspect(opts[v])}"
+            "#{inspect(v)} must be an integer in 1..#{max}, got: #{inspect(opts[v])}"
           )
     end
 

@@ -25,6 +25,8 @@ defmodule Causeway.TracerTest do
     assert_receive {:DOWN, ^ref, :process, _, _}, 5_000
   end
 
+  import Bitwise
+
   defp assert_clean(pids, mfas) do
     for pid <- pids,
         Process.alive?(pid),
@@ -193,6 +195,17 @@ defmodule Causeway.TracerTest do
     end
 
     assert_raise ArgumentError, ~r/max_events/, fn -> Causeway.trace(self(), max_events: 0) end
+
+    # refused before any flag or pattern is set
+    assert_raise ArgumentError, ~r/duration_ms must be an integer in 1..4294967295/, fn ->
+      Causeway.trace(self(),
+        what: [:call, :return],
+        functions: [{:lists, :reverse, 1}],
+        duration_ms: 1 <<< 40
+      )
+    end
+
+    assert_clean([self()], [{:lists, :reverse, 1}])
     assert {:error, %Causeway.Error{kind: :not_found}} = Causeway.trace({:lists, :no_such_fun, 9})
   end
 end
