@@ -155,6 +155,7 @@ defmodule Causeway.Instrument do
         unquote(if kind == :handle_call, do: 2, else: 1)
       )
 
+      Causeway.Runtime.message_handled()
       result
     end
   end

@@ -51,6 +51,7 @@ defmodule Causeway.Native do
   def rt_function_exit(_call_id, _result), do: err()
   def rt_message_send(_to, _msg), do: err()
   def rt_message_receive(_from, _msg), do: err()
+  def rt_message_handled, do: err()
   def rt_state_change(_old, _new), do: err()
   def rt_process_spawn(_child), do: err()
   def rt_process_exit(_pid, _reason), do: err()

@@ -79,6 +79,14 @@ defmodule Causeway.Runtime do
         "message_receive/2 expects a pid or nil as sender, got: #{inspect(from)}"
       )
 
+  @doc """
+  The caller is done handling the message it last reported with
+  `message_receive/1,2`: later state changes are no longer caused by it.
+  (`use Causeway.Instrument` calls it after each `handle_*` callback.)
+  """
+  @spec message_handled() :: :ok
+  def message_handled, do: Native.rt_message_handled()
+
   @doc "The calling process's state changed from `old` to `new`."
   @spec state_change(term(), term()) :: :ok
   def state_change(old, new) do

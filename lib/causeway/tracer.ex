@@ -206,7 +206,9 @@ defmodule Causeway.Tracer do
       procs: procs,
       flags: flags,
       patterns: if(calls?, do: patterns, else: []),
-      match_spec: match_spec!(what, opts)
+      match_spec: match_spec!(what, opts),
+      # return_trace / exception_trace report returns (see match_spec!/2)
+      returns: :return in what or :exception in what
     }
   end
 
@@ -258,7 +260,10 @@ defmodule Causeway.Tracer do
       max_rate: opts[:max_rate],
       duration_ms: opts[:duration_ms],
       max_msg_bytes: opts[:max_msg_bytes],
-      modules: modules
+      modules: modules,
+      # without return events no call is ever closed: calls are then not
+      # stacked as each other's parents
+      returns: plan.returns
     }
 
     with {:ok, session} <- Native.tracer_session_new(handle, session_opts, self()),

@@ -200,4 +200,19 @@ defmodule Causeway.InstrumentTest do
     [handle_add | _] = Causeway.events(pid: pid, type: :function_entry, function: :handle_call)
     assert handle_add.parent_id == add_msg.id
   end
+
+  test "once a message is handled, it causes nothing more" do
+    {:ok, pid} = Counter.start_link(1)
+    :ok = GenServer.call(pid, {:add, 2})
+    # a state change in the server after its handler returned (not from a message)
+    :sys.replace_state(pid, fn s ->
+      Causeway.Runtime.state_change(s, %{count: 42})
+      %{count: 42}
+    end)
+
+    flush!()
+    last = List.last(Causeway.state_history(pid))
+    assert last.data.new == %{count: 42}
+    assert last.parent_id == nil
+  end
 end

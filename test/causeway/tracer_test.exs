@@ -182,6 +182,16 @@ defmodule Causeway.TracerTest do
     assert_clean([victim], [])
   end
 
+  test "calls traced without their returns are not stacked on each other" do
+    {:ok, s} = Causeway.trace(self(), what: [:call], functions: [{:lists, :reverse, 1}])
+    for i <- 1..3, do: :lists.reverse([i])
+    Causeway.stop_trace(s)
+    flush!()
+    calls = Causeway.events(pid: self(), type: :function_entry, function: :reverse)
+    assert length(calls) == 3
+    assert Enum.all?(calls, &(&1.parent_id == nil))
+  end
+
   test "bad targets and missing modules are clear errors" do
     assert_raise ArgumentError, ~r/not available/, fn -> Causeway.trace(No.Such.Module) end
     assert_raise ArgumentError, ~r/trace target/, fn -> Causeway.trace("x") end

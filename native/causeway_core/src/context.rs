@@ -13,6 +13,10 @@ use crate::fasthash::FastBuild;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+/// The deepest stack of open calls kept per process (memory stays bounded
+/// when returns are never reported).
+pub const MAX_STACK: usize = 100_000;
+
 /// An open call: its id (= the entry's event id) and what was called.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Frame {
@@ -77,6 +81,8 @@ impl Contexts {
     }
 
     /// A call begins: returns its parent (the open call, else the message being handled).
+    /// A stack already `MAX_STACK` deep is not grown (counted in `overflow`):
+    /// the call keeps its parent, its own children then name that parent too.
     pub fn enter(&self, pid: u64, frame: Frame, now: i64) -> Cause {
         self.with(pid, now, true, |c| {
             let parent = match c.stack.last() {
@@ -84,10 +90,20 @@ impl Contexts {
                 None if c.message != 0 => Some((c.message, LinkKind::CausedBy)),
                 None => None,
             };
-            c.stack.push(frame);
+            if c.stack.len() < MAX_STACK {
+                c.stack.push(frame);
+            } else {
+                self.overflow.fetch_add(1, Ordering::Relaxed);
+            }
             parent
         })
         .flatten()
+    }
+
+    /// `pid` is done with the message it was handling: what it does next is
+    /// no longer caused by it.
+    pub fn handled(&self, pid: u64, now: i64) {
+        self.with(pid, now, false, |c| c.message = 0);
     }
 
     /// A call ends (normally or by exception): its frame and any frames above it
@@ -237,6 +253,22 @@ mod tests {
         assert_eq!(c.open_calls(), 1, "only process 2 is still inside a call");
         assert_eq!(c.sweep_idle(1), 1, "process 1's idle context goes");
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_handled_message_no_longer_causes_and_stacks_are_bounded() {
+        let c = Contexts::new(100);
+        c.receive(1, 50, 0);
+        assert_eq!(c.cause(1), Some((50, LinkKind::CausedBy)));
+        c.handled(1, 0);
+        assert_eq!(c.cause(1), None);
+        assert_eq!(c.sweep_idle(1), 1, "an idle context can go once handled");
+
+        for i in 0..(MAX_STACK as u64 + 5) {
+            c.enter(2, f(i + 1), 0);
+        }
+        assert_eq!(c.open_calls(), MAX_STACK);
+        assert_eq!(c.overflow(), 5);
     }
 
     #[test]

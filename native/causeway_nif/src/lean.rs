@@ -27,7 +27,11 @@ macro_rules! lean_nif {
                         // the VM calls a NIF with the arity it was registered with
                         return unsafe { rustler::sys::enif_make_badarg(nif_env) };
                     }
-                    let raw = unsafe { std::slice::from_raw_parts(argv, $arity) };
+                    let raw: &[rustler::sys::ErlNifTerm] = if $arity == 0 || argv.is_null() {
+                        &[]
+                    } else {
+                        unsafe { std::slice::from_raw_parts(argv, $arity) }
+                    };
                     let $args: [rustler::Term; $arity] =
                         std::array::from_fn(|i| unsafe { rustler::Term::new($env, raw[i]) });
                     let result =

@@ -409,6 +409,16 @@ fn rt_error<'a>(env: Env<'a>, kind: Term<'a>, reason: Term<'a>, stacktrace: Term
     )
 }
 
+lean_nif!("rt_message_handled", 0, |env, _a| Ok(rt_message_handled(
+    env
+)));
+/// The caller is done handling the message it last received.
+fn rt_message_handled(env: Env) -> Atom {
+    let me = self_raw(env);
+    with_default(|p, _| p.contexts.handled(me, monotonic_ns()));
+    crate::atoms::ok()
+}
+
 /// Capture on/off: `:global`, `{:module, m}` or `{:pid, p}`.
 #[rustler::nif]
 fn rt_set_capture<'a>(h: ResourceArc<Handle>, scope: Term<'a>, on: bool) -> NifResult<Atom> {

@@ -57,6 +57,8 @@ pub struct TraceSession {
     reason: Mutex<Option<String>>,
     /// Module atom words this session records calls of (empty = any).
     modules: Vec<u64>,
+    /// Returns are traced: calls are stacked (and closed by their return).
+    returns: bool,
 }
 
 #[rustler::resource_impl]
@@ -120,6 +122,7 @@ struct SessionOpts {
     duration_ms: u64,
     max_msg_bytes: usize,
     modules: Vec<Atom>,
+    returns: bool,
 }
 
 /// A session bound to the instance `h`, reporting limits to `owner`.
@@ -151,6 +154,7 @@ fn tracer_session_new(
         stopped: AtomicBool::new(false),
         reason: Mutex::new(None),
         modules: o.modules.iter().map(|a| word(a.as_c_arg())).collect(),
+        returns: o.returns,
     };
     Ok((crate::atoms::ok(), ResourceArc::new(s)).encode(env))
 }
@@ -308,7 +312,13 @@ fn trace<'a>(
                 function,
                 arity,
             };
-            if let Some((parent, link)) = p.contexts.enter(pid, frame, now) {
+            let parent = if s.returns {
+                p.contexts.enter(pid, frame, now)
+            } else {
+                // never closed without returns: only the current cause, no stacking
+                p.contexts.cause(pid)
+            };
+            if let Some((parent, link)) = parent {
                 ev.parent_id = parent;
                 ev.parent_link = Some(link);
             }
