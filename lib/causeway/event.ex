@@ -26,7 +26,9 @@ defmodule Causeway.Event do
 
   Terms larger than the capture budget hold `{:truncated, byte_size}` (a
   binary), `{:truncated, :max_bytes}` (the rest of a list, tuple or map) or
-  `{:truncated, :max_depth}` markers; redacted keys hold `:redacted`.
+  `{:truncated, :max_depth}` markers; redacted keys hold `:redacted`. A fun
+  is kept by name, `{:fun, "#Fun<m.i.u>"}` or `{:fun, "&m:f/a"}`, never with
+  the data it closes over.
   """
 
   defstruct [

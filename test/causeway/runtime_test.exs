@@ -119,6 +119,20 @@ defmodule Causeway.RuntimeTest do
     assert s == "small"
   end
 
+  test "a fun is captured by name, never with its environment" do
+    start_causeway!()
+    big = Map.new(1..200_000, &{&1, &1})
+    closure = fn -> map_size(big) end
+    id = Runtime.function_entry(M, :run, [closure, &Enum.map/2])
+    Runtime.function_exit(id, closure)
+    flush!()
+    [entry, exit] = Causeway.events(pid: self())
+    assert [{:fun, local}, {:fun, external}] = entry.data
+    assert local =~ "#Fun<" and byte_size(local) <= 200
+    assert external =~ "Enum" and external =~ "map"
+    assert {:fun, ^local} = exit.data
+  end
+
   defp split_improper(list, acc \\ [])
   defp split_improper([h | t], acc), do: split_improper(t, [h | acc])
   defp split_improper(tail, acc), do: {Enum.reverse(acc), tail}
@@ -137,7 +151,7 @@ defmodule Causeway.RuntimeTest do
     [d, odd] = Causeway.events(pid: self(), type: :state_change) |> Enum.map(& &1.data.new)
     assert inspect(d) =~ "truncated"
     {pid, ref, fun, bits, f, big, atom} = odd
-    assert pid == self() and is_reference(ref) and is_function(fun)
+    assert pid == self() and is_reference(ref) and match?({:fun, "#Fun<" <> _}, fun)
     assert bits == <<1::3>> and f == 1.5 and big == -(2 ** 100) and atom == :ünïcode
   end
 

@@ -22,7 +22,8 @@ pub struct Budget<'r> {
 const MARK_MAX_BYTES: &str = "max_bytes";
 const MARK_MAX_DEPTH: &str = "max_depth";
 
-struct Enc<'e, 'r> {
+struct Enc<'a, 'e, 'r> {
+    renv: Env<'a>,
     env: *mut sys::ErlNifEnv,
     w: EtfWriter,
     b: &'e Budget<'r>,
@@ -31,6 +32,7 @@ struct Enc<'e, 'r> {
 /// Encodes `term` (with the ETF version byte).
 pub fn encode(env: Env, term: Term, b: &Budget) -> Payload {
     let mut e = Enc {
+        renv: env,
         env: env.as_c_arg(),
         w: EtfWriter::with_version(),
         b,
@@ -42,6 +44,7 @@ pub fn encode(env: Env, term: Term, b: &Budget) -> Payload {
 /// Encodes a tuple made of `items` without building it on the heap.
 pub fn encode_tuple(env: Env, items: &[Term], b: &Budget) -> Payload {
     let mut e = Enc {
+        renv: env,
         env: env.as_c_arg(),
         w: EtfWriter::with_version(),
         b,
@@ -56,6 +59,7 @@ pub fn encode_tuple(env: Env, items: &[Term], b: &Budget) -> Payload {
 /// Encodes a list whose elements are `items` (e.g. `[a | rest]` pieces).
 pub fn encode_list_len(env: Env, list: Term, b: &Budget) -> (Payload, u32) {
     let mut e = Enc {
+        renv: env,
         env: env.as_c_arg(),
         w: EtfWriter::with_version(),
         b,
@@ -65,7 +69,7 @@ pub fn encode_list_len(env: Env, list: Term, b: &Budget) -> (Payload, u32) {
     (e.w.into_payload(), n)
 }
 
-impl Enc<'_, '_> {
+impl Enc<'_, '_, '_> {
     fn over(&self) -> bool {
         self.w.len() >= self.b.max_bytes
     }
@@ -131,7 +135,8 @@ impl Enc<'_, '_> {
             }
             ERL_NIF_TERM_TYPE_TUPLE => self.tuple(t, depth),
             ERL_NIF_TERM_TYPE_MAP => self.map(t, depth),
-            _ => self.opaque(t), // pid, port, reference, fun
+            ERL_NIF_TERM_TYPE_FUN => self.fun(t),
+            _ => self.opaque(t), // pid, port, reference
         }
     }
 
@@ -154,6 +159,23 @@ impl Enc<'_, '_> {
         } else {
             self.opaque(t); // not Latin-1 (OTP 25 cannot give it to us another way)
         }
+    }
+
+    /// A fun as `{:fun, "#Fun<m.i.u>"}` or `{:fun, "&m:f/a"}`: its name, never
+    /// its environment (a closure can hold any amount of data, and
+    /// `term_to_binary` would copy all of it on the traced process's scheduler).
+    fn fun(&mut self, t: ERL_NIF_TERM) {
+        let room = self.left().saturating_sub(16).min(200);
+        if room < 8 {
+            self.w.truncated_because(MARK_MAX_BYTES);
+            return;
+        }
+        let name = format!("{:?}", unsafe { Term::new(self.renv, t) });
+        let name = name.as_bytes();
+        let name = &name[..name.len().min(room)];
+        self.w.tuple_header(2);
+        self.w.atom("fun");
+        self.w.binary(name);
     }
 
     /// Anything we do not walk ourselves: `term_to_binary`, bounded after the fact.
