@@ -47,6 +47,39 @@ defmodule Causeway.DurabilityTest do
     Causeway.close(store)
   end
 
+  test "a store written by another VM: its pids and atoms unknown here still read" do
+    dir = tmp_dir!("foreign")
+    ebin = Path.dirname(:code.which(Causeway))
+    elixir = System.find_executable("elixir")
+    u = System.unique_integer([:positive])
+
+    # a pid of a node and an atom that only the writing VM ever knew
+    script = """
+    {:ok, _} = Causeway.start_link(dir: #{inspect(dir)})
+    node = "ghost_#{u}@nowhere"
+    pid = :erlang.binary_to_term(<<131, 88, 119, byte_size(node), node::binary, 7::32, 0::32, 1::32>>)
+    tag = String.to_atom("only_there_#{u}")
+    Causeway.Runtime.state_change(nil, %{owner: pid, tag: tag})
+    Causeway.Runtime.state_change(:before, {pid, 1})
+    :ok = Causeway.flush()
+    IO.puts("FLUSHED")
+    """
+
+    {out, 0} =
+      System.cmd(elixir, ["-pa", ebin, "-e", script],
+        env: [{"LANG", "C.UTF-8"}, {"LC_ALL", "C.UTF-8"}],
+        stderr_to_stdout: true
+      )
+
+    assert out =~ "FLUSHED"
+    {:ok, store} = Causeway.open(dir)
+    [a, b] = Causeway.events(store: store, type: :state_change)
+    ghost = "<0.7.0>@ghost_#{u}@nowhere"
+    assert a.data == %{old: nil, new: %{owner: ghost, tag: "only_there_#{u}"}}
+    assert b.data == %{old: :before, new: {ghost, 1}}
+    Causeway.close(store)
+  end
+
   defp wait_for_line(port, line, timeout) do
     receive do
       {^port, {:data, {:eol, ^line}}} -> :ok

@@ -41,9 +41,12 @@ fn safe_binary_to_term<'a>(env: Env<'a>, bytes: &[u8]) -> Option<(Term<'a>, usiz
     (n > 0).then(|| (unsafe { Term::new(env, t) }, n))
 }
 
-pub fn decode_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+
+/// The stored term, or `Err({:undecodable, bytes})` when even the
+/// fallback reader cannot rebuild it.
+pub fn decode_checked<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Term<'a>> {
     if let Some((t, _)) = safe_binary_to_term(env, bytes) {
-        return t;
+        return Ok(t);
     }
     let mut pos = usize::from(bytes.first() == Some(&etf::VERSION));
     match (Reader {
@@ -53,12 +56,12 @@ pub fn decode_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     })
     .term(&mut pos)
     {
-        Some(t) => t,
-        None => (
+        Some(t) => Ok(t),
+        None => Err((
             atoms::undecodable(),
             rustler::Binary::from_owned(owned(bytes), env),
         )
-            .encode(env),
+            .encode(env)),
     }
 }
 
@@ -88,6 +91,16 @@ impl<'a> Reader<'a, '_> {
     fn u32(&self, pos: &mut usize) -> Option<usize> {
         self.take(pos, 4)
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+
+    /// Skips an atom encoding (any of the four atom tags).
+    fn atom_len(&self, pos: &mut usize) -> Option<()> {
+        let n = match self.u8(pos)? {
+            etf::ATOM_EXT | etf::ATOM_UTF8_EXT => self.u16(pos)?,
+            etf::SMALL_ATOM_EXT | etf::SMALL_ATOM_UTF8_EXT => self.u8(pos)? as usize,
+            _ => return None,
+        };
+        self.take(pos, n).map(|_| ())
     }
 
     fn term(&mut self, pos: &mut usize) -> Option<Term<'a>> {
@@ -190,11 +203,33 @@ impl<'a> Reader<'a, '_> {
                     return None;
                 }
             }
-            _ => {
-                // Pids, references, funs...: they name no new atoms only if their
-                // node is known; hand the rest of the bytes to the VM safely.
+            etf::NEW_PID_EXT | etf::PID_EXT => {
+                // a pid of a node this VM does not know (another node's store)
+                // is shown as pid_term shows the event's own pid
                 let mut buf = vec![etf::VERSION];
-                buf.extend_from_slice(&self.bytes[start..]);
+                buf.extend_from_slice(self.bytes.get(start..)?);
+                match safe_binary_to_term(env, &buf) {
+                    Some((term, used)) => {
+                        *pos = start + used - 1;
+                        term
+                    }
+                    None => {
+                        let p = etf::parse_pid(&buf).ok()?;
+                        // node atom, then id, serial and creation (4 bytes, 1 in PID_EXT)
+                        let mut at = start + 1;
+                        self.atom_len(&mut at)?;
+                        let rest = if tag == etf::NEW_PID_EXT { 12 } else { 9 };
+                        self.take(&mut at, rest)?;
+                        *pos = at;
+                        pid_term(env, &p)
+                    }
+                }
+            }
+            _ => {
+                // References, ports, funs...: they name no new atoms only if
+                // their node is known; hand the rest of the bytes to the VM safely.
+                let mut buf = vec![etf::VERSION];
+                buf.extend_from_slice(self.bytes.get(start..)?);
                 let (term, used) = safe_binary_to_term(env, &buf)?;
                 *pos = start + used - 1;
                 term
@@ -418,11 +453,15 @@ pub fn datetime<'a>(env: Env<'a>, wall_ns: i64, cache: &mut TermCache<'a>) -> Te
 fn shaped_data<'a>(env: Env<'a>, e: &StoredEvent, peer: Term<'a>) -> Term<'a> {
     use causeway_core::event::EventType::*;
     use struct_atoms as a;
-    let raw = decode_term(env, &e.data);
+    let (raw, whole) = match decode_checked(env, &e.data) {
+        Ok(t) => (t, true),
+        Err(marker) => (marker, false),
+    };
+    // an {:undecodable, bytes} marker is never taken for {old, new}
     let elems = |n: usize| {
         rustler::types::tuple::get_tuple(raw)
             .ok()
-            .filter(|t| t.len() == n)
+            .filter(|t| whole && t.len() == n)
     };
     match e.kind {
         MessageSend => map_of(env, [a::message(), a::to()], [raw, peer]),
