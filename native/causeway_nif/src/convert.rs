@@ -41,7 +41,6 @@ fn safe_binary_to_term<'a>(env: Env<'a>, bytes: &[u8]) -> Option<(Term<'a>, usiz
     (n > 0).then(|| (unsafe { Term::new(env, t) }, n))
 }
 
-
 /// The stored term, or `Err({:undecodable, bytes})` when even the
 /// fallback reader cannot rebuild it.
 pub fn decode_checked<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Term<'a>> {
