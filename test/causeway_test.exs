@@ -109,6 +109,50 @@ defmodule CausewayTest do
     assert m.dropped.ring_full == m.dropped_total
   end
 
+  test "payloads beyond the memory budget are refused and counted, small events still pass" do
+    start_causeway!(ring_size: 1024, shards: 1)
+    slots = Causeway.metrics().native_memory
+    stop_causeway!()
+
+    # room for about ten 4 KB payloads beyond the slots
+    start_causeway!(
+      ring_size: 1024,
+      shards: 1,
+      max_term_bytes: 8192,
+      memory_budget: slots + 40_000
+    )
+
+    assert Causeway.metrics().memory_budget == slots + 40_000
+    h = Causeway.Instance.handle!()
+    Causeway.Native.pipeline_inject(h, :pause, 1)
+    big = :binary.copy("x", 4_000)
+    for i <- 1..50, do: Runtime.message_send(self(), {:big, i, big})
+    for i <- 1..50, do: Runtime.message_send(self(), {:small, i})
+    m = Causeway.metrics()
+    assert m.dropped.memory_budget >= 39 and m.dropped.memory_budget <= 41
+    assert m.native_memory <= m.memory_budget
+    Causeway.Native.pipeline_inject(h, :pause, 0)
+    flush!()
+
+    m = Causeway.metrics()
+    stored = Causeway.events(type: :message_send, limit: :infinity, links: false)
+    assert m.produced == 100
+    assert m.produced - m.persisted == m.dropped_total
+    assert m.dropped_total == m.dropped.memory_budget
+    assert length(stored) == 100 - m.dropped_total
+    assert Enum.count(stored, &match?({:small, _}, &1.data.message)) == 50
+    # the big ones kept are the first ones (drop-newest)
+    bigs = for %{data: %{message: {:big, i, _}}} <- stored, do: i
+    assert bigs == Enum.to_list(1..length(bigs))
+  end
+
+  test "a memory budget the ring slots alone exceed is refused" do
+    assert {:error, %Causeway.Error{message: msg}} =
+             Causeway.start_link(dir: tmp_dir!("budget"), ring_size: 1024, memory_budget: 1000)
+
+    assert msg =~ "memory_budget (1000 B) must exceed the ring slots"
+  end
+
   test "the drop-oldest policy keeps the newest events and counts the overwritten ones" do
     start_causeway!(
       ring_size: 64,

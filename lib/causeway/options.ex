@@ -20,7 +20,7 @@ defmodule Causeway.Options do
     emergency_sample: 100,
     max_retries: 8,
     retry_base_ms: 10,
-    memory_budget: 512 * 1024 * 1024,
+    memory_budget: nil,
     sync_writes: false,
     covering_pid_index: true,
     retention: []
@@ -87,7 +87,7 @@ defmodule Causeway.Options do
       emergency_sample: pos_int!(opts, :emergency_sample),
       max_retries: non_neg_int!(opts, :max_retries),
       retry_base_ms: pos_int!(opts, :retry_base_ms),
-      memory_budget: pos_int!(opts, :memory_budget),
+      memory_budget: if(opts[:memory_budget], do: pos_int!(opts, :memory_budget), else: 0),
       sync_writes: opts[:sync_writes],
       covering_pid_index: opts[:covering_pid_index],
       redact: redact,

@@ -31,7 +31,9 @@ pub struct Config {
     /// Retries of a failed batch before it is dropped (and counted).
     pub max_retries: u32,
     pub retry_base_ms: u64,
-    /// Native memory budget in bytes (alert above it).
+    /// Native memory budget in bytes: the ring slots plus the payloads that
+    /// do not fit in them. Captures that would take it further are refused
+    /// and counted (`DropReason::MemoryBudget`). 0 = the slots + 512 MiB.
     pub memory_budget: u64,
     pub sync_writes: bool,
     /// What the store keeps (enforced in the background).
@@ -60,7 +62,7 @@ impl Default for Config {
             emergency_sample: 100,
             max_retries: 8,
             retry_base_ms: 10,
-            memory_budget: 512 << 20,
+            memory_budget: 0,
             sync_writes: false,
             redact: Vec::new(),
             retention: crate::store::RetentionPolicy::default(),

@@ -20,15 +20,19 @@ pub enum DropReason {
     Storage,
     /// Its batch panicked a worker on every retry.
     Panic,
+    /// Refused at capture: its payload would have taken the rings' heap
+    /// memory past `memory_budget`.
+    MemoryBudget,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 6] = [
         DropReason::RingFull,
         DropReason::Overwritten,
         DropReason::Sampled,
         DropReason::Storage,
         DropReason::Panic,
+        DropReason::MemoryBudget,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +42,7 @@ impl DropReason {
             DropReason::Sampled => "sampled",
             DropReason::Storage => "storage",
             DropReason::Panic => "panic",
+            DropReason::MemoryBudget => "memory_budget",
         }
     }
 }
@@ -47,6 +52,7 @@ pub struct Counters {
     pub persisted: AtomicU64,
     pub batches: AtomicU64,
     pub sampled: AtomicU64,
+    pub over_budget: AtomicU64,
     pub dropped_storage: AtomicU64,
     pub dropped_panic: AtomicU64,
     pub write_errors: AtomicU64,

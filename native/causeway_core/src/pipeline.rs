@@ -150,6 +150,24 @@ pub struct Snapshot {
     pub retention_runs: u64,
 }
 
+/// The payload memory a pipeline allows beyond its ring slots when no
+/// `memory_budget` is given.
+pub const DEFAULT_HEAP_BUDGET: u64 = 512 << 20;
+
+/// A budget must leave room beyond the ring slots, which are allocated up front.
+fn check_budget(budget: u64, rings: &Rings) -> Result<()> {
+    if budget <= rings.slot_bytes() {
+        return Err(Error::InvalidArgument(format!(
+            "memory_budget ({budget} B) must exceed the ring slots ({} B: {} shards x {} slots); \
+             raise it or lower ring_size",
+            rings.slot_bytes(),
+            rings.shard_count(),
+            rings.capacity()
+        )));
+    }
+    Ok(())
+}
+
 impl Pipeline {
     /// Starts the manager and the minimum number of workers.
     pub fn start(
@@ -166,9 +184,18 @@ impl Pipeline {
             )));
         }
         let floor = store.max_id()?;
+        let rings = Rings::new(config.shards, config.ring_size, config.overflow)?;
+        let mut config = config;
+        config.memory_budget = match config.memory_budget {
+            0 => rings.slot_bytes() + DEFAULT_HEAP_BUDGET,
+            b => {
+                check_budget(b, &rings)?;
+                b
+            }
+        };
         let p = Arc::new(Pipeline {
             tun: Tunables::new(&config),
-            rings: Rings::new(config.shards, config.ring_size, config.overflow)?,
+            rings,
             ids: IdGen::new(config.shards, floor),
             contexts: Contexts::new(config.max_processes),
             correlator: Correlator::new(
@@ -297,9 +324,16 @@ impl Pipeline {
     }
 
     /// Puts an event into its shard; raises the level at once if the shard is
-    /// filling up (the check runs on every push, not on a timer).
+    /// filling up (the check runs on every push, not on a timer). An event
+    /// whose payload lives outside its slot is refused (and counted) when it
+    /// would take its shard past its share of the memory budget.
     #[inline]
     pub fn push(&self, shard: usize, ev: RawEvent) -> PushOutcome {
+        let bytes = ev.heap_bytes();
+        if bytes > 0 && self.over_budget(shard, bytes) {
+            Counters::add(&self.counters.over_budget, 1);
+            return PushOutcome::Rejected;
+        }
         let outcome = self.rings.push(shard, ev);
         if outcome != PushOutcome::Stored || self.rings.time_to_check(shard) {
             let u = self.rings.utilization(shard);
@@ -311,6 +345,16 @@ impl Pipeline {
             }
         }
         outcome
+    }
+
+    /// Would `bytes` more take `shard`'s payloads past its share of the
+    /// budget (what the slots leave of it, split evenly between shards)?
+    #[inline]
+    fn over_budget(&self, shard: usize, bytes: u64) -> bool {
+        let budget = self.tun.memory_budget.load(Ordering::Relaxed);
+        let share =
+            budget.saturating_sub(self.rings.slot_bytes()) / self.rings.shard_count() as u64;
+        self.rings.heap_bytes(shard) + bytes > share
     }
 
     pub fn set_enabled(&self, on: bool) {
@@ -447,6 +491,7 @@ impl Pipeline {
             t.emergency_sample.store(v, Ordering::Relaxed);
         }
         if let Some(v) = u.memory_budget {
+            check_budget(v, &self.rings)?;
             t.memory_budget.store(v, Ordering::Relaxed);
         }
         if let Some(v) = u.correlation_ttl_ms {
@@ -840,7 +885,7 @@ impl Pipeline {
             .iter()
             .map(|s| s.accepted + s.rejected)
             .sum();
-        rings + Counters::get(&self.counters.sampled)
+        rings + Counters::get(&self.counters.sampled) + Counters::get(&self.counters.over_budget)
     }
 
     pub fn native_memory(&self) -> u64 {
@@ -866,6 +911,10 @@ impl Pipeline {
             (
                 DropReason::Panic,
                 Counters::get(&self.counters.dropped_panic),
+            ),
+            (
+                DropReason::MemoryBudget,
+                Counters::get(&self.counters.over_budget),
             ),
         ];
         let dropped_total = dropped.iter().map(|d| d.1).sum();
@@ -912,7 +961,8 @@ impl Pipeline {
             latency_total: self.latency.total(),
             queue_depth: rings.iter().map(|s| s.len).sum(),
             produced: rings.iter().map(|s| s.accepted + s.rejected).sum::<u64>()
-                + Counters::get(&self.counters.sampled),
+                + Counters::get(&self.counters.sampled)
+                + Counters::get(&self.counters.over_budget),
             rings,
             persisted: Counters::get(&self.counters.persisted),
             dropped,

@@ -324,6 +324,16 @@ impl Rings {
         (self.shards.len() * self.capacity * std::mem::size_of::<RawEvent>()) as u64
     }
 
+    /// Heap bytes held by the events queued in one shard now.
+    #[inline]
+    pub fn heap_bytes(&self, shard: usize) -> u64 {
+        let s = &self.shards[shard % self.shards.len()];
+        s.prod
+            .bytes_in
+            .load(Ordering::Relaxed)
+            .saturating_sub(s.cons.bytes_out.load(Ordering::Relaxed))
+    }
+
     /// Heap bytes held by the events queued in the rings now (beyond `slot_bytes`).
     pub fn payload_bytes(&self) -> u64 {
         (0..self.shards.len())
