@@ -62,7 +62,7 @@ pub struct LevelInfo {
 
 struct FlushReq {
     token: u64,
-    targets: Vec<u64>,
+    targets: Vec<crate::ring::FlushTarget>,
 }
 
 struct WorkerSlot {
@@ -420,8 +420,8 @@ impl Pipeline {
                 return;
             };
             let mut done = Vec::new();
-            f.retain(|r| {
-                if self.rings.reached(&r.targets) {
+            f.retain_mut(|r| {
+                if self.rings.reached(&mut r.targets) {
                     done.push(r.token);
                     false
                 } else {
@@ -568,11 +568,17 @@ impl Pipeline {
         for s in 0..self.rings.shard_count() {
             loop {
                 raw.clear();
-                let n = self.rings.pop_batch(s, 10_000, &mut raw);
+                let (start, n) = self.rings.pop_batch_from(s, 10_000, &mut raw);
                 if n == 0 {
                     break;
                 }
-                self.process(usize::MAX, &mut raw, &[(s, n as u64)], &mut cache, &mut lat);
+                self.process(
+                    usize::MAX,
+                    &mut raw,
+                    &[(s, start, n as u64)],
+                    &mut cache,
+                    &mut lat,
+                );
             }
         }
         self.closed.store(true, Ordering::Release);
@@ -708,7 +714,7 @@ impl Pipeline {
         &self,
         worker: usize,
         raw: &mut Vec<RawEvent>,
-        per_shard: &[(usize, u64)],
+        per_shard: &[(usize, u64, u64)],
         cache: &mut EnrichCache,
         lat: &mut hdrhistogram::Histogram<u64>,
     ) {
@@ -792,8 +798,8 @@ impl Pipeline {
         cache.correlated = false;
         cache.links.clear();
         raw.clear();
-        for &(s, k) in per_shard {
-            self.rings.finish(s, k);
+        for &(s, start, k) in per_shard {
+            self.rings.finish(s, start, k);
         }
     }
 
@@ -1032,7 +1038,8 @@ fn worker_loop(p: Arc<Pipeline>, index: usize) {
     let mut raw: Vec<RawEvent> = Vec::new();
     let mut cache = EnrichCache::default();
     let mut lat = Latency::new_local();
-    let mut per_shard: Vec<(usize, u64)> = Vec::new();
+    // (shard, first pop sequence number, count) of each part of the batch
+    let mut per_shard: Vec<(usize, u64, u64)> = Vec::new();
     loop {
         let closing = p.closing.load(Ordering::Acquire);
         let n = p.target_workers.load(Ordering::Relaxed).max(1);
@@ -1055,9 +1062,9 @@ fn worker_loop(p: Arc<Pipeline>, index: usize) {
             if room == 0 {
                 break;
             }
-            let k = p.rings.pop_batch(s, room, &mut raw);
+            let (start, k) = p.rings.pop_batch_from(s, room, &mut raw);
             if k > 0 {
-                per_shard.push((s, k as u64));
+                per_shard.push((s, start, k as u64));
             }
         }
         if raw.is_empty() {

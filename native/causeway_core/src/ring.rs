@@ -10,7 +10,9 @@
 use crate::event::RawEvent;
 use crossbeam::queue::ArrayQueue;
 use crossbeam::utils::CachePadded;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Overflow {
@@ -66,6 +68,29 @@ pub struct Shard {
     queue: ArrayQueue<RawEvent>,
     prod: CachePadded<ProducerSide>,
     cons: CachePadded<ConsumerSide>,
+    /// Held by a reader for the length of one `pop_batch`: pops of a shard
+    /// get consecutive sequence numbers, and `popped` is exact under it.
+    /// Producers never take it.
+    pop_lock: Mutex<()>,
+    /// Which popped events are finished, in pop order.
+    done: Mutex<Completion>,
+}
+
+/// Finished pops of one shard: every pop below `watermark` is finished;
+/// batches finished ahead of an older one wait in `ahead` (start → end).
+#[derive(Default)]
+struct Completion {
+    watermark: u64,
+    ahead: BTreeMap<u64, u64>,
+}
+
+/// What a durability barrier waits for in one shard: every event accepted
+/// before it (`accepted`) removed from the ring, and every pop among those
+/// removals finished (`pops`, known once the removals are).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlushTarget {
+    accepted: u64,
+    pops: Option<u64>,
 }
 
 /// Counters of one shard at one moment.
@@ -138,6 +163,8 @@ impl Rings {
                     queue: ArrayQueue::new(capacity),
                     prod: CachePadded::new(ProducerSide::default()),
                     cons: CachePadded::new(ConsumerSide::default()),
+                    pop_lock: Mutex::new(()),
+                    done: Mutex::new(Completion::default()),
                 })
             })
             .collect();
@@ -230,7 +257,22 @@ impl Rings {
 
     /// Moves up to `max` events of `shard` into `out`; returns how many.
     pub fn pop_batch(&self, shard: usize, max: usize, out: &mut Vec<RawEvent>) -> usize {
+        self.pop_batch_from(shard, max, out).1
+    }
+
+    /// `pop_batch`, also returning the pop sequence number of the first
+    /// event moved (the batch is `start..start + n`, for `finish`).
+    pub fn pop_batch_from(
+        &self,
+        shard: usize,
+        max: usize,
+        out: &mut Vec<RawEvent>,
+    ) -> (u64, usize) {
         let s = &self.shards[shard % self.shards.len()];
+        // a poisoned lock only means another reader panicked mid-pop; the
+        // counters it guards are still whole
+        let _g = s.pop_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let start = s.cons.popped.load(Ordering::Acquire);
         let mut n = 0;
         let mut bytes = 0u64;
         while n < max {
@@ -244,20 +286,36 @@ impl Rings {
             }
         }
         if n > 0 {
-            s.cons.popped.fetch_add(n as u64, Ordering::Relaxed);
+            s.cons.popped.fetch_add(n as u64, Ordering::Release);
             if bytes > 0 {
                 s.cons.bytes_out.fetch_add(bytes, Ordering::Relaxed);
             }
         }
-        n
+        (start, n)
     }
 
-    /// Marks `n` popped events of `shard` as fully handled (persisted or counted).
-    pub fn finish(&self, shard: usize, n: u64) {
-        self.shards[shard % self.shards.len()]
-            .cons
-            .finished
-            .fetch_add(n, Ordering::Release);
+    /// Marks the popped events `start..start + n` of `shard` as fully handled
+    /// (persisted, or dropped and counted). Batches may finish in any order.
+    pub fn finish(&self, shard: usize, start: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let s = &self.shards[shard % self.shards.len()];
+        {
+            let mut d = s.done.lock().unwrap_or_else(|e| e.into_inner());
+            if start == d.watermark {
+                d.watermark = start + n;
+                while let Some(end) = {
+                    let w = d.watermark;
+                    d.ahead.remove(&w)
+                } {
+                    d.watermark = end;
+                }
+            } else {
+                d.ahead.insert(start, start + n);
+            }
+        }
+        s.cons.finished.fetch_add(n, Ordering::Release);
     }
 
     pub fn len(&self, shard: usize) -> usize {
@@ -303,19 +361,39 @@ impl Rings {
         (0..self.shards.len()).map(|s| self.stats(s)).collect()
     }
 
-    /// For a durability barrier: per shard, how many accepted events must be done.
-    pub fn flush_targets(&self) -> Vec<u64> {
+    /// For a durability barrier: per shard, the events accepted so far.
+    pub fn flush_targets(&self) -> Vec<FlushTarget> {
         self.shards
             .iter()
-            .map(|s| s.prod.accepted.load(Ordering::Acquire))
+            .map(|s| FlushTarget {
+                accepted: s.prod.accepted.load(Ordering::Acquire),
+                pops: None,
+            })
             .collect()
     }
 
-    /// True once every event counted in `targets` is finished or evicted.
-    pub fn reached(&self, targets: &[u64]) -> bool {
-        targets.iter().enumerate().all(|(i, &t)| {
-            let s = &self.shards[i];
-            s.cons.finished.load(Ordering::Acquire) + s.prod.evicted.load(Ordering::Acquire) >= t
+    /// True once every event counted in `targets` is done: removed from its
+    /// ring (events leave in FIFO order, popped or evicted) and, if popped,
+    /// finished. Counting finished events is not enough: batches of one shard
+    /// finish out of order when several writers share it, and evictions of
+    /// newer events can outnumber an older batch still being written.
+    pub fn reached(&self, targets: &mut [FlushTarget]) -> bool {
+        targets.iter_mut().enumerate().all(|(i, t)| {
+            let Some(s) = self.shards.get(i) else {
+                return true;
+            };
+            if t.pops.is_none() {
+                // no pop is half counted while the lock is held
+                let _g = s.pop_lock.lock().unwrap_or_else(|e| e.into_inner());
+                let popped = s.cons.popped.load(Ordering::Acquire);
+                if popped + s.prod.evicted.load(Ordering::Acquire) < t.accepted {
+                    return false;
+                }
+                // the first `accepted` removals are among these pops and evictions
+                t.pops = Some(popped);
+            }
+            let watermark = s.done.lock().map(|d| d.watermark).unwrap_or(0);
+            t.pops.is_some_and(|p| watermark >= p)
         })
     }
 
@@ -392,8 +470,55 @@ mod tests {
             out.iter().map(|e| e.id).collect::<Vec<_>>(),
             (12..20).collect::<Vec<_>>()
         );
-        r.finish(0, 8);
-        assert!(r.reached(&r.flush_targets()));
+        r.finish(0, 0, 8);
+        assert!(r.reached(&mut r.flush_targets()));
+    }
+
+    #[test]
+    fn a_flush_waits_for_an_older_batch_finished_after_a_newer_one() {
+        // two writers share a shard: the newer batch lands first
+        let r = Rings::new(1, 64, Overflow::DropNewest).unwrap();
+        for i in 0..10 {
+            r.push(0, ev(i));
+        }
+        let mut older = Vec::new();
+        let mut newer = Vec::new();
+        let (a, na) = r.pop_batch_from(0, 5, &mut older);
+        let mut targets = r.flush_targets();
+        for i in 10..20 {
+            r.push(0, ev(i));
+        }
+        let (b, nb) = r.pop_batch_from(0, 15, &mut newer);
+        assert_eq!((a, na, b, nb), (0, 5, 5, 15));
+        r.finish(0, b, nb as u64);
+        assert!(
+            !r.reached(&mut targets),
+            "15 finished >= 10 accepted, but events 0..5 are still being written"
+        );
+        r.finish(0, a, na as u64);
+        assert!(r.reached(&mut targets));
+    }
+
+    #[test]
+    fn a_flush_is_not_fooled_by_evictions_of_newer_events() {
+        let r = Rings::new(1, 4, Overflow::DropOldest).unwrap();
+        for i in 0..4 {
+            r.push(0, ev(i));
+        }
+        let mut batch = Vec::new();
+        let (a, na) = r.pop_batch_from(0, 4, &mut batch);
+        let mut targets = r.flush_targets();
+        // producers keep going: 4 fill the ring, 6 more evict newer events
+        for i in 4..14 {
+            r.push(0, ev(i));
+        }
+        assert_eq!(r.stats(0).evicted, 6);
+        assert!(
+            !r.reached(&mut targets),
+            "6 evicted >= 4 accepted, but the batch of 0..4 is not written"
+        );
+        r.finish(0, a, na as u64);
+        assert!(r.reached(&mut targets));
     }
 
     #[test]
@@ -436,8 +561,8 @@ mod tests {
                 while got.len() < 80_000 {
                     for s in 0..2 {
                         buf.clear();
-                        let n = r.pop_batch(s, 512, &mut buf);
-                        r.finish(s, n as u64);
+                        let (start, n) = r.pop_batch_from(s, 512, &mut buf);
+                        r.finish(s, start, n as u64);
                         got.extend(buf.iter().map(|e| e.id));
                     }
                 }
@@ -453,7 +578,7 @@ mod tests {
         assert_eq!(got.len(), 80_000);
         let total: u64 = r.all_stats().iter().map(|s| s.accepted).sum();
         assert_eq!(total, 80_000);
-        assert!(r.reached(&r.flush_targets()));
+        assert!(r.reached(&mut r.flush_targets()));
     }
 
     #[test]
