@@ -548,6 +548,10 @@ impl Pipeline {
     pub fn close(&self) -> Result<()> {
         self.closing.store(true, Ordering::Release);
         self.wake_manager();
+        // a retention pass in progress stops at its next chunk
+        if let Some(s) = self.store() {
+            s.interrupt_maintenance();
+        }
         if let Some(h) = self.retention.lock().ok().and_then(|mut r| r.take()) {
             let _ = h.join();
         }
