@@ -112,6 +112,14 @@ defmodule Causeway do
     :exit, {:timeout, _} ->
       {:error,
        %Causeway.Error{kind: :timeout, message: "flush did not complete in #{timeout} ms"}}
+
+    :exit, {reason, {GenServer, :call, _}} ->
+      # the instance stopped while the flush was queued
+      {:error,
+       %Causeway.Error{
+         kind: :closed,
+         message: "Causeway instance #{inspect(name)} stopped (#{inspect(reason)})"
+       }}
   end
 
   @doc """

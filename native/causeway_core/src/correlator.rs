@@ -67,6 +67,11 @@ struct MsgSlot {
     receives: VecDeque<PendingReceive>,
 }
 
+/// Ids are capture times (ns) from per-CPU streams that can differ by a few
+/// hundred ns: a send and its receive may look this much out of order, never
+/// more (a message takes longer than that to be received).
+const ORDER_SLACK: u64 = 1_000;
+
 /// Counters of the correlator.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CorrelatorStats {
@@ -246,10 +251,10 @@ impl Correlator {
         let sender = proc_key(&ev.pid);
         let hash = ev.msg_hash();
         let mut slot = self.messages.entry((receiver, hash)).or_default();
-        let waiting = slot
-            .receives
-            .iter()
-            .position(|r| r.from.is_none() || r.from == Some(sender));
+        // only a receive captured after the send can be its receive
+        let waiting = slot.receives.iter().position(|r| {
+            (r.from.is_none() || r.from == Some(sender)) && r.id.saturating_add(ORDER_SLACK) > ev.id
+        });
         match waiting {
             Some(i) => {
                 let r = slot.receives.remove(i).map(|r| r.id);
@@ -273,6 +278,12 @@ impl Correlator {
                         sender,
                         at: now,
                     });
+                } else if slot.sends.is_empty() && slot.receives.is_empty() {
+                    // no room: leave no empty slot behind either
+                    drop(slot);
+                    self.messages.remove_if(&(receiver, hash), |_, s| {
+                        s.sends.is_empty() && s.receives.is_empty()
+                    });
                 }
             }
         }
@@ -283,18 +294,20 @@ impl Correlator {
         let from = ev.peer.as_ref().map(proc_key);
         let hash = ev.msg_hash();
         let mut slot = self.messages.entry((receiver, hash)).or_default();
+        // only a send captured before the receive can be its send
+        let before = |s: &PendingSend| s.id < ev.id.saturating_add(ORDER_SLACK);
         let candidate = match from {
-            Some(f) => slot.sends.iter().position(|s| s.sender == f),
-            None => {
-                if let Some(first) = slot.sends.front() {
-                    if slot.sends.iter().any(|s| s.sender != first.sender) {
+            Some(f) => slot.sends.iter().position(|s| s.sender == f && before(s)),
+            None => match slot.sends.iter().position(before) {
+                Some(i) => {
+                    let first = slot.sends[i].sender;
+                    if slot.sends.iter().any(|s| s.sender != first && before(s)) {
                         self.ambiguous.fetch_add(1, Ordering::Relaxed);
                     }
-                    Some(0)
-                } else {
-                    None
+                    Some(i)
                 }
-            }
+                None => None,
+            },
         };
         match candidate {
             Some(i) => {
@@ -318,6 +331,11 @@ impl Correlator {
                         id: ev.id,
                         from,
                         at: now,
+                    });
+                } else if slot.sends.is_empty() && slot.receives.is_empty() {
+                    drop(slot);
+                    self.messages.remove_if(&(receiver, hash), |_, s| {
+                        s.sends.is_empty() && s.receives.is_empty()
                     });
                 }
             }
@@ -521,6 +539,56 @@ mod tests {
         let s = c.stats();
         assert_eq!((s.matched, s.pending, s.missing, s.orphaned), (2, 0, 0, 0));
         assert_eq!(s.success_rate(), 1.0);
+    }
+
+    #[test]
+    fn a_receive_never_links_to_a_send_captured_after_it() {
+        let c = Correlator::new(10_000_000_000, 100);
+        let mut out = Vec::new();
+        // a timer message received by 3 whose send was not captured
+        c.correlate(
+            &msg(1_000, EventType::MessageReceive, 3, None, 7),
+            None,
+            0,
+            &mut out,
+        );
+        // later, 1 sends the same term to 3, and 3 receives it
+        c.correlate(
+            &msg(5_000_000, EventType::MessageSend, 1, Some(3), 7),
+            None,
+            0,
+            &mut out,
+        );
+        assert!(out.is_empty(), "linked to an earlier receive: {out:?}");
+        c.correlate(
+            &msg(5_020_000, EventType::MessageReceive, 3, None, 7),
+            None,
+            0,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![Link {
+                from: 5_020_000,
+                kind: LinkKind::Receives,
+                to: 5_000_000
+            }]
+        );
+        // and a send seen after its receive (out of order arrival) still links
+        out.clear();
+        c.correlate(
+            &msg(9_000_500, EventType::MessageReceive, 4, Some(1), 8),
+            None,
+            0,
+            &mut out,
+        );
+        c.correlate(
+            &msg(9_000_000, EventType::MessageSend, 1, Some(4), 8),
+            None,
+            0,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
     }
 
     #[test]
