@@ -660,9 +660,27 @@ impl Pipeline {
 
     /// Lets go of the store (after `close`): the database closes once no query
     /// holds it any more.
+    /// Lets go of the store and waits (up to 10 s) for queries still running
+    /// on it to finish, so the database is closed (its lock released) when
+    /// this returns and the same directory can be opened again at once.
     pub fn release_store(&self) {
-        if let Ok(mut s) = self.store.lock() {
-            s.take();
+        let Some(mut store) = self.store.lock().ok().and_then(|mut s| s.take()) else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Arc::try_unwrap(store) {
+                Ok(s) => {
+                    drop(s);
+                    return;
+                }
+                // a long query keeps it; it closes when that query ends
+                Err(_) if Instant::now() >= deadline => return,
+                Err(shared) => {
+                    store = shared;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
         }
     }
 
