@@ -440,6 +440,40 @@ impl Correlator {
         (missing, orphaned)
     }
 
+    /// Forgets the pending halves among `ids`: their batch was dropped, so
+    /// they will never be stored and nothing may be linked to them. Returns
+    /// how many were forgotten (they are counted as dropped, not as missing).
+    pub fn forget_events(&self, ids: &std::collections::HashSet<u64>) -> u64 {
+        let mut gone = 0u64;
+        self.calls.retain(|&call, h| {
+            let drop = match *h {
+                CallHalf::EntryOpen { .. } => ids.contains(&call),
+                CallHalf::ExitFirst { exit, .. } => ids.contains(&exit),
+                CallHalf::Fresh => false,
+            };
+            gone += u64::from(drop);
+            !drop
+        });
+        self.procs.retain(|_, h| {
+            let drop = match *h {
+                ProcHalf::Spawned { spawn, .. } => ids.contains(&spawn),
+                ProcHalf::ExitFirst { exit, .. } => ids.contains(&exit),
+                ProcHalf::Fresh => false,
+            };
+            gone += u64::from(drop);
+            !drop
+        });
+        self.messages.retain(|_, slot| {
+            let before = slot.sends.len() + slot.receives.len();
+            slot.sends.retain(|s| !ids.contains(&s.id));
+            slot.receives.retain(|r| !ids.contains(&r.id));
+            gone += (before - slot.sends.len() - slot.receives.len()) as u64;
+            !(slot.sends.is_empty() && slot.receives.is_empty())
+        });
+        self.settled(gone);
+        gone
+    }
+
     pub fn stats(&self) -> CorrelatorStats {
         CorrelatorStats {
             links: self.links.load(Ordering::Relaxed),
@@ -589,6 +623,42 @@ mod tests {
             &mut out,
         );
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn halves_of_a_dropped_batch_are_forgotten() {
+        let c = Correlator::new(10_000_000_000, 100);
+        let mut out = Vec::new();
+        let mut entry = ev(10, EventType::FunctionEntry, 1);
+        entry.call_id = 10;
+        c.correlate(&entry, None, 0, &mut out);
+        c.correlate(
+            &msg(20, EventType::MessageSend, 1, Some(3), 7),
+            None,
+            0,
+            &mut out,
+        );
+        assert_eq!(c.stats().pending, 2);
+        // their batch is dropped
+        let dropped: std::collections::HashSet<u64> = [10, 20].into_iter().collect();
+        assert_eq!(c.forget_events(&dropped), 2);
+        assert_eq!(c.stats().pending, 0);
+        // a later exit and receive link to nothing that was never stored
+        let mut exit = ev(30, EventType::FunctionExit, 1);
+        exit.call_id = 10;
+        exit.parent_id = 10;
+        c.correlate(&exit, None, 0, &mut out);
+        c.correlate(
+            &msg(40, EventType::MessageReceive, 3, Some(1), 7),
+            None,
+            0,
+            &mut out,
+        );
+        assert!(
+            out.iter()
+                .all(|l| l.to != 10 && l.to != 20 && l.from != 10 && l.from != 20),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -814,8 +814,19 @@ impl Pipeline {
                 }
                 self.latency.record_all(lat);
             }
-            Err(DropReason::Panic) => Counters::add(&self.counters.dropped_panic, n),
-            Err(_) => Counters::add(&self.counters.dropped_storage, n),
+            Err(reason) => {
+                Counters::add(
+                    if reason == DropReason::Panic {
+                        &self.counters.dropped_panic
+                    } else {
+                        &self.counters.dropped_storage
+                    },
+                    n,
+                );
+                // what this batch left waiting for a partner will never be stored
+                let ids: std::collections::HashSet<u64> = raw.iter().map(|e| e.id).collect();
+                self.correlator.forget_events(&ids);
+            }
         }
         cache.correlated = false;
         cache.links.clear();
