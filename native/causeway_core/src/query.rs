@@ -326,10 +326,7 @@ impl<'a> Merge<'a> {
             reverse,
         };
         for src in sources {
-            let cf = store
-                .db()
-                .cf_handle(src.cf)
-                .ok_or_else(|| Error::Corrupt(format!("column family {} missing", src.cf)))?;
+            let cf = store.cf(src.cf)?;
             let (lo0, hi0) = (lo, hi);
             let (lo, hi) = match src.only {
                 Some(id) if src.cf != CF_BY_CALL => (lo.max(id), hi.min(id)),
@@ -573,10 +570,7 @@ fn events_by_pid(
     limit: usize,
     page: &mut Page,
 ) -> Result<()> {
-    let cf = store
-        .db()
-        .cf_handle(CF_BY_PID)
-        .ok_or_else(|| Error::Corrupt("column family by_pid missing".into()))?;
+    let cf = store.cf(CF_BY_PID)?;
     let it = key_range(
         store,
         cf,
@@ -653,10 +647,7 @@ fn events_in_time(
     limit: usize,
     page: &mut Page,
 ) -> Result<()> {
-    let cf = store
-        .db()
-        .cf_handle(CF_EVENTS)
-        .ok_or_else(|| Error::Corrupt("column family events missing".into()))?;
+    let cf = store.cf(CF_EVENTS)?;
     let mut it = key_range(store, cf, &[], lo, hi, f.reverse);
     while it.valid() {
         let (Some(id), Some(bytes)) = (it.key().and_then(keys::trailing_id), it.value()) else {

@@ -665,7 +665,7 @@ impl Store {
         Ok(store)
     }
 
-    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
+    pub(crate) fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
         self.db
             .cf_handle(name)
             .ok_or_else(|| Error::Corrupt(format!("column family {name} is missing")))
