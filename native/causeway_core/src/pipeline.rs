@@ -70,6 +70,10 @@ struct WorkerSlot {
 }
 
 pub struct Pipeline {
+    /// Captures in progress that did not come through the runtime's default
+    /// pipeline guard (the tracer's), one counter per CPU: close waits for
+    /// them to be zero before its final drain, so none lands after it.
+    in_capture: Box<[crossbeam::utils::CachePadded<AtomicUsize>]>,
     pub config: Config,
     pub tun: Tunables,
     pub rings: Rings,
@@ -236,6 +240,9 @@ impl Pipeline {
             rates: Mutex::new(Rates::default()),
             started: Instant::now(),
             sample_tick: AtomicU64::new(0),
+            in_capture: (0..64)
+                .map(|_| crossbeam::utils::CachePadded::new(AtomicUsize::new(0)))
+                .collect(),
             config,
         });
         p.ensure_workers()?;
@@ -355,6 +362,20 @@ impl Pipeline {
         let share =
             budget.saturating_sub(self.rings.slot_bytes()) / self.rings.shard_count() as u64;
         self.rings.heap_bytes(shard) + bytes > share
+    }
+
+    /// Runs `f` as a capture that `close` waits for; `None` (and `f` not
+    /// run) once the pipeline is closing.
+    pub fn guarded_capture<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        let slot = &self.in_capture[crate::ring::cpu_slot() % self.in_capture.len()];
+        slot.fetch_add(1, Ordering::SeqCst);
+        let r = if self.closing.load(Ordering::SeqCst) {
+            None
+        } else {
+            Some(f())
+        };
+        slot.fetch_sub(1, Ordering::Release);
+        r
     }
 
     pub fn set_enabled(&self, on: bool) {
@@ -546,7 +567,13 @@ impl Pipeline {
     /// Stops capture, lets the workers drain what is buffered, joins every
     /// thread and syncs the store. Safe to call more than once.
     pub fn close(&self) -> Result<()> {
-        self.closing.store(true, Ordering::Release);
+        self.closing.store(true, Ordering::SeqCst);
+        // guarded captures that began before closing finish their push
+        for slot in self.in_capture.iter() {
+            while slot.load(Ordering::SeqCst) != 0 {
+                std::thread::yield_now();
+            }
+        }
         self.wake_manager();
         // a retention pass in progress stops at its next chunk
         if let Some(s) = self.store() {

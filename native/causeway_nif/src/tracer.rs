@@ -225,6 +225,23 @@ fn trace<'a>(
     let Ok(s) = state.decode::<ResourceArc<TraceSession>>() else {
         return ok;
     };
+    // a probe that began before the instance closed finishes before its
+    // final drain (nothing lands in a ring after it, uncounted)
+    s.pipeline
+        .guarded_capture(|| record(env, tag, &s, tracee, term, opts))
+        .unwrap_or(ok)
+}
+
+/// The event of one probe of session `s`.
+fn record<'a>(
+    env: Env<'a>,
+    tag: Atom,
+    s: &TraceSession,
+    tracee: Term<'a>,
+    term: Term<'a>,
+    opts: Term<'a>,
+) -> Atom {
+    let ok = crate::atoms::ok();
     let Ok(tracee_pid) = tracee.decode::<LocalPid>() else {
         return ok;
     };
