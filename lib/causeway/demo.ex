@@ -11,7 +11,14 @@ defmodule Causeway.Demo do
     use Causeway.Instrument
 
     def start_link(_), do: GenServer.start_link(__MODULE__, %{})
-    def put(pid, key, value), do: GenServer.call(pid, {:put, key, value})
+
+    def put(pid, key, value) do
+      # GenServer.call's own send is not instrumented: reporting it lets a
+      # state change's causal chain reach back into the calling process
+      Causeway.Runtime.message_send(pid, {:put, key, value})
+      GenServer.call(pid, {:put, key, value})
+    end
+
     def get(pid, key), do: GenServer.call(pid, {:get, key})
 
     @impl true
