@@ -813,7 +813,13 @@ impl Pipeline {
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "panic".into());
                     self.notifier.worker_event(worker, "panic", &msg);
+                    // fresh name caches, but a batch already correlated keeps
+                    // its links: correlating it again on the retry would queue
+                    // its halves twice
+                    let (correlated, links) = (cache.correlated, std::mem::take(&mut cache.links));
                     *cache = EnrichCache::default();
+                    cache.correlated = correlated;
+                    cache.links = links;
                     DropReason::Panic
                 }
             };
