@@ -388,6 +388,17 @@ impl<'a> Merge<'a> {
         Ok(())
     }
 
+    /// Appends the next ids to `ids` until it holds `n` or the sources end.
+    fn fill(&mut self, ids: &mut Vec<u64>, n: usize) -> Result<()> {
+        while ids.len() < n {
+            match self.next_id()? {
+                Some(id) => ids.push(id),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
     fn next_id(&mut self) -> Result<Option<u64>> {
         let top = if self.reverse {
             self.heap_rev.pop()
@@ -422,12 +433,7 @@ pub fn ids_in(
         reverse,
     )?;
     let mut out = Vec::new();
-    while out.len() < limit {
-        match m.next_id()? {
-            Some(id) => out.push(id),
-            None => break,
-        }
-    }
+    m.fill(&mut out, limit)?;
     Ok(out)
 }
 
@@ -715,12 +721,7 @@ pub fn events(store: &Store, f: &Filter) -> Result<Page> {
     let mut ids = Vec::with_capacity(256);
     'outer: loop {
         ids.clear();
-        while ids.len() < 1024 {
-            match merge.next_id()? {
-                Some(id) => ids.push(id),
-                None => break,
-            }
-        }
+        merge.fill(&mut ids, 1024)?;
         if ids.is_empty() {
             break;
         }
@@ -971,12 +972,7 @@ pub fn state_history(
     let mut ids = Vec::with_capacity(256);
     while out.len() < want {
         ids.clear();
-        while ids.len() < 256 {
-            match m.next_id()? {
-                Some(id) => ids.push(id),
-                None => break,
-            }
-        }
+        m.fill(&mut ids, 256)?;
         if ids.is_empty() {
             break;
         }
