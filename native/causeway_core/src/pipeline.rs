@@ -341,7 +341,7 @@ impl Pipeline {
             Counters::add(&self.counters.over_budget, 1);
             return PushOutcome::Rejected;
         }
-        let outcome = self.rings.push(shard, ev);
+        let outcome = self.rings.push_sized(shard, ev, bytes);
         if outcome != PushOutcome::Stored || self.rings.time_to_check(shard) {
             let u = self.rings.utilization(shard);
             if u >= 0.5 {

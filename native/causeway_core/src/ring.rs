@@ -195,8 +195,14 @@ impl Rings {
 
     #[inline]
     pub fn push(&self, shard: usize, event: RawEvent) -> PushOutcome {
-        let s = &self.shards[shard % self.shards.len()];
         let bytes = event.heap_bytes();
+        self.push_sized(shard, event, bytes)
+    }
+
+    /// `push` of an event whose `heap_bytes()` the caller already has.
+    #[inline]
+    pub fn push_sized(&self, shard: usize, event: RawEvent, bytes: u64) -> PushOutcome {
+        let s = &self.shards[shard % self.shards.len()];
         match self.overflow {
             Overflow::DropNewest => match s.queue.push(event) {
                 Ok(()) => {
