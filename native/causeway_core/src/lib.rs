@@ -2,12 +2,13 @@
 //!
 //! - [`event`]: the event model, [`etf`]: the term format writer;
 //! - [`ring`]: Layer 1 lock-free sharded rings, [`ids`]: time-ordered ids,
-//!   [`context`]: per-process capture context;
+//!   [`context`]: per-process capture context, [`clock`]: the capture clock;
 //! - [`pipeline`]: Layer 2 writer pool and manager, [`correlator`],
 //!   [`backpressure`], [`metrics`];
 //! - [`store`]: RocksDB schema, [`query`]: the queries.
 
 pub mod backpressure;
+pub mod clock;
 pub mod config;
 pub mod context;
 pub mod correlator;

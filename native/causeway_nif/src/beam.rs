@@ -36,7 +36,7 @@ pub fn pid_word(env: rustler::Env, p: &LocalPid) -> u64 {
 }
 
 /// Erlang monotonic time (ns), on any thread, cheaply: our own monotonic
-/// clock (one vDSO call) plus a calibrated difference to the VM's clock. The
+/// clock (the TSC, or one vDSO call) plus a calibrated difference to the VM's clock. The
 /// difference is re-read from the VM (`enif_monotonic_time`, which only works
 /// on scheduler threads and is several times dearer) at most every 10 ms, by
 /// whichever scheduler thread captures first after that.
@@ -71,21 +71,16 @@ static CALIB_DIFF: AtomicI64 = AtomicI64::new(0);
 /// Erlang system time minus Erlang monotonic time.
 static OFFSET: AtomicI64 = AtomicI64::new(0);
 
-/// CLOCK_MONOTONIC in ns: one vDSO call, no `Instant` arithmetic (which
-/// checks and normalises a `Duration` on every read).
+/// Our monotonic clock (`CLOCK_MONOTONIC` ns, read from the TSC where that
+/// is safe: see `causeway_core::clock`).
 #[inline]
 fn own_ns() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // CLOCK_MONOTONIC cannot fail on Linux with a valid pointer
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+    causeway_core::clock::now_ns()
 }
 
 /// Calibrates now (call from a scheduler thread, e.g. when a pipeline starts).
 pub fn calibrate() {
+    causeway_core::clock::init();
     recalibrate(own_ns());
 }
 

@@ -2,9 +2,10 @@
 //! `Vec` of arguments that rustler 0.39's generated wrapper allocates and
 //! frees on every call (a malloc and a free: ~7% of a capture, measured with
 //! perf). The arguments are handed over as an array on the stack; decoding,
-//! panics (caught, raised as `:nif_panicked`) and results are handled exactly
-//! as rustler does. Used for the calls that run on the traced code's path:
-//! the `Causeway.Runtime` captures and the erl_tracer callbacks.
+//! panics (caught, raised as `:nif_panicked`) and errors are handled exactly
+//! as rustler does; a success is encoded directly. Used for the calls that
+//! run on the traced code's path: the `Causeway.Runtime` captures and the
+//! erl_tracer callbacks.
 
 /// `lean_nif!("erlang_name", arity, |env, args| expr)`: `expr` is a
 /// `rustler::NifResult<T>` (`T: Encoder`) computed from `env` and `args`
@@ -36,7 +37,13 @@ macro_rules! lean_nif {
                         std::array::from_fn(|i| unsafe { rustler::Term::new($env, raw[i]) });
                     let result =
                         std::panic::catch_unwind(move || -> rustler::NifResult<_> { $call });
-                    unsafe { rustler::codegen_runtime::handle_nif_result(result, $env).apply($env) }
+                    match result {
+                        // the common case, without building a `NifReturned`
+                        Ok(Ok(v)) => rustler::Encoder::encode(&v, $env).as_c_arg(),
+                        other => unsafe {
+                            rustler::codegen_runtime::handle_nif_result(other, $env).apply($env)
+                        },
+                    }
                 }
                 nif_func
             },
