@@ -29,7 +29,7 @@ pub const NEW_PID_EXT: u8 = 88;
 /// only knows the encodings. `len()` lets a caller roll back a partly written item.
 /// Captured payloads up to this many bytes live inline in the ring slot: the
 /// common small event costs no allocation (and no cross-thread free).
-pub const INLINE_PAYLOAD: usize = 56;
+pub const INLINE_PAYLOAD: usize = 48;
 
 /// An event payload: inline when small, on the heap otherwise.
 pub type Payload = smallvec::SmallVec<[u8; INLINE_PAYLOAD]>;

@@ -312,29 +312,25 @@ impl Pipeline {
         true
     }
 
-    /// The shard, id and wall-clock time (ns) of an event captured now by this
-    /// thread at Erlang monotonic time `mono_ns`.
+    /// The id of an event for `shard` at Erlang monotonic time `mono_ns`.
     #[inline]
-    pub fn stamp(&self, mono_ns: i64) -> (usize, u64, i64) {
-        let shard = self.rings.local_shard();
-        let (id, wall) = self.stamp_on(shard, mono_ns);
-        (shard, id, wall)
+    pub fn stamp_on(&self, shard: usize, mono_ns: i64) -> u64 {
+        self.ids.next(shard, self.wall_ns(mono_ns) as u64)
     }
 
-    /// The id and wall-clock time of an event for `shard` at `mono_ns`.
+    /// Wall-clock (Erlang system) time of Erlang monotonic time `mono_ns`.
     #[inline]
-    pub fn stamp_on(&self, shard: usize, mono_ns: i64) -> (u64, i64) {
-        let wall = mono_ns
+    fn wall_ns(&self, mono_ns: i64) -> i64 {
+        mono_ns
             .saturating_add(self.resolver.time_offset_ns())
-            .max(0);
-        (self.ids.next(shard, wall as u64), wall)
+            .max(0)
     }
 
     /// Puts an event into its shard; raises the level at once if the shard is
     /// filling up (the check runs on every push, not on a timer). An event
     /// whose payload lives outside its slot is refused (and counted) when it
     /// would take its shard past its share of the memory budget.
-    #[inline]
+    #[inline(always)]
     pub fn push(&self, shard: usize, ev: RawEvent) -> PushOutcome {
         let bytes = ev.heap_bytes();
         if bytes > 0 && self.over_budget(shard, bytes) {
@@ -932,9 +928,11 @@ impl Pipeline {
                 id: r.id,
                 kind: r.kind(),
                 mono_ns: r.mono_ns,
-                wall_ns: r.wall_ns,
+                // as the id was stamped (the offset only moves under
+                // multi-time-warp, by the warp)
+                wall_ns: self.wall_ns(r.mono_ns),
                 pid,
-                call_id: r.call_id,
+                call_id: r.call_id(),
                 parent_id: r.parent_id,
                 parent_link: r.parent_link,
                 module,

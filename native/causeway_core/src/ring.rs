@@ -200,7 +200,7 @@ impl Rings {
     }
 
     /// `push` of an event whose `heap_bytes()` the caller already has.
-    #[inline]
+    #[inline(always)]
     pub fn push_sized(&self, shard: usize, event: RawEvent, bytes: u64) -> PushOutcome {
         let s = &self.shards[shard % self.shards.len()];
         match self.overflow {

@@ -112,7 +112,7 @@ fn raw_pid(t: Term, what: &str) -> NifResult<RawPid> {
         return Ok(RawPid::Local(pid_word(t.get_env(), &p)));
     }
     match term_bytes(t.get_env().as_c_arg(), t.as_c_arg()) {
-        Some(b) => Ok(RawPid::External(b.into_boxed_slice())),
+        Some(b) => Ok(RawPid::External(Box::new(b))),
         None => Err(arg_error(format!("{what} could not be encoded"))),
     }
 }
@@ -131,18 +131,16 @@ struct Ev {
     module: u64,
     function: u64,
     arity: u32,
-    call_id: u64,
     parent: Option<(u64, LinkKind)>,
     peer: RawPid,
     data: causeway_core::etf::Payload,
 }
 
-/// The shard, id, monotonic and wall time of an event captured now.
+/// The shard, id and monotonic time of an event captured now.
 struct Stamp {
     shard: usize,
     id: u64,
     mono: i64,
-    wall: i64,
 }
 
 fn stamp(p: &Pipeline, cpu: usize) -> Stamp {
@@ -152,15 +150,11 @@ fn stamp(p: &Pipeline, cpu: usize) -> Stamp {
 /// `stamp` with a clock reading the caller already has.
 fn stamp_at(p: &Pipeline, cpu: usize, mono: i64) -> Stamp {
     let shard = cpu % p.rings.shard_count();
-    let (id, wall) = p.stamp_on(shard, mono);
-    Stamp {
-        shard,
-        id,
-        mono,
-        wall,
-    }
+    let id = p.stamp_on(shard, mono);
+    Stamp { shard, id, mono }
 }
 
+#[inline(always)]
 fn push(p: &Pipeline, s: Stamp, e: Ev) {
     let (parent_id, parent_link) = match e.parent {
         // an exit's parent is its own entry: the correlator links it when both are seen
@@ -174,12 +168,10 @@ fn push(p: &Pipeline, s: Stamp, e: Ev) {
             id: s.id,
             kind: Some(e.kind),
             mono_ns: s.mono,
-            wall_ns: s.wall,
             pid: e.pid,
             module: e.module,
             function: e.function,
             arity: e.arity,
-            call_id: e.call_id,
             parent_id,
             parent_link,
             peer: e.peer,
@@ -231,7 +223,6 @@ fn rt_function_entry<'a>(
             module: m,
             function: f,
             arity,
-            call_id: id,
             parent,
             peer: RawPid::None,
             data,
@@ -268,7 +259,6 @@ fn rt_function_exit<'a>(env: Env<'a>, call_id: u64, result: Term<'a>) -> Atom {
             module: frame.module,
             function: frame.function,
             arity: frame.arity,
-            call_id,
             parent: Some((call_id, LinkKind::Completes)),
             peer: RawPid::None,
             data,
@@ -303,7 +293,6 @@ fn capture(
                 module: 0,
                 function: 0,
                 arity: 0,
-                call_id: 0,
                 parent,
                 peer,
                 data,

@@ -300,12 +300,11 @@ fn record<'a>(
     }
 
     let shard = cpu_slot() % p.rings.shard_count();
-    let (id, wall) = p.stamp_on(shard, now);
+    let id = p.stamp_on(shard, now);
     let mut ev = RawEvent {
         id,
         kind: Some(kind),
         mono_ns: now,
-        wall_ns: wall,
         pid,
         source: Source::Tracer,
         ..Default::default()
@@ -342,7 +341,6 @@ fn record<'a>(
             ev.module = module;
             ev.function = function;
             ev.arity = arity;
-            ev.call_id = id;
             ev.data = data;
         }
         EventType::FunctionExit => {
@@ -371,7 +369,6 @@ fn record<'a>(
             ev.function = function;
             ev.arity = arity;
             if let Some(fr) = frame {
-                ev.call_id = fr.call_id;
                 ev.parent_id = fr.call_id;
             }
         }
@@ -381,7 +378,7 @@ fn record<'a>(
                 Some(to) if to.get_type() == TermType::Pid => match to.decode::<LocalPid>() {
                     Ok(lp) => RawPid::Local(pid_word(env, &lp)),
                     Err(_) => term_bytes(env.as_c_arg(), to.as_c_arg())
-                        .map(|b| RawPid::External(b.into_boxed_slice()))
+                        .map(|b| RawPid::External(Box::new(b)))
                         .unwrap_or_default(),
                 },
                 _ => RawPid::None,
