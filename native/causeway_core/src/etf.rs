@@ -35,10 +35,13 @@ pub const INLINE_PAYLOAD: usize = 48;
 pub type Payload = smallvec::SmallVec<[u8; INLINE_PAYLOAD]>;
 
 /// The writer's buffer: the first `STACK` bytes on the stack (appends are a
-/// bounds check and a copy), the rest on the heap once it grows past that.
+/// bounds check and a copy), all of it on the heap once it grows past that.
+/// `STACK` is what a payload keeps inline, so a small payload leaves as a
+/// fixed-size move (no copy of a variable length), a big one as its `Vec`;
+/// and the whole writer stays small enough to move without a `memcpy` call.
 pub struct Buf {
     len: usize,
-    stack: [std::mem::MaybeUninit<u8>; Buf::STACK],
+    stack: [u8; Buf::STACK],
     heap: Vec<u8>,
     spilled: bool,
 }
@@ -47,7 +50,7 @@ impl Default for Buf {
     fn default() -> Self {
         Buf {
             len: 0,
-            stack: [std::mem::MaybeUninit::uninit(); Buf::STACK],
+            stack: [0; Buf::STACK],
             heap: Vec::new(),
             spilled: false,
         }
@@ -69,7 +72,10 @@ impl std::fmt::Debug for Buf {
 }
 
 impl Buf {
-    pub const STACK: usize = 256;
+    pub const STACK: usize = INLINE_PAYLOAD;
+    /// The first heap allocation (a payload that outgrows the stack is
+    /// usually bigger than twice that).
+    const FIRST_SPILL: usize = 256;
 
     #[inline]
     pub fn len(&self) -> usize {
@@ -90,8 +96,7 @@ impl Buf {
         if self.spilled {
             &self.heap
         } else {
-            // SAFETY: the first `len` bytes of `stack` were written.
-            unsafe { std::slice::from_raw_parts(self.stack.as_ptr() as *const u8, self.len) }
+            &self.stack[..self.len]
         }
     }
 
@@ -100,14 +105,13 @@ impl Buf {
         if self.spilled {
             &mut self.heap
         } else {
-            // SAFETY: as above.
-            unsafe { std::slice::from_raw_parts_mut(self.stack.as_mut_ptr() as *mut u8, self.len) }
+            &mut self.stack[..self.len]
         }
     }
 
     #[cold]
     fn spill(&mut self, extra: usize) {
-        let mut v = Vec::with_capacity((self.len + extra).max(2 * Self::STACK));
+        let mut v = Vec::with_capacity((self.len + extra).max(Self::FIRST_SPILL));
         v.extend_from_slice(self.as_slice());
         self.heap = v;
         self.spilled = true;
@@ -121,7 +125,7 @@ impl Buf {
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         bytes.as_ptr(),
-                        self.stack.as_mut_ptr().add(self.len) as *mut u8,
+                        self.stack.as_mut_ptr().add(self.len),
                         bytes.len(),
                     );
                 }
@@ -207,7 +211,7 @@ impl EtfWriter {
         if self.buf.spilled {
             Payload::from_vec(self.buf.heap)
         } else {
-            self.buf.to_payload()
+            Payload::from_buf_and_len(self.buf.stack, self.buf.len)
         }
     }
 
