@@ -58,6 +58,7 @@ defmodule Causeway.Native do
   def rt_error(_kind, _reason, _stacktrace), do: err()
   def rt_set_capture(_h, _scope, _on), do: err()
   def bench_noop(_x), do: err()
+  def native_info, do: err()
 
   # tracer (erl_tracer callbacks and sessions)
   def enabled(_tag, _state, _tracee), do: err()

@@ -137,6 +137,35 @@ defmodule Causeway.RuntimeTest do
   defp split_improper([h | t], acc), do: split_improper(t, [h | acc])
   defp split_improper(tail, acc), do: {Enum.reverse(acc), tail}
 
+  test "integers and lists of every shape are stored exactly" do
+    start_causeway!()
+    # on this 64-bit VM the encoder reads these from their term words
+    assert %{direct_term_words: true, clock: clock} = Causeway.Native.native_info()
+    assert clock in [:tsc, :os]
+
+    edge = 2 ** 59
+
+    terms = [
+      [0, 1, -1, 255, 256, -256, 2 ** 31 - 1, -(2 ** 31), 2 ** 31, -(2 ** 31) - 1],
+      [edge - 1, -edge, edge, -edge - 1, 2 ** 64, -(2 ** 64)],
+      [],
+      [[]],
+      [[], [[1]], [2 | 3]],
+      [1, 2 | :tail],
+      [:a | "b"],
+      ~c"charlist",
+      [1.0, "bin", :atom, {1, [2]}, %{k: [3]}]
+    ]
+
+    for t <- terms, do: Runtime.state_change(nil, t)
+    id = Runtime.function_entry(M, :f, [edge, -edge - 1, [1 | 2]])
+    flush!()
+
+    stored = Causeway.events(pid: self(), type: :state_change) |> Enum.map(& &1.data.new)
+    assert stored == terms
+    assert Causeway.event(id).data == [edge, -edge - 1, [1 | 2]]
+  end
+
   test "deep nesting and odd terms never crash" do
     start_causeway!()
     deep = Enum.reduce(1..100_000, :bottom, fn _, acc -> [acc] end)

@@ -45,7 +45,30 @@ pub mod atoms {
         __struct__,
         __exception__,
         message,
+        clock,
+        direct_term_words,
     }
 }
 
-rustler::init!("Elixir.Causeway.Native");
+/// How this build captures on this machine: the clock it reads (`:tsc` or
+/// `:os`, see `causeway_core::clock`) and whether the encoder reads small
+/// integers and lists straight from their term words (see `term.rs`).
+#[rustler::nif]
+fn native_info(env: rustler::Env) -> rustler::NifResult<rustler::Term> {
+    use rustler::Encoder;
+    let clock = rustler::Atom::from_str(env, causeway_core::clock::source())?;
+    rustler::Term::map_new(env)
+        .map_put(atoms::clock().encode(env), clock.encode(env))?
+        .map_put(
+            atoms::direct_term_words().encode(env),
+            term::direct_words().encode(env),
+        )
+}
+
+rustler::init!("Elixir.Causeway.Native", load = load);
+
+fn load(env: rustler::Env, _info: rustler::Term) -> bool {
+    term::check_words(env);
+    causeway_core::clock::init();
+    true
+}

@@ -7,10 +7,83 @@
 //! keyword/2-tuple key listed in `redact` by `:redacted` before a byte of it is
 //! written.
 
+use crate::beam::word;
 use causeway_core::etf::{self, EtfWriter, Payload};
 use rustler::sys::{self, ErlNifBinary, ErlNifMapIterator, ErlNifTerm as ERL_NIF_TERM};
 use rustler::{Env, Term};
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether the encoder reads small integers, `[]` and list cells straight
+/// from their term words, without a call into the VM per element. These are
+/// the 64-bit BEAM's tagging, unchanged for decades: a small integer is
+/// `(v << 4) | 0xF`, `[]` is `0x3B`, a list cell is a pointer to its head and
+/// tail words, tagged `0b01`. `check_words` verifies all of it against terms
+/// the VM makes when the library loads; if anything differs, every term goes
+/// through the `enif_*` calls.
+static DIRECT_WORDS: AtomicBool = AtomicBool::new(false);
+
+const SMALL_MASK: u64 = 0xF;
+const SMALL_TAG: u64 = 0xF;
+const NIL: u64 = 0x3B;
+const CONS_MASK: u64 = 0x3;
+const CONS_TAG: u64 = 0x1;
+
+#[inline]
+fn direct() -> bool {
+    DIRECT_WORDS.load(Ordering::Relaxed)
+}
+
+/// Whether `check_words` turned the direct reads on.
+pub fn direct_words() -> bool {
+    direct()
+}
+
+/// The head and tail words of a list cell word.
+///
+/// # Safety
+/// `w` is a live list cell term (its tag is `CONS_TAG`) and `check_words`
+/// passed.
+#[inline]
+unsafe fn cons_cell(w: u64) -> (ERL_NIF_TERM, ERL_NIF_TERM) {
+    let p = (w - CONS_TAG) as *const u64;
+    unsafe { (crate::beam::term_of(*p), crate::beam::term_of(*p.add(1))) }
+}
+
+/// Checks the tagging `DIRECT_WORDS` relies on against the VM's own terms,
+/// and turns the direct reads on only if all of it holds.
+pub fn check_words(env: Env) {
+    let e = env.as_c_arg();
+    let ok = unsafe {
+        let small_ok = [0i64, 5, -3, (1 << 59) - 1, -(1 << 59)]
+            .iter()
+            .all(|&v| word(sys::enif_make_int64(e, v)) == (((v << 4) as u64) | SMALL_TAG));
+        let nil = sys::enif_make_list_from_array(e, std::ptr::null(), 0);
+        let head = sys::enif_make_int64(e, 7);
+        let tail = sys::enif_make_list_cell(e, sys::enif_make_int64(e, 8), nil);
+        let list = sys::enif_make_list_cell(e, head, tail);
+        let lw = word(list);
+        let cons_ok = lw & CONS_MASK == CONS_TAG && {
+            let (h, t) = cons_cell(lw);
+            word(h) == word(head) && word(t) == word(tail)
+        };
+        // nothing else may look like a small integer, `[]` or a list cell
+        let others = [
+            sys::enif_make_atom_len(e, b"ok".as_ptr() as *const _, 2),
+            sys::enif_make_double(e, 1.5),
+            sys::enif_make_int64(e, i64::MAX), // a bignum
+            sys::enif_make_tuple_from_array(e, [head].as_ptr(), 1),
+            sys::enif_make_ref(e),
+            sys::enif_make_new_map(e),
+        ];
+        let others_ok = others.iter().all(|&t| {
+            let w = word(t);
+            w & SMALL_MASK != SMALL_TAG && w != NIL && w & CONS_MASK != CONS_TAG
+        });
+        small_ok && word(nil) == NIL && cons_ok && others_ok
+    };
+    DIRECT_WORDS.store(ok, Ordering::Relaxed);
+}
 
 pub struct Budget<'r> {
     pub max_bytes: usize,
@@ -85,6 +158,10 @@ impl Enc<'_, '_, '_> {
     /// `depth` counts the containers around `t` inside the captured term; a
     /// container at `max_depth` is replaced by the marker (scalars always fit).
     fn term(&mut self, t: ERL_NIF_TERM, depth: usize) {
+        if direct() && word(t) & SMALL_MASK == SMALL_TAG {
+            self.w.int(word(t) as i64 >> 4);
+            return;
+        }
         let ty = unsafe { sys::enif_term_type(self.env, t) };
         use sys::ErlNifTermType::*;
         if depth >= self.b.max_depth
@@ -195,12 +272,34 @@ impl Enc<'_, '_, '_> {
         unsafe { sys::enif_release_binary(&mut bin) };
     }
 
+    /// The head and tail of a list cell (`None` for anything else).
+    #[inline]
+    fn cell(&self, t: ERL_NIF_TERM) -> Option<(ERL_NIF_TERM, ERL_NIF_TERM)> {
+        if direct() {
+            let w = word(t);
+            // SAFETY: a term word tagged 0b01 is a list cell; `t` is alive
+            // for the call; `check_words` passed
+            return (w & CONS_MASK == CONS_TAG).then(|| unsafe { cons_cell(w) });
+        }
+        let mut head: ERL_NIF_TERM = ERL_NIF_TERM::default();
+        let mut tail: ERL_NIF_TERM = ERL_NIF_TERM::default();
+        (unsafe { sys::enif_get_list_cell(self.env, t, &mut head, &mut tail) } != 0)
+            .then_some((head, tail))
+    }
+
+    #[inline]
+    fn is_nil(&self, t: ERL_NIF_TERM) -> bool {
+        if direct() {
+            word(t) == NIL
+        } else {
+            unsafe { sys::enif_is_empty_list(self.env, t) != 0 }
+        }
+    }
+
     /// Writes a list whose elements are at `depth`; returns the number of
     /// proper elements.
     fn list(&mut self, t: ERL_NIF_TERM, depth: usize) -> u32 {
-        let mut head: ERL_NIF_TERM = ERL_NIF_TERM::default();
-        let mut tail: ERL_NIF_TERM = ERL_NIF_TERM::default();
-        if unsafe { sys::enif_get_list_cell(self.env, t, &mut head, &mut tail) } == 0 {
+        if self.cell(t).is_none() {
             self.w.nil();
             return 0;
         }
@@ -208,15 +307,15 @@ impl Enc<'_, '_, '_> {
         let mut n: u32 = 0;
         let mut cur = t;
         loop {
-            if unsafe { sys::enif_get_list_cell(self.env, cur, &mut head, &mut tail) } == 0 {
+            let Some((head, tail)) = self.cell(cur) else {
                 // end: [] or an improper tail
-                if unsafe { sys::enif_is_empty_list(self.env, cur) } != 0 {
+                if self.is_nil(cur) {
                     self.w.nil();
                 } else {
                     self.term(cur, depth);
                 }
                 break;
-            }
+            };
             if self.over() {
                 // cut here: the rest becomes the improper tail marker
                 self.w.truncated_because(MARK_MAX_BYTES);
