@@ -166,6 +166,27 @@ defmodule Causeway.RuntimeTest do
     assert Causeway.event(id).data == [edge, -edge - 1, [1 | 2]]
   end
 
+  test "atoms are stored exactly, first seen or cached, colliding or not" do
+    start_causeway!()
+    # more atoms than the encoder's cache has entries, short and long, Latin-1
+    # too; each captured twice (the second time from the cache)
+    atoms =
+      for i <- 1..1500 do
+        case rem(i, 3) do
+          0 -> :"a#{i}"
+          1 -> :"a_name_longer_than_twenty_two_bytes_#{i}"
+          2 -> :"ünï#{i}"
+        end
+      end
+
+    for _ <- 1..2, chunk <- Enum.chunk_every(atoms, 100), do: Runtime.state_change(nil, chunk)
+    flush!()
+
+    stored = Causeway.events(pid: self(), type: :state_change) |> Enum.map(& &1.data.new)
+    expected = Enum.chunk_every(atoms, 100)
+    assert stored == expected ++ expected
+  end
+
   test "deep nesting and odd terms never crash" do
     start_causeway!()
     deep = Enum.reduce(1..100_000, :bottom, fn _, acc -> [acc] end)

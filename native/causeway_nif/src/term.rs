@@ -12,7 +12,7 @@ use causeway_core::etf::{self, EtfWriter, Payload};
 use rustler::sys::{self, ErlNifBinary, ErlNifMapIterator, ErlNifTerm as ERL_NIF_TERM};
 use rustler::{Env, Term};
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 
 /// Whether the encoder reads small integers, `[]` and list cells straight
 /// from their term words, without a call into the VM per element. These are
@@ -48,6 +48,85 @@ pub fn direct_words() -> bool {
 unsafe fn cons_cell(w: u64) -> (ERL_NIF_TERM, ERL_NIF_TERM) {
     let p = (w - CONS_TAG) as *const u64;
     unsafe { (crate::beam::term_of(*p), crate::beam::term_of(*p.add(1))) }
+}
+
+/// Encoded atoms by term word. Captured atoms repeat (`:ok`, map keys,
+/// module names), and reading a name from the VM copies it out of the atom
+/// table on every capture. An atom's word names it for the life of the VM
+/// (atoms are never collected), so its encoding can be kept: here, for names
+/// up to 22 bytes, in a direct-mapped table whose entries are each under a
+/// sequence lock (a reader never waits and never takes half an entry; a
+/// writer that finds an entry being written does not cache).
+struct AtomEntry {
+    seq: AtomicU64,
+    key: AtomicU64,
+    bytes: [AtomicU64; 3],
+}
+
+const ATOM_CACHE: usize = 1024;
+const ATOM_CACHED_BYTES: usize = 24;
+
+static ATOMS: [AtomEntry; ATOM_CACHE] = [const {
+    AtomEntry {
+        seq: AtomicU64::new(0),
+        key: AtomicU64::new(0),
+        bytes: [const { AtomicU64::new(0) }; 3],
+    }
+}; ATOM_CACHE];
+
+#[inline]
+fn atom_entry(w: u64) -> &'static AtomEntry {
+    // the atom index is above the 6 tag bits: consecutive atoms spread out
+    &ATOMS[(w >> 6) as usize % ATOM_CACHE]
+}
+
+/// The cached encoding of atom word `w` (its bytes, its length).
+#[inline]
+fn cached_atom(w: u64) -> Option<([u8; ATOM_CACHED_BYTES], usize)> {
+    let e = atom_entry(w);
+    let s1 = e.seq.load(Ordering::Acquire);
+    let key = e.key.load(Ordering::Relaxed);
+    let b = [
+        e.bytes[0].load(Ordering::Relaxed),
+        e.bytes[1].load(Ordering::Relaxed),
+        e.bytes[2].load(Ordering::Relaxed),
+    ];
+    fence(Ordering::Acquire);
+    if s1 & 1 != 0 || key != w || e.seq.load(Ordering::Relaxed) != s1 {
+        return None;
+    }
+    let mut out = [0u8; ATOM_CACHED_BYTES];
+    for (i, v) in b.iter().enumerate() {
+        out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    // SMALL_ATOM_EXT, length, name
+    let len = out[1] as usize + 2;
+    (len <= ATOM_CACHED_BYTES).then_some((out, len))
+}
+
+fn cache_atom(w: u64, encoded: &[u8]) {
+    if encoded.len() > ATOM_CACHED_BYTES {
+        return;
+    }
+    let e = atom_entry(w);
+    let s = e.seq.load(Ordering::Relaxed);
+    if s & 1 != 0
+        || e.seq
+            .compare_exchange(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    fence(Ordering::Release);
+    let mut padded = [0u8; ATOM_CACHED_BYTES];
+    padded[..encoded.len()].copy_from_slice(encoded);
+    e.key.store(w, Ordering::Relaxed);
+    for (i, slot) in e.bytes.iter().enumerate() {
+        let mut chunk = [0u8; 8];
+        chunk.copy_from_slice(&padded[i * 8..i * 8 + 8]);
+        slot.store(u64::from_le_bytes(chunk), Ordering::Relaxed);
+    }
+    e.seq.store(s + 2, Ordering::Release);
 }
 
 /// Checks the tagging `DIRECT_WORDS` relies on against the VM's own terms,
@@ -218,6 +297,11 @@ impl Enc<'_, '_, '_> {
     }
 
     fn atom(&mut self, t: ERL_NIF_TERM) {
+        let w = word(t);
+        if let Some((bytes, len)) = cached_atom(w) {
+            self.w.buf.extend_from_slice(&bytes[..len]);
+            return;
+        }
         // not zeroed: the VM writes the name and its NUL, we read only those
         let mut buf = MaybeUninit::<[u8; 256]>::uninit();
         let n = unsafe {
@@ -232,7 +316,11 @@ impl Enc<'_, '_, '_> {
         if n > 0 {
             let name =
                 unsafe { std::slice::from_raw_parts(buf.as_ptr() as *const u8, n as usize - 1) };
+            let start = self.w.len();
             self.w.atom_latin1(name);
+            if name.len() + 2 <= ATOM_CACHED_BYTES {
+                cache_atom(w, &self.w.buf[start..]);
+            }
         } else {
             self.opaque(t); // not Latin-1 (OTP 25 cannot give it to us another way)
         }
