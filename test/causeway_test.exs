@@ -277,6 +277,17 @@ defmodule CausewayTest do
         Runtime.function_entry(Mod, :f, :not_a_list)
       end
 
+      # the NIF checks its arguments itself too
+      for {args, msg} <- [
+            {["Mod", :f, []], ~r/module must be an atom/},
+            {[Mod, 1, []], ~r/function must be an atom/},
+            {[Mod, :f, %{}], ~r/args must be a list/}
+          ] do
+        assert_raise ArgumentError, msg, fn ->
+          apply(Causeway.Native, :rt_function_entry, args)
+        end
+      end
+
       assert_raise ArgumentError, ~r/function_exit/, fn -> Runtime.function_exit(-1, :ok) end
       assert_raise ArgumentError, ~r/receiver/, fn -> Runtime.message_send(:not_a_pid, :hi) end
       assert_raise ArgumentError, ~r/sender/, fn -> Runtime.message_receive("x", :hi) end

@@ -182,19 +182,26 @@ fn push(p: &Pipeline, s: Stamp, e: Ev) {
 }
 
 lean_nif!("rt_function_entry", 3, |env, a| rt_function_entry(
-    env,
-    a[0].decode()?,
-    a[1].decode()?,
-    a[2]
+    env, a[0], a[1], a[2]
 ));
 /// Returns the call id, or `nil` when nothing was captured.
 fn rt_function_entry<'a>(
     env: Env<'a>,
-    module: Atom,
-    function: Atom,
+    module: Term<'a>,
+    function: Term<'a>,
     args: Term<'a>,
 ) -> NifResult<Term<'a>> {
-    if !args.is_list() && !args.is_empty_list() {
+    if !term::is_atom(module) {
+        return Err(arg_error(format!(
+            "module must be an atom, got: {module:?}"
+        )));
+    }
+    if !term::is_atom(function) {
+        return Err(arg_error(format!(
+            "function must be an atom, got: {function:?}"
+        )));
+    }
+    if !term::is_list(args) {
         return Err(arg_error(format!("args must be a list, got: {args:?}")));
     }
     let id = with_default(|p, cpu| {

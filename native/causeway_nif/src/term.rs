@@ -14,11 +14,12 @@ use rustler::{Env, Term};
 use std::mem::MaybeUninit;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 
-/// Whether the encoder reads small integers, `[]` and list cells straight
-/// from their term words, without a call into the VM per element. These are
-/// the 64-bit BEAM's tagging, unchanged for decades: a small integer is
-/// `(v << 4) | 0xF`, `[]` is `0x3B`, a list cell is a pointer to its head and
-/// tail words, tagged `0b01`. `check_words` verifies all of it against terms
+/// Whether the encoder reads small integers, atoms, `[]` and list cells
+/// straight from their term words, without a call into the VM per element.
+/// These are the 64-bit BEAM's tagging, unchanged for decades: a small
+/// integer is `(v << 4) | 0xF`, an atom `(index << 6) | 0x0B`, `[]` is `0x3B`,
+/// a list cell is a pointer to its head and tail words, tagged `0b01`.
+/// `check_words` verifies all of it against terms
 /// the VM makes when the library loads; if anything differs, every term goes
 /// through the `enif_*` calls.
 static DIRECT_WORDS: AtomicBool = AtomicBool::new(false);
@@ -28,6 +29,8 @@ const SMALL_TAG: u64 = 0xF;
 const NIL: u64 = 0x3B;
 const CONS_MASK: u64 = 0x3;
 const CONS_TAG: u64 = 0x1;
+const ATOM_MASK: u64 = 0x3F;
+const ATOM_TAG: u64 = 0x0B;
 
 #[inline]
 fn direct() -> bool {
@@ -37,6 +40,27 @@ fn direct() -> bool {
 /// Whether `check_words` turned the direct reads on.
 pub fn direct_words() -> bool {
     direct()
+}
+
+/// Is `t` an atom (by its tag when the direct reads are on)?
+#[inline]
+pub fn is_atom(t: Term) -> bool {
+    if direct() {
+        word(t.as_c_arg()) & ATOM_MASK == ATOM_TAG
+    } else {
+        t.is_atom()
+    }
+}
+
+/// Is `t` a list (`[]` or a list cell)?
+#[inline]
+pub fn is_list(t: Term) -> bool {
+    if direct() {
+        let w = word(t.as_c_arg());
+        w == NIL || w & CONS_MASK == CONS_TAG
+    } else {
+        t.is_list() || t.is_empty_list()
+    }
 }
 
 /// The head and tail words of a list cell word.
@@ -155,11 +179,24 @@ pub fn check_words(env: Env) {
             sys::enif_make_ref(e),
             sys::enif_make_new_map(e),
         ];
-        let others_ok = others.iter().all(|&t| {
-            let w = word(t);
-            w & SMALL_MASK != SMALL_TAG && w != NIL && w & CONS_MASK != CONS_TAG
+        let others_ok = others[1..].iter().all(|&t| word(t) & ATOM_MASK != ATOM_TAG)
+            && others.iter().all(|&t| {
+                let w = word(t);
+                w & SMALL_MASK != SMALL_TAG && w != NIL && w & CONS_MASK != CONS_TAG
+            });
+        let atoms_ok = [&b""[..], b"ok", b"\xfcn\xef"].iter().all(|name| {
+            let a = sys::enif_make_atom_len(e, name.as_ptr() as *const _, name.len());
+            word(a) & ATOM_MASK == ATOM_TAG
         });
-        small_ok && word(nil) == NIL && cons_ok && others_ok
+        let mut me = MaybeUninit::<sys::ErlNifPid>::uninit();
+        let pid_ok = sys::enif_self(e, me.as_mut_ptr()).is_null() || {
+            let w = word(sys::enif_make_pid(e, me.assume_init()));
+            w & ATOM_MASK != ATOM_TAG && w & SMALL_MASK != SMALL_TAG && w & CONS_MASK != CONS_TAG
+        };
+        let nonatoms_ok = [head, nil, list]
+            .iter()
+            .all(|&t| word(t) & ATOM_MASK != ATOM_TAG);
+        small_ok && word(nil) == NIL && cons_ok && others_ok && atoms_ok && pid_ok && nonatoms_ok
     };
     DIRECT_WORDS.store(ok, Ordering::Relaxed);
 }
@@ -237,9 +274,16 @@ impl Enc<'_, '_, '_> {
     /// `depth` counts the containers around `t` inside the captured term; a
     /// container at `max_depth` is replaced by the marker (scalars always fit).
     fn term(&mut self, t: ERL_NIF_TERM, depth: usize) {
-        if direct() && word(t) & SMALL_MASK == SMALL_TAG {
-            self.w.int(word(t) as i64 >> 4);
-            return;
+        if direct() {
+            let w = word(t);
+            if w & SMALL_MASK == SMALL_TAG {
+                self.w.int(w as i64 >> 4);
+                return;
+            }
+            if w & ATOM_MASK == ATOM_TAG {
+                self.atom(t);
+                return;
+            }
         }
         let ty = unsafe { sys::enif_term_type(self.env, t) };
         use sys::ErlNifTermType::*;
