@@ -140,18 +140,47 @@ for procs <- [1, 2] do
   )
 end
 
-# zero growth of the producer's heap and mailbox from capture
-{:memory, before} = Process.info(self(), :memory)
-Causeway.Native.pipeline_inject(Causeway.Instance.handle!(), :pause, 1)
-Bench.Capture.causeway(50_000)
-# (25 000 entry/exit pairs)
-Causeway.Native.pipeline_inject(Causeway.Instance.handle!(), :pause, 0)
-{:memory, after_} = Process.info(self(), :memory)
-{:message_queue_len, q} = Process.info(self(), :message_queue_len)
+# Zero growth of heaps and mailboxes from capture: a fresh process runs the
+# loop; its memory (after a GC) and mailbox before and after, next to the same
+# loop calling the trivial NIF (the loop's own garbage), and the instance
+# process's mailbox (captures never message it).
+defmodule Bench.Capture.Memory do
+  def in_fresh_process(loop) do
+    parent = self()
 
-IO.puts(
-  "\nproducer process memory before/after 50k captures: #{before} / #{after_} bytes; mailbox #{q}"
-)
+    spawn_link(fn ->
+      :erlang.garbage_collect()
+      {:memory, m0} = Process.info(self(), :memory)
+      loop.()
+      :erlang.garbage_collect()
+      {:memory, m1} = Process.info(self(), :memory)
+      {:message_queue_len, q} = Process.info(self(), :message_queue_len)
+      send(parent, {:measured, m0, m1, q})
+    end)
+
+    receive do
+      {:measured, m0, m1, q} -> {m0, m1, q}
+    end
+  end
+end
+
+h = Causeway.Instance.handle!()
+instance = Process.whereis(Causeway)
+{:message_queue_len, iq0} = Process.info(instance, :message_queue_len)
+Causeway.Native.pipeline_inject(h, :pause, 1)
+# (25 000 entry/exit pairs)
+{c0, c1, cq} = Bench.Capture.Memory.in_fresh_process(fn -> Bench.Capture.causeway(50_000) end)
+{:message_queue_len, iq1} = Process.info(instance, :message_queue_len)
+Causeway.Native.pipeline_inject(h, :pause, 0)
+{n0, n1, nq} = Bench.Capture.Memory.in_fresh_process(fn -> Bench.Capture.noop_nif(50_000) end)
+
+IO.puts("""
+
+memory of a fresh producer process after a GC, before / after 50k events:
+  captured by Causeway: #{c0} / #{c1} bytes, mailbox #{cq}
+  trivial NIF (same loop): #{n0} / #{n1} bytes, mailbox #{nq}
+  the instance process's mailbox before / after: #{iq0} / #{iq1}\
+""")
 
 Causeway.stop()
 File.rm_rf!(dir)
