@@ -190,7 +190,9 @@ fn tracer_session_info(env: Env, s: ResourceArc<TraceSession>) -> Term {
 lean_nif!("enabled", 3, |env, a| Ok(enabled(env, a[0], a[1], a[2])));
 /// erl_tracer `enabled/3`: trace while the session lives, detach after.
 fn enabled<'a>(env: Env<'a>, _tag: Term<'a>, state: Term<'a>, _tracee: Term<'a>) -> Term<'a> {
-    let Ok(s) = state.decode::<ResourceArc<TraceSession>>() else {
+    // borrowed for the call (the VM holds the state term): no reference
+    // count taken and dropped per probe
+    let Some(s) = state.try_get_resource::<TraceSession>() else {
         return atoms::remove().encode(env);
     };
     if s.live(monotonic_ns()) {
@@ -222,13 +224,13 @@ fn trace<'a>(
     opts: Term<'a>,
 ) -> Atom {
     let ok = crate::atoms::ok();
-    let Ok(s) = state.decode::<ResourceArc<TraceSession>>() else {
+    let Some(s) = state.try_get_resource::<TraceSession>() else {
         return ok;
     };
     // a probe that began before the instance closed finishes before its
     // final drain (nothing lands in a ring after it, uncounted)
     s.pipeline
-        .guarded_capture(|| record(env, tag, &s, tracee, term, opts))
+        .guarded_capture(|| record(env, tag, s, tracee, term, opts))
         .unwrap_or(ok)
 }
 
