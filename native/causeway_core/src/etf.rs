@@ -174,6 +174,7 @@ pub struct EtfWriter {
 }
 
 impl EtfWriter {
+    #[inline]
     pub fn new() -> Self {
         EtfWriter {
             buf: Buf::default(),
@@ -181,16 +182,19 @@ impl EtfWriter {
     }
 
     /// A writer whose buffer starts with the version byte.
+    #[inline]
     pub fn with_version() -> Self {
         let mut w = EtfWriter::new();
         w.buf.push(VERSION);
         w
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.buf.len()
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
@@ -207,6 +211,7 @@ impl EtfWriter {
         }
     }
 
+    #[inline]
     pub fn into_payload(self) -> Payload {
         if self.buf.spilled {
             Payload::from_vec(self.buf.heap)
@@ -215,6 +220,7 @@ impl EtfWriter {
         }
     }
 
+    #[inline]
     pub fn int(&mut self, v: i64) {
         if (0..=255).contains(&v) {
             self.buf.push(SMALL_INTEGER_EXT);
@@ -227,6 +233,7 @@ impl EtfWriter {
         }
     }
 
+    #[inline]
     pub fn uint(&mut self, v: u64) {
         if v <= i32::MAX as u64 {
             self.int(v as i64);
@@ -249,12 +256,14 @@ impl EtfWriter {
         self.buf.extend_from_slice(&digits[..n]);
     }
 
+    #[inline]
     pub fn float(&mut self, v: f64) {
         self.buf.push(NEW_FLOAT_EXT);
         self.buf.extend_from_slice(&v.to_bits().to_be_bytes());
     }
 
     /// An atom from its Latin-1 name (what `enif_get_atom` gives on OTP 25).
+    #[inline]
     pub fn atom_latin1(&mut self, name: &[u8]) {
         if name.len() <= 255 {
             self.buf.push(SMALL_ATOM_EXT);
@@ -280,6 +289,7 @@ impl EtfWriter {
         self.buf.extend_from_slice(name.as_bytes());
     }
 
+    #[inline]
     pub fn tuple_header(&mut self, arity: usize) {
         if arity <= 255 {
             self.buf.push(SMALL_TUPLE_EXT);
@@ -290,11 +300,13 @@ impl EtfWriter {
         }
     }
 
+    #[inline]
     pub fn nil(&mut self) {
         self.buf.push(NIL_EXT);
     }
 
     /// Writes a list header with a placeholder length; returns where to patch it.
+    #[inline]
     pub fn list_header_placeholder(&mut self) -> usize {
         self.buf.push(LIST_EXT);
         let at = self.buf.len();
@@ -302,10 +314,12 @@ impl EtfWriter {
         at
     }
 
+    #[inline]
     pub fn patch_u32(&mut self, at: usize, v: u32) {
         self.buf[at..at + 4].copy_from_slice(&v.to_be_bytes());
     }
 
+    #[inline]
     pub fn map_header_placeholder(&mut self) -> usize {
         self.buf.push(MAP_EXT);
         let at = self.buf.len();
@@ -313,6 +327,7 @@ impl EtfWriter {
         at
     }
 
+    #[inline]
     pub fn binary(&mut self, bytes: &[u8]) {
         self.buf.push(BINARY_EXT);
         self.buf
@@ -321,6 +336,7 @@ impl EtfWriter {
     }
 
     /// Raw bytes of an already encoded term (without its version byte).
+    #[inline]
     pub fn as_slice(&self) -> &[u8] {
         self.buf.as_slice()
     }

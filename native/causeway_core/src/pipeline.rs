@@ -681,11 +681,10 @@ impl Pipeline {
         Ok(true)
     }
 
-    /// Lets go of the store (after `close`): the database closes once no query
-    /// holds it any more.
-    /// Lets go of the store and waits (up to 10 s) for queries still running
-    /// on it to finish, so the database is closed (its lock released) when
-    /// this returns and the same directory can be opened again at once.
+    /// Lets go of the store (after `close`) and waits (up to 10 s) for
+    /// queries still running on it to finish, so the database is closed (its
+    /// lock released) when this returns and the same directory can be opened
+    /// again at once.
     pub fn release_store(&self) {
         let Some(mut store) = self.store.lock().ok().and_then(|mut s| s.take()) else {
             return;
