@@ -1294,3 +1294,67 @@ impl Pipeline {
             + Counters::get(&self.counters.dropped_panic)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreOptions;
+    use std::sync::mpsc;
+
+    /// The BEAM's side, for a pipeline with no BEAM: names are made up.
+    struct Names;
+    impl Resolver for Names {
+        fn pid(&self, raw: u64) -> PidRec {
+            PidRec {
+                id: raw as u32,
+                ..Default::default()
+            }
+        }
+        fn atom(&self, raw: u64) -> Option<String> {
+            Some(format!("a{raw}"))
+        }
+        fn now_mono_ns(&self) -> i64 {
+            crate::clock::now_ns()
+        }
+        fn time_offset_ns(&self) -> i64 {
+            0
+        }
+    }
+
+    struct Quiet;
+    impl Notifier for Quiet {
+        fn flushed(&self, _token: u64, _result: std::result::Result<(), String>) {}
+        fn backpressure(&self, _level: Level, _info: &LevelInfo) {}
+        fn worker_event(&self, _worker: usize, _what: &str, _detail: &str) {}
+    }
+
+    #[test]
+    fn closing_waits_for_a_query_on_the_store_so_the_directory_reopens_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).expect("open"));
+        let p = Pipeline::start(Config::default(), store, Arc::new(Names), Arc::new(Quiet))
+            .expect("start");
+        // a query in progress holds the store
+        let query = p.store().expect("the store");
+        let (done_tx, done_rx) = mpsc::channel();
+        let closer = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let r = p.close();
+                p.release_store();
+                done_tx.send(r.is_ok()).expect("send");
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            done_rx.try_recv().is_err(),
+            "close returned while a query still held the database open"
+        );
+        drop(query);
+        assert!(done_rx.recv().expect("closer"), "close failed");
+        closer.join().expect("closer thread");
+        // the database is closed and its lock released: the same directory
+        // opens again at once (a supervisor restarting the instance)
+        Store::open(dir.path(), StoreOptions::default()).expect("reopened right after close");
+    }
+}
