@@ -1357,4 +1357,55 @@ mod tests {
         // opens again at once (a supervisor restarting the instance)
         Store::open(dir.path(), StoreOptions::default()).expect("reopened right after close");
     }
+
+    fn exit_event(p: &Pipeline, pid: u64) -> RawEvent {
+        let mono = crate::clock::now_ns();
+        RawEvent {
+            id: p.stamp_on(0, mono),
+            kind: Some(EventType::ProcessExit),
+            mono_ns: mono,
+            pid,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_capture_under_way_when_close_begins_is_persisted_not_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).expect("open"));
+        let p = Pipeline::start(Config::default(), store, Arc::new(Names), Arc::new(Quiet))
+            .expect("start");
+        let (in_tx, in_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        // a tracer probe admitted just before close, preempted before its push
+        let probe = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                p.guarded_capture(|| {
+                    in_tx.send(()).expect("send");
+                    go_rx.recv().expect("go");
+                    p.push(0, exit_event(&p, 7))
+                })
+            })
+        };
+        in_rx.recv().expect("probe started");
+        let (done_tx, done_rx) = mpsc::channel();
+        let closer = {
+            let p = p.clone();
+            std::thread::spawn(move || done_tx.send(p.close().is_ok()).expect("send"))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            done_rx.try_recv().is_err(),
+            "close drained the rings while a capture was still under way"
+        );
+        go_tx.send(()).expect("go");
+        assert_eq!(probe.join().expect("probe"), Some(PushOutcome::Stored));
+        assert!(done_rx.recv().expect("closer"), "close failed");
+        closer.join().expect("closer thread");
+        let s = p.snapshot();
+        assert_eq!((s.produced, s.persisted), (1, 1), "accepted and persisted");
+        // and a capture after close is refused, not pushed into a closed pipeline
+        assert_eq!(p.guarded_capture(|| ()), None);
+    }
 }
