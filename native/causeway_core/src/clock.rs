@@ -156,7 +156,7 @@ static CLOCK: Clock = Clock {
 /// Monotonic nanoseconds (the `CLOCK_MONOTONIC` scale) on any thread.
 #[inline]
 pub fn now_ns() -> i64 {
-    if CLOCK.mode.load(Ordering::Relaxed) == TSC {
+    if CLOCK.mode.load(Ordering::Acquire) == TSC {
         tsc_now()
     } else {
         os_ns()

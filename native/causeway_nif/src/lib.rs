@@ -51,7 +51,8 @@ pub mod atoms {
 }
 
 /// How this build captures on this machine: the clock it reads (`:tsc` or
-/// `:os`, see `causeway_core::clock`) and whether the encoder reads small
+/// `:os`, see `causeway_core::clock`; `:uninit` until an instance has
+/// started) and whether the encoder reads small
 /// integers and lists straight from their term words (see `term.rs`).
 #[rustler::nif]
 fn native_info(env: rustler::Env) -> rustler::NifResult<rustler::Term> {
@@ -69,6 +70,7 @@ rustler::init!("Elixir.Causeway.Native", load = load);
 
 fn load(env: rustler::Env, _info: rustler::Term) -> bool {
     term::check_words(env);
-    causeway_core::clock::init();
+    // (the clock is calibrated when an instance starts, on a dirty scheduler:
+    // it spins ~2 ms)
     true
 }
