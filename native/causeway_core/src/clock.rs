@@ -8,13 +8,25 @@
 //! is synchronised between CPUs and did not stop trusting it). Anywhere else,
 //! or with `CAUSEWAY_CLOCK=os`, it is `clock_gettime(CLOCK_MONOTONIC)`.
 //!
-//! The scale follows `CLOCK_MONOTONIC` without ever stepping back: every
-//! 10 ms the first reader past the deadline compares the line with the OS
-//! clock and starts a new line at the current value (continuous), whose
-//! slope is the long-run rate corrected by at most ±1% to absorb the
-//! difference. A clock more than 1 ms behind (a paused VM) is stepped
-//! forward. The line is published under a sequence lock: readers never wait
-//! on the writer and never see half an update.
+//! The scale follows `CLOCK_MONOTONIC`: every 10 ms the first reader past
+//! the deadline compares the line with the OS clock and starts a new line at
+//! the current value (continuous), whose slope is the long-run rate
+//! corrected by at most ±1% to absorb the difference. A clock more than 1 ms
+//! behind (a paused VM) is stepped forward. The line is published under a
+//! sequence lock: a reader never sees half an update (it retries the few
+//! instructions of one, longer only if the OS preempts the recalibrating
+//! thread in the middle of it).
+//!
+//! Not strictly monotonic across a switch of lines: a reader still on the
+//! old line, between the new line's start and its publication, can be ahead
+//! of the new line by that window times the change of slope (nanoseconds;
+//! more only if the recalibrating thread is preempted in that window right
+//! after a large correction). The VM-offset calibration on top of this clock
+//! (`causeway_nif::beam`) moves in steps of that order anyway.
+//!
+//! The kernel may stop trusting the TSC after start (and switch its
+//! clocksource); the pipeline's manager thread calls `recheck` every second,
+//! which falls back to the OS clock from then on.
 
 use std::sync::atomic::{fence, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -257,16 +269,26 @@ fn tsc_usable() -> bool {
             return false;
         }
         let invariant = core::arch::x86_64::__cpuid(0x8000_0007).edx & (1 << 8) != 0;
-        let kernel_uses_tsc = std::fs::read_to_string(
-            "/sys/devices/system/clocksource/clocksource0/current_clocksource",
-        )
-        .is_ok_and(|s| s.trim() == "tsc");
-        invariant && kernel_uses_tsc
+        invariant && kernel_uses_tsc()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
     }
+}
+
+/// Falls back to the OS clock if the kernel's clocksource is no longer the
+/// TSC (it reads a sysfs file: call it off the capture path, e.g. once a
+/// second from a manager thread).
+pub fn recheck() {
+    if CLOCK.mode.load(Ordering::Relaxed) == TSC && !kernel_uses_tsc() {
+        CLOCK.mode.store(OS, Ordering::Relaxed);
+    }
+}
+
+fn kernel_uses_tsc() -> bool {
+    std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+        .is_ok_and(|s| s.trim() == "tsc")
 }
 
 /// Picks the source and, for the TSC, measures its rate over ~2 ms. Call
@@ -381,6 +403,15 @@ mod tests {
         assert_eq!(rate_between((0, 0), (0, 1000)), None);
         assert_eq!(rate_between((1000, 0), (0, 1000)), None);
         assert_eq!(rate_between((0, 0), (1000, 100_000)), None);
+    }
+
+    #[test]
+    fn the_source_is_the_tsc_exactly_where_it_is_usable_and_a_recheck_keeps_it() {
+        init();
+        let expected = if tsc_usable() { "tsc" } else { "os" };
+        assert_eq!(source(), expected);
+        recheck();
+        assert_eq!(source(), expected);
     }
 
     #[test]

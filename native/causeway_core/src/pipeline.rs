@@ -1257,6 +1257,8 @@ fn manager_loop(p: Arc<Pipeline>) {
                 last_busy,
             ) = (persisted, batches, links, produced, busy);
             last_tick = Instant::now();
+            // the kernel may have stopped trusting the TSC since start
+            crate::clock::recheck();
             let now = p.resolver.now_mono_ns();
             p.correlator.expire(now);
             p.contexts.sweep(now.saturating_sub(p.correlator.ttl_ns()));

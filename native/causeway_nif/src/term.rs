@@ -29,6 +29,8 @@ const SMALL_TAG: u64 = 0xF;
 const NIL: u64 = 0x3B;
 const CONS_MASK: u64 = 0x3;
 const CONS_TAG: u64 = 0x1;
+/// Tag bits of a pointer term (primary tag, and the literal tag some builds use).
+const PTR_TAG_BITS: u64 = 0x7;
 const ATOM_MASK: u64 = 0x3F;
 const ATOM_TAG: u64 = 0x0B;
 
@@ -65,12 +67,16 @@ pub fn is_list(t: Term) -> bool {
 
 /// The head and tail words of a list cell word.
 ///
+/// The low three bits are masked off, as ERTS's own `list_val` does: on
+/// builds that tag pointers into literal areas (debug emulators, platforms
+/// without physical memory reservation) bit 2 of a literal list is set too.
+///
 /// # Safety
 /// `w` is a live list cell term (its tag is `CONS_TAG`) and `check_words`
 /// passed.
 #[inline]
 unsafe fn cons_cell(w: u64) -> (ERL_NIF_TERM, ERL_NIF_TERM) {
-    let p = (w - CONS_TAG) as *const u64;
+    let p = (w & !PTR_TAG_BITS) as *const u64;
     unsafe { (crate::beam::term_of(*p), crate::beam::term_of(*p.add(1))) }
 }
 
