@@ -1,6 +1,7 @@
 # The overhead of `use Causeway.Instrument` on a real function, against the
 # same function uninstrumented, in one run: with Causeway recording (writers
-# running), and with no instance running (the cost of the check alone).
+# running, or paused: the capture path alone), and with no instance running
+# (the cost of the check alone).
 alias Causeway.Bench
 
 defmodule Bench.Plain do
@@ -50,6 +51,20 @@ Bench.compare(
        {:ok, pid} = Causeway.start_link(dir: dir, ring_size: 262_144)
        Process.unlink(pid)
        r = Bench.InstrumentLoop.run(&Bench.InstrumentLoop.instrumented/1)
+       :ok = Causeway.flush()
+       Causeway.stop()
+       r
+     end},
+    # the capture path alone: on 2 cores the writers otherwise take the
+    # other core's share from the producer
+    {"instrumented, recording, writers paused",
+     fn ->
+       {:ok, pid} = Causeway.start_link(dir: dir, ring_size: 262_144)
+       Process.unlink(pid)
+       h = Causeway.Instance.handle!()
+       Causeway.Native.pipeline_inject(h, :pause, 1)
+       r = Bench.InstrumentLoop.run(&Bench.InstrumentLoop.instrumented/1)
+       Causeway.Native.pipeline_inject(h, :pause, 0)
        :ok = Causeway.flush()
        Causeway.stop()
        r
