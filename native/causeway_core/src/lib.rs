@@ -18,6 +18,7 @@ pub mod event;
 pub mod fasthash;
 pub mod ids;
 pub mod metrics;
+pub mod mpmc;
 pub mod pipeline;
 pub mod query;
 pub mod ring;

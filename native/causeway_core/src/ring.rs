@@ -1,6 +1,6 @@
 //! Layer 1: bounded lock-free rings, one shard per scheduler thread.
 //!
-//! Each shard is a `crossbeam::queue::ArrayQueue` (lock-free, bounded, MPMC), so a
+//! Each shard is a `mpmc::Queue` (lock-free, bounded, MPMC), so a
 //! full ring never blocks a producer: with `DropNewest` the new event is refused,
 //! with `DropOldest` it replaces the oldest unread one. Every outcome is counted
 //! exactly: `accepted + rejected` events were offered; each accepted event is
@@ -8,7 +8,7 @@
 //! `finished` (persisted, or dropped downstream and counted there).
 
 use crate::event::RawEvent;
-use crossbeam::queue::ArrayQueue;
+use crate::mpmc::Queue;
 use crossbeam::utils::CachePadded;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,10 +46,10 @@ pub enum PushOutcome {
     Evicted,
 }
 
-/// Counters written by producers (one cache line).
+/// Counters written by producers (one cache line). Accepted events are the
+/// queue's reserved positions: counted in queue order, as each push begins.
 #[derive(Default)]
 struct ProducerSide {
-    accepted: AtomicU64,
     rejected: AtomicU64,
     evicted: AtomicU64,
     bytes_in: AtomicU64,
@@ -65,7 +65,7 @@ struct ConsumerSide {
 }
 
 pub struct Shard {
-    queue: ArrayQueue<RawEvent>,
+    queue: Queue<RawEvent>,
     prod: CachePadded<ProducerSide>,
     cons: CachePadded<ConsumerSide>,
     /// Held by a reader for the length of one `pop_batch`: pops of a shard
@@ -160,7 +160,7 @@ impl Rings {
         let shards = (0..shards)
             .map(|_| {
                 CachePadded::new(Shard {
-                    queue: ArrayQueue::new(capacity),
+                    queue: Queue::new(capacity),
                     prod: CachePadded::new(ProducerSide::default()),
                     cons: CachePadded::new(ConsumerSide::default()),
                     pop_lock: Mutex::new(()),
@@ -205,12 +205,11 @@ impl Rings {
         let s = &self.shards[shard % self.shards.len()];
         match self.overflow {
             Overflow::DropNewest => match s.queue.push(event) {
-                Ok(()) => {
+                Ok(_) => {
                     // most events hold nothing outside their slot: no second atomic
                     if bytes > 0 {
                         s.prod.bytes_in.fetch_add(bytes, Ordering::Relaxed);
                     }
-                    s.prod.accepted.fetch_add(1, Ordering::Release);
                     PushOutcome::Stored
                 }
                 Err(_) => {
@@ -222,19 +221,26 @@ impl Rings {
                 if bytes > 0 {
                     s.prod.bytes_in.fetch_add(bytes, Ordering::Relaxed);
                 }
-                match s.queue.force_push(event) {
-                    None => {
-                        s.prod.accepted.fetch_add(1, Ordering::Release);
-                        PushOutcome::Stored
-                    }
-                    Some(old) => {
-                        // The new event is in; the oldest one is gone for good.
-                        s.cons
-                            .bytes_out
-                            .fetch_add(old.heap_bytes(), Ordering::Relaxed);
-                        s.prod.accepted.fetch_add(1, Ordering::Release);
-                        s.prod.evicted.fetch_add(1, Ordering::Release);
-                        PushOutcome::Evicted
+                let mut event = event;
+                let mut outcome = PushOutcome::Stored;
+                loop {
+                    match s.queue.push(event) {
+                        Ok(_) => return outcome,
+                        Err(back) => {
+                            event = back;
+                            // full: the oldest unread event makes room, for good
+                            match s.queue.pop() {
+                                Some(old) => {
+                                    s.cons
+                                        .bytes_out
+                                        .fetch_add(old.heap_bytes(), Ordering::Relaxed);
+                                    s.prod.evicted.fetch_add(1, Ordering::Release);
+                                    outcome = PushOutcome::Evicted;
+                                }
+                                // the oldest slot is being filled or read: retry
+                                None => std::hint::spin_loop(),
+                            }
+                        }
                     }
                 }
             }
@@ -245,12 +251,7 @@ impl Rings {
     /// (reading the queue's length touches the reader's cache line).
     #[inline]
     pub fn time_to_check(&self, shard: usize) -> bool {
-        self.shards[shard % self.shards.len()]
-            .prod
-            .accepted
-            .load(Ordering::Relaxed)
-            & 63
-            == 0
+        self.shards[shard % self.shards.len()].queue.reserved() & 63 == 0
     }
 
     /// Counts an event refused before it reached the ring (e.g. sampled out).
@@ -350,7 +351,7 @@ impl Rings {
         ShardStats {
             capacity: self.capacity as u64,
             len: s.queue.len() as u64,
-            accepted: s.prod.accepted.load(Ordering::Acquire),
+            accepted: s.queue.reserved(),
             rejected: s.prod.rejected.load(Ordering::Acquire),
             evicted: s.prod.evicted.load(Ordering::Acquire),
             popped: s.cons.popped.load(Ordering::Acquire),
@@ -372,7 +373,7 @@ impl Rings {
         self.shards
             .iter()
             .map(|s| FlushTarget {
-                accepted: s.prod.accepted.load(Ordering::Acquire),
+                accepted: s.queue.reserved(),
                 pops: None,
             })
             .collect()
@@ -502,6 +503,31 @@ mod tests {
             "15 finished >= 10 accepted, but events 0..5 are still being written"
         );
         r.finish(0, a, na as u64);
+        assert!(r.reached(&mut targets));
+    }
+
+    #[test]
+    fn a_flush_counts_pushes_in_queue_order_as_they_begin() {
+        // Producer A takes its slot and is preempted before filling it;
+        // producer B, on the same CPU, pushes after it and returns; B's
+        // caller then flushes. (With a count incremented after each push,
+        // B's count could stand for A's event: the flush would return once
+        // A's event was written, before B's.)
+        let r = Rings::new(1, 8, Overflow::DropNewest).unwrap();
+        let a = r.shards[0].queue.reserve().expect("room");
+        assert_eq!(r.push(0, ev(2)), PushOutcome::Stored);
+        let mut targets = r.flush_targets();
+        assert_eq!(targets[0].accepted, 2, "both pushes counted, A first");
+        let mut out = Vec::new();
+        let (start, n) = r.pop_batch_from(0, 10, &mut out);
+        assert_eq!(n, 0, "nothing passes A's unfilled slot");
+        r.finish(0, start, n as u64);
+        assert!(!r.reached(&mut targets));
+        r.shards[0].queue.commit(a, ev(1));
+        let (start, n) = r.pop_batch_from(0, 10, &mut out);
+        assert_eq!(out.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(!r.reached(&mut targets), "popped, not yet written");
+        r.finish(0, start, n as u64);
         assert!(r.reached(&mut targets));
     }
 

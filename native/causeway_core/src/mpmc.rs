@@ -1,0 +1,294 @@
+//! A bounded lock-free MPMC queue (Dmitry Vyukov's design, the one
+//! `crossbeam::queue::ArrayQueue` also uses), with positions that count: the
+//! tail is the number of slots ever taken by producers, the head the number
+//! ever released by consumers.
+//!
+//! That is why the rings use it instead of `ArrayQueue`: a producer takes
+//! its position and only then writes its event, so `reserved()` is at every
+//! moment the exact, FIFO-ordered count of events accepted so far. A
+//! durability barrier that waits until the head passes it waits for every
+//! event whose push began before it, including one whose producer was
+//! preempted between taking its slot and filling it (consumers cannot pop
+//! past a slot not yet filled). With a separate counter incremented after the
+//! push, two producers on one CPU could count in the other order than they
+//! queued, and a barrier could return before an earlier-returned push was
+//! persisted. It also saves that counter's atomic add on every push.
+
+use std::cell::UnsafeCell;
+use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam::utils::CachePadded;
+
+struct Slot<T> {
+    /// `pos` when free for the producer of position `pos`; `pos + 1` when
+    /// filled for the consumer of position `pos`.
+    seq: AtomicU64,
+    value: UnsafeCell<MaybeUninit<T>>,
+}
+
+pub struct Queue<T> {
+    head: CachePadded<AtomicU64>,
+    tail: CachePadded<AtomicU64>,
+    slots: Box<[Slot<T>]>,
+    mask: u64,
+}
+
+// SAFETY: a value is written by exactly one producer (the one whose CAS took
+// its position) before the slot's `seq` is released to consumers, and read by
+// exactly one consumer (the one whose CAS took it) before the slot is
+// released to the producer of the next lap.
+unsafe impl<T: Send> Send for Queue<T> {}
+unsafe impl<T: Send> Sync for Queue<T> {}
+
+/// A position taken by `reserve`: the slot is this producer's until `commit`.
+#[must_use = "a reserved slot blocks every consumer until it is committed"]
+pub struct Reserved(u64);
+
+impl Reserved {
+    /// The position (the number of slots reserved before this one).
+    pub fn position(&self) -> u64 {
+        self.0
+    }
+}
+
+impl<T> Queue<T> {
+    /// A queue of `capacity` slots (a power of two, at least 2).
+    pub fn new(capacity: usize) -> Queue<T> {
+        assert!(capacity.is_power_of_two() && capacity >= 2);
+        let slots = (0..capacity as u64)
+            .map(|i| Slot {
+                seq: AtomicU64::new(i),
+                value: UnsafeCell::new(MaybeUninit::uninit()),
+            })
+            .collect();
+        Queue {
+            head: CachePadded::new(AtomicU64::new(0)),
+            tail: CachePadded::new(AtomicU64::new(0)),
+            slots,
+            mask: capacity as u64 - 1,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    #[inline]
+    fn slot(&self, pos: u64) -> &Slot<T> {
+        &self.slots[(pos & self.mask) as usize]
+    }
+
+    /// Takes the next position, or `None` when the queue is full.
+    #[inline]
+    pub fn reserve(&self) -> Option<Reserved> {
+        let mut pos = self.tail.load(Ordering::Relaxed);
+        loop {
+            let seq = self.slot(pos).seq.load(Ordering::Acquire);
+            let dif = seq.wrapping_sub(pos) as i64;
+            if dif == 0 {
+                match self.tail.compare_exchange_weak(
+                    pos,
+                    pos + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return Some(Reserved(pos)),
+                    Err(now) => pos = now,
+                }
+            } else if dif < 0 {
+                // the slot still holds the value of the previous lap
+                return None;
+            } else {
+                // another producer took this position
+                pos = self.tail.load(Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Fills a reserved slot and hands it to consumers.
+    #[inline]
+    pub fn commit(&self, r: Reserved, value: T) {
+        let slot = self.slot(r.0);
+        // SAFETY: the position is ours alone (see `Send`/`Sync` above).
+        unsafe { (*slot.value.get()).write(value) };
+        slot.seq.store(r.0 + 1, Ordering::Release);
+    }
+
+    /// `reserve` and `commit`; gives the value back when full.
+    #[inline]
+    pub fn push(&self, value: T) -> Result<u64, T> {
+        match self.reserve() {
+            Some(r) => {
+                let pos = r.0;
+                self.commit(r, value);
+                Ok(pos)
+            }
+            None => Err(value),
+        }
+    }
+
+    /// The oldest value, or `None` when the queue is empty or its oldest
+    /// slot is reserved but not yet filled.
+    #[inline]
+    pub fn pop(&self) -> Option<T> {
+        let mut pos = self.head.load(Ordering::Relaxed);
+        loop {
+            let slot = self.slot(pos);
+            let seq = slot.seq.load(Ordering::Acquire);
+            let dif = seq.wrapping_sub(pos + 1) as i64;
+            if dif == 0 {
+                match self.head.compare_exchange_weak(
+                    pos,
+                    pos + 1,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        // SAFETY: filled (seq == pos + 1) and now ours alone.
+                        let value = unsafe { (*slot.value.get()).assume_init_read() };
+                        slot.seq
+                            .store(pos + self.slots.len() as u64, Ordering::Release);
+                        return Some(value);
+                    }
+                    Err(now) => pos = now,
+                }
+            } else if dif < 0 {
+                return None;
+            } else {
+                pos = self.head.load(Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Positions reserved so far: every value ever accepted.
+    #[inline]
+    pub fn reserved(&self) -> u64 {
+        self.tail.load(Ordering::Acquire)
+    }
+
+    /// Positions released so far: every value ever removed.
+    pub fn released(&self) -> u64 {
+        self.head.load(Ordering::Acquire)
+    }
+
+    /// Values in the queue (reserved and not yet removed).
+    pub fn len(&self) -> usize {
+        let head = self.head.load(Ordering::Acquire);
+        let tail = self.tail.load(Ordering::Acquire);
+        (tail.saturating_sub(head) as usize).min(self.slots.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> Drop for Queue<T> {
+    fn drop(&mut self) {
+        // `&mut self`: no producer or consumer is left. A slot reserved and
+        // never committed (a bug: `Reserved` is `must_use`) would stop this
+        // drain; what is behind it would leak, nothing is read uninitialised.
+        while self.pop().is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn fifo_full_and_empty() {
+        let q = Queue::new(4);
+        assert_eq!(q.pop(), None::<u32>);
+        for i in 0..4 {
+            assert_eq!(q.push(i), Ok(i as u64));
+        }
+        assert_eq!(q.push(9), Err(9));
+        assert_eq!((q.len(), q.reserved(), q.released()), (4, 4, 0));
+        assert_eq!(q.pop(), Some(0));
+        assert_eq!(q.push(4), Ok(4));
+        assert_eq!(
+            std::iter::from_fn(|| q.pop()).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert!(q.is_empty());
+        assert_eq!((q.reserved(), q.released()), (5, 5));
+    }
+
+    #[test]
+    fn a_reserved_slot_holds_back_the_consumers_until_committed() {
+        let q = Queue::new(8);
+        let first = q.reserve().expect("room");
+        assert_eq!(q.push(2u32), Ok(1));
+        assert_eq!(q.reserved(), 2, "both counted, in queue order");
+        assert_eq!(q.pop(), None, "the first slot is not filled yet");
+        q.commit(first, 1);
+        assert_eq!(q.pop(), Some(1));
+        assert_eq!(q.pop(), Some(2));
+    }
+
+    #[test]
+    fn values_left_in_the_queue_are_dropped_with_it() {
+        let v = Arc::new(());
+        {
+            let q = Queue::new(4);
+            for _ in 0..3 {
+                q.push(v.clone()).expect("room");
+            }
+            q.pop();
+        }
+        assert_eq!(Arc::strong_count(&v), 1);
+    }
+
+    #[test]
+    fn many_producers_and_consumers_lose_and_duplicate_nothing() {
+        use std::sync::atomic::AtomicBool;
+        let q = Arc::new(Queue::new(64));
+        let done = Arc::new(AtomicBool::new(false));
+        let producers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50_000u64 {
+                        let mut v = t << 32 | i;
+                        while let Err(back) = q.push(v) {
+                            v = back;
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let consumers: Vec<_> = (0..2)
+            .map(|_| {
+                let (q, done) = (q.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    loop {
+                        match q.pop() {
+                            Some(v) => got.push(v),
+                            None if done.load(Ordering::Acquire) && q.is_empty() => break,
+                            None => std::thread::yield_now(),
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().expect("producer");
+        }
+        done.store(true, Ordering::Release);
+        let mut all: Vec<u64> = consumers
+            .into_iter()
+            .flat_map(|c| c.join().expect("consumer"))
+            .collect();
+        assert_eq!(all.len(), 200_000);
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 200_000, "no value twice");
+        assert_eq!((q.reserved(), q.released()), (200_000, 200_000));
+    }
+}
