@@ -41,14 +41,23 @@ pub struct Queue<T> {
 unsafe impl<T: Send> Send for Queue<T> {}
 unsafe impl<T: Send> Sync for Queue<T> {}
 
-/// A position taken by `reserve`: the slot is this producer's until `commit`.
+/// A position taken by `reserve` in one queue: its slot is this producer's
+/// until `commit`. (Crate-internal: a reservation never committed would
+/// block the queue's consumers for good.)
 #[must_use = "a reserved slot blocks every consumer until it is committed"]
-pub struct Reserved(u64);
+pub(crate) struct Reserved<'q, T> {
+    queue: &'q Queue<T>,
+    pos: u64,
+}
 
-impl Reserved {
-    /// The position (the number of slots reserved before this one).
-    pub fn position(&self) -> u64 {
-        self.0
+impl<T> Reserved<'_, T> {
+    /// Fills the reserved slot and hands it to consumers.
+    #[inline]
+    pub(crate) fn commit(self, value: T) {
+        let slot = self.queue.slot(self.pos);
+        // SAFETY: the position is ours alone (see `Send`/`Sync` above).
+        unsafe { (*slot.value.get()).write(value) };
+        slot.seq.store(self.pos + 1, Ordering::Release);
     }
 }
 
@@ -79,9 +88,11 @@ impl<T> Queue<T> {
         &self.slots[(pos & self.mask) as usize]
     }
 
-    /// Takes the next position, or `None` when the queue is full.
+    /// Takes the next position, or `None` when the queue is full. (Also
+    /// `None` for the moment a consumer has taken the oldest value and not
+    /// yet released its slot: the queue is one short of full then.)
     #[inline]
-    pub fn reserve(&self) -> Option<Reserved> {
+    pub(crate) fn reserve(&self) -> Option<Reserved<'_, T>> {
         let mut pos = self.tail.load(Ordering::Relaxed);
         loop {
             let seq = self.slot(pos).seq.load(Ordering::Acquire);
@@ -93,7 +104,7 @@ impl<T> Queue<T> {
                     Ordering::Relaxed,
                     Ordering::Relaxed,
                 ) {
-                    Ok(_) => return Some(Reserved(pos)),
+                    Ok(_) => return Some(Reserved { queue: self, pos }),
                     Err(now) => pos = now,
                 }
             } else if dif < 0 {
@@ -106,22 +117,14 @@ impl<T> Queue<T> {
         }
     }
 
-    /// Fills a reserved slot and hands it to consumers.
-    #[inline]
-    pub fn commit(&self, r: Reserved, value: T) {
-        let slot = self.slot(r.0);
-        // SAFETY: the position is ours alone (see `Send`/`Sync` above).
-        unsafe { (*slot.value.get()).write(value) };
-        slot.seq.store(r.0 + 1, Ordering::Release);
-    }
-
-    /// `reserve` and `commit`; gives the value back when full.
+    /// `reserve` and `commit`: the value's position, or the value back when
+    /// the queue is full.
     #[inline]
     pub fn push(&self, value: T) -> Result<u64, T> {
         match self.reserve() {
             Some(r) => {
-                let pos = r.0;
-                self.commit(r, value);
+                let pos = r.pos;
+                r.commit(value);
                 Ok(pos)
             }
             None => Err(value),
@@ -182,6 +185,14 @@ impl<T> Queue<T> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Every slot holds a value or a reservation (counted by positions, so
+    /// not while a consumer is between taking a value and freeing its slot).
+    pub fn is_full(&self) -> bool {
+        let head = self.head.load(Ordering::Acquire);
+        let tail = self.tail.load(Ordering::Acquire);
+        tail.saturating_sub(head) >= self.slots.len() as u64
+    }
 }
 
 impl<T> Drop for Queue<T> {
@@ -207,6 +218,7 @@ mod tests {
         }
         assert_eq!(q.push(9), Err(9));
         assert_eq!((q.len(), q.reserved(), q.released()), (4, 4, 0));
+        assert!(q.is_full());
         assert_eq!(q.pop(), Some(0));
         assert_eq!(q.push(4), Ok(4));
         assert_eq!(
@@ -224,7 +236,7 @@ mod tests {
         assert_eq!(q.push(2u32), Ok(1));
         assert_eq!(q.reserved(), 2, "both counted, in queue order");
         assert_eq!(q.pop(), None, "the first slot is not filled yet");
-        q.commit(first, 1);
+        first.commit(1);
         assert_eq!(q.pop(), Some(1));
         assert_eq!(q.pop(), Some(2));
     }

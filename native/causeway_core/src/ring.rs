@@ -46,6 +46,10 @@ pub enum PushOutcome {
     Evicted,
 }
 
+/// How often a drop-oldest push yields its thread while the oldest slot is
+/// being filled or freed by another thread, before it gives up.
+const MAX_YIELDS: u32 = 100;
+
 /// Counters written by producers (one cache line). Accepted events are the
 /// queue's reserved positions: counted in queue order, as each push begins.
 #[derive(Default)]
@@ -218,29 +222,45 @@ impl Rings {
                 }
             },
             Overflow::DropOldest => {
-                if bytes > 0 {
-                    s.prod.bytes_in.fetch_add(bytes, Ordering::Relaxed);
-                }
                 let mut event = event;
                 let mut outcome = PushOutcome::Stored;
+                let mut waits = 0u32;
                 loop {
                     match s.queue.push(event) {
-                        Ok(_) => return outcome,
-                        Err(back) => {
-                            event = back;
-                            // full: the oldest unread event makes room, for good
-                            match s.queue.pop() {
-                                Some(old) => {
-                                    s.cons
-                                        .bytes_out
-                                        .fetch_add(old.heap_bytes(), Ordering::Relaxed);
-                                    s.prod.evicted.fetch_add(1, Ordering::Release);
-                                    outcome = PushOutcome::Evicted;
-                                }
-                                // the oldest slot is being filled or read: retry
-                                None => std::hint::spin_loop(),
+                        Ok(_) => {
+                            if bytes > 0 {
+                                s.prod.bytes_in.fetch_add(bytes, Ordering::Relaxed);
                             }
+                            return outcome;
                         }
+                        Err(back) => event = back,
+                    }
+                    // Full: the oldest unread event makes room, for good. Only
+                    // when really full: a consumer between taking the oldest
+                    // event and freeing its slot frees it in a moment.
+                    if s.queue.is_full() {
+                        if let Some(old) = s.queue.pop() {
+                            s.cons
+                                .bytes_out
+                                .fetch_add(old.heap_bytes(), Ordering::Relaxed);
+                            s.prod.evicted.fetch_add(1, Ordering::Release);
+                            outcome = PushOutcome::Evicted;
+                            continue;
+                        }
+                    }
+                    // The oldest slot is being filled by a producer or freed
+                    // by a consumer (often one preempted on this very CPU):
+                    // spin a little, then yield, and in the end give up
+                    // rather than hold a scheduler: the event is refused and
+                    // counted like a drop-newest one.
+                    waits += 1;
+                    if waits <= 64 {
+                        std::hint::spin_loop();
+                    } else if waits <= 64 + MAX_YIELDS {
+                        std::thread::yield_now();
+                    } else {
+                        s.prod.rejected.fetch_add(1, Ordering::Relaxed);
+                        return PushOutcome::Rejected;
                     }
                 }
             }
@@ -523,12 +543,38 @@ mod tests {
         assert_eq!(n, 0, "nothing passes A's unfilled slot");
         r.finish(0, start, n as u64);
         assert!(!r.reached(&mut targets));
-        r.shards[0].queue.commit(a, ev(1));
+        a.commit(ev(1));
         let (start, n) = r.pop_batch_from(0, 10, &mut out);
         assert_eq!(out.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1, 2]);
         assert!(!r.reached(&mut targets), "popped, not yet written");
         r.finish(0, start, n as u64);
         assert!(r.reached(&mut targets));
+    }
+
+    #[test]
+    fn drop_oldest_gives_up_rather_than_wait_long_on_a_slot_being_filled() {
+        // the oldest slot of a full ring is taken by a producer that is not
+        // running: a drop-oldest push cannot evict it, waits a bounded time,
+        // then refuses its event and counts it
+        let r = Rings::new(1, 4, Overflow::DropOldest).unwrap();
+        let stalled = r.shards[0].queue.reserve().expect("room");
+        for i in 1..4 {
+            assert_eq!(r.push(0, ev(i)), PushOutcome::Stored);
+        }
+        assert_eq!(r.push(0, ev(9)), PushOutcome::Rejected);
+        let s = r.stats(0);
+        assert_eq!((s.accepted, s.rejected, s.evicted), (4, 1, 0));
+        stalled.commit(ev(0));
+        // now the oldest can be evicted: exactly one for one push
+        assert_eq!(r.push(0, ev(4)), PushOutcome::Evicted);
+        let mut out = Vec::new();
+        r.pop_batch(0, 10, &mut out);
+        assert_eq!(
+            out.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        let s = r.stats(0);
+        assert_eq!((s.accepted, s.rejected, s.evicted), (5, 1, 1));
     }
 
     #[test]
