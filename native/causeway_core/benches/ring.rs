@@ -34,6 +34,34 @@ fn ring(c: &mut Criterion) {
         })
     });
 
+    // The queue alone against the one the rings used before (crossbeam's
+    // ArrayQueue, the same algorithm), plus the counter the rings then kept
+    // after each push; both drained by pops every 64k.
+    let q = crossbeam::queue::ArrayQueue::new(1 << 16);
+    let accepted = std::sync::atomic::AtomicU64::new(0);
+    g.bench_function("baseline: crossbeam ArrayQueue push + counter", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            if q.push(event(i)).is_err() {
+                while q.pop().is_some() {}
+            } else {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Release);
+            }
+            i += 1;
+        })
+    });
+
+    let mq = causeway_core::mpmc::Queue::new(1 << 16);
+    g.bench_function("mpmc::Queue push (the rings' queue, alone)", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            if mq.push(event(i)).is_err() {
+                while mq.pop().is_some() {}
+            }
+            i += 1;
+        })
+    });
+
     let full = Rings::new(1, 1024, Overflow::DropNewest).unwrap();
     for i in 0..1024 {
         full.push(0, event(i));
@@ -61,7 +89,9 @@ fn ring(c: &mut Criterion) {
                 out.clear();
                 r.pop_batch(0, 1000, &mut out)
             },
-            BatchSize::SmallInput,
+            // the setup right before each pop (a batch of setups first would
+            // overflow the ring and leave later pops nothing to take)
+            BatchSize::PerIteration,
         )
     });
 
