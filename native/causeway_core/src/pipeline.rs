@@ -1330,12 +1330,18 @@ mod tests {
         fn worker_event(&self, _worker: usize, _what: &str, _detail: &str) {}
     }
 
-    #[test]
-    fn closing_waits_for_a_query_on_the_store_so_the_directory_reopens_at_once() {
+    /// A pipeline with default settings on a fresh directory.
+    fn started() -> (tempfile::TempDir, Arc<Pipeline>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).expect("open"));
         let p = Pipeline::start(Config::default(), store, Arc::new(Names), Arc::new(Quiet))
             .expect("start");
+        (dir, p)
+    }
+
+    #[test]
+    fn closing_waits_for_a_query_on_the_store_so_the_directory_reopens_at_once() {
+        let (dir, p) = started();
         // a query in progress holds the store
         let query = p.store().expect("the store");
         let (done_tx, done_rx) = mpsc::channel();
@@ -1373,10 +1379,7 @@ mod tests {
 
     #[test]
     fn a_capture_under_way_when_close_begins_is_persisted_not_lost() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).expect("open"));
-        let p = Pipeline::start(Config::default(), store, Arc::new(Names), Arc::new(Quiet))
-            .expect("start");
+        let (_dir, p) = started(); // (the directory lives until the end)
         let (in_tx, in_rx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel::<()>();
         // a tracer probe admitted just before close, preempted before its push
