@@ -1,7 +1,8 @@
 # Layer 1: the cost of capturing one event on the caller's scheduler, against
-# the designs a pure-Elixir tracer would use, in the same run. Causeway's
-# writers are paused while producers run (they would otherwise share the two
-# cores with the producer) for all the runs of that case, which the rings hold.
+# the designs a pure-Elixir tracer would use, in the same run (rounds
+# interleave the cases). Causeway's writers are paused from its first run to
+# the end of the comparison (they would otherwise share the two cores with
+# the producers); the rings hold all its runs.
 alias Causeway.Bench
 
 defmodule Bench.Capture do
@@ -73,8 +74,8 @@ defmodule Bench.Capture do
     h = Causeway.Instance.handle!()
 
     causeway = fn ->
-      # writers stay paused for every run of this case (the rings hold them
-      # all): no persisting of an earlier run overlaps a measured one
+      # writers stay paused until the comparison ends (the rings hold every
+      # run): no persisting of an earlier run overlaps a measured one
       Causeway.Native.pipeline_inject(h, :pause, 1)
       run_parallel(procs, fn n -> causeway(n - rem(n, 2)) end)
     end
@@ -134,8 +135,16 @@ for procs <- [1, 2] do
   by = Map.new(rows, &{&1.name, &1.median})
   cw = by["Causeway.Runtime entry + exit (per event)"]
 
+  paired =
+    Bench.paired_ratio(
+      rows,
+      "Elixir ring (:atomics + ETS)",
+      "Causeway.Runtime entry + exit (per event)"
+    )
+
   IO.puts(
-    "  Causeway vs Elixir ring: #{Float.round(by["Elixir ring (:atomics + ETS)"] / cw, 1)}× faster; " <>
+    "  Causeway vs Elixir ring: #{Float.round(by["Elixir ring (:atomics + ETS)"] / cw, 1)}× faster " <>
+      "(ratio of medians; median of the per-round ratios #{Float.round(paired, 1)}×); " <>
       "aggregate #{round(1.0e9 / cw)} events/s into the rings"
   )
 end

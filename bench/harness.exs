@@ -1,9 +1,12 @@
 defmodule Causeway.Bench do
   @moduledoc """
   A small benchmark harness (no Benchee here): each case runs `warmup` times,
-  then `runs` times; we report the median and the min–max of the runs and the
-  ratio of each case's median to the baseline's, all measured in the same run
-  (these machines are shared and noisy: compare ratios, quote medians).
+  then `runs` rounds in which every case runs once, back to back; we report
+  the median and the min–max of the runs and the ratio of each case's median
+  to the baseline's, all measured in the same run (these machines are shared
+  and noisy: compare ratios, quote medians). Interleaved rounds keep a change
+  of the machine's speed from landing on one case only; `paired_ratio/3`
+  gives the median of the per-round ratios of two cases.
   """
 
   @doc """
@@ -16,18 +19,30 @@ defmodule Causeway.Bench do
     runs = Keyword.get(opts, :runs, 5)
     unit = Keyword.get(opts, :unit, "event")
 
+    for {_name, fun} <- cases, _ <- 1..warmup//1, do: fun.()
+
+    rounds = for _ <- 1..runs, do: Enum.map(cases, fn {_name, fun} -> per_unit(fun.()) end)
+
     rows =
-      for {name, fun} <- cases do
-        for _ <- 1..warmup//1, do: fun.()
-        samples = for _ <- 1..runs, do: per_unit(fun.())
+      cases
+      |> Enum.with_index()
+      |> Enum.map(fn {{name, _fun}, i} ->
+        samples = Enum.map(rounds, &Enum.at(&1, i))
         sorted = Enum.sort(samples)
-        %{name: name, median: median(sorted), min: hd(sorted), max: List.last(sorted)}
-      end
+
+        %{
+          name: name,
+          median: median(sorted),
+          min: hd(sorted),
+          max: List.last(sorted),
+          samples: samples
+        }
+      end)
 
     base = hd(rows).median
 
     IO.puts(
-      "\n## #{title}  (#{runs} runs after #{warmup} warm-up; ns per #{unit}; lower is better)"
+      "\n## #{title}  (#{runs} interleaved rounds after #{warmup} warm-up; ns per #{unit}; lower is better)"
     )
 
     IO.puts(
@@ -48,6 +63,15 @@ defmodule Causeway.Bench do
     end
 
     rows
+  end
+
+  @doc "The median over rounds of `slow`'s time divided by `fast`'s, from `compare`'s rows."
+  def paired_ratio(rows, slow, fast) do
+    by = Map.new(rows, &{&1.name, &1.samples})
+
+    Enum.zip_with(by[slow], by[fast], &(&1 / &2))
+    |> Enum.sort()
+    |> median()
   end
 
   defp per_unit({units, ns}) when units > 0, do: ns / units
