@@ -47,6 +47,7 @@ pub struct Buf {
 }
 
 impl Default for Buf {
+    #[inline]
     fn default() -> Self {
         Buf {
             len: 0,
@@ -157,12 +158,14 @@ impl Buf {
 
 impl std::ops::Deref for Buf {
     type Target = [u8];
+    #[inline]
     fn deref(&self) -> &[u8] {
         self.as_slice()
     }
 }
 
 impl std::ops::DerefMut for Buf {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         self.as_mut_slice()
     }

@@ -179,6 +179,7 @@ impl Rings {
         })
     }
 
+    #[inline]
     pub fn shard_count(&self) -> usize {
         self.shards.len()
     }
