@@ -54,6 +54,21 @@ pub fn is_atom(t: Term) -> bool {
     }
 }
 
+/// The elements of a tuple, in place (rustler's `get_tuple` copies them into
+/// a `Vec`: an allocation per call on the tracer's path).
+#[inline]
+pub fn tuple_items<'a>(t: Term<'a>) -> Option<impl ExactSizeIterator<Item = Term<'a>> + 'a> {
+    let env = t.get_env();
+    let mut arity: std::os::raw::c_int = 0;
+    let mut arr: *const ERL_NIF_TERM = std::ptr::null();
+    if unsafe { sys::enif_get_tuple(env.as_c_arg(), t.as_c_arg(), &mut arity, &mut arr) } == 0 {
+        return None;
+    }
+    // SAFETY: the VM gives `arity` elements that live as long as the tuple
+    let items = unsafe { std::slice::from_raw_parts(arr, arity.max(0) as usize) };
+    Some(items.iter().map(move |&i| unsafe { Term::new(env, i) }))
+}
+
 /// Is `t` a list (`[]` or a list cell)?
 #[inline]
 pub fn is_list(t: Term) -> bool {

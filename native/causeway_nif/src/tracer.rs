@@ -274,8 +274,12 @@ fn record<'a>(
 
     // calls and returns: {M, F, Args} / {M, F, Arity}
     let mfa = if matches!(kind, EventType::FunctionEntry | EventType::FunctionExit) {
-        match rustler::types::tuple::get_tuple(term) {
-            Ok(t) if t.len() == 3 && t[0].is_atom() && t[1].is_atom() => Some((t[0], t[1], t[2])),
+        let mut items = match term::tuple_items(term) {
+            Some(items) if items.len() == 3 => items,
+            _ => return ok,
+        };
+        match (items.next(), items.next(), items.next()) {
+            (Some(m), Some(f), Some(a)) if term::is_atom(m) && term::is_atom(f) => Some((m, f, a)),
             _ => return ok,
         }
     } else {
@@ -353,10 +357,13 @@ fn record<'a>(
             let value = extra(env, opts);
             ev.data = if tag == atoms::exception_from() {
                 // extra is {Class, Value}
-                match value.and_then(|v| rustler::types::tuple::get_tuple(v).ok()) {
-                    Some(cv) if cv.len() == 2 => term::encode_tuple(
+                let class_value = value
+                    .and_then(term::tuple_items)
+                    .and_then(|mut cv| (cv.len() == 2).then(|| (cv.next(), cv.next())));
+                match class_value {
+                    Some((Some(class), Some(v))) => term::encode_tuple(
                         env,
-                        &[atoms::exception().encode(env), cv[0], cv[1]],
+                        &[atoms::exception().encode(env), class, v],
                         &budget,
                     ),
                     _ => term::encode(env, atoms::exception().encode(env), &budget),
