@@ -196,10 +196,18 @@ defmodule Causeway do
   (utilization, written, read, dropped per shard), `dropped` by reason, `workers`
   and `worker_load`, `queue_depth`, `correlation_success_rate`,
   `missing_correlations`, `orphaned_events`, `native_memory`, `storage_bytes`,
-  the backpressure `level` and its `history`, and `alerts`.
+  the backpressure `level` and its `history`, and `alerts`; and
+  `capture_path`: the clock captures read (`:tsc` or `:os`) and whether small
+  integers, atoms and lists are read straight from their term words
+  (`direct_term_words`, checked when the native library loads).
   """
   @spec metrics(atom()) :: map()
-  def metrics(name \\ Causeway), do: Native.pipeline_metrics(Instance.handle!(name))
+  def metrics(name \\ Causeway) do
+    name
+    |> Instance.handle!()
+    |> Native.pipeline_metrics()
+    |> Map.put(:capture_path, Native.native_info())
+  end
 
   @doc """
   `%{status: :ok | :degraded | :failing, level: ..., alerts: [...], ...}`:

@@ -26,11 +26,14 @@ defmodule Causeway.Dashboard do
     │ events       produced #{m.produced}   persisted #{m.persisted}   dropped #{m.dropped_total} (#{drops})
     │ workers      #{m.workers} running (target #{m.workers_target})   load #{pct(m.worker_load)}   batch #{m.batch_size}   flush #{m.flush_interval_ms} ms
     │ correlation  success #{pct(m.correlation_success_rate)}   links #{m.correlations}   missing #{m.missing_correlations}   orphaned #{m.orphaned_events}   pending #{m.pending_correlations}
-    │ resources    native memory #{bytes(m.native_memory)} / #{bytes(m.memory_budget)}   storage #{bytes(m.storage_bytes)}
+    │ resources    native memory #{bytes(m.native_memory)} / #{bytes(m.memory_budget)}   storage #{bytes(m.storage_bytes)}   capture clock #{clock(m)}
     └ alerts
     #{alerts}
     """
   end
+
+  defp clock(%{capture_path: %{clock: c}}), do: to_string(c)
+  defp clock(_), do: "-"
 
   defp num(x) when is_float(x), do: :erlang.float_to_binary(x, decimals: 0)
   defp num(x), do: to_string(x)

@@ -140,7 +140,7 @@ defmodule Causeway.RuntimeTest do
   test "integers and lists of every shape are stored exactly" do
     start_causeway!()
     # on this 64-bit VM the encoder reads these from their term words
-    assert %{direct_term_words: true, clock: clock} = Causeway.Native.native_info()
+    assert %{direct_term_words: true, clock: clock} = Causeway.metrics().capture_path
     assert clock in [:tsc, :os]
 
     edge = 2 ** 59
