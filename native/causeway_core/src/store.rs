@@ -1581,6 +1581,86 @@ mod tests {
     }
 
     #[test]
+    fn a_process_s_events_come_in_id_order_from_interleaved_lists_both_ways() {
+        use crate::query::{self, Filter, PidMatch};
+        for covering in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = Store::open(
+                dir.path(),
+                StoreOptions {
+                    covering_pid_index: covering,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            // three writers' batches for one process, their ids interleaved:
+            // the posting lists overlap, and one list has a single event
+            let ids = |r: std::ops::Range<u64>, step: u64, off: u64| -> Vec<u64> {
+                r.map(|i| (i * step + off) * 64).collect()
+            };
+            for batch in [
+                ids(0..40, 3, 1),
+                ids(0..40, 3, 2),
+                ids(0..40, 3, 3),
+                vec![77 * 64 + 32],
+            ] {
+                let evs: Vec<_> = batch
+                    .iter()
+                    .map(|&id| event(id, 7, EventType::FunctionEntry))
+                    .chain([event(batch[0] + 1, 8, EventType::FunctionEntry)])
+                    .collect();
+                s.write(&evs, &[]).unwrap();
+            }
+            let mut all: Vec<u64> = (1..=120).map(|i| i * 64).collect();
+            all.push(77 * 64 + 32);
+            all.sort_unstable();
+            for reverse in [false, true] {
+                let mut want = all.clone();
+                if reverse {
+                    want.reverse();
+                }
+                let f = Filter {
+                    pid: Some(PidMatch {
+                        id: 7,
+                        serial: 0,
+                        node: None,
+                    }),
+                    limit: 1000,
+                    reverse,
+                    ..Default::default()
+                };
+                let got: Vec<u64> = query::events(&s, &f)
+                    .unwrap()
+                    .events
+                    .iter()
+                    .map(|e| e.id)
+                    .collect();
+                assert_eq!(got, want, "covering {covering}, reverse {reverse}");
+                // and in pages of 7
+                let mut paged = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = query::events(
+                        &s,
+                        &Filter {
+                            limit: 7,
+                            after,
+                            ..f.clone()
+                        },
+                    )
+                    .unwrap();
+                    paged.extend(page.events.iter().map(|e| e.id));
+                    match page.next {
+                        Some(n) => after = Some(n),
+                        None => break,
+                    }
+                }
+                assert_eq!(paged, want, "paged: covering {covering}, reverse {reverse}");
+            }
+        }
+    }
+
+    #[test]
     fn round_trip_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let evs: Vec<_> = (1..=100)
