@@ -523,6 +523,110 @@ fn cow_bytes_owned<'de, D: serde::Deserializer<'de>>(
     d.deserialize_bytes(V).map(std::borrow::Cow::Owned)
 }
 
+/// A reader of the MessagePack subset `DiskEvent`s are written in (arrays,
+/// integers, nil, bin), for the hot read path: `rmp_serde` goes through
+/// serde's dynamic dispatch for every field. Anything it does not expect
+/// gives `None`, and the caller decodes with `rmp_serde` instead; a test
+/// checks both agree on every shape of event.
+struct MsgpackReader<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> MsgpackReader<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let v = *self.b.get(self.pos)?;
+        self.pos += 1;
+        Some(v)
+    }
+
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let v = self.b.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(v)
+    }
+
+    fn be<const N: usize>(&mut self) -> Option<[u8; N]> {
+        self.bytes(N)?.try_into().ok()
+    }
+
+    /// Any integer, widened.
+    fn int(&mut self) -> Option<i128> {
+        Some(match self.byte()? {
+            m @ 0x00..=0x7f => m as i128,
+            m @ 0xe0..=0xff => m as i8 as i128,
+            0xcc => self.byte()? as i128,
+            0xcd => u16::from_be_bytes(self.be()?) as i128,
+            0xce => u32::from_be_bytes(self.be()?) as i128,
+            0xcf => u64::from_be_bytes(self.be()?) as i128,
+            0xd0 => self.byte()? as i8 as i128,
+            0xd1 => i16::from_be_bytes(self.be()?) as i128,
+            0xd2 => i32::from_be_bytes(self.be()?) as i128,
+            0xd3 => i64::from_be_bytes(self.be()?) as i128,
+            _ => return None,
+        })
+    }
+
+    fn num<T: TryFrom<i128>>(&mut self) -> Option<T> {
+        T::try_from(self.int()?).ok()
+    }
+
+    fn array(&mut self) -> Option<usize> {
+        Some(match self.byte()? {
+            m @ 0x90..=0x9f => (m & 0x0f) as usize,
+            0xdc => u16::from_be_bytes(self.be()?) as usize,
+            0xdd => u32::from_be_bytes(self.be()?) as usize,
+            _ => return None,
+        })
+    }
+
+    fn bin(&mut self) -> Option<&'a [u8]> {
+        let n = match self.byte()? {
+            0xc4 => self.byte()? as usize,
+            0xc5 => u16::from_be_bytes(self.be()?) as usize,
+            0xc6 => u32::from_be_bytes(self.be()?) as usize,
+            _ => return None,
+        };
+        self.bytes(n)
+    }
+
+    fn pid(&mut self) -> Option<DiskPid> {
+        if self.array()? != 4 {
+            return None;
+        }
+        Some(DiskPid(self.num()?, self.num()?, self.num()?, self.num()?))
+    }
+
+    /// A whole `DiskEvent` (13 fields, as `rmp_serde` writes it), nothing after.
+    fn disk_event(bytes: &'a [u8]) -> Option<DiskEvent<'static>> {
+        let mut r = MsgpackReader { b: bytes, pos: 0 };
+        if r.array()? != 13 {
+            return None;
+        }
+        let d = DiskEvent {
+            kind: r.num()?,
+            wall_delta: r.num()?,
+            mono_offset: r.num()?,
+            pid: r.pid()?,
+            call_id: r.num()?,
+            parent_id: r.num()?,
+            parent_link: r.num()?,
+            module: r.num()?,
+            function: r.num()?,
+            arity: r.num()?,
+            peer: if r.b.get(r.pos) == Some(&0xc0) {
+                r.pos += 1;
+                None
+            } else {
+                Some(r.pid()?)
+            },
+            data: std::borrow::Cow::Owned(r.bin()?.to_vec()),
+            source: r.num()?,
+        };
+        (r.pos == bytes.len()).then_some(d)
+    }
+}
+
 /// One block cache for every column family of every store in this process,
 /// in 16 shards of 16 MiB (RocksDB's default for this size is 64 shards of
 /// 4 MiB, and a block bigger than its shard is read from the file again on
@@ -970,7 +1074,10 @@ impl Store {
     }
 
     fn decode_event(&self, id: u64, bytes: &[u8]) -> Result<StoredEvent> {
-        let d: DiskEvent = rmp_serde::from_slice(bytes)?;
+        let d: DiskEvent = match MsgpackReader::disk_event(bytes) {
+            Some(d) => d,
+            None => rmp_serde::from_slice(bytes)?,
+        };
         let names = self
             .names
             .read()
@@ -1656,6 +1763,80 @@ mod tests {
                     }
                 }
                 assert_eq!(paged, want, "paged: covering {covering}, reverse {reverse}");
+            }
+        }
+    }
+
+    mod msgpack {
+        use super::super::{DiskEvent, DiskPid, MsgpackReader};
+        use proptest::prelude::*;
+        use std::borrow::Cow;
+
+        fn pid() -> impl Strategy<Value = DiskPid> {
+            (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>())
+                .prop_map(|(a, b, c, d)| DiskPid(a, b, c, d))
+        }
+
+        fn edge_i64() -> impl Strategy<Value = i64> {
+            prop_oneof![
+                any::<i64>(),
+                -40i64..300,
+                Just(i64::MIN),
+                Just(i64::MAX),
+                Just(-129),
+                Just(-32769),
+                Just(65536),
+            ]
+        }
+
+        fn edge_u64() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                any::<u64>(),
+                0u64..300,
+                Just(u64::MAX),
+                Just(65536),
+                Just(1 << 32)
+            ]
+        }
+
+        prop_compose! {
+            fn disk_event()(
+                kind in any::<u8>(),
+                wall_delta in edge_i64(),
+                mono_offset in edge_i64(),
+                pid in pid(),
+                call_id in edge_u64(),
+                parent_id in edge_u64(),
+                parent_link in any::<u8>(),
+                module in any::<u32>(),
+                function in any::<u32>(),
+                arity in any::<u32>(),
+                peer in proptest::option::of(pid()),
+                data in prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..300),
+                    proptest::collection::vec(any::<u8>(), 65_530..65_540),
+                ],
+                source in any::<u8>(),
+            ) -> DiskEvent<'static> {
+                DiskEvent {
+                    kind, wall_delta, mono_offset, pid, call_id, parent_id, parent_link,
+                    module, function, arity, peer, data: Cow::Owned(data), source,
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+            #[test]
+            fn the_fast_reader_reads_what_rmp_serde_writes(d in disk_event()) {
+                let mut buf = Vec::new();
+                rmp_serde::encode::write(&mut buf, &d).unwrap();
+                let slow: DiskEvent = rmp_serde::from_slice(&buf).unwrap();
+                prop_assert_eq!(MsgpackReader::disk_event(&buf), Some(slow));
+                // anything cut short or with trailing bytes is left to rmp_serde
+                prop_assert_eq!(MsgpackReader::disk_event(&buf[..buf.len() - 1]), None);
+                buf.push(0);
+                prop_assert_eq!(MsgpackReader::disk_event(&buf), None);
             }
         }
     }
