@@ -150,10 +150,6 @@ impl Buf {
             self.len = self.len.min(len);
         }
     }
-
-    pub fn to_payload(&self) -> Payload {
-        Payload::from_slice(self.as_slice())
-    }
 }
 
 impl std::ops::Deref for Buf {

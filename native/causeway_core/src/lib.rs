@@ -1,7 +1,8 @@
 //! Causeway's native core: everything but the BEAM glue.
 //!
 //! - [`event`]: the event model, [`etf`]: the term format writer;
-//! - [`ring`]: Layer 1 lock-free sharded rings, [`ids`]: time-ordered ids,
+//! - [`ring`]: Layer 1 lock-free sharded rings (on [`mpmc`] queues),
+//!   [`inflight`]: per-CPU section counts, [`ids`]: time-ordered ids,
 //!   [`context`]: per-process capture context, [`clock`]: the capture clock;
 //! - [`pipeline`]: Layer 2 writer pool and manager, [`correlator`],
 //!   [`backpressure`], [`metrics`];
@@ -17,6 +18,7 @@ pub mod etf;
 pub mod event;
 pub mod fasthash;
 pub mod ids;
+pub mod inflight;
 pub mod metrics;
 pub mod mpmc;
 pub mod pipeline;

@@ -73,7 +73,7 @@ pub struct Pipeline {
     /// Captures in progress that did not come through the runtime's default
     /// pipeline guard (the tracer's), one counter per CPU: close waits for
     /// them to be zero before its final drain, so none lands after it.
-    in_capture: Box<[crossbeam::utils::CachePadded<AtomicUsize>]>,
+    in_capture: crate::inflight::InFlight,
     pub config: Config,
     pub tun: Tunables,
     pub rings: Rings,
@@ -240,9 +240,7 @@ impl Pipeline {
             rates: Mutex::new(Rates::default()),
             started: Instant::now(),
             sample_tick: AtomicU64::new(0),
-            in_capture: (0..64)
-                .map(|_| crossbeam::utils::CachePadded::new(AtomicUsize::new(0)))
-                .collect(),
+            in_capture: crate::inflight::InFlight::new(),
             config,
         });
         p.ensure_workers()?;
@@ -363,15 +361,8 @@ impl Pipeline {
     /// Runs `f` as a capture that `close` waits for; `None` (and `f` not
     /// run) once the pipeline is closing.
     pub fn guarded_capture<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
-        let slot = &self.in_capture[crate::ring::cpu_slot() % self.in_capture.len()];
-        slot.fetch_add(1, Ordering::SeqCst);
-        let r = if self.closing.load(Ordering::SeqCst) {
-            None
-        } else {
-            Some(f())
-        };
-        slot.fetch_sub(1, Ordering::Release);
-        r
+        let _inside = self.in_capture.enter();
+        (!self.closing.load(Ordering::SeqCst)).then(f)
     }
 
     pub fn set_enabled(&self, on: bool) {
@@ -565,11 +556,7 @@ impl Pipeline {
     pub fn close(&self) -> Result<()> {
         self.closing.store(true, Ordering::SeqCst);
         // guarded captures that began before closing finish their push
-        for slot in self.in_capture.iter() {
-            while slot.load(Ordering::SeqCst) != 0 {
-                std::thread::yield_now();
-            }
-        }
+        self.in_capture.wait_idle();
         self.wake_manager();
         // a retention pass in progress stops at its next chunk
         if let Some(s) = self.store() {

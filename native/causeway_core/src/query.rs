@@ -237,20 +237,13 @@ impl<'a, T: Keyed> ListMerge<'a, T> {
         }
     }
 
-    /// The max-heap key of `id`: larger for the item to take first.
+    /// The max-heap key of `id`: larger for the item to take first. Its own
+    /// inverse: the id of a key is `key(key)`.
     fn key(&self, id: u64) -> u64 {
         if self.reverse {
             id
         } else {
             !id
-        }
-    }
-
-    fn id_of(&self, key: u64) -> u64 {
-        if self.reverse {
-            key
-        } else {
-            !key
         }
     }
 
@@ -292,7 +285,7 @@ impl<'a, T: Keyed> ListMerge<'a, T> {
                 let wanted = match self.heads.peek() {
                     None => true,
                     Some(&(key, _)) => {
-                        let top = self.id_of(key);
+                        let top = self.key(key);
                         if self.reverse {
                             first.saturating_add(postings::SPAN) > top
                         } else {

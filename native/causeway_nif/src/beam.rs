@@ -36,10 +36,10 @@ pub fn pid_word(env: rustler::Env, p: &LocalPid) -> u64 {
 }
 
 /// Erlang monotonic time (ns), on any thread, cheaply: our own monotonic
-/// clock (the TSC, or one vDSO call) plus a calibrated difference to the VM's clock. The
-/// difference is re-read from the VM (`enif_monotonic_time`, which only works
-/// on scheduler threads and is several times dearer) at most every 10 ms, by
-/// whichever scheduler thread captures first after that.
+/// clock (the TSC, or one vDSO call) plus a calibrated difference to the
+/// VM's clock. The difference is re-read from the VM (`enif_monotonic_time`,
+/// which only works on scheduler threads and is several times dearer) at
+/// most every 10 ms, by whichever scheduler thread captures first after that.
 #[inline]
 pub fn monotonic_ns() -> i64 {
     let own = own_ns();

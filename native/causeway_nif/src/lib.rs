@@ -50,10 +50,10 @@ pub mod atoms {
     }
 }
 
-/// How this build captures on this machine: the clock it reads (`:tsc` or
-/// `:os`, see `causeway_core::clock`; `:uninit` until an instance has
-/// started) and whether the encoder reads small
-/// integers and lists straight from their term words (see `term.rs`).
+/// How this build captures on this machine (`Causeway.metrics().capture_path`):
+/// the clock it reads (`:tsc` or `:os`, see `causeway_core::clock`; `:uninit`
+/// until an instance has started) and whether the encoder reads small
+/// integers, atoms and lists straight from their term words (see `term.rs`).
 #[rustler::nif]
 fn native_info(env: rustler::Env) -> rustler::NifResult<rustler::Term> {
     use rustler::Encoder;

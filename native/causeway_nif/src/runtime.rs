@@ -15,24 +15,22 @@ use crate::handle::Handle;
 use crate::term::{self, Budget};
 use causeway_core::context::Frame;
 use causeway_core::event::{EventType, LinkKind, RawEvent, RawPid, Source};
+use causeway_core::inflight::InFlight;
 use causeway_core::pipeline::Pipeline;
 use causeway_core::ring::cpu_slot;
-use crossbeam::utils::CachePadded;
 use rustler::{Atom, Encoder, Env, NifResult, ResourceArc, Term, TermType};
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
-
-const READER_SLOTS: usize = 64;
 
 struct DefaultPipeline {
     ptr: AtomicPtr<Pipeline>,
-    readers: [CachePadded<AtomicUsize>; READER_SLOTS],
+    readers: InFlight,
     writer: Mutex<()>,
 }
 
 static DEFAULT: DefaultPipeline = DefaultPipeline {
     ptr: AtomicPtr::new(std::ptr::null_mut()),
-    readers: [const { CachePadded::new(AtomicUsize::new(0)) }; READER_SLOTS],
+    readers: InFlight::new(),
     writer: Mutex::new(()),
 };
 
@@ -41,16 +39,11 @@ static DEFAULT: DefaultPipeline = DefaultPipeline {
 #[inline]
 fn with_default<R>(f: impl FnOnce(&Pipeline, usize) -> R) -> Option<R> {
     let cpu = cpu_slot();
-    let slot = &DEFAULT.readers[cpu % READER_SLOTS];
-    slot.fetch_add(1, Ordering::SeqCst);
+    let _inside = DEFAULT.readers.enter_on(cpu);
     let p = DEFAULT.ptr.load(Ordering::SeqCst);
-    let r = if p.is_null() {
-        None
-    } else {
-        Some(f(unsafe { &*p }, cpu))
-    };
-    slot.fetch_sub(1, Ordering::Release);
-    r
+    // SAFETY: a published pipeline is freed only after every reader that
+    // could have loaded it has left (`replace_default`)
+    (!p.is_null()).then(|| f(unsafe { &*p }, cpu))
 }
 
 /// Publishes `new` as the default pipeline, waits until no reader can still
@@ -61,12 +54,8 @@ fn replace_default(new: Option<Arc<Pipeline>>) {
         .map(|a| Arc::into_raw(a) as *mut Pipeline)
         .unwrap_or(std::ptr::null_mut());
     let old = DEFAULT.ptr.swap(new_ptr, Ordering::SeqCst);
-    for slot in DEFAULT.readers.iter() {
-        // each reader holds a slot for the length of one capture call
-        while slot.load(Ordering::SeqCst) != 0 {
-            std::thread::yield_now();
-        }
-    }
+    // each reader is inside for the length of one capture call
+    DEFAULT.readers.wait_idle();
     if !old.is_null() {
         drop(unsafe { Arc::from_raw(old as *const Pipeline) });
     }
@@ -104,7 +93,7 @@ fn budget(p: &Pipeline) -> Budget<'_> {
 }
 
 /// A pid argument: local pids by their word, remote ones by their bytes.
-fn raw_pid(t: Term, what: &str) -> NifResult<RawPid> {
+pub(crate) fn raw_pid(t: Term, what: &str) -> NifResult<RawPid> {
     if t.get_type() != TermType::Pid {
         return Err(arg_error(format!("{what} must be a pid, got: {t:?}")));
     }

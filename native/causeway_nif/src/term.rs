@@ -19,9 +19,9 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 /// These are the 64-bit BEAM's tagging, unchanged for decades: a small
 /// integer is `(v << 4) | 0xF`, an atom `(index << 6) | 0x0B`, `[]` is `0x3B`,
 /// a list cell is a pointer to its head and tail words, tagged `0b01`.
-/// `check_words` verifies all of it against terms
-/// the VM makes when the library loads; if anything differs, every term goes
-/// through the `enif_*` calls.
+/// `check_words` verifies all of it against terms the VM makes when the
+/// library loads; if anything differs, every term goes through the `enif_*`
+/// calls.
 static DIRECT_WORDS: AtomicBool = AtomicBool::new(false);
 
 const SMALL_MASK: u64 = 0xF;
@@ -54,19 +54,29 @@ pub fn is_atom(t: Term) -> bool {
     }
 }
 
-/// The elements of a tuple, in place (rustler's `get_tuple` copies them into
-/// a `Vec`: an allocation per call on the tracer's path).
+/// The element words of a tuple, in place (`None` for anything else).
+///
+/// # Safety
+/// The slice lives as long as the tuple: `env`'s call, for a term of it.
 #[inline]
-pub fn tuple_items<'a>(t: Term<'a>) -> Option<impl ExactSizeIterator<Item = Term<'a>> + 'a> {
-    let env = t.get_env();
+unsafe fn tuple_words<'t>(env: *mut sys::ErlNifEnv, t: ERL_NIF_TERM) -> Option<&'t [ERL_NIF_TERM]> {
     let mut arity: std::os::raw::c_int = 0;
     let mut arr: *const ERL_NIF_TERM = std::ptr::null();
-    if unsafe { sys::enif_get_tuple(env.as_c_arg(), t.as_c_arg(), &mut arity, &mut arr) } == 0 {
+    if unsafe { sys::enif_get_tuple(env, t, &mut arity, &mut arr) } == 0 {
         return None;
     }
-    // SAFETY: the VM gives `arity` elements that live as long as the tuple
-    let items = unsafe { std::slice::from_raw_parts(arr, arity.max(0) as usize) };
-    Some(items.iter().map(move |&i| unsafe { Term::new(env, i) }))
+    Some(unsafe { std::slice::from_raw_parts(arr, arity.max(0) as usize) })
+}
+
+/// The elements of a tuple of exactly `N` elements (rustler's `get_tuple`
+/// copies them into a `Vec`: an allocation per call on the tracer's path).
+#[inline]
+pub fn tuple_of<const N: usize>(t: Term) -> Option<[Term; N]> {
+    let env = t.get_env();
+    // SAFETY: the elements live as long as `t`
+    let words = unsafe { tuple_words(env.as_c_arg(), t.as_c_arg()) }?;
+    let words: &[ERL_NIF_TERM; N] = words.try_into().ok()?;
+    Some(words.map(|w| unsafe { Term::new(env, w) }))
 }
 
 /// Is `t` a list (`[]` or a list cell)?
@@ -241,24 +251,14 @@ struct Enc<'a, 'e, 'r> {
 
 /// Encodes `term` (with the ETF version byte).
 pub fn encode(env: Env, term: Term, b: &Budget) -> Payload {
-    let mut e = Enc {
-        renv: env,
-        env: env.as_c_arg(),
-        w: EtfWriter::with_version(),
-        b,
-    };
+    let mut e = Enc::new(env, b);
     e.term(term.as_c_arg(), 0);
     e.w.into_payload()
 }
 
 /// Encodes a tuple made of `items` without building it on the heap.
 pub fn encode_tuple(env: Env, items: &[Term], b: &Budget) -> Payload {
-    let mut e = Enc {
-        renv: env,
-        env: env.as_c_arg(),
-        w: EtfWriter::with_version(),
-        b,
-    };
+    let mut e = Enc::new(env, b);
     e.w.tuple_header(items.len());
     for t in items {
         e.term(t.as_c_arg(), 0);
@@ -268,18 +268,24 @@ pub fn encode_tuple(env: Env, items: &[Term], b: &Budget) -> Payload {
 
 /// Encodes a list whose elements are `items` (e.g. `[a | rest]` pieces).
 pub fn encode_list_len(env: Env, list: Term, b: &Budget) -> (Payload, u32) {
-    let mut e = Enc {
-        renv: env,
-        env: env.as_c_arg(),
-        w: EtfWriter::with_version(),
-        b,
-    };
+    let mut e = Enc::new(env, b);
     // the argument list is an envelope: each argument starts at depth 0
     let n = e.list(list.as_c_arg(), 0);
     (e.w.into_payload(), n)
 }
 
-impl Enc<'_, '_, '_> {
+impl<'a, 'e, 'r> Enc<'a, 'e, 'r> {
+    /// An encoder writing a fresh payload (version byte first).
+    #[inline]
+    fn new(env: Env<'a>, b: &'e Budget<'r>) -> Self {
+        Enc {
+            renv: env,
+            env: env.as_c_arg(),
+            w: EtfWriter::with_version(),
+            b,
+        }
+    }
+
     fn over(&self) -> bool {
         self.w.len() >= self.b.max_bytes
     }
@@ -485,15 +491,9 @@ impl Enc<'_, '_, '_> {
     /// A list or tuple element: `{key, value}` pairs with a redacted key are blanked.
     fn element(&mut self, t: ERL_NIF_TERM, depth: usize) {
         if !self.b.redact.is_empty() {
-            let mut arity: std::os::raw::c_int = 0;
-            let mut arr: *const ERL_NIF_TERM = std::ptr::null();
-            if unsafe { sys::enif_get_tuple(self.env, t, &mut arity, &mut arr) } != 0 && arity == 2
-            {
-                let key = unsafe { *arr };
-                if self.is_redacted_key(key) {
-                    self.w.tuple_header(2);
-                    self.atom(key);
-                    self.w.atom("redacted");
+            // SAFETY: `t` lives for the call
+            if let Some(items) = unsafe { tuple_words(self.env, t) } {
+                if self.redacted_pair(items) {
                     return;
                 }
             }
@@ -501,18 +501,28 @@ impl Enc<'_, '_, '_> {
         self.term(t, depth);
     }
 
+    /// Writes `{key, :redacted}` for a pair whose key is redacted; false
+    /// (nothing written) for anything else.
+    fn redacted_pair(&mut self, items: &[ERL_NIF_TERM]) -> bool {
+        let &[key, _] = items else {
+            return false;
+        };
+        if !self.is_redacted_key(key) {
+            return false;
+        }
+        self.w.tuple_header(2);
+        self.atom(key);
+        self.w.atom("redacted");
+        true
+    }
+
     fn tuple(&mut self, t: ERL_NIF_TERM, depth: usize) {
-        let mut arity: std::os::raw::c_int = 0;
-        let mut arr: *const ERL_NIF_TERM = std::ptr::null();
-        if unsafe { sys::enif_get_tuple(self.env, t, &mut arity, &mut arr) } == 0 {
+        // SAFETY: `t` lives for the call
+        let Some(items) = (unsafe { tuple_words(self.env, t) }) else {
             self.opaque(t);
             return;
-        }
-        let items = unsafe { std::slice::from_raw_parts(arr, arity.max(0) as usize) };
-        if items.len() == 2 && self.is_redacted_key(items[0]) {
-            self.w.tuple_header(2);
-            self.atom(items[0]);
-            self.w.atom("redacted");
+        };
+        if self.redacted_pair(items) {
             return;
         }
         // Large header so the arity can be patched if the budget cuts the tuple.

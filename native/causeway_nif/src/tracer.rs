@@ -10,7 +10,7 @@
 //! (the VM detaches the tracer from each tracee), and the session process is
 //! told why, and removes every flag and pattern it set.
 
-use crate::beam::{monotonic_ns, pid_word, term_bytes, word};
+use crate::beam::{monotonic_ns, pid_word, word};
 use crate::error::arg_error;
 use crate::handle::Handle;
 use crate::term::{self, Budget};
@@ -274,12 +274,8 @@ fn record<'a>(
 
     // calls and returns: {M, F, Args} / {M, F, Arity}
     let mfa = if matches!(kind, EventType::FunctionEntry | EventType::FunctionExit) {
-        let mut items = match term::tuple_items(term) {
-            Some(items) if items.len() == 3 => items,
-            _ => return ok,
-        };
-        match (items.next(), items.next(), items.next()) {
-            (Some(m), Some(f), Some(a)) if term::is_atom(m) && term::is_atom(f) => Some((m, f, a)),
+        match term::tuple_of::<3>(term) {
+            Some([m, f, a]) if term::is_atom(m) && term::is_atom(f) => Some((m, f, a)),
             _ => return ok,
         }
     } else {
@@ -357,11 +353,8 @@ fn record<'a>(
             let value = extra(env, opts);
             ev.data = if tag == atoms::exception_from() {
                 // extra is {Class, Value}
-                let class_value = value
-                    .and_then(term::tuple_items)
-                    .and_then(|mut cv| (cv.len() == 2).then(|| (cv.next(), cv.next())));
-                match class_value {
-                    Some((Some(class), Some(v))) => term::encode_tuple(
+                match value.and_then(term::tuple_of::<2>) {
+                    Some([class, v]) => term::encode_tuple(
                         env,
                         &[atoms::exception().encode(env), class, v],
                         &budget,
@@ -384,12 +377,9 @@ fn record<'a>(
         EventType::MessageSend => {
             ev.data = term::encode(env, term, &budget);
             ev.peer = match extra(env, opts) {
-                Some(to) if to.get_type() == TermType::Pid => match to.decode::<LocalPid>() {
-                    Ok(lp) => RawPid::Local(pid_word(env, &lp)),
-                    Err(_) => term_bytes(env.as_c_arg(), to.as_c_arg())
-                        .map(|b| RawPid::External(Box::new(b)))
-                        .unwrap_or_default(),
-                },
+                Some(to) if to.get_type() == TermType::Pid => {
+                    crate::runtime::raw_pid(to, "the receiver").unwrap_or_default()
+                }
                 _ => RawPid::None,
             };
             if let Some(c) = p.contexts.current_call(pid) {
