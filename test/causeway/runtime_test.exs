@@ -119,6 +119,16 @@ defmodule Causeway.RuntimeTest do
     assert s == "small"
   end
 
+  test "the smallest byte budget holds for arguments and results" do
+    start_causeway!(max_term_bytes: 64)
+    id = Runtime.function_entry(M, :f, [1, :binary.copy("x", 60), :binary.copy("w", 20)])
+    Runtime.function_exit(id, :binary.copy("y", 60))
+    flush!()
+    assert Causeway.event(id).data == [1, {:truncated, 60}, :binary.copy("w", 20)]
+    [exit] = Causeway.events(type: :function_exit, call_id: id)
+    assert exit.data == {:truncated, 60}
+  end
+
   test "a fun is captured by name, never with its environment" do
     start_causeway!()
     big = Map.new(1..200_000, &{&1, &1})
@@ -164,6 +174,74 @@ defmodule Causeway.RuntimeTest do
     stored = Causeway.events(pid: self(), type: :state_change) |> Enum.map(& &1.data.new)
     assert stored == terms
     assert Causeway.event(id).data == [edge, -edge - 1, [1 | 2]]
+  end
+
+  test "binaries of every kind are stored exactly, or truncated past the budget" do
+    start_causeway!(max_term_bytes: 1_000)
+    # on this VM heap binaries (up to 64 bytes) are read straight from the heap
+    assert %{direct_binaries: true} = Causeway.metrics().capture_path
+
+    heap = for n <- [0, 1, 3, 63, 64], do: :binary.copy(<<n>>, n)
+    refc = for n <- [65, 200, 600], do: :binary.copy(<<n>>, n)
+    big = :binary.copy("x", 200)
+    sub = [binary_part(big, 3, 5), binary_part(big, 0, 100)]
+    <<_::3, odd::bitstring>> = <<1, 2, 3>>
+
+    terms = [
+      heap,
+      refc,
+      sub,
+      ["literal", "", {"in a tuple"}, %{"key" => "value"}],
+      [odd, <<1::1>>]
+    ]
+
+    for t <- terms, do: Runtime.state_change(nil, t)
+    Runtime.state_change(nil, :binary.copy("y", 5_000))
+    id = Runtime.function_entry(M, :f, [1, "b", :binary.copy("z", 64)])
+    flush!()
+
+    stored = Causeway.events(pid: self(), type: :state_change) |> Enum.map(& &1.data.new)
+    assert stored == terms ++ [{:truncated, 5_000}]
+    assert Causeway.event(id).data == [1, "b", :binary.copy("z", 64)]
+  end
+
+  test "arguments and results are stored exactly, on the flat path or off it" do
+    start_causeway!()
+    fresh = :"first_seen_#{System.unique_integer([:positive])}"
+    heap_bin = :binary.copy("h", 43)
+
+    # [args, result]: flat scalars that fit inline, and everything around
+    # the flat path's edges (sizes, integer ranges, uncached atoms, nesting)
+    cases = [
+      [[], :ok],
+      [[0, 255, 256, -1], 2 ** 31 - 1],
+      [[-(2 ** 31), 2 ** 31, 2 ** 59, -(2 ** 60)], -(2 ** 31) - 1],
+      [[:a, :ok, fresh], fresh],
+      [[fresh, fresh], []],
+      [["", "b", heap_bin], heap_bin],
+      # 48 inline bytes, then one more
+      [[:binary.copy("x", 35)], :binary.copy("y", 42)],
+      [[:binary.copy("x", 36)], :binary.copy("y", 43)],
+      [Enum.to_list(1..20), 1],
+      [Enum.to_list(1..21), :binary.copy("z", 65)],
+      [[[1], {2}, %{3 => 4}, 1.5, self()], {:ok, [1]}],
+      [[1 | 2], [1 | 2]]
+    ]
+
+    ids =
+      for [args, result] <- cases do
+        id = Runtime.function_entry(M, :f, args)
+        Runtime.function_exit(id, result)
+        id
+      end
+
+    flush!()
+
+    for {id, [args, result]} <- Enum.zip(ids, cases) do
+      assert Causeway.event(id).data == args
+      [exit] = Causeway.events(type: :function_exit, call_id: id)
+      assert exit.data == result
+    end
   end
 
   test "atoms are stored exactly, first seen or cached, colliding or not" do

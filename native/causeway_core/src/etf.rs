@@ -167,9 +167,231 @@ impl std::ops::DerefMut for Buf {
     }
 }
 
+impl Sink for Buf {
+    #[inline]
+    fn len(&self) -> usize {
+        Buf::len(self)
+    }
+    #[inline]
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        Buf::extend_from_slice(self, bytes)
+    }
+    #[inline]
+    fn truncate(&mut self, len: usize) {
+        Buf::truncate(self, len)
+    }
+    #[inline]
+    fn as_slice(&self) -> &[u8] {
+        Buf::as_slice(self)
+    }
+    #[inline]
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        Buf::as_mut_slice(self)
+    }
+    #[inline]
+    fn extend_words(&mut self, words: &[u64; 3], len: usize) {
+        if !self.spilled && self.len + 24 <= Self::STACK && len <= 24 {
+            // SAFETY: 24 bytes from `len` are within the stack bytes
+            unsafe { store_words(self.stack.as_mut_ptr().add(self.len), words) };
+            self.len += len;
+        } else {
+            let mut bytes = [0u8; 24];
+            for (i, w) in words.iter().enumerate() {
+                bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+            }
+            self.extend_from_slice(&bytes[..len.min(24)]);
+        }
+    }
+}
+
+/// Where an `EtfWriter` puts its bytes: its own `Buf`, or a payload where it
+/// is kept (`InPlace`).
+pub trait Sink {
+    fn len(&self) -> usize;
+    fn extend_from_slice(&mut self, bytes: &[u8]);
+    fn truncate(&mut self, len: usize);
+    fn as_slice(&self) -> &[u8];
+    fn as_mut_slice(&mut self) -> &mut [u8];
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    #[inline]
+    fn push(&mut self, b: u8) {
+        self.extend_from_slice(&[b]);
+    }
+
+    /// Appends the first `len` bytes (at most 24) of `words` (little-endian
+    /// bytes). Where 24 bytes fit, all three words are stored whole and only
+    /// `len` kept: three stores instead of a copy of a byte array, whose
+    /// wide loads would wait for the narrow stores that built it.
+    #[inline]
+    fn extend_words(&mut self, words: &[u64; 3], len: usize) {
+        let mut bytes = [0u8; 24];
+        for (i, w) in words.iter().enumerate() {
+            bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        self.extend_from_slice(&bytes[..len.min(24)]);
+    }
+}
+
+/// Stores `words` at `dst` (24 bytes, any alignment).
+///
+/// # Safety
+/// `dst` is valid for 24 bytes of writes.
+#[inline(always)]
+pub unsafe fn store_words(dst: *mut u8, words: &[u64; 3]) {
+    unsafe {
+        for (i, w) in words.iter().enumerate() {
+            (dst.add(i * 8) as *mut u64).write_unaligned(w.to_le());
+        }
+    }
+}
+
+/// Writes into a payload where it is kept (a ring slot's), so the bytes
+/// are never copied after: bytes written one store at a time and then
+/// copied with wide loads make each load wait until those stores have
+/// landed (a failed store-to-load forward), which perf showed as the
+/// hottest instruction of a capture when payloads were encoded on the stack
+/// and moved into the slot. The length is kept here while the bytes are
+/// inline (`SmallVec` would look its inline/heap state up on every append)
+/// and given to the payload when the writer is dropped.
+pub struct InPlace<'p> {
+    p: &'p mut Payload,
+    /// The payload's inline bytes (while not spilled).
+    ptr: *mut u8,
+    len: usize,
+    spilled: bool,
+}
+
+impl<'p> InPlace<'p> {
+    /// A writer appending to `p`, emptied first.
+    #[inline]
+    pub fn new(p: &'p mut Payload) -> Self {
+        p.clear();
+        let spilled = p.spilled();
+        let ptr = p.as_mut_ptr();
+        InPlace {
+            p,
+            ptr,
+            len: 0,
+            spilled,
+        }
+    }
+
+    /// `new`, with the version byte written (before the writer is made:
+    /// the writer is then a plain value, which the compiler keeps in
+    /// registers instead of building it in memory and copying it).
+    #[inline(always)]
+    pub fn with_version(p: &'p mut Payload) -> Self {
+        p.clear();
+        let spilled = p.spilled();
+        if spilled {
+            p.push(VERSION);
+        } else {
+            // SAFETY: an inline payload has room for at least one byte
+            unsafe { p.as_mut_ptr().write(VERSION) };
+        }
+        let ptr = p.as_mut_ptr();
+        InPlace {
+            p,
+            ptr,
+            len: 1,
+            spilled,
+        }
+    }
+
+    #[cold]
+    fn spill_and_extend(&mut self, bytes: &[u8]) {
+        if !self.spilled {
+            // SAFETY: the first `len` inline bytes were written by us
+            unsafe { self.p.set_len(self.len) };
+            let want = (self.len + bytes.len()).max(Buf::FIRST_SPILL);
+            self.p.reserve(want - self.len);
+            self.spilled = true;
+        }
+        self.p.extend_from_slice(bytes);
+    }
+}
+
+impl Drop for InPlace<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        if !self.spilled {
+            // SAFETY: the first `len` inline bytes were written by us
+            unsafe { self.p.set_len(self.len) };
+        }
+    }
+}
+
+impl Sink for InPlace<'_> {
+    #[inline]
+    fn len(&self) -> usize {
+        if self.spilled {
+            self.p.len()
+        } else {
+            self.len
+        }
+    }
+
+    #[inline]
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        if !self.spilled && self.len + bytes.len() <= INLINE_PAYLOAD {
+            // SAFETY: within the inline bytes (checked above); no overlap
+            unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(self.len), bytes.len());
+            }
+            self.len += bytes.len();
+            return;
+        }
+        self.spill_and_extend(bytes);
+    }
+
+    fn truncate(&mut self, len: usize) {
+        if self.spilled {
+            self.p.truncate(len);
+        } else {
+            self.len = self.len.min(len);
+        }
+    }
+
+    #[inline]
+    fn extend_words(&mut self, words: &[u64; 3], len: usize) {
+        if !self.spilled && self.len + 24 <= INLINE_PAYLOAD && len <= 24 {
+            // SAFETY: 24 bytes from `len` are within the inline bytes
+            unsafe { store_words(self.ptr.add(self.len), words) };
+            self.len += len;
+        } else {
+            let mut bytes = [0u8; 24];
+            for (i, w) in words.iter().enumerate() {
+                bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+            }
+            self.extend_from_slice(&bytes[..len.min(24)]);
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        if self.spilled {
+            self.p.as_slice()
+        } else {
+            // SAFETY: the first `len` inline bytes were written by us
+            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        if self.spilled {
+            self.p.as_mut_slice()
+        } else {
+            // SAFETY: as `as_slice`, and `self` is borrowed mutably
+            unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
-pub struct EtfWriter {
-    pub buf: Buf,
+pub struct EtfWriter<S: Sink = Buf> {
+    pub buf: S,
 }
 
 impl EtfWriter {
@@ -188,20 +410,6 @@ impl EtfWriter {
         w
     }
 
-    #[inline]
-    pub fn len(&self) -> usize {
-        self.buf.len()
-    }
-
-    #[inline]
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
-    }
-
-    pub fn truncate(&mut self, len: usize) {
-        self.buf.truncate(len);
-    }
-
     pub fn into_bytes(self) -> Vec<u8> {
         if self.buf.spilled {
             self.buf.heap
@@ -217,6 +425,32 @@ impl EtfWriter {
         } else {
             Payload::from_buf_and_len(self.buf.stack, self.buf.len)
         }
+    }
+}
+
+impl<'p> EtfWriter<InPlace<'p>> {
+    /// A writer into `payload` where it is (emptied), version byte first.
+    #[inline(always)]
+    pub fn into_payload_at(payload: &'p mut Payload) -> Self {
+        EtfWriter {
+            buf: InPlace::with_version(payload),
+        }
+    }
+}
+
+impl<S: Sink> EtfWriter<S> {
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        self.buf.truncate(len);
     }
 
     #[inline]
@@ -315,7 +549,7 @@ impl EtfWriter {
 
     #[inline]
     pub fn patch_u32(&mut self, at: usize, v: u32) {
-        self.buf[at..at + 4].copy_from_slice(&v.to_be_bytes());
+        self.buf.as_mut_slice()[at..at + 4].copy_from_slice(&v.to_be_bytes());
     }
 
     #[inline]
@@ -524,6 +758,62 @@ mod tests {
         want[10..14].copy_from_slice(&[9, 9, 9, 9]);
         assert_eq!(w.clone().into_bytes(), want);
         assert_eq!(w.into_payload().as_slice(), &want[..]);
+    }
+
+    /// The same items through an owned `Buf` and through `InPlace` into a
+    /// payload: inline, across the spill, with patches and truncation.
+    #[test]
+    fn in_place_writes_what_an_own_buffer_writes() {
+        let big: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let words = [
+            0x0807_0605_0403_0201u64,
+            0x100f_0e0d_0c0b_0a09,
+            0x1817_1615_1413_1211,
+        ];
+        enum Op {
+            Bytes(Vec<u8>),
+            Words(usize),
+            Truncate(usize),
+        }
+        use Op::*;
+        let scenarios = [
+            vec![Bytes(b"abc".to_vec())],
+            vec![Words(5)],
+            // exactly inline
+            vec![Words(24), Bytes(b"0123456789012345678901".to_vec())],
+            // spills
+            vec![Words(3), Bytes(big[..60].to_vec()), Words(7)],
+            // inline room for 8: the words take the slow way
+            vec![Bytes(big[..40].to_vec()), Words(20)],
+            vec![Bytes(big.clone()), Truncate(100), Bytes(b"end".to_vec())],
+            vec![Bytes(big[..30].to_vec()), Truncate(10), Words(24)],
+        ];
+        fn run<S: Sink>(w: &mut EtfWriter<S>, ops: &[Op], words: &[u64; 3]) {
+            for op in ops {
+                match op {
+                    Bytes(b) => w.buf.extend_from_slice(b),
+                    Words(n) => w.buf.extend_words(words, *n),
+                    Truncate(n) => w.truncate(*n),
+                }
+            }
+        }
+        for (i, ops) in scenarios.iter().enumerate() {
+            let mut own = EtfWriter::with_version();
+            run(&mut own, ops, &words);
+            let mut payload = Payload::from_slice(b"left over");
+            {
+                let mut at = EtfWriter::into_payload_at(&mut payload);
+                run(&mut at, ops, &words);
+                assert_eq!(at.buf.as_slice(), own.buf.as_slice(), "scenario {i}");
+                assert_eq!(at.len(), own.len(), "scenario {i}");
+            }
+            assert_eq!(
+                payload.as_slice(),
+                own.into_payload().as_slice(),
+                "scenario {i}"
+            );
+            assert_eq!(payload[0], VERSION);
+        }
     }
 
     #[test]

@@ -154,6 +154,46 @@ pub struct RawEvent {
     pub source: Source,
 }
 
+impl crate::mpmc::WriteEmpty for RawEvent {
+    /// `RawEvent::default()`, written field by field where it will live.
+    #[inline(always)]
+    unsafe fn write_empty(p: *mut RawEvent) {
+        use std::ptr::addr_of_mut;
+        // names every field: adding one without writing it below does not compile
+        #[allow(dead_code)]
+        fn all_fields(e: RawEvent) {
+            let RawEvent {
+                id: _,
+                kind: _,
+                mono_ns: _,
+                pid: _,
+                module: _,
+                function: _,
+                arity: _,
+                parent_id: _,
+                parent_link: _,
+                peer: _,
+                data: _,
+                source: _,
+            } = e;
+        }
+        unsafe {
+            addr_of_mut!((*p).id).write(0);
+            addr_of_mut!((*p).kind).write(None);
+            addr_of_mut!((*p).mono_ns).write(0);
+            addr_of_mut!((*p).pid).write(0);
+            addr_of_mut!((*p).module).write(0);
+            addr_of_mut!((*p).function).write(0);
+            addr_of_mut!((*p).arity).write(0);
+            addr_of_mut!((*p).parent_id).write(0);
+            addr_of_mut!((*p).parent_link).write(None);
+            addr_of_mut!((*p).peer).write(RawPid::None);
+            addr_of_mut!((*p).data).write(crate::etf::Payload::new());
+            addr_of_mut!((*p).source).write(Source::Runtime);
+        }
+    }
+}
+
 impl RawEvent {
     pub fn kind(&self) -> EventType {
         self.kind.unwrap_or(EventType::Error)
@@ -331,6 +371,19 @@ mod tests {
         // larger, and every move of one on the capture path becomes a memcpy call
         assert!(std::mem::size_of::<RawEvent>() <= 128);
         assert_eq!(std::mem::size_of::<RawPid>(), 16);
+    }
+
+    #[test]
+    fn an_event_written_empty_is_the_default_event() {
+        use crate::mpmc::WriteEmpty;
+        let mut slot = std::mem::MaybeUninit::<RawEvent>::uninit();
+        // SAFETY: a valid place for one event, written before it is read
+        let e = unsafe {
+            RawEvent::write_empty(slot.as_mut_ptr());
+            slot.assume_init()
+        };
+        assert_eq!(format!("{e:?}"), format!("{:?}", RawEvent::default()));
+        assert!(!e.data.spilled());
     }
 
     #[test]

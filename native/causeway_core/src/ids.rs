@@ -38,7 +38,7 @@ impl IdGen {
     /// The next id of `shard` for an event captured at `wall_ns`.
     #[inline]
     pub fn next(&self, shard: usize, wall_ns: u64) -> u64 {
-        let shard = shard % self.last.len();
+        let shard = crate::ring::wrap(shard, self.last.len());
         let slot = &self.last[shard];
         let candidate = (wall_ns.saturating_sub(EPOCH_NS) & !SHARD_MASK) | shard as u64;
         let mut last = slot.load(Ordering::Relaxed);

@@ -335,7 +335,36 @@ impl Pipeline {
             Counters::add(&self.counters.over_budget, 1);
             return PushOutcome::Rejected;
         }
-        let outcome = self.rings.push_sized(shard, ev, bytes);
+        let outcome = self.rings.push(shard, ev);
+        self.after_push(shard, outcome);
+        outcome
+    }
+
+    /// `push` of an event made in its slot by `fill` (which completes a
+    /// default event there; see `Rings::push_in_place`), for events whose
+    /// payload is encoded right into the ring. `fill` is not called when the
+    /// event is refused (`Rejected`). It is handed back (`Err`) when a
+    /// payload of up to `max_heap` bytes outside the slot could take the
+    /// shard past its memory budget: the caller then makes the event first
+    /// and `push`es it, which checks its exact size.
+    #[inline(always)]
+    pub fn push_in_place<F: FnOnce(&mut RawEvent)>(
+        &self,
+        shard: usize,
+        max_heap: u64,
+        fill: F,
+    ) -> std::result::Result<PushOutcome, F> {
+        if self.over_budget(shard, max_heap) {
+            return Err(fill);
+        }
+        let outcome = self.rings.push_in_place(shard, fill);
+        self.after_push(shard, outcome);
+        Ok(outcome)
+    }
+
+    /// Raises the level at once when a push finds its shard filling up.
+    #[inline(always)]
+    fn after_push(&self, shard: usize, outcome: PushOutcome) {
         if outcome != PushOutcome::Stored || self.rings.time_to_check(shard) {
             let u = self.rings.utilization(shard);
             if u >= 0.5 {
@@ -345,7 +374,6 @@ impl Pipeline {
                 }
             }
         }
-        outcome
     }
 
     /// Would `bytes` more take `shard`'s payloads past its share of the
@@ -353,9 +381,10 @@ impl Pipeline {
     #[inline]
     fn over_budget(&self, shard: usize, bytes: u64) -> bool {
         let budget = self.tun.memory_budget.load(Ordering::Relaxed);
-        let share =
-            budget.saturating_sub(self.rings.slot_bytes()) / self.rings.shard_count() as u64;
-        self.rings.heap_bytes(shard) + bytes > share
+        let for_payloads = budget.saturating_sub(self.rings.slot_bytes()) as u128;
+        // `held > for_payloads / shards`, without a division on every capture
+        let held = (self.rings.heap_bytes(shard) + bytes) as u128;
+        held * self.rings.shard_count() as u128 > for_payloads
     }
 
     /// Runs `f` as a capture that `close` waits for; `None` (and `f` not
@@ -1351,6 +1380,30 @@ mod tests {
         // the database is closed and its lock released: the same directory
         // opens again at once (a supervisor restarting the instance)
         Store::open(dir.path(), StoreOptions::default()).expect("reopened right after close");
+    }
+
+    #[test]
+    fn an_event_made_in_place_near_the_memory_budget_is_handed_back() {
+        let (_dir, p) = started();
+        let slots = p.rings.slot_bytes();
+        let shards = p.rings.shard_count() as u64;
+        // room for 1 000 payload bytes per shard
+        p.tun
+            .memory_budget
+            .store(slots + 1_000 * shards, Ordering::Relaxed);
+        let fill = |e: &mut RawEvent| e.id = 1;
+        let Ok(PushOutcome::Stored) = p.push_in_place(0, 900, fill) else {
+            panic!("900 bytes fit a budget of 1 000");
+        };
+        let Err(back) = p.push_in_place(0, 1_100, |e: &mut RawEvent| e.id = 2) else {
+            panic!("1 100 bytes may not fit a budget of 1 000");
+        };
+        // the caller makes the event and pushes it: its exact size decides
+        let mut e = RawEvent::default();
+        back(&mut e);
+        assert_eq!(e.id, 2);
+        assert_eq!(p.push(0, e), PushOutcome::Stored);
+        p.close().expect("close");
     }
 
     fn exit_event(p: &Pipeline, pid: u64) -> RawEvent {

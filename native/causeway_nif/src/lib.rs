@@ -47,13 +47,15 @@ pub mod atoms {
         message,
         clock,
         direct_term_words,
+        direct_binaries,
     }
 }
 
 /// How this build captures on this machine (`Causeway.metrics().capture_path`):
 /// the clock it reads (`:tsc` or `:os`, see `causeway_core::clock`; `:uninit`
 /// until an instance has started) and whether the encoder reads small
-/// integers, atoms and lists straight from their term words (see `term.rs`).
+/// integers, atoms and lists straight from their term words, and heap
+/// binaries from the heap (see `term.rs`).
 #[rustler::nif]
 fn native_info(env: rustler::Env) -> rustler::NifResult<rustler::Term> {
     use rustler::Encoder;
@@ -63,6 +65,10 @@ fn native_info(env: rustler::Env) -> rustler::NifResult<rustler::Term> {
         .map_put(
             atoms::direct_term_words().encode(env),
             term::direct_words().encode(env),
+        )?
+        .map_put(
+            atoms::direct_binaries().encode(env),
+            term::direct_binaries().encode(env),
         )
 }
 

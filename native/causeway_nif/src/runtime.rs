@@ -13,11 +13,11 @@ use crate::beam::{monotonic_ns, pid_word, term_bytes, word};
 use crate::error::arg_error;
 use crate::handle::Handle;
 use crate::term::{self, Budget};
-use causeway_core::context::Frame;
+use causeway_core::context::{Cause, Frame};
 use causeway_core::event::{EventType, LinkKind, RawEvent, RawPid, Source};
 use causeway_core::inflight::InFlight;
 use causeway_core::pipeline::Pipeline;
-use causeway_core::ring::cpu_slot;
+use causeway_core::ring::{cpu_slot, wrap, PushOutcome};
 use rustler::{Atom, Encoder, Env, NifResult, ResourceArc, Term, TermType};
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
@@ -138,19 +138,62 @@ fn stamp(p: &Pipeline, cpu: usize) -> Stamp {
 
 /// `stamp` with a clock reading the caller already has.
 fn stamp_at(p: &Pipeline, cpu: usize, mono: i64) -> Stamp {
-    let shard = cpu % p.rings.shard_count();
+    let shard = wrap(cpu, p.rings.shard_count());
     let id = p.stamp_on(shard, mono);
     Stamp { shard, id, mono }
 }
 
+/// The parent fields of an event of `kind` whose capture-time cause is `parent`.
 #[inline(always)]
-fn push(p: &Pipeline, s: Stamp, e: Ev) {
-    let (parent_id, parent_link) = match e.parent {
+fn parent_fields(kind: EventType, parent: Cause) -> (u64, Option<LinkKind>) {
+    match parent {
         // an exit's parent is its own entry: the correlator links it when both are seen
-        Some((id, _)) if e.kind == EventType::FunctionExit => (id, None),
+        Some((id, _)) if kind == EventType::FunctionExit => (id, None),
         Some((id, k)) => (id, Some(k)),
         None => (0, None),
-    };
+    }
+}
+
+/// Completes, in its ring slot, an event whose payload is already there.
+#[inline(always)]
+fn set_fields(
+    ev: &mut RawEvent,
+    s: &Stamp,
+    kind: EventType,
+    pid: u64,
+    (module, function, arity): (u64, u64, u32),
+    parent: Cause,
+) {
+    (ev.parent_id, ev.parent_link) = parent_fields(kind, parent);
+    ev.id = s.id;
+    ev.kind = Some(kind);
+    ev.mono_ns = s.mono;
+    ev.pid = pid;
+    ev.module = module;
+    ev.function = function;
+    ev.arity = arity;
+    ev.source = Source::Runtime;
+}
+
+/// The most a payload under budget `b` can hold outside its slot: its
+/// bytes (the budget, plus the few an end marker or a last atom may take
+/// past it), and the spare capacity of an allocation that doubles.
+fn max_heap(b: &Budget) -> u64 {
+    2 * (b.max_bytes as u64 + 2048)
+}
+
+/// Near the memory budget: the event is made first, then pushed, which
+/// checks its exact size against the budget.
+#[cold]
+fn push_made(p: &Pipeline, shard: usize, fill: impl FnOnce(&mut RawEvent)) {
+    let mut ev = RawEvent::default();
+    fill(&mut ev);
+    p.push(shard, ev);
+}
+
+#[inline(always)]
+fn push(p: &Pipeline, s: Stamp, e: Ev) {
+    let (parent_id, parent_link) = parent_fields(e.kind, e.parent);
     p.push(
         s.shard,
         RawEvent {
@@ -200,31 +243,31 @@ fn rt_function_entry<'a>(
             return 0;
         }
         let s = stamp(p, cpu);
-        let id = s.id;
-        let (data, arity) = term::encode_list_len(env, args, &budget(p));
         let f = word(function.as_c_arg());
-        let parent = p.contexts.enter(
-            pid,
-            Frame {
-                call_id: id,
-                module: m,
-                function: f,
-                arity,
-            },
-            s.mono,
-        );
-        let ev = Ev {
-            kind: EventType::FunctionEntry,
-            pid,
+        let b = budget(p);
+        let frame = |arity| Frame {
+            call_id: s.id,
             module: m,
             function: f,
             arity,
-            parent,
-            peer: RawPid::None,
-            data,
         };
-        push(p, s, ev);
-        id
+        // the arguments are encoded into the ring slot itself
+        let fill = |ev: &mut RawEvent| {
+            let arity = term::encode_list_len_into(env, args, &b, &mut ev.data);
+            let parent = p.contexts.enter(pid, frame(arity), s.mono);
+            set_fields(ev, &s, EventType::FunctionEntry, pid, (m, f, arity), parent);
+        };
+        match p.push_in_place(s.shard, max_heap(&b), fill) {
+            Ok(PushOutcome::Rejected) => {
+                // not stored, but the call is open all the same: its
+                // children and its exit still name it
+                let arity = args.list_length().unwrap_or(0) as u32;
+                p.contexts.enter(pid, frame(arity), s.mono);
+            }
+            Ok(_) => {}
+            Err(fill) => push_made(p, s.shard, fill),
+        }
+        s.id
     });
     Ok(match id {
         Some(id) if id != 0 => id.encode(env),
@@ -248,18 +291,17 @@ fn rt_function_exit<'a>(env: Env<'a>, call_id: u64, result: Term<'a>) -> Atom {
             return;
         }
         let s = stamp_at(p, cpu, now);
-        let data = term::encode(env, result, &budget(p));
-        let ev = Ev {
-            kind: EventType::FunctionExit,
-            pid,
-            module: frame.module,
-            function: frame.function,
-            arity: frame.arity,
-            parent: Some((call_id, LinkKind::Completes)),
-            peer: RawPid::None,
-            data,
+        let b = budget(p);
+        // the result is encoded into the ring slot itself
+        let fill = |ev: &mut RawEvent| {
+            term::encode_into(env, result, &b, &mut ev.data);
+            let what = (frame.module, frame.function, frame.arity);
+            let parent = Some((call_id, LinkKind::Completes));
+            set_fields(ev, &s, EventType::FunctionExit, pid, what, parent);
         };
-        push(p, s, ev);
+        if let Err(fill) = p.push_in_place(s.shard, max_heap(&b), fill) {
+            push_made(p, s.shard, fill);
+        }
     });
     crate::atoms::ok()
 }

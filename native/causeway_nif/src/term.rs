@@ -8,7 +8,7 @@
 //! written.
 
 use crate::beam::word;
-use causeway_core::etf::{self, EtfWriter, Payload};
+use causeway_core::etf::{self, EtfWriter, Payload, Sink};
 use rustler::sys::{self, ErlNifBinary, ErlNifMapIterator, ErlNifTerm as ERL_NIF_TERM};
 use rustler::{Env, Term};
 use std::mem::MaybeUninit;
@@ -33,6 +33,20 @@ const CONS_TAG: u64 = 0x1;
 const PTR_TAG_BITS: u64 = 0x7;
 const ATOM_MASK: u64 = 0x3F;
 const ATOM_TAG: u64 = 0x0B;
+const BOXED_MASK: u64 = 0x3;
+const BOXED_TAG: u64 = 0x2;
+/// The header of a heap binary (a binary of up to 64 bytes that lives on
+/// the process heap): `(words << 6) | (0x9 << 2)`, followed by its byte
+/// size and its bytes.
+const HEADER_SUBTAG_MASK: u64 = 0x3F;
+const HEAP_BIN_SUBTAG: u64 = 0x24;
+
+/// Whether the encoder reads heap binaries straight from the heap (their
+/// header, size and bytes), without `enif_term_type` and
+/// `enif_inspect_binary`. Checked by `check_words` like `DIRECT_WORDS`, on
+/// its own: a VM whose binaries are laid out otherwise keeps the direct
+/// reads of the other terms.
+static DIRECT_BINS: AtomicBool = AtomicBool::new(false);
 
 #[inline]
 fn direct() -> bool {
@@ -42,6 +56,11 @@ fn direct() -> bool {
 /// Whether `check_words` turned the direct reads on.
 pub fn direct_words() -> bool {
     direct()
+}
+
+/// Whether `check_words` turned the direct reads of heap binaries on.
+pub fn direct_binaries() -> bool {
+    DIRECT_BINS.load(Ordering::Relaxed)
 }
 
 /// Is `t` an atom (by its tag when the direct reads are on)?
@@ -135,9 +154,10 @@ fn atom_entry(w: u64) -> &'static AtomEntry {
     &ATOMS[(w >> 6) as usize % ATOM_CACHE]
 }
 
-/// The cached encoding of atom word `w` (its bytes, its length).
+/// The cached encoding of atom word `w` (its bytes as little-endian words,
+/// its length).
 #[inline]
-fn cached_atom(w: u64) -> Option<([u8; ATOM_CACHED_BYTES], usize)> {
+fn cached_atom(w: u64) -> Option<([u64; 3], usize)> {
     let e = atom_entry(w);
     let s1 = e.seq.load(Ordering::Acquire);
     let key = e.key.load(Ordering::Relaxed);
@@ -150,13 +170,9 @@ fn cached_atom(w: u64) -> Option<([u8; ATOM_CACHED_BYTES], usize)> {
     if s1 & 1 != 0 || key != w || e.seq.load(Ordering::Relaxed) != s1 {
         return None;
     }
-    let mut out = [0u8; ATOM_CACHED_BYTES];
-    for (i, v) in b.iter().enumerate() {
-        out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
-    }
     // SMALL_ATOM_EXT, length, name
-    let len = out[1] as usize + 2;
-    (len <= ATOM_CACHED_BYTES).then_some((out, len))
+    let len = ((b[0] >> 8) & 0xFF) as usize + 2;
+    (len <= ATOM_CACHED_BYTES).then_some((b, len))
 }
 
 fn cache_atom(w: u64, encoded: &[u8]) {
@@ -182,6 +198,69 @@ fn cache_atom(w: u64, encoded: &[u8]) {
         slot.store(u64::from_le_bytes(chunk), Ordering::Relaxed);
     }
     e.seq.store(s + 2, Ordering::Release);
+}
+
+/// The bytes of a heap binary term word (`None` for anything else).
+///
+/// # Safety
+/// `w` is a live term of the current call, and `DIRECT_BINS` is on.
+#[inline]
+unsafe fn heap_binary<'t>(w: u64) -> Option<&'t [u8]> {
+    if w & BOXED_MASK != BOXED_TAG {
+        return None;
+    }
+    let p = (w & !PTR_TAG_BITS) as *const u64;
+    unsafe {
+        if *p & HEADER_SUBTAG_MASK != HEAP_BIN_SUBTAG {
+            return None;
+        }
+        let size = *p.add(1) as usize;
+        Some(std::slice::from_raw_parts(p.add(2) as *const u8, size))
+    }
+}
+
+/// Checks the heap binary layout `DIRECT_BINS` relies on: binaries of 0, 3
+/// and 64 bytes the VM makes read back as theirs, and neither a larger
+/// (reference-counted) binary, a sub-binary nor any other boxed term looks
+/// like one.
+fn check_binaries(e: *mut sys::ErlNifEnv) -> bool {
+    unsafe {
+        let make = |bytes: &[u8]| {
+            let mut t = ERL_NIF_TERM::default();
+            let data = sys::enif_make_new_binary(e, bytes.len(), &mut t);
+            if !data.is_null() {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), data, bytes.len());
+            }
+            t
+        };
+        let long: Vec<u8> = (0..64u8).collect();
+        let heap_ok = [&b""[..], b"abc", &long[..]].iter().all(|bytes| {
+            let t = make(bytes);
+            word(t) & BOXED_MASK == BOXED_TAG && heap_binary(word(t)) == Some(*bytes)
+        });
+        let refc = make(&[7u8; 200]);
+        let sub = sys::enif_make_sub_binary(e, refc, 1, 3);
+        let head = sys::enif_make_int64(e, 7);
+        let mut me = MaybeUninit::<sys::ErlNifPid>::uninit();
+        let pid = if sys::enif_self(e, me.as_mut_ptr()).is_null() {
+            head
+        } else {
+            sys::enif_make_pid(e, me.assume_init())
+        };
+        let others = [
+            refc,
+            sub,
+            sys::enif_make_double(e, 1.5),
+            sys::enif_make_int64(e, i64::MAX), // a bignum
+            sys::enif_make_tuple_from_array(e, [head].as_ptr(), 1),
+            sys::enif_make_tuple_from_array(e, std::ptr::null(), 0),
+            sys::enif_make_ref(e),
+            sys::enif_make_new_map(e),
+            pid,
+        ];
+        let others_ok = others.iter().all(|&t| heap_binary(word(t)).is_none());
+        heap_ok && others_ok
+    }
 }
 
 /// Checks the tagging `DIRECT_WORDS` relies on against the VM's own terms,
@@ -230,6 +309,7 @@ pub fn check_words(env: Env) {
         small_ok && word(nil) == NIL && cons_ok && others_ok && atoms_ok && pid_ok && nonatoms_ok
     };
     DIRECT_WORDS.store(ok, Ordering::Relaxed);
+    DIRECT_BINS.store(ok && check_binaries(e), Ordering::Relaxed);
 }
 
 pub struct Budget<'r> {
@@ -242,10 +322,12 @@ pub struct Budget<'r> {
 const MARK_MAX_BYTES: &str = "max_bytes";
 const MARK_MAX_DEPTH: &str = "max_depth";
 
-struct Enc<'a, 'e, 'r> {
+/// The encoder, writing into a buffer of its own (`etf::Buf`) or into a
+/// payload where it is kept (`etf::InPlace`: a ring slot's).
+struct Enc<'a, 'e, 'r, S: Sink = etf::Buf> {
     renv: Env<'a>,
     env: *mut sys::ErlNifEnv,
-    w: EtfWriter,
+    w: EtfWriter<S>,
     b: &'e Budget<'r>,
 }
 
@@ -266,12 +348,177 @@ pub fn encode_tuple(env: Env, items: &[Term], b: &Budget) -> Payload {
     e.w.into_payload()
 }
 
-/// Encodes a list whose elements are `items` (e.g. `[a | rest]` pieces).
+/// Encodes an argument list; returns it and its length.
 pub fn encode_list_len(env: Env, list: Term, b: &Budget) -> (Payload, u32) {
     let mut e = Enc::new(env, b);
     // the argument list is an envelope: each argument starts at depth 0
     let n = e.list(list.as_c_arg(), 0);
     (e.w.into_payload(), n)
+}
+
+/// `encode`, into `out` where it is (e.g. a ring slot's payload).
+#[inline]
+pub fn encode_into(env: Env, term: Term, b: &Budget, out: &mut Payload) {
+    if flat_allowed(b) {
+        // SAFETY: `term` is alive for the call; the direct reads are on
+        if unsafe { flat::term(word(term.as_c_arg()), out) } {
+            return;
+        }
+    }
+    let mut e = Enc::at(env, b, out);
+    e.term(term.as_c_arg(), 0);
+}
+
+/// Encodes an argument list into `out` where it is; returns its length.
+#[inline]
+pub fn encode_list_len_into(env: Env, list: Term, b: &Budget, out: &mut Payload) -> u32 {
+    if flat_allowed(b) {
+        // SAFETY: `list` is alive for the call; the direct reads are on
+        if let Some(n) = unsafe { flat::list(word(list.as_c_arg()), out) } {
+            return n;
+        }
+    }
+    let mut e = Enc::at(env, b, out);
+    // the argument list is an envelope: each argument starts at depth 0
+    e.list(list.as_c_arg(), 0)
+}
+
+/// Whether a payload may take the flat path: the direct reads are on, and
+/// whatever fits inline also fits the byte budget.
+#[inline(always)]
+fn flat_allowed(b: &Budget) -> bool {
+    direct() && b.max_bytes >= etf::INLINE_PAYLOAD
+}
+
+/// The flat path: the terms most calls capture (small integers, atoms
+/// already in the cache, `[]`, heap binaries, and proper lists of these)
+/// encoded straight into a payload's inline bytes, with the length kept in
+/// a register and no call per element. Anything else, or anything that
+/// would not fit inline, and it gives up before the payload's length is
+/// touched: the general encoder then starts over. (Measured: the general
+/// encoder took ~40 ns for `[i, :a, "b"]` in the fast machine state, the
+/// trivial NIF call ~19.)
+mod flat {
+    use super::*;
+
+    const CAP: usize = etf::INLINE_PAYLOAD;
+
+    /// Appends the encoding of the scalar `w` at `at`; the new end, or
+    /// `None` for a term this path does not take (or one that does not fit).
+    ///
+    /// # Safety
+    /// `dst` has `CAP` writable bytes, `at <= CAP`; `w` is a live term.
+    #[inline(always)]
+    unsafe fn scalar(w: u64, dst: *mut u8, at: usize) -> Option<usize> {
+        unsafe {
+            if w & SMALL_MASK == SMALL_TAG {
+                let v = w as i64 >> 4;
+                if (0..=255).contains(&v) && at + 2 <= CAP {
+                    *dst.add(at) = etf::SMALL_INTEGER_EXT;
+                    *dst.add(at + 1) = v as u8;
+                    return Some(at + 2);
+                }
+                if i32::try_from(v).is_ok() && at + 5 <= CAP {
+                    *dst.add(at) = etf::INTEGER_EXT;
+                    (dst.add(at + 1) as *mut [u8; 4]).write_unaligned((v as i32).to_be_bytes());
+                    return Some(at + 5);
+                }
+                return None;
+            }
+            if w & ATOM_MASK == ATOM_TAG {
+                let (words, len) = cached_atom(w)?;
+                if at + ATOM_CACHED_BYTES > CAP {
+                    return None;
+                }
+                etf::store_words(dst.add(at), &words);
+                return Some(at + len);
+            }
+            if w == NIL {
+                if at < CAP {
+                    *dst.add(at) = etf::NIL_EXT;
+                    return Some(at + 1);
+                }
+                return None;
+            }
+            if DIRECT_BINS.load(Ordering::Relaxed) {
+                let bytes = heap_binary(w)?;
+                let end = at + 5 + bytes.len();
+                if end > CAP {
+                    return None;
+                }
+                *dst.add(at) = etf::BINARY_EXT;
+                (dst.add(at + 1) as *mut [u8; 4])
+                    .write_unaligned((bytes.len() as u32).to_be_bytes());
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.add(at + 5), bytes.len());
+                return Some(end);
+            }
+            None
+        }
+    }
+
+    /// The payload's inline bytes, when it is inline (and is emptied).
+    #[inline(always)]
+    fn inline_bytes(out: &mut Payload) -> Option<*mut u8> {
+        (!out.spilled()).then(|| out.as_mut_ptr())
+    }
+
+    /// A flat scalar as a whole payload (version byte first).
+    ///
+    /// # Safety
+    /// `w` is a live term of the current call; the direct reads are on.
+    #[inline]
+    pub(super) unsafe fn term(w: u64, out: &mut Payload) -> bool {
+        let Some(dst) = inline_bytes(out) else {
+            return false;
+        };
+        unsafe {
+            *dst = etf::VERSION;
+            match scalar(w, dst, 1) {
+                Some(end) => {
+                    out.set_len(end);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    /// A proper list of flat scalars as a whole payload; its length.
+    ///
+    /// # Safety
+    /// `w` is a live term of the current call; the direct reads are on.
+    #[inline]
+    pub(super) unsafe fn list(w: u64, out: &mut Payload) -> Option<u32> {
+        let dst = inline_bytes(out)?;
+        unsafe {
+            *dst = etf::VERSION;
+            if w == NIL {
+                *dst.add(1) = etf::NIL_EXT;
+                out.set_len(2);
+                return Some(0);
+            }
+            *dst.add(1) = etf::LIST_EXT;
+            let mut at = 6;
+            let mut n: u32 = 0;
+            let mut cur = w;
+            while cur != NIL {
+                if cur & CONS_MASK != CONS_TAG {
+                    return None; // an improper tail
+                }
+                let (head, tail) = cons_cell(cur);
+                at = scalar(word(head), dst, at)?;
+                n += 1;
+                cur = word(tail);
+            }
+            if at >= CAP {
+                return None;
+            }
+            (dst.add(2) as *mut [u8; 4]).write_unaligned(n.to_be_bytes());
+            *dst.add(at) = etf::NIL_EXT;
+            out.set_len(at + 1);
+            Some(n)
+        }
+    }
 }
 
 impl<'a, 'e, 'r> Enc<'a, 'e, 'r> {
@@ -285,7 +532,22 @@ impl<'a, 'e, 'r> Enc<'a, 'e, 'r> {
             b,
         }
     }
+}
 
+impl<'a, 'e, 'r, 'p> Enc<'a, 'e, 'r, etf::InPlace<'p>> {
+    /// An encoder writing into `out` (emptied, version byte first).
+    #[inline(always)]
+    fn at(env: Env<'a>, b: &'e Budget<'r>, out: &'p mut Payload) -> Self {
+        Enc {
+            renv: env,
+            env: env.as_c_arg(),
+            w: EtfWriter::into_payload_at(out),
+            b,
+        }
+    }
+}
+
+impl<'a, 'e, 'r, S: Sink> Enc<'a, 'e, 'r, S> {
     fn over(&self) -> bool {
         self.w.len() >= self.b.max_bytes
     }
@@ -310,6 +572,13 @@ impl<'a, 'e, 'r> Enc<'a, 'e, 'r> {
             if w & ATOM_MASK == ATOM_TAG {
                 self.atom(t);
                 return;
+            }
+            if DIRECT_BINS.load(Ordering::Relaxed) {
+                // SAFETY: `t` is alive for the call; `check_binaries` passed
+                if let Some(bytes) = unsafe { heap_binary(w) } {
+                    self.bytes(bytes);
+                    return;
+                }
             }
         }
         let ty = unsafe { sys::enif_term_type(self.env, t) };
@@ -346,13 +615,7 @@ impl<'a, 'e, 'r> Enc<'a, 'e, 'r> {
                 let mut bin = MaybeUninit::<ErlNifBinary>::uninit();
                 if unsafe { sys::enif_inspect_binary(self.env, t, bin.as_mut_ptr()) } != 0 {
                     let bin = unsafe { bin.assume_init() };
-                    let size = bin.size;
-                    if size + 5 > self.left() {
-                        self.w.truncated(size as u64);
-                    } else {
-                        let bytes = unsafe { std::slice::from_raw_parts(bin.data, size) };
-                        self.w.binary(bytes);
-                    }
+                    self.bytes(unsafe { std::slice::from_raw_parts(bin.data, bin.size) });
                 } else {
                     self.opaque(t); // a bitstring that is not whole bytes
                 }
@@ -367,10 +630,20 @@ impl<'a, 'e, 'r> Enc<'a, 'e, 'r> {
         }
     }
 
+    /// A binary, or `{:truncated, size}` when it does not fit what is left.
+    #[inline]
+    fn bytes(&mut self, bytes: &[u8]) {
+        if bytes.len() + 5 > self.left() {
+            self.w.truncated(bytes.len() as u64);
+        } else {
+            self.w.binary(bytes);
+        }
+    }
+
     fn atom(&mut self, t: ERL_NIF_TERM) {
         let w = word(t);
-        if let Some((bytes, len)) = cached_atom(w) {
-            self.w.buf.extend_from_slice(&bytes[..len]);
+        if let Some((words, len)) = cached_atom(w) {
+            self.w.buf.extend_words(&words, len);
             return;
         }
         // not zeroed: the VM writes the name and its NUL, we read only those
@@ -390,7 +663,7 @@ impl<'a, 'e, 'r> Enc<'a, 'e, 'r> {
             let start = self.w.len();
             self.w.atom_latin1(name);
             if name.len() + 2 <= ATOM_CACHED_BYTES {
-                cache_atom(w, &self.w.buf[start..]);
+                cache_atom(w, &self.w.buf.as_slice()[start..]);
             }
         } else {
             self.opaque(t); // not Latin-1 (OTP 25 cannot give it to us another way)

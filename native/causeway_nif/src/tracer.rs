@@ -301,7 +301,7 @@ fn record<'a>(
         return ok;
     }
 
-    let shard = cpu_slot() % p.rings.shard_count();
+    let shard = causeway_core::ring::wrap(cpu_slot(), p.rings.shard_count());
     let id = p.stamp_on(shard, now);
     let mut ev = RawEvent {
         id,
