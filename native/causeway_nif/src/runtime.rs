@@ -14,6 +14,7 @@ use crate::error::arg_error;
 use crate::handle::Handle;
 use crate::term::{self, Budget};
 use causeway_core::context::{Cause, Frame};
+use causeway_core::etf::Payload;
 use causeway_core::event::{EventType, LinkKind, RawEvent, RawPid, Source};
 use causeway_core::inflight::InFlight;
 use causeway_core::pipeline::Pipeline;
@@ -113,18 +114,6 @@ fn local_pid(t: Term, what: &str) -> NifResult<u64> {
     }
 }
 
-/// What a capture puts in the ring besides the stamp.
-struct Ev {
-    kind: EventType,
-    pid: u64,
-    module: u64,
-    function: u64,
-    arity: u32,
-    parent: Option<(u64, LinkKind)>,
-    peer: RawPid,
-    data: causeway_core::etf::Payload,
-}
-
 /// The shard, id and monotonic time of an event captured now.
 struct Stamp {
     shard: usize,
@@ -189,28 +178,6 @@ fn push_made(p: &Pipeline, shard: usize, fill: impl FnOnce(&mut RawEvent)) {
     let mut ev = RawEvent::default();
     fill(&mut ev);
     p.push(shard, ev);
-}
-
-#[inline(always)]
-fn push(p: &Pipeline, s: Stamp, e: Ev) {
-    let (parent_id, parent_link) = parent_fields(e.kind, e.parent);
-    p.push(
-        s.shard,
-        RawEvent {
-            id: s.id,
-            kind: Some(e.kind),
-            mono_ns: s.mono,
-            pid: e.pid,
-            module: e.module,
-            function: e.function,
-            arity: e.arity,
-            parent_id,
-            parent_link,
-            peer: e.peer,
-            data: e.data,
-            source: Source::Runtime,
-        },
-    );
 }
 
 lean_nif!("rt_function_entry", 3, |env, a| rt_function_entry(
@@ -307,12 +274,13 @@ fn rt_function_exit<'a>(env: Env<'a>, call_id: u64, result: Term<'a>) -> Atom {
 }
 
 /// The common shape of the other captures: `context` gives the capture-time
-/// cause (and may update the process context), `encode` the payload.
+/// cause (and may update the process context), `encode` writes the payload
+/// (into the ring slot).
 fn capture(
     kind: EventType,
     pid: u64,
     peer: RawPid,
-    encode: impl FnOnce(&Budget) -> causeway_core::etf::Payload,
+    encode: impl FnOnce(&Budget, &mut Payload),
     context: impl FnOnce(&Pipeline, u64, i64) -> Option<(u64, LinkKind)>,
 ) -> Atom {
     with_default(|p, cpu| {
@@ -321,21 +289,19 @@ fn capture(
         }
         let s = stamp(p, cpu);
         let parent = context(p, s.id, s.mono);
-        let data = encode(&budget(p));
-        push(
-            p,
-            s,
-            Ev {
-                kind,
-                pid,
-                module: 0,
-                function: 0,
-                arity: 0,
-                parent,
-                peer,
-                data,
-            },
-        );
+        let b = budget(p);
+        let peer_bytes = match &peer {
+            RawPid::External(bytes) => bytes.capacity() as u64,
+            _ => 0,
+        };
+        let fill = |ev: &mut RawEvent| {
+            encode(&b, &mut ev.data);
+            set_fields(ev, &s, kind, pid, (0, 0, 0), parent);
+            ev.peer = peer;
+        };
+        if let Err(fill) = p.push_in_place(s.shard, max_heap(&b) + peer_bytes, fill) {
+            push_made(p, s.shard, fill);
+        }
     });
     crate::atoms::ok()
 }
@@ -350,7 +316,7 @@ fn rt_message_send<'a>(env: Env<'a>, to: Term<'a>, message: Term<'a>) -> NifResu
         EventType::MessageSend,
         me,
         peer,
-        |b| term::encode(env, message, b),
+        |b, out| term::encode_into(env, message, b, out),
         |p, _, _| p.contexts.current_call(me).map(|c| (c, LinkKind::CausedBy)),
     ))
 }
@@ -372,7 +338,7 @@ fn rt_message_receive<'a>(env: Env<'a>, from: Term<'a>, message: Term<'a>) -> Ni
         EventType::MessageReceive,
         me,
         peer,
-        |b| term::encode(env, message, b),
+        |b, out| term::encode_into(env, message, b, out),
         |p, id, mono| {
             p.contexts.receive(me, id, mono);
             None
@@ -389,7 +355,7 @@ fn rt_state_change<'a>(env: Env<'a>, old: Term<'a>, new: Term<'a>) -> Atom {
         EventType::StateChange,
         me,
         RawPid::None,
-        |b| term::encode_tuple(env, &[old, new], b),
+        |b, out| term::encode_tuple_into(env, &[old, new], b, out),
         |p, _, _| p.contexts.cause(me),
     )
 }
@@ -402,7 +368,7 @@ fn rt_process_spawn<'a>(env: Env<'a>, child: Term<'a>) -> NifResult<Atom> {
         EventType::ProcessSpawn,
         me,
         peer,
-        |b| term::encode(env, child, b),
+        |b, out| term::encode_into(env, child, b, out),
         |p, _, _| p.contexts.current_call(me).map(|c| (c, LinkKind::CausedBy)),
     ))
 }
@@ -416,7 +382,7 @@ fn rt_process_exit<'a>(env: Env<'a>, pid: Term<'a>, reason: Term<'a>) -> NifResu
         EventType::ProcessExit,
         who,
         RawPid::None,
-        |b| term::encode(env, reason, b),
+        |b, out| term::encode_into(env, reason, b, out),
         |p, _, _| {
             p.contexts.forget(who);
             None
@@ -431,7 +397,7 @@ fn rt_error<'a>(env: Env<'a>, kind: Term<'a>, reason: Term<'a>, stacktrace: Term
         EventType::Error,
         me,
         RawPid::None,
-        |b| term::encode_tuple(env, &[kind, reason, stacktrace], b),
+        |b, out| term::encode_tuple_into(env, &[kind, reason, stacktrace], b, out),
         |p, _, _| p.contexts.current_call(me).map(|c| (c, LinkKind::CausedBy)),
     )
 }

@@ -348,6 +348,15 @@ pub fn encode_tuple(env: Env, items: &[Term], b: &Budget) -> Payload {
     e.w.into_payload()
 }
 
+/// `encode_tuple`, into `out` where it is.
+pub fn encode_tuple_into(env: Env, items: &[Term], b: &Budget, out: &mut Payload) {
+    let mut e = Enc::at(env, b, out);
+    e.w.tuple_header(items.len());
+    for t in items {
+        e.term(t.as_c_arg(), 0);
+    }
+}
+
 /// Encodes an argument list; returns it and its length.
 pub fn encode_list_len(env: Env, list: Term, b: &Budget) -> (Payload, u32) {
     let mut e = Enc::new(env, b);
