@@ -199,9 +199,9 @@ defmodule Causeway do
   the backpressure `level` and its `history`, and `alerts`; and
   `capture_path`: the clock captures read (`:tsc` or `:os`) and whether small
   integers, atoms and lists are read straight from their term words
-  (`direct_term_words`) and binaries of up to 64 bytes straight from the
-  process heap (`direct_binaries`), each checked when the native library
-  loads.
+  (`direct_term_words`) and binaries of up to 64 bytes, floats and tuples
+  straight from the process heap (`direct_boxed_terms`), each checked when
+  the native library loads.
   """
   @spec metrics(atom()) :: map()
   def metrics(name \\ Causeway) do

@@ -119,6 +119,23 @@ defmodule Causeway.RuntimeTest do
     assert s == "small"
   end
 
+  test "the depth budget and redaction hold for small arguments and results" do
+    start_causeway!(max_depth: 1, redact: [:password])
+    id = Runtime.function_entry(M, :f, [[1], {:password, "x"}, {:user, [2]}, 3])
+    Runtime.function_exit(id, {:ok, [1]})
+    flush!()
+
+    assert Causeway.event(id).data == [
+             [1],
+             {:password, :redacted},
+             {:user, {:truncated, :max_depth}},
+             3
+           ]
+
+    [exit] = Causeway.events(type: :function_exit, call_id: id)
+    assert exit.data == {:ok, {:truncated, :max_depth}}
+  end
+
   test "the smallest byte budget holds for arguments and results" do
     start_causeway!(max_term_bytes: 64)
     id = Runtime.function_entry(M, :f, [1, :binary.copy("x", 60), :binary.copy("w", 20)])
@@ -179,7 +196,7 @@ defmodule Causeway.RuntimeTest do
   test "binaries of every kind are stored exactly, or truncated past the budget" do
     start_causeway!(max_term_bytes: 1_000)
     # on this VM heap binaries (up to 64 bytes) are read straight from the heap
-    assert %{direct_binaries: true} = Causeway.metrics().capture_path
+    assert %{direct_boxed_terms: true} = Causeway.metrics().capture_path
 
     heap = for n <- [0, 1, 3, 63, 64], do: :binary.copy(<<n>>, n)
     refc = for n <- [65, 200, 600], do: :binary.copy(<<n>>, n)
@@ -225,7 +242,12 @@ defmodule Causeway.RuntimeTest do
       [Enum.to_list(1..20), 1],
       [Enum.to_list(1..21), :binary.copy("z", 65)],
       [[[1], {2}, %{3 => 4}, 1.5, self()], {:ok, [1]}],
-      [[1 | 2], [1 | 2]]
+      [[1 | 2], [1 | 2]],
+      # floats, tuples and lists two levels deep stay on the flat path
+      [[1.5, -0.0, 1.0e300], 2.5],
+      [[{:ok, 1}, {}, ~c"ab"], {:ok, [1, {:b, 2.0}]}],
+      [[[1, [2, [3]]]], {:a, {:b, {:c}}}],
+      [[{:ok, "b", 1.5, [], [:x]}], {:error, {:bad, ""}}]
     ]
 
     ids =

@@ -47,7 +47,7 @@ pub mod atoms {
         message,
         clock,
         direct_term_words,
-        direct_binaries,
+        direct_boxed_terms,
     }
 }
 
@@ -55,7 +55,7 @@ pub mod atoms {
 /// the clock it reads (`:tsc` or `:os`, see `causeway_core::clock`; `:uninit`
 /// until an instance has started) and whether the encoder reads small
 /// integers, atoms and lists straight from their term words, and heap
-/// binaries from the heap (see `term.rs`).
+/// binaries, floats and tuples from the heap (see `term.rs`).
 #[rustler::nif]
 fn native_info(env: rustler::Env) -> rustler::NifResult<rustler::Term> {
     use rustler::Encoder;
@@ -67,8 +67,8 @@ fn native_info(env: rustler::Env) -> rustler::NifResult<rustler::Term> {
             term::direct_words().encode(env),
         )?
         .map_put(
-            atoms::direct_binaries().encode(env),
-            term::direct_binaries().encode(env),
+            atoms::direct_boxed_terms().encode(env),
+            term::direct_boxed().encode(env),
         )
 }
 

@@ -40,13 +40,17 @@ const BOXED_TAG: u64 = 0x2;
 /// size and its bytes.
 const HEADER_SUBTAG_MASK: u64 = 0x3F;
 const HEAP_BIN_SUBTAG: u64 = 0x24;
+/// A float: its header (subtag `0x6 << 2`), then the 8 bytes of the double.
+const FLOAT_SUBTAG: u64 = 0x18;
+/// A tuple: its header is `(arity << 6) | 0`, then the element words.
+const ARITYVAL_SUBTAG: u64 = 0x00;
 
-/// Whether the encoder reads heap binaries straight from the heap (their
-/// header, size and bytes), without `enif_term_type` and
-/// `enif_inspect_binary`. Checked by `check_words` like `DIRECT_WORDS`, on
-/// its own: a VM whose binaries are laid out otherwise keeps the direct
-/// reads of the other terms.
-static DIRECT_BINS: AtomicBool = AtomicBool::new(false);
+/// Whether the encoder reads heap binaries, floats and tuples straight
+/// from the heap (their header, then size and bytes, the double, or the
+/// element words), without `enif_*` calls. Checked by `check_words` like
+/// `DIRECT_WORDS`, on its own: a VM whose boxed terms are laid out
+/// otherwise keeps the direct reads of the immediate terms.
+static DIRECT_BOXED: AtomicBool = AtomicBool::new(false);
 
 #[inline]
 fn direct() -> bool {
@@ -58,9 +62,9 @@ pub fn direct_words() -> bool {
     direct()
 }
 
-/// Whether `check_words` turned the direct reads of heap binaries on.
-pub fn direct_binaries() -> bool {
-    DIRECT_BINS.load(Ordering::Relaxed)
+/// Whether `check_words` turned the direct reads of boxed terms on.
+pub fn direct_boxed() -> bool {
+    DIRECT_BOXED.load(Ordering::Relaxed)
 }
 
 /// Is `t` an atom (by its tag when the direct reads are on)?
@@ -200,30 +204,63 @@ fn cache_atom(w: u64, encoded: &[u8]) {
     e.seq.store(s + 2, Ordering::Release);
 }
 
-/// The bytes of a heap binary term word (`None` for anything else).
+/// The header word of a boxed term and a pointer to it (`None` for an
+/// immediate or a list cell).
 ///
 /// # Safety
-/// `w` is a live term of the current call, and `DIRECT_BINS` is on.
-#[inline]
-unsafe fn heap_binary<'t>(w: u64) -> Option<&'t [u8]> {
+/// `w` is a live term of the current call.
+#[inline(always)]
+unsafe fn boxed(w: u64) -> Option<(u64, *const u64)> {
     if w & BOXED_MASK != BOXED_TAG {
         return None;
     }
     let p = (w & !PTR_TAG_BITS) as *const u64;
+    Some((unsafe { *p }, p))
+}
+
+/// The bytes of a heap binary term word (`None` for anything else).
+///
+/// # Safety
+/// `w` is a live term of the current call, and `DIRECT_BOXED` is on.
+#[inline]
+unsafe fn heap_binary<'t>(w: u64) -> Option<&'t [u8]> {
+    let (header, p) = unsafe { boxed(w) }?;
+    if header & HEADER_SUBTAG_MASK != HEAP_BIN_SUBTAG {
+        return None;
+    }
     unsafe {
-        if *p & HEADER_SUBTAG_MASK != HEAP_BIN_SUBTAG {
-            return None;
-        }
         let size = *p.add(1) as usize;
         Some(std::slice::from_raw_parts(p.add(2) as *const u8, size))
     }
 }
 
-/// Checks the heap binary layout `DIRECT_BINS` relies on: binaries of 0, 3
-/// and 64 bytes the VM makes read back as theirs, and neither a larger
-/// (reference-counted) binary, a sub-binary nor any other boxed term looks
-/// like one.
-fn check_binaries(e: *mut sys::ErlNifEnv) -> bool {
+/// The value of a float term word (`None` for anything else).
+///
+/// # Safety
+/// As `heap_binary`.
+#[inline]
+unsafe fn boxed_float(w: u64) -> Option<f64> {
+    let (header, p) = unsafe { boxed(w) }?;
+    (header & HEADER_SUBTAG_MASK == FLOAT_SUBTAG)
+        .then(|| f64::from_bits(unsafe { p.add(1).read_unaligned() }))
+}
+
+/// The element words of a tuple term word (`None` for anything else).
+///
+/// # Safety
+/// As `heap_binary`.
+#[inline]
+unsafe fn boxed_tuple<'t>(w: u64) -> Option<&'t [u64]> {
+    let (header, p) = unsafe { boxed(w) }?;
+    (header & HEADER_SUBTAG_MASK == ARITYVAL_SUBTAG)
+        .then(|| unsafe { std::slice::from_raw_parts(p.add(1), (header >> 6) as usize) })
+}
+
+/// Checks the boxed layouts `DIRECT_BOXED` relies on: heap binaries of 0,
+/// 3 and 64 bytes, floats and tuples the VM makes read back as theirs, and
+/// no other boxed term (a larger, reference-counted binary, a sub-binary, a
+/// bignum, a reference, a map, a pid) looks like any of them.
+fn check_boxed(e: *mut sys::ErlNifEnv) -> bool {
     unsafe {
         let make = |bytes: &[u8]| {
             let mut t = ERL_NIF_TERM::default();
@@ -258,8 +295,33 @@ fn check_binaries(e: *mut sys::ErlNifEnv) -> bool {
             sys::enif_make_new_map(e),
             pid,
         ];
-        let others_ok = others.iter().all(|&t| heap_binary(word(t)).is_none());
-        heap_ok && others_ok
+        let floats = [1.5, -0.0, 1e300, f64::MIN_POSITIVE];
+        let floats_ok = floats.iter().all(|&v| {
+            let t = sys::enif_make_double(e, v);
+            let w = word(t);
+            boxed_float(w).map(f64::to_bits) == Some(v.to_bits())
+                && heap_binary(w).is_none()
+                && boxed_tuple(w).is_none()
+        });
+        let elems = [head, sys::enif_make_int64(e, 8), refc];
+        let tuples_ok = (0..=elems.len()).all(|n| {
+            let t = sys::enif_make_tuple_from_array(e, elems.as_ptr(), n as u32);
+            let w = word(t);
+            let want: Vec<u64> = elems[..n].iter().map(|&x| word(x)).collect();
+            boxed_tuple(w) == Some(&want[..])
+                && heap_binary(w).is_none()
+                && boxed_float(w).is_none()
+        });
+        let not_tuples_or_floats = [refc, sub, others[3], others[6], others[7], others[8]];
+        let others_ok = others.iter().all(|&t| heap_binary(word(t)).is_none())
+            && not_tuples_or_floats
+                .iter()
+                .all(|&t| boxed_tuple(word(t)).is_none() && boxed_float(word(t)).is_none())
+            && [&b""[..], b"abc"].iter().all(|bytes| {
+                let w = word(make(bytes));
+                boxed_tuple(w).is_none() && boxed_float(w).is_none()
+            });
+        heap_ok && floats_ok && tuples_ok && others_ok
     }
 }
 
@@ -309,7 +371,7 @@ pub fn check_words(env: Env) {
         small_ok && word(nil) == NIL && cons_ok && others_ok && atoms_ok && pid_ok && nonatoms_ok
     };
     DIRECT_WORDS.store(ok, Ordering::Relaxed);
-    DIRECT_BINS.store(ok && check_binaries(e), Ordering::Relaxed);
+    DIRECT_BOXED.store(ok && check_boxed(e), Ordering::Relaxed);
 }
 
 pub struct Budget<'r> {
@@ -370,7 +432,7 @@ pub fn encode_list_len(env: Env, list: Term, b: &Budget) -> (Payload, u32) {
 pub fn encode_into(env: Env, term: Term, b: &Budget, out: &mut Payload) {
     if flat_allowed(b) {
         // SAFETY: `term` is alive for the call; the direct reads are on
-        if unsafe { flat::term(word(term.as_c_arg()), out) } {
+        if unsafe { flat::term(word(term.as_c_arg()), out, &flat_limits(b)) } {
             return;
         }
     }
@@ -383,13 +445,21 @@ pub fn encode_into(env: Env, term: Term, b: &Budget, out: &mut Payload) {
 pub fn encode_list_len_into(env: Env, list: Term, b: &Budget, out: &mut Payload) -> u32 {
     if flat_allowed(b) {
         // SAFETY: `list` is alive for the call; the direct reads are on
-        if let Some(n) = unsafe { flat::list(word(list.as_c_arg()), out) } {
+        if let Some(n) = unsafe { flat::list(word(list.as_c_arg()), out, &flat_limits(b)) } {
             return n;
         }
     }
     let mut e = Enc::at(env, b, out);
     // the argument list is an envelope: each argument starts at depth 0
     e.list(list.as_c_arg(), 0)
+}
+
+#[inline(always)]
+fn flat_limits(b: &Budget) -> flat::Limits {
+    flat::Limits {
+        max_depth: b.max_depth,
+        redacting: !b.redact.is_empty(),
+    }
 }
 
 /// Whether a payload may take the flat path: the direct reads are on, and
@@ -400,25 +470,39 @@ fn flat_allowed(b: &Budget) -> bool {
 }
 
 /// The flat path: the terms most calls capture (small integers, atoms
-/// already in the cache, `[]`, heap binaries, and proper lists of these)
-/// encoded straight into a payload's inline bytes, with the length kept in
-/// a register and no call per element. Anything else, or anything that
-/// would not fit inline, and it gives up before the payload's length is
-/// touched: the general encoder then starts over. (Measured: the general
-/// encoder took ~40 ns for `[i, :a, "b"]` in the fast machine state, the
-/// trivial NIF call ~19.)
+/// already in the cache, `[]`, heap binaries, floats, and lists and tuples
+/// of these, two levels deep at most) encoded straight into a payload's
+/// inline bytes, with the length kept in a register and no call into the VM.
+/// Anything else, or anything that would not fit inline, and it gives up
+/// before the payload's length is touched: the general encoder then starts
+/// over. The bytes are the ones the general encoder writes (message
+/// payloads are matched by their bytes). (Measured: the general encoder
+/// took ~40 ns for `[i, :a, "b"]` in the fast machine state, this path ~12,
+/// the trivial NIF call ~19.)
 mod flat {
     use super::*;
 
     const CAP: usize = etf::INLINE_PAYLOAD;
 
-    /// Appends the encoding of the scalar `w` at `at`; the new end, or
-    /// `None` for a term this path does not take (or one that does not fit).
+    /// What bounds the walk: containers at `max_depth` or deeper are the
+    /// general encoder's (it writes a marker for them), and so are tuples
+    /// when keys are redacted.
+    pub(super) struct Limits {
+        pub max_depth: usize,
+        pub redacting: bool,
+    }
+
+    /// Containers this deep or deeper are left to the general encoder.
+    const MAX_NESTING: usize = 2;
+
+    /// Appends the encoding of `w` (at `depth` in the captured term) at
+    /// `at`; the new end, or `None` for a term this path does not take (or
+    /// one that does not fit).
     ///
     /// # Safety
-    /// `dst` has `CAP` writable bytes, `at <= CAP`; `w` is a live term.
-    #[inline(always)]
-    unsafe fn scalar(w: u64, dst: *mut u8, at: usize) -> Option<usize> {
+    /// `dst` has `CAP` writable bytes, `at <= CAP`; `w` is a live term; the
+    /// direct reads are on.
+    unsafe fn item(w: u64, dst: *mut u8, at: usize, depth: usize, lim: &Limits) -> Option<usize> {
         unsafe {
             if w & SMALL_MASK == SMALL_TAG {
                 let v = w as i64 >> 4;
@@ -449,8 +533,18 @@ mod flat {
                 }
                 return None;
             }
-            if DIRECT_BINS.load(Ordering::Relaxed) {
-                let bytes = heap_binary(w)?;
+            let container_ok = depth < lim.max_depth && depth < MAX_NESTING;
+            if w & CONS_MASK == CONS_TAG {
+                return if container_ok {
+                    list_at(w, dst, at, depth + 1, lim).map(|(end, _)| end)
+                } else {
+                    None
+                };
+            }
+            if !DIRECT_BOXED.load(Ordering::Relaxed) {
+                return None;
+            }
+            if let Some(bytes) = heap_binary(w) {
                 let end = at + 5 + bytes.len();
                 if end > CAP {
                     return None;
@@ -461,7 +555,67 @@ mod flat {
                 std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.add(at + 5), bytes.len());
                 return Some(end);
             }
+            if let Some(v) = boxed_float(w) {
+                if at + 9 > CAP {
+                    return None;
+                }
+                *dst.add(at) = etf::NEW_FLOAT_EXT;
+                (dst.add(at + 1) as *mut [u8; 8]).write_unaligned(v.to_bits().to_be_bytes());
+                return Some(at + 9);
+            }
+            if let Some(items) = boxed_tuple(w) {
+                if !container_ok || lim.redacting || at + 5 > CAP {
+                    return None;
+                }
+                // the general encoder's header: LARGE_TUPLE_EXT, 4-byte arity
+                *dst.add(at) = etf::LARGE_TUPLE_EXT;
+                (dst.add(at + 1) as *mut [u8; 4])
+                    .write_unaligned((items.len() as u32).to_be_bytes());
+                let mut end = at + 5;
+                for &item_w in items {
+                    end = item(item_w, dst, end, depth + 1, lim)?;
+                }
+                return Some(end);
+            }
             None
+        }
+    }
+
+    /// Appends the proper list `w` (a list cell) whose elements are at
+    /// `depth`; the new end and its length.
+    ///
+    /// # Safety
+    /// As `item`.
+    unsafe fn list_at(
+        w: u64,
+        dst: *mut u8,
+        at: usize,
+        depth: usize,
+        lim: &Limits,
+    ) -> Option<(usize, u32)> {
+        if at + 6 > CAP {
+            return None;
+        }
+        unsafe {
+            *dst.add(at) = etf::LIST_EXT;
+            let mut end = at + 5;
+            let mut n: u32 = 0;
+            let mut cur = w;
+            while cur != NIL {
+                if cur & CONS_MASK != CONS_TAG {
+                    return None; // an improper tail
+                }
+                let (head, tail) = cons_cell(cur);
+                end = item(word(head), dst, end, depth, lim)?;
+                n += 1;
+                cur = word(tail);
+            }
+            if end >= CAP {
+                return None;
+            }
+            (dst.add(at + 1) as *mut [u8; 4]).write_unaligned(n.to_be_bytes());
+            *dst.add(end) = etf::NIL_EXT;
+            Some((end + 1, n))
         }
     }
 
@@ -471,18 +625,18 @@ mod flat {
         (!out.spilled()).then(|| out.as_mut_ptr())
     }
 
-    /// A flat scalar as a whole payload (version byte first).
+    /// A flat term as a whole payload (version byte first).
     ///
     /// # Safety
     /// `w` is a live term of the current call; the direct reads are on.
     #[inline]
-    pub(super) unsafe fn term(w: u64, out: &mut Payload) -> bool {
+    pub(super) unsafe fn term(w: u64, out: &mut Payload, lim: &Limits) -> bool {
         let Some(dst) = inline_bytes(out) else {
             return false;
         };
         unsafe {
             *dst = etf::VERSION;
-            match scalar(w, dst, 1) {
+            match item(w, dst, 1, 0, lim) {
                 Some(end) => {
                     out.set_len(end);
                     true
@@ -492,12 +646,13 @@ mod flat {
         }
     }
 
-    /// A proper list of flat scalars as a whole payload; its length.
+    /// A proper list of flat terms (an argument list: its elements at depth
+    /// 0) as a whole payload; its length.
     ///
     /// # Safety
     /// `w` is a live term of the current call; the direct reads are on.
     #[inline]
-    pub(super) unsafe fn list(w: u64, out: &mut Payload) -> Option<u32> {
+    pub(super) unsafe fn list(w: u64, out: &mut Payload, lim: &Limits) -> Option<u32> {
         let dst = inline_bytes(out)?;
         unsafe {
             *dst = etf::VERSION;
@@ -506,25 +661,11 @@ mod flat {
                 out.set_len(2);
                 return Some(0);
             }
-            *dst.add(1) = etf::LIST_EXT;
-            let mut at = 6;
-            let mut n: u32 = 0;
-            let mut cur = w;
-            while cur != NIL {
-                if cur & CONS_MASK != CONS_TAG {
-                    return None; // an improper tail
-                }
-                let (head, tail) = cons_cell(cur);
-                at = scalar(word(head), dst, at)?;
-                n += 1;
-                cur = word(tail);
-            }
-            if at >= CAP {
+            if w & CONS_MASK != CONS_TAG {
                 return None;
             }
-            (dst.add(2) as *mut [u8; 4]).write_unaligned(n.to_be_bytes());
-            *dst.add(at) = etf::NIL_EXT;
-            out.set_len(at + 1);
+            let (end, n) = list_at(w, dst, 1, 0, lim)?;
+            out.set_len(end);
             Some(n)
         }
     }
@@ -582,7 +723,7 @@ impl<'a, 'e, 'r, S: Sink> Enc<'a, 'e, 'r, S> {
                 self.atom(t);
                 return;
             }
-            if DIRECT_BINS.load(Ordering::Relaxed) {
+            if DIRECT_BOXED.load(Ordering::Relaxed) {
                 // SAFETY: `t` is alive for the call; `check_binaries` passed
                 if let Some(bytes) = unsafe { heap_binary(w) } {
                     self.bytes(bytes);
