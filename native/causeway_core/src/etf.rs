@@ -195,11 +195,7 @@ impl Sink for Buf {
             unsafe { store_words(self.stack.as_mut_ptr().add(self.len), words) };
             self.len += len;
         } else {
-            let mut bytes = [0u8; 24];
-            for (i, w) in words.iter().enumerate() {
-                bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
-            }
-            self.extend_from_slice(&bytes[..len.min(24)]);
+            words_as_bytes(self, words, len);
         }
     }
 }
@@ -227,12 +223,17 @@ pub trait Sink {
     /// wide loads would wait for the narrow stores that built it.
     #[inline]
     fn extend_words(&mut self, words: &[u64; 3], len: usize) {
-        let mut bytes = [0u8; 24];
-        for (i, w) in words.iter().enumerate() {
-            bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
-        }
-        self.extend_from_slice(&bytes[..len.min(24)]);
+        words_as_bytes(self, words, len);
     }
+}
+
+/// `Sink::extend_words` the slow way: the words as a byte array, copied.
+fn words_as_bytes<S: Sink + ?Sized>(sink: &mut S, words: &[u64; 3], len: usize) {
+    let mut bytes = [0u8; 24];
+    for (i, w) in words.iter().enumerate() {
+        bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    sink.extend_from_slice(&bytes[..len.min(24)]);
 }
 
 /// Stores `words` at `dst` (24 bytes, any alignment).
@@ -362,11 +363,7 @@ impl Sink for InPlace<'_> {
             unsafe { store_words(self.ptr.add(self.len), words) };
             self.len += len;
         } else {
-            let mut bytes = [0u8; 24];
-            for (i, w) in words.iter().enumerate() {
-                bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
-            }
-            self.extend_from_slice(&bytes[..len.min(24)]);
+            words_as_bytes(self, words, len);
         }
     }
 
