@@ -136,6 +136,20 @@ defmodule Causeway.RuntimeTest do
     assert exit.data == {:ok, {:truncated, :max_depth}}
   end
 
+  test "with a large byte budget, events are made first and copied into the ring" do
+    start_causeway!(max_term_bytes: 100_000)
+    big = :binary.copy("q", 50_000)
+    id = Runtime.function_entry(M, :f, [1, big])
+    Runtime.function_exit(id, {:ok, big})
+    Runtime.state_change(:old, [big])
+    flush!()
+    assert Causeway.event(id).data == [1, big]
+    [exit] = Causeway.events(type: :function_exit, call_id: id)
+    assert exit.data == {:ok, big}
+    [change] = Causeway.events(pid: self(), type: :state_change)
+    assert change.data.new == [big]
+  end
+
   test "the smallest byte budget holds for arguments and results" do
     start_causeway!(max_term_bytes: 64)
     id = Runtime.function_entry(M, :f, [1, :binary.copy("x", 60), :binary.copy("w", 20)])
@@ -144,6 +158,17 @@ defmodule Causeway.RuntimeTest do
     assert Causeway.event(id).data == [1, {:truncated, 60}, :binary.copy("w", 20)]
     [exit] = Causeway.events(type: :function_exit, call_id: id)
     assert exit.data == {:truncated, 60}
+
+    # arguments cut short by the budget: the call keeps its arity
+    big = Enum.to_list(1..100)
+    id = Runtime.function_entry(M, :g, [big, 2, 3])
+    Runtime.function_exit(id, :ok)
+    flush!()
+    entry = Causeway.event(id)
+    assert {entry.function, entry.arity} == {:g, 3}
+    assert [[_ | _] | _] = entry.data
+    [exit] = Causeway.events(type: :function_exit, call_id: id)
+    assert exit.arity == 3
   end
 
   test "a fun is captured by name, never with its environment" do

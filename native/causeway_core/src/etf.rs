@@ -190,6 +190,7 @@ impl Sink for Buf {
     }
     #[inline]
     fn extend_words(&mut self, words: &[u64; 3], len: usize) {
+        debug_assert!(len <= 24, "extend_words takes at most 24 bytes");
         if !self.spilled && self.len + 24 <= Self::STACK && len <= 24 {
             // SAFETY: 24 bytes from `len` are within the stack bytes
             unsafe { store_words(self.stack.as_mut_ptr().add(self.len), words) };
@@ -258,11 +259,15 @@ pub unsafe fn store_words(dst: *mut u8, words: &[u64; 3]) {
 /// inline (`SmallVec` would look its inline/heap state up on every append)
 /// and given to the payload when the writer is dropped.
 pub struct InPlace<'p> {
-    p: &'p mut Payload,
+    /// The payload, reached only through this raw pointer while the writer
+    /// lives (a `&mut` kept next to `ptr` would be re-borrowed by every move
+    /// of the writer and invalidate `ptr` under Rust's aliasing rules).
+    p: *mut Payload,
     /// The payload's inline bytes (while not spilled).
     ptr: *mut u8,
     len: usize,
     spilled: bool,
+    _borrow: std::marker::PhantomData<&'p mut Payload>,
 }
 
 impl<'p> InPlace<'p> {
@@ -270,13 +275,15 @@ impl<'p> InPlace<'p> {
     #[inline]
     pub fn new(p: &'p mut Payload) -> Self {
         p.clear();
-        let spilled = p.spilled();
-        let ptr = p.as_mut_ptr();
+        let p: *mut Payload = p;
+        // SAFETY: `p` comes from a live `&mut`, held for `'p` by `_borrow`
+        let (spilled, ptr) = unsafe { ((*p).spilled(), (*p).as_mut_ptr()) };
         InPlace {
             p,
             ptr,
             len: 0,
             spilled,
+            _borrow: std::marker::PhantomData,
         }
     }
 
@@ -286,32 +293,45 @@ impl<'p> InPlace<'p> {
     #[inline(always)]
     pub fn with_version(p: &'p mut Payload) -> Self {
         p.clear();
-        let spilled = p.spilled();
-        if spilled {
+        if p.spilled() {
             p.push(VERSION);
-        } else {
-            // SAFETY: an inline payload has room for at least one byte
-            unsafe { p.as_mut_ptr().write(VERSION) };
         }
-        let ptr = p.as_mut_ptr();
+        let p: *mut Payload = p;
+        // SAFETY: `p` comes from a live `&mut`, held for `'p` by `_borrow`
+        let (spilled, ptr) = unsafe { ((*p).spilled(), (*p).as_mut_ptr()) };
+        if !spilled {
+            // SAFETY: an inline payload has room for at least one byte
+            unsafe { ptr.write(VERSION) };
+        }
         InPlace {
             p,
             ptr,
             len: 1,
             spilled,
+            _borrow: std::marker::PhantomData,
         }
+    }
+
+    /// The payload itself (for its spilled state and the slow paths).
+    #[inline]
+    fn payload(&mut self) -> &mut Payload {
+        // SAFETY: the pointer is the `&'p mut` this writer was made from,
+        // and `&mut self` makes this the only use of it
+        unsafe { &mut *self.p }
     }
 
     #[cold]
     fn spill_and_extend(&mut self, bytes: &[u8]) {
         if !self.spilled {
+            let len = self.len;
+            let p = self.payload();
             // SAFETY: the first `len` inline bytes were written by us
-            unsafe { self.p.set_len(self.len) };
-            let want = (self.len + bytes.len()).max(Buf::FIRST_SPILL);
-            self.p.reserve(want - self.len);
+            unsafe { p.set_len(len) };
+            let want = (len + bytes.len()).max(Buf::FIRST_SPILL);
+            p.reserve(want - len);
             self.spilled = true;
         }
-        self.p.extend_from_slice(bytes);
+        self.payload().extend_from_slice(bytes);
     }
 }
 
@@ -319,8 +339,9 @@ impl Drop for InPlace<'_> {
     #[inline]
     fn drop(&mut self) {
         if !self.spilled {
+            let len = self.len;
             // SAFETY: the first `len` inline bytes were written by us
-            unsafe { self.p.set_len(self.len) };
+            unsafe { self.payload().set_len(len) };
         }
     }
 }
@@ -329,7 +350,8 @@ impl Sink for InPlace<'_> {
     #[inline]
     fn len(&self) -> usize {
         if self.spilled {
-            self.p.len()
+            // SAFETY: as `payload`, read only
+            unsafe { (*self.p).len() }
         } else {
             self.len
         }
@@ -350,7 +372,7 @@ impl Sink for InPlace<'_> {
 
     fn truncate(&mut self, len: usize) {
         if self.spilled {
-            self.p.truncate(len);
+            self.payload().truncate(len);
         } else {
             self.len = self.len.min(len);
         }
@@ -358,6 +380,7 @@ impl Sink for InPlace<'_> {
 
     #[inline]
     fn extend_words(&mut self, words: &[u64; 3], len: usize) {
+        debug_assert!(len <= 24, "extend_words takes at most 24 bytes");
         if !self.spilled && self.len + 24 <= INLINE_PAYLOAD && len <= 24 {
             // SAFETY: 24 bytes from `len` are within the inline bytes
             unsafe { store_words(self.ptr.add(self.len), words) };
@@ -369,7 +392,8 @@ impl Sink for InPlace<'_> {
 
     fn as_slice(&self) -> &[u8] {
         if self.spilled {
-            self.p.as_slice()
+            // SAFETY: as `payload`, read only
+            unsafe { (*self.p).as_slice() }
         } else {
             // SAFETY: the first `len` inline bytes were written by us
             unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
@@ -378,7 +402,7 @@ impl Sink for InPlace<'_> {
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
         if self.spilled {
-            self.p.as_mut_slice()
+            self.payload().as_mut_slice()
         } else {
             // SAFETY: as `as_slice`, and `self` is borrowed mutably
             unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }

@@ -65,7 +65,7 @@ impl<T> Reserved<'_, T> {
 /// where the CPU has it, a read prefetch elsewhere). A hint: never faults.
 #[inline(always)]
 fn prefetch_for_write<T>(slot: &Slot<T>) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
         let start = slot as *const Slot<T> as *const u8;
         let end = start.wrapping_add(std::mem::size_of::<Slot<T>>() - 1);
@@ -85,12 +85,12 @@ fn prefetch_for_write<T>(slot: &Slot<T>) {
             line += 64;
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(any(not(target_arch = "x86_64"), miri))]
     let _ = slot;
 }
 
 /// Whether the CPU has `PREFETCHW` (CPUID 8000_0001h ECX bit 8), asked once.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 #[inline(always)]
 fn has_prefetchw() -> bool {
     use std::sync::atomic::AtomicU8;
@@ -117,7 +117,8 @@ fn has_prefetchw() -> bool {
 pub trait WriteEmpty {
     /// # Safety
     /// `p` is valid for writes and aligned; what it held is overwritten
-    /// without being dropped.
+    /// without being dropped. (An implementation that panics leaves the
+    /// slot reserved for good: it must not.)
     unsafe fn write_empty(p: *mut Self);
 }
 
@@ -140,16 +141,17 @@ impl<T: WriteEmpty> Reserved<'_, T> {
             }
         }
         let slot = self.queue.slot(self.pos);
-        let _release = Release {
-            seq: &slot.seq,
-            to: self.pos + 1,
-        };
         // SAFETY: the position is ours alone (see `Send`/`Sync` above); the
-        // value is initialized before `fill` sees it.
+        // value is initialized before `fill` sees it, and before the slot
+        // can be released (the guard is made after `write_empty`).
         let value = unsafe {
             let p = (*slot.value.get()).as_mut_ptr();
             T::write_empty(p);
             &mut *p
+        };
+        let _release = Release {
+            seq: &slot.seq,
+            to: self.pos + 1,
         };
         fill(value)
     }

@@ -778,6 +778,10 @@ impl Pipeline {
         cache: &mut EnrichCache,
         lat: &mut hdrhistogram::Histogram<u64>,
     ) {
+        // void events: a capture panicked while making them in their slot
+        let before = raw.len();
+        raw.retain(|e| e.kind.is_some());
+        Counters::add(&self.counters.dropped_panic, (before - raw.len()) as u64);
         let n = raw.len() as u64;
         let max_retries = self.config.max_retries;
         let mut attempt = 0u32;
@@ -1399,11 +1403,31 @@ mod tests {
             panic!("1 100 bytes may not fit a budget of 1 000");
         };
         // the caller makes the event and pushes it: its exact size decides
-        let mut e = RawEvent::default();
+        let mut e = exit_event(&p, 1);
         back(&mut e);
         assert_eq!(e.id, 2);
         assert_eq!(p.push(0, e), PushOutcome::Stored);
         p.close().expect("close");
+    }
+
+    #[test]
+    fn a_capture_that_panics_is_dropped_and_counted_and_the_rest_persisted() {
+        let (_dir, p) = started();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            p.push_in_place(0, 1_000, |e: &mut RawEvent| {
+                e.kind = Some(EventType::ProcessExit);
+                panic!("while making the event");
+            })
+        }));
+        assert!(caught.is_err());
+        let kept = exit_event(&p, 7);
+        let id = kept.id;
+        p.push(0, kept);
+        p.close().expect("close");
+        assert_eq!(Counters::get(&p.counters.dropped_panic), 1);
+        assert_eq!(Counters::get(&p.counters.persisted), 1);
+        let store = p.store().expect("the store");
+        assert!(store.get(id).expect("read").is_some());
     }
 
     fn exit_event(p: &Pipeline, pid: u64) -> RawEvent {

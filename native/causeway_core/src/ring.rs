@@ -147,6 +147,23 @@ pub fn cpu_slot() -> usize {
     }
 }
 
+/// An event being made in its slot. If making it panics, the slot still
+/// goes to the consumers (a reserved slot must be released) but holds a
+/// void event: empty, no kind, nothing outside the slot. Writers drop void
+/// events and count them (`dropped.panic`).
+struct Filling<'e> {
+    ev: &'e mut RawEvent,
+    done: bool,
+}
+
+impl Drop for Filling<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            *self.ev = RawEvent::default();
+        }
+    }
+}
+
 /// `i % n` without a division when `i < n` already (the common case: a
 /// shard index, or a CPU number on a machine with a shard per CPU). A 32-bit
 /// `div` is ~26 cycles, and the capture path used to pay four per event.
@@ -266,8 +283,10 @@ impl Rings {
         let s = &self.shards[wrap(shard, self.shards.len())];
         let fill_and_count = |slot: crate::mpmc::Reserved<'_, RawEvent>| {
             let bytes = slot.commit_in_place(|ev| {
-                fill(ev);
-                ev.heap_bytes()
+                let mut filling = Filling { ev, done: false };
+                fill(filling.ev);
+                filling.done = true;
+                filling.ev.heap_bytes()
             });
             if bytes > 0 {
                 s.prod.bytes_in.fetch_add(bytes, Ordering::Relaxed);
@@ -575,6 +594,33 @@ mod tests {
             vec![2, 3, 4, 5]
         );
         assert_eq!(r.payload_bytes(), 0, "evicted payloads are counted out too");
+    }
+
+    #[test]
+    fn an_event_whose_making_panics_leaves_a_void_event_and_no_held_bytes() {
+        let r = Rings::new(1, 4, Overflow::DropNewest).unwrap();
+        let calls = std::cell::Cell::new(0);
+        r.push_in_place(0, fill_with(1, false, &calls));
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            r.push_in_place(0, |e| {
+                e.id = 2;
+                e.kind = Some(crate::event::EventType::FunctionEntry);
+                e.data.extend_from_slice(&[9; 500]); // spilled, then abandoned
+                panic!("while making the event");
+            })
+        }));
+        assert!(caught.is_err());
+        r.push_in_place(0, fill_with(3, false, &calls));
+        assert_eq!(
+            r.payload_bytes(),
+            0,
+            "the abandoned payload was freed, not counted"
+        );
+        let mut out = Vec::new();
+        assert_eq!(r.pop_batch(0, 10, &mut out), 3, "the slot was released");
+        assert_eq!(out.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1, 0, 3]);
+        assert!(out[1].kind.is_none() && out[1].data.is_empty());
+        assert_eq!(r.payload_bytes(), 0);
     }
 
     #[test]

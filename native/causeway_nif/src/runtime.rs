@@ -164,11 +164,50 @@ fn set_fields(
     ev.source = Source::Runtime;
 }
 
-/// The most a payload under budget `b` can hold outside its slot: its
-/// bytes (the budget, plus the few an end marker or a last atom may take
-/// past it), and the spare capacity of an allocation that doubles.
+/// The most a payload under budget `b` can hold outside its slot, doubled
+/// for the spare capacity of an allocation that doubles. Past the budget,
+/// the encoder may still write a last atom or two (a map key and value,
+/// ~520 bytes), and while it climbs out of the containers it was in, an
+/// end marker of up to 30 bytes for each (a container header is 5 bytes,
+/// so there are at most `max_bytes / 5 + 1` of them).
 fn max_heap(b: &Budget) -> u64 {
-    2 * (b.max_bytes as u64 + 2048)
+    let open = (b.max_depth as u64).min(b.max_bytes as u64 / 5 + 1);
+    2 * (b.max_bytes as u64 + 600 + 30 * open)
+}
+
+/// The largest byte budget under which a payload is encoded right in its
+/// ring slot. The slot is taken before the encoding starts and consumers
+/// wait at it until it is filled: with a larger budget the terms are
+/// encoded first and the event is copied in, so that a long encoding (or a
+/// scheduler thread descheduled in the middle of one) does not hold the
+/// ring's readers, nor a drop-oldest ring's writers, for that long.
+const IN_PLACE_MAX_BYTES: usize = 4096;
+
+/// Puts the event `fill` makes into `shard`'s ring: in its slot when the
+/// budget allows (see `IN_PLACE_MAX_BYTES`, `max_heap`; `extra_heap` is what
+/// the event holds outside its slot besides its payload), else made first
+/// and pushed. False when it was refused without `fill` running.
+#[inline(always)]
+fn place(
+    p: &Pipeline,
+    shard: usize,
+    b: &Budget,
+    extra_heap: u64,
+    fill: impl FnOnce(&mut RawEvent),
+) -> bool {
+    if b.max_bytes <= IN_PLACE_MAX_BYTES {
+        match p.push_in_place(shard, max_heap(b) + extra_heap, fill) {
+            Ok(PushOutcome::Rejected) => false,
+            Ok(_) => true,
+            Err(fill) => {
+                push_made(p, shard, fill);
+                true
+            }
+        }
+    } else {
+        push_made(p, shard, fill);
+        true
+    }
 }
 
 /// Near the memory budget: the event is made first, then pushed, which
@@ -224,15 +263,10 @@ fn rt_function_entry<'a>(
             let parent = p.contexts.enter(pid, frame(arity), s.mono);
             set_fields(ev, &s, EventType::FunctionEntry, pid, (m, f, arity), parent);
         };
-        match p.push_in_place(s.shard, max_heap(&b), fill) {
-            Ok(PushOutcome::Rejected) => {
-                // not stored, but the call is open all the same: its
-                // children and its exit still name it
-                let arity = args.list_length().unwrap_or(0) as u32;
-                p.contexts.enter(pid, frame(arity), s.mono);
-            }
-            Ok(_) => {}
-            Err(fill) => push_made(p, s.shard, fill),
+        if !place(p, s.shard, &b, 0, fill) {
+            // not stored, but the call is open all the same: its children
+            // and its exit still name it
+            p.contexts.enter(pid, frame(term::arity(args)), s.mono);
         }
         s.id
     });
@@ -266,9 +300,7 @@ fn rt_function_exit<'a>(env: Env<'a>, call_id: u64, result: Term<'a>) -> Atom {
             let parent = Some((call_id, LinkKind::Completes));
             set_fields(ev, &s, EventType::FunctionExit, pid, what, parent);
         };
-        if let Err(fill) = p.push_in_place(s.shard, max_heap(&b), fill) {
-            push_made(p, s.shard, fill);
-        }
+        place(p, s.shard, &b, 0, fill);
     });
     crate::atoms::ok()
 }
@@ -299,9 +331,7 @@ fn capture(
             set_fields(ev, &s, kind, pid, (0, 0, 0), parent);
             ev.peer = peer;
         };
-        if let Err(fill) = p.push_in_place(s.shard, max_heap(&b) + peer_bytes, fill) {
-            push_made(p, s.shard, fill);
-        }
+        place(p, s.shard, &b, peer_bytes, fill);
     });
     crate::atoms::ok()
 }

@@ -419,12 +419,41 @@ pub fn encode_tuple_into(env: Env, items: &[Term], b: &Budget, out: &mut Payload
     }
 }
 
-/// Encodes an argument list; returns it and its length.
+/// Encodes an argument list; returns it and its length (`arity`).
 pub fn encode_list_len(env: Env, list: Term, b: &Budget) -> (Payload, u32) {
     let mut e = Enc::new(env, b);
     // the argument list is an envelope: each argument starts at depth 0
-    let n = e.list(list.as_c_arg(), 0);
-    (e.w.into_payload(), n)
+    e.list(list.as_c_arg(), 0);
+    (e.w.into_payload(), arity(list))
+}
+
+/// The most list cells `arity` counts (the BEAM's largest arity is 255).
+const MAX_ARITY_COUNTED: u32 = 256;
+
+/// The number of proper elements of an argument list, counted up to 256:
+/// the arity a call is recorded with, whether or not its arguments fit the
+/// byte budget and whether or not its entry was stored.
+pub fn arity(list: Term) -> u32 {
+    let env = list.get_env().as_c_arg();
+    let mut cur = list.as_c_arg();
+    let mut n = 0;
+    while n < MAX_ARITY_COUNTED {
+        let next = if direct() {
+            let w = word(cur);
+            // SAFETY: a term word tagged 0b01 is a list cell; `list` is
+            // alive for the call; `check_words` passed
+            (w & CONS_MASK == CONS_TAG).then(|| unsafe { cons_cell(w) }.1)
+        } else {
+            let mut head = ERL_NIF_TERM::default();
+            let mut tail = ERL_NIF_TERM::default();
+            (unsafe { sys::enif_get_list_cell(env, cur, &mut head, &mut tail) } != 0)
+                .then_some(tail)
+        };
+        let Some(tail) = next else { break };
+        n += 1;
+        cur = tail;
+    }
+    n
 }
 
 /// `encode`, into `out` where it is (e.g. a ring slot's payload).
@@ -451,7 +480,8 @@ pub fn encode_list_len_into(env: Env, list: Term, b: &Budget, out: &mut Payload)
     }
     let mut e = Enc::at(env, b, out);
     // the argument list is an envelope: each argument starts at depth 0
-    e.list(list.as_c_arg(), 0)
+    e.list(list.as_c_arg(), 0);
+    arity(list)
 }
 
 #[inline(always)]
@@ -502,6 +532,7 @@ mod flat {
     /// # Safety
     /// `dst` has `CAP` writable bytes, `at <= CAP`; `w` is a live term; the
     /// direct reads are on.
+    #[inline(always)]
     unsafe fn item(w: u64, dst: *mut u8, at: usize, depth: usize, lim: &Limits) -> Option<usize> {
         unsafe {
             if w & SMALL_MASK == SMALL_TAG {
@@ -533,6 +564,31 @@ mod flat {
                 }
                 return None;
             }
+            if DIRECT_BOXED.load(Ordering::Relaxed) {
+                if let Some(bytes) = heap_binary(w) {
+                    let end = at + 5 + bytes.len();
+                    if end > CAP {
+                        return None;
+                    }
+                    *dst.add(at) = etf::BINARY_EXT;
+                    (dst.add(at + 1) as *mut [u8; 4])
+                        .write_unaligned((bytes.len() as u32).to_be_bytes());
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.add(at + 5), bytes.len());
+                    return Some(end);
+                }
+            }
+            nested(w, dst, at, depth, lim)
+        }
+    }
+
+    /// `item` for lists, floats and tuples (out of line: immediates and
+    /// binaries are what most arguments are).
+    ///
+    /// # Safety
+    /// As `item`.
+    #[inline(never)]
+    unsafe fn nested(w: u64, dst: *mut u8, at: usize, depth: usize, lim: &Limits) -> Option<usize> {
+        unsafe {
             let container_ok = depth < lim.max_depth && depth < MAX_NESTING;
             if w & CONS_MASK == CONS_TAG {
                 return if container_ok {
@@ -543,17 +599,6 @@ mod flat {
             }
             if !DIRECT_BOXED.load(Ordering::Relaxed) {
                 return None;
-            }
-            if let Some(bytes) = heap_binary(w) {
-                let end = at + 5 + bytes.len();
-                if end > CAP {
-                    return None;
-                }
-                *dst.add(at) = etf::BINARY_EXT;
-                (dst.add(at + 1) as *mut [u8; 4])
-                    .write_unaligned((bytes.len() as u32).to_be_bytes());
-                std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.add(at + 5), bytes.len());
-                return Some(end);
             }
             if let Some(v) = boxed_float(w) {
                 if at + 9 > CAP {
@@ -586,6 +631,7 @@ mod flat {
     ///
     /// # Safety
     /// As `item`.
+    #[inline(always)]
     unsafe fn list_at(
         w: u64,
         dst: *mut u8,
