@@ -37,11 +37,12 @@ defmodule Causeway do
       non-critical event in this many
     * `:max_retries` (8), `:retry_base_ms` (10) — failed batch writes retry with
       exponential backoff, then are dropped and counted
-    * `:memory_budget` — native memory bound in bytes: the ring slots
-      (allocated up front) plus captured payloads too big to live in them
-      (default: the slots + 512 MiB). A capture that would go past it is
-      refused and counted in `dropped.memory_budget`; a budget smaller than
-      the slots is an error.
+    * `:memory_budget` — native memory bound in bytes: the ring slots and
+      the process-context table (512 KiB), allocated up front, plus captured
+      payloads too big to live in the slots (default: those + 512 MiB). A
+      capture that would go past it is refused and counted in
+      `dropped.memory_budget`; a budget smaller than what is allocated up
+      front is an error.
     * `:sync_writes` — fsync the WAL on every batch (default `false`;
       `flush/0` always syncs)
     * `:covering_pid_index` — keep each process's events inside the pid

@@ -150,7 +150,7 @@ defmodule CausewayTest do
     assert {:error, %Causeway.Error{message: msg}} =
              Causeway.start_link(dir: tmp_dir!("budget"), ring_size: 1024, memory_budget: 1000)
 
-    assert msg =~ "memory_budget (1000 B) must exceed the ring slots"
+    assert msg =~ "memory_budget (1000 B) must exceed the ring slots and the context table"
   end
 
   test "the drop-oldest policy keeps the newest events and counts the overwritten ones" do

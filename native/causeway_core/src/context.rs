@@ -308,6 +308,17 @@ impl Contexts {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// The bucket array, allocated up front.
+    pub const fn table_bytes() -> u64 {
+        (BUCKETS * std::mem::size_of::<Bucket>()) as u64
+    }
+
+    /// About what the table holds: its buckets, and ~96 bytes per context
+    /// (its entry and a small stack).
+    pub fn memory_bytes(&self) -> u64 {
+        Self::table_bytes() + self.len() as u64 * 96
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

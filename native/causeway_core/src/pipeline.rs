@@ -158,15 +158,22 @@ pub struct Snapshot {
 /// `memory_budget` is given.
 pub const DEFAULT_HEAP_BUDGET: u64 = 512 << 20;
 
-/// A budget must leave room beyond the ring slots, which are allocated up front.
+/// What a pipeline allocates up front, whatever it captures: its ring
+/// slots and the process-context table.
+fn fixed_bytes(rings: &Rings) -> u64 {
+    rings.slot_bytes() + Contexts::table_bytes()
+}
+
+/// A budget must leave room beyond what is allocated up front.
 fn check_budget(budget: u64, rings: &Rings) -> Result<()> {
-    if budget <= rings.slot_bytes() {
+    if budget <= fixed_bytes(rings) {
         return Err(Error::InvalidArgument(format!(
-            "memory_budget ({budget} B) must exceed the ring slots ({} B: {} shards x {} slots); \
-             raise it or lower ring_size",
-            rings.slot_bytes(),
+            "memory_budget ({budget} B) must exceed the ring slots and the context table \
+             ({} B: {} shards x {} slots, and {} B); raise it or lower ring_size",
+            fixed_bytes(rings),
             rings.shard_count(),
-            rings.capacity()
+            rings.capacity(),
+            Contexts::table_bytes()
         )));
     }
     Ok(())
@@ -191,7 +198,7 @@ impl Pipeline {
         let rings = Rings::new(config.shards, config.ring_size, config.overflow)?;
         let mut config = config;
         config.memory_budget = match config.memory_budget {
-            0 => rings.slot_bytes() + DEFAULT_HEAP_BUDGET,
+            0 => fixed_bytes(&rings) + DEFAULT_HEAP_BUDGET,
             b => {
                 check_budget(b, &rings)?;
                 b
@@ -377,11 +384,12 @@ impl Pipeline {
     }
 
     /// Would `bytes` more take `shard`'s payloads past its share of the
-    /// budget (what the slots leave of it, split evenly between shards)?
+    /// budget (what the fixed allocations leave of it, split evenly between
+    /// shards)?
     #[inline]
     fn over_budget(&self, shard: usize, bytes: u64) -> bool {
         let budget = self.tun.memory_budget.load(Ordering::Relaxed);
-        let for_payloads = budget.saturating_sub(self.rings.slot_bytes()) as u128;
+        let for_payloads = budget.saturating_sub(fixed_bytes(&self.rings)) as u128;
         // `held > for_payloads / shards`, without a division on every capture
         let held = (self.rings.heap_bytes(shard) + bytes) as u128;
         held * self.rings.shard_count() as u128 > for_payloads
@@ -982,7 +990,7 @@ impl Pipeline {
         self.rings.slot_bytes()
             + self.rings.payload_bytes()
             + c.pending * 96
-            + self.contexts.len() as u64 * 96
+            + self.contexts.memory_bytes()
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -1389,12 +1397,12 @@ mod tests {
     #[test]
     fn an_event_made_in_place_near_the_memory_budget_is_handed_back() {
         let (_dir, p) = started();
-        let slots = p.rings.slot_bytes();
+        let fixed = fixed_bytes(&p.rings);
         let shards = p.rings.shard_count() as u64;
         // room for 1 000 payload bytes per shard
         p.tun
             .memory_budget
-            .store(slots + 1_000 * shards, Ordering::Relaxed);
+            .store(fixed + 1_000 * shards, Ordering::Relaxed);
         let fill = |e: &mut RawEvent| e.id = 1;
         let Ok(PushOutcome::Stored) = p.push_in_place(0, 900, fill) else {
             panic!("900 bytes fit a budget of 1 000");
