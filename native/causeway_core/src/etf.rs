@@ -271,25 +271,10 @@ pub struct InPlace<'p> {
 }
 
 impl<'p> InPlace<'p> {
-    /// A writer appending to `p`, emptied first.
-    #[inline]
-    pub fn new(p: &'p mut Payload) -> Self {
-        p.clear();
-        let p: *mut Payload = p;
-        // SAFETY: `p` comes from a live `&mut`, held for `'p` by `_borrow`
-        let (spilled, ptr) = unsafe { ((*p).spilled(), (*p).as_mut_ptr()) };
-        InPlace {
-            p,
-            ptr,
-            len: 0,
-            spilled,
-            _borrow: std::marker::PhantomData,
-        }
-    }
-
-    /// `new`, with the version byte written (before the writer is made:
-    /// the writer is then a plain value, which the compiler keeps in
-    /// registers instead of building it in memory and copying it).
+    /// A writer appending to `p` (emptied first), the version byte written
+    /// before the writer is made: the writer is then a plain value, which
+    /// the compiler keeps in registers instead of building it in memory and
+    /// copying it.
     #[inline(always)]
     pub fn with_version(p: &'p mut Payload) -> Self {
         p.clear();

@@ -229,7 +229,11 @@ impl Rings {
 
     #[inline]
     pub fn push(&self, shard: usize, event: RawEvent) -> PushOutcome {
-        self.push_in_place(shard, move |slot| *slot = event)
+        self.put(shard, move |slot| {
+            let bytes = event.heap_bytes();
+            slot.commit(event);
+            bytes
+        })
     }
 
     /// A slot of `s` for a drop-oldest push: the oldest unread events make
@@ -280,37 +284,43 @@ impl Rings {
     /// the event is refused.
     #[inline(always)]
     pub fn push_in_place(&self, shard: usize, fill: impl FnOnce(&mut RawEvent)) -> PushOutcome {
-        let s = &self.shards[wrap(shard, self.shards.len())];
-        let fill_and_count = |slot: crate::mpmc::Reserved<'_, RawEvent>| {
-            let bytes = slot.commit_in_place(|ev| {
+        self.put(shard, |slot| {
+            slot.commit_in_place(|ev| {
                 let mut filling = Filling { ev, done: false };
                 fill(filling.ev);
                 filling.done = true;
                 filling.ev.heap_bytes()
-            });
-            if bytes > 0 {
-                s.prod.bytes_in.fetch_add(bytes, Ordering::Relaxed);
-            }
-        };
-        match self.overflow {
+            })
+        })
+    }
+
+    /// Takes a slot of `shard` as the overflow policy says and lets `commit`
+    /// fill it; `commit` returns what the event holds outside its slot.
+    #[inline(always)]
+    fn put(
+        &self,
+        shard: usize,
+        commit: impl FnOnce(crate::mpmc::Reserved<'_, RawEvent>) -> u64,
+    ) -> PushOutcome {
+        let s = &self.shards[wrap(shard, self.shards.len())];
+        let (slot, outcome) = match self.overflow {
             Overflow::DropNewest => match s.queue.reserve() {
-                Some(slot) => {
-                    fill_and_count(slot);
-                    PushOutcome::Stored
-                }
+                Some(slot) => (slot, PushOutcome::Stored),
                 None => {
                     s.prod.rejected.fetch_add(1, Ordering::Relaxed);
-                    PushOutcome::Rejected
+                    return PushOutcome::Rejected;
                 }
             },
             Overflow::DropOldest => match self.reserve_evicting(s) {
-                (Some(slot), outcome) => {
-                    fill_and_count(slot);
-                    outcome
-                }
-                (None, outcome) => outcome,
+                (Some(slot), outcome) => (slot, outcome),
+                (None, outcome) => return outcome,
             },
+        };
+        let bytes = commit(slot);
+        if bytes > 0 {
+            s.prod.bytes_in.fetch_add(bytes, Ordering::Relaxed);
         }
+        outcome
     }
 
     /// True on one push in 64: when the producer should look at the fill level

@@ -132,17 +132,6 @@ fn stamp_at(p: &Pipeline, cpu: usize, mono: i64) -> Stamp {
     Stamp { shard, id, mono }
 }
 
-/// The parent fields of an event of `kind` whose capture-time cause is `parent`.
-#[inline(always)]
-fn parent_fields(kind: EventType, parent: Cause) -> (u64, Option<LinkKind>) {
-    match parent {
-        // an exit's parent is its own entry: the correlator links it when both are seen
-        Some((id, _)) if kind == EventType::FunctionExit => (id, None),
-        Some((id, k)) => (id, Some(k)),
-        None => (0, None),
-    }
-}
-
 /// Completes, in its ring slot, an event whose payload is already there.
 #[inline(always)]
 fn set_fields(
@@ -153,7 +142,12 @@ fn set_fields(
     (module, function, arity): (u64, u64, u32),
     parent: Cause,
 ) {
-    (ev.parent_id, ev.parent_link) = parent_fields(kind, parent);
+    (ev.parent_id, ev.parent_link) = match parent {
+        // an exit's parent is its own entry: the correlator links it when both are seen
+        Some((id, _)) if kind == EventType::FunctionExit => (id, None),
+        Some((id, k)) => (id, Some(k)),
+        None => (0, None),
+    };
     ev.id = s.id;
     ev.kind = Some(kind);
     ev.mono_ns = s.mono;
