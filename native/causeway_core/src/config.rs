@@ -80,6 +80,12 @@ impl Config {
                 self.ring_size
             ));
         }
+        if self.ring_size > MAX_RING_SIZE {
+            return bad(format!(
+                "ring_size must be at most {MAX_RING_SIZE} (2^24), got {}",
+                self.ring_size
+            ));
+        }
         if self.shards == 0 || self.shards > crate::ids::MAX_SHARDS {
             return bad(format!(
                 "shards must be in 1..={}, got {}",
@@ -87,6 +93,7 @@ impl Config {
                 self.shards
             ));
         }
+        check_slot_memory(self.shards, self.ring_size, self.memory_budget)?;
         validate_workers(self.workers_min, self.workers_max)?;
         if self.batch_size == 0 || self.batch_size > 1_000_000 {
             return bad(format!(
@@ -106,6 +113,52 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The largest ring, in events per shard (2 GiB of 128-byte slots).
+pub const MAX_RING_SIZE: usize = 1 << 24;
+
+/// The physical memory of this machine in bytes (`None` if unknown).
+pub fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions; it returns -1 when unknown.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || page <= 0 {
+        return None;
+    }
+    (pages as u64).checked_mul(page as u64)
+}
+
+/// Checks what the rings would allocate up front (`shards` x `ring_size`
+/// slots) before anything is allocated: it must fit in a quarter of the
+/// machine's memory and, when a `memory_budget` is given, stay below it.
+pub fn check_slot_memory(shards: usize, ring_size: usize, memory_budget: u64) -> Result<()> {
+    let bytes = crate::ring::Rings::slot_bytes_for(shards, ring_size);
+    let shape = format!(
+        "{shards} shards x {ring_size} events x {} B",
+        crate::ring::SLOT_BYTES
+    );
+    if let Some(phys) = physical_memory() {
+        if bytes > phys / 4 {
+            return Err(Error::InvalidArgument(format!(
+                "the rings would take {bytes} B ({shape}), more than a quarter of this machine's \
+                 {phys} B of memory; lower ring_size or shards"
+            )));
+        }
+    }
+    let fixed = bytes.saturating_add(crate::context::Contexts::table_bytes());
+    if memory_budget != 0 && fixed >= memory_budget {
+        return Err(Error::InvalidArgument(format!(
+            "memory_budget ({memory_budget} B) must exceed the ring slots and the context table \
+             ({fixed} B: {shape}, and {} B); raise it or lower ring_size or shards",
+            crate::context::Contexts::table_bytes()
+        )));
+    }
+    Ok(())
 }
 
 /// The deepest a captured term is walked: the encoder recurses on the
@@ -216,6 +269,24 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("batch_size"));
+        for (shards, ring) in [(1, 1 << 40), (64, 1 << 24), (1, 1 << 25)] {
+            let c = Config {
+                shards,
+                ring_size: ring,
+                ..Config::default()
+            };
+            assert!(c.validate().unwrap_err().to_string().contains("ring"));
+        }
+        let c = Config {
+            ring_size: 1 << 16,
+            memory_budget: 1 << 20,
+            ..Config::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("memory_budget"));
         for (bytes, depth, what) in [
             (63, 16, "max_term_bytes"),
             (MAX_TERM_BYTES_LIMIT + 1, 16, "max_term_bytes"),

@@ -160,19 +160,38 @@ impl<T: WriteEmpty> Reserved<'_, T> {
 impl<T> Queue<T> {
     /// A queue of `capacity` slots (a power of two, at least 2).
     pub fn new(capacity: usize) -> Queue<T> {
-        assert!(capacity.is_power_of_two() && capacity >= 2);
-        let slots = (0..capacity as u64)
-            .map(|i| Slot {
-                seq: AtomicU64::new(i),
-                value: UnsafeCell::new(MaybeUninit::uninit()),
-            })
-            .collect();
-        Queue {
+        match Self::try_new(capacity) {
+            Ok(q) => q,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like `new`, but a capacity that is not a power of two, or memory the
+    /// allocator refuses, is an error instead of a panic or an abort.
+    pub fn try_new(capacity: usize) -> crate::Result<Queue<T>> {
+        if !capacity.is_power_of_two() || capacity < 2 {
+            return Err(crate::Error::InvalidArgument(format!(
+                "queue capacity must be a power of two >= 2, got {capacity}"
+            )));
+        }
+        let mut slots: Vec<Slot<T>> = Vec::new();
+        slots.try_reserve_exact(capacity).map_err(|e| {
+            crate::Error::InvalidArgument(format!(
+                "cannot allocate a ring of {capacity} slots ({} B): {e}",
+                (capacity as u64).saturating_mul(std::mem::size_of::<Slot<T>>() as u64)
+            ))
+        })?;
+        slots.extend((0..capacity as u64).map(|i| Slot {
+            seq: AtomicU64::new(i),
+            value: UnsafeCell::new(MaybeUninit::uninit()),
+        }));
+        let slots = slots.into_boxed_slice();
+        Ok(Queue {
             head: CachePadded::new(AtomicU64::new(0)),
             tail: CachePadded::new(AtomicU64::new(0)),
             slots,
             mask: capacity as u64 - 1,
-        }
+        })
     }
 
     pub fn capacity(&self) -> usize {
@@ -314,6 +333,15 @@ mod tests {
 
     #[derive(Debug, PartialEq)]
     struct Pair(u64, String);
+
+    #[test]
+    fn a_queue_the_allocator_refuses_is_an_error_not_an_abort() {
+        // 2^60 slots of 16+ bytes: more than any address space
+        let e = Queue::<u64>::try_new(1 << 60).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|m| m.contains("cannot allocate a ring")));
+        assert!(Queue::<u64>::try_new(1000).is_err());
+        assert_eq!(Queue::<u64>::try_new(4).map(|q| q.capacity()).ok(), Some(4));
+    }
 
     impl WriteEmpty for Pair {
         unsafe fn write_empty(p: *mut Pair) {

@@ -254,7 +254,9 @@ impl Pipeline {
         let mp = p.clone();
         let handle = std::thread::Builder::new()
             .name("causeway-manager".into())
-            .spawn(move || manager_loop(mp))?;
+            .spawn(move || {
+                guarded("manager", mp, manager_loop);
+            })?;
         if let Ok(mut m) = p.manager.lock() {
             *m = Some(handle);
         }
@@ -262,7 +264,9 @@ impl Pipeline {
             let rp = p.clone();
             let h = std::thread::Builder::new()
                 .name("causeway-retention".into())
-                .spawn(move || retention_loop(rp))?;
+                .spawn(move || {
+                    guarded("retention", rp, retention_loop);
+                })?;
             if let Ok(mut r) = p.retention.lock() {
                 *r = Some(h);
             }
@@ -763,7 +767,12 @@ impl Pipeline {
                 self.live_workers.fetch_add(1, Ordering::Relaxed);
                 let h = std::thread::Builder::new()
                     .name(format!("causeway-writer-{i}"))
-                    .spawn(move || worker_loop(p, i));
+                    .spawn(move || {
+                        let pc = p.clone();
+                        if !guarded("writer", p, move |p| worker_loop(p, i)) {
+                            pc.live_workers.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    });
                 match h {
                     Ok(h) => slot.handle = Some(h),
                     Err(e) => {
@@ -1173,6 +1182,26 @@ fn worker_loop(p: Arc<Pipeline>, index: usize) {
         p.check_flushes();
     }
     p.live_workers.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A native thread's body: a panic that escapes it ends that thread only,
+/// is reported to the owner (`{:causeway_native, :worker, :panic, ...}`)
+/// and never unwinds past the thread's entry (no abort of the VM).
+/// `false` when the body panicked.
+fn guarded(what: &'static str, p: Arc<Pipeline>, body: impl FnOnce(Arc<Pipeline>)) -> bool {
+    let notifier = p.notifier.clone();
+    let r = catch_unwind(AssertUnwindSafe(move || body(p)));
+    if let Err(e) = &r {
+        let msg = e
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| e.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            notifier.worker_event(usize::MAX, "panic", &format!("{what} thread: {msg}"))
+        }));
+    }
+    r.is_ok()
 }
 
 fn retention_loop(p: Arc<Pipeline>) {

@@ -176,6 +176,9 @@ pub fn wrap(i: usize, n: usize) -> usize {
     }
 }
 
+/// The size of one ring slot (an event).
+pub const SLOT_BYTES: u64 = std::mem::size_of::<RawEvent>() as u64;
+
 impl Rings {
     /// `shards` rings of `capacity` events each. The capacity must be a power of two.
     pub fn new(shards: usize, capacity: usize, overflow: Overflow) -> crate::Result<Rings> {
@@ -192,15 +195,15 @@ impl Rings {
         }
         let shards = (0..shards)
             .map(|_| {
-                CachePadded::new(Shard {
-                    queue: Queue::new(capacity),
+                Ok(CachePadded::new(Shard {
+                    queue: Queue::try_new(capacity)?,
                     prod: CachePadded::new(ProducerSide::default()),
                     cons: CachePadded::new(ConsumerSide::default()),
                     pop_lock: Mutex::new(()),
                     done: Mutex::new(Completion::default()),
-                })
+                }))
             })
-            .collect();
+            .collect::<crate::Result<_>>()?;
         Ok(Rings {
             shards,
             capacity,
@@ -482,7 +485,14 @@ impl Rings {
 
     /// Bytes of the rings' slots (allocated up front).
     pub fn slot_bytes(&self) -> u64 {
-        (self.shards.len() * self.capacity * std::mem::size_of::<RawEvent>()) as u64
+        Self::slot_bytes_for(self.shards.len(), self.capacity)
+    }
+
+    /// What `shards` rings of `capacity` slots take (saturating).
+    pub fn slot_bytes_for(shards: usize, capacity: usize) -> u64 {
+        (shards as u64)
+            .saturating_mul(capacity as u64)
+            .saturating_mul(SLOT_BYTES)
     }
 
     /// Heap bytes held by the events queued in one shard now.
