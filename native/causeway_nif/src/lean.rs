@@ -10,17 +10,28 @@
 /// `lean_nif!("erlang_name", arity, |env, args| expr)`: `expr` is a
 /// `rustler::NifResult<T>` (`T: Encoder`) computed from `env` and `args`
 /// (`[Term; arity]`); `?` works inside it.
+/// `lean_nif!("erlang_name", arity, dirty_if pred, |env, args| expr)`: the
+/// same, but when `pred(&args)` says the call would be long (a big term to
+/// encode), it is moved to a dirty CPU scheduler with `enif_schedule_nif`
+/// and runs there instead of holding the caller's normal scheduler.
 macro_rules! lean_nif {
     ($erl:literal, $arity:literal, |$env:ident, $args:ident| $call:expr) => {
+        lean_nif!(@nif $erl, $arity, (|_a: &[rustler::Term]| false), |$env, $args| $call);
+    };
+    ($erl:literal, $arity:literal, dirty_if $pred:path, |$env:ident, $args:ident| $call:expr) => {
+        lean_nif!(@nif $erl, $arity, $pred, |$env, $args| $call);
+    };
+    (@nif $erl:literal, $arity:literal, $pred:expr, |$env:ident, $args:ident| $call:expr) => {
         rustler::codegen_runtime::inventory::submit!(rustler::Nif {
             name: concat!($erl, "\0").as_ptr() as *const rustler::codegen_runtime::c_char,
             arity: $arity,
             flags: rustler::SchedulerFlags::Normal as rustler::codegen_runtime::c_uint,
             raw_func: {
-                unsafe extern "C" fn nif_func(
+                unsafe fn body(
                     nif_env: *mut rustler::sys::ErlNifEnv,
                     argc: rustler::codegen_runtime::c_int,
                     argv: *const rustler::sys::ErlNifTerm,
+                    may_move: bool,
                 ) -> rustler::sys::ErlNifTerm {
                     let lifetime = ();
                     let $env = unsafe { rustler::Env::new(&lifetime, nif_env) };
@@ -38,6 +49,26 @@ macro_rules! lean_nif {
                     // the closure borrows the arguments: moving them in costs a
                     // store-forwarding stall per call (8-byte stores read back as 16)
                     let $args = &$args;
+                    if may_move {
+                        let pred = $pred;
+                        let long = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            pred(&$args[..])
+                        }))
+                        .unwrap_or(false);
+                        if long {
+                            return unsafe {
+                                rustler::sys::enif_schedule_nif(
+                                    nif_env,
+                                    concat!($erl, "\0").as_ptr()
+                                        as *const rustler::codegen_runtime::c_char,
+                                    rustler::sys::ERL_NIF_DIRTY_JOB_CPU_BOUND as i32,
+                                    dirty_func,
+                                    argc,
+                                    argv,
+                                )
+                            };
+                        }
+                    }
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
                         || -> rustler::NifResult<_> { $call },
                     ));
@@ -48,6 +79,20 @@ macro_rules! lean_nif {
                             rustler::codegen_runtime::handle_nif_result(other, $env).apply($env)
                         },
                     }
+                }
+                unsafe extern "C" fn dirty_func(
+                    nif_env: *mut rustler::sys::ErlNifEnv,
+                    argc: rustler::codegen_runtime::c_int,
+                    argv: *const rustler::sys::ErlNifTerm,
+                ) -> rustler::sys::ErlNifTerm {
+                    unsafe { body(nif_env, argc, argv, false) }
+                }
+                unsafe extern "C" fn nif_func(
+                    nif_env: *mut rustler::sys::ErlNifEnv,
+                    argc: rustler::codegen_runtime::c_int,
+                    argv: *const rustler::sys::ErlNifTerm,
+                ) -> rustler::sys::ErlNifTerm {
+                    unsafe { body(nif_env, argc, argv, true) }
                 }
                 nif_func
             },

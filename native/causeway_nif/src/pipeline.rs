@@ -78,6 +78,7 @@ fn pipeline_start(env: Env, o: StartOpts, owner: LocalPid) -> NifResult<Term> {
         retention_interval_ms: o.retention_interval_ms,
     };
     config.validate().nif()?;
+    crate::runtime::note_term_budget(config.max_term_bytes);
     crate::beam::calibrate();
     let store = Arc::new(
         Store::open(
@@ -130,6 +131,10 @@ struct Update {
 
 #[rustler::nif]
 fn pipeline_configure(h: ResourceArc<Handle>, u: Update) -> NifResult<Atom> {
+    if let Some(b) = u.max_term_bytes {
+        causeway_core::config::check_term_budget(Some(b), None).nif()?;
+        crate::runtime::note_term_budget(b);
+    }
     h.pipeline()?
         .configure(&ConfigUpdate {
             batch_size: u.batch_size,
