@@ -24,25 +24,37 @@ defmodule Causeway do
     * `:name` — the instance name (default `Causeway`, the one `Causeway.Runtime`
       and `use Causeway.Instrument` report to)
     * `:dir` — the RocksDB directory (default `"_causeway/data"`); created if missing
-    * `:ring_size` — events per ring shard, a power of two (default 65 536)
-    * `:shards` — ring shards (default: one per scheduler)
+    * `:ring_size` — events per ring shard, a power of two in 2..2^24
+      (default 65 536; each event slot is 128 bytes, allocated up front)
+    * `:shards` — ring shards, 1..64 (default: one per scheduler). The slots
+      (`shards × ring_size × 128` bytes) must fit in a quarter of the
+      machine's memory and below `:memory_budget`: checked before anything
+      is allocated (`{:error, %Causeway.Error{kind: :invalid_argument}}`)
     * `:overflow` — `:drop_newest` (default) or `:drop_oldest` when a ring is full;
       every dropped event is counted
     * `:workers` — `{min, max}` native writer threads, 1..16 (default `{2, 16}`)
-    * `:batch_size` (1000), `:flush_interval_ms` (5) — writer batching
-    * `:max_term_bytes` (2048, at most 64 MiB), `:max_depth` (16, at most 1000) — capture budget of one term
+    * `:batch_size` (1000, in 1..1 000 000), `:flush_interval_ms` (5, in
+      1..60 000) — writer batching
+    * `:max_term_bytes` (2048, in 64..64 MiB), `:max_depth` (16, in 1..1000) —
+      capture budget of one term. With a budget above 64 KiB, a capture
+      whose terms may encode to more than that runs on a dirty scheduler
+      (the caller's normal scheduler is never held for it)
     * `:redact` — keys (atoms) whose values are never captured, e.g. `[:password]`
-    * `:correlation_ttl_ms` (300 000) — how long half a correlation waits
-    * `:emergency_sample` (100) — at the emergency backpressure level, keep one
-      non-critical event in this many
-    * `:max_retries` (8), `:retry_base_ms` (10) — failed batch writes retry with
-      exponential backoff, then are dropped and counted
-    * `:memory_budget` — native memory bound in bytes: the ring slots and
-      the process-context table (512 KiB), allocated up front, plus captured
-      payloads too big to live in the slots (default: those + 512 MiB). A
-      capture that would go past it is refused and counted in
-      `dropped.memory_budget`; a budget smaller than what is allocated up
-      front is an error.
+    * `:correlation_ttl_ms` (300 000, at most a year) — how long half a
+      correlation waits; `:max_pending` (250 000, at most 10^9) — how many
+      half-correlations wait at most; `:max_processes` (1 000 000, at most
+      10^8) — per-process capture contexts
+    * `:emergency_sample` (100, in 1..1 000 000) — at the emergency
+      backpressure level, keep one non-critical event in this many
+    * `:max_retries` (8, in 0..1000), `:retry_base_ms` (10, in 1..60 000) —
+      failed batch writes retry with exponential backoff, then are dropped
+      and counted
+    * `:memory_budget` — native memory bound in bytes (at most 2^44): the
+      ring slots and the process-context table (512 KiB), allocated up
+      front, plus captured payloads too big to live in the slots (default:
+      those + 512 MiB). A capture that would go past it is refused and
+      counted in `dropped.memory_budget`; a budget smaller than what is
+      allocated up front is an error.
     * `:sync_writes` — fsync the WAL on every batch (default `false`;
       `flush/0` always syncs)
     * `:covering_pid_index` — keep each process's events inside the pid
@@ -58,6 +70,15 @@ defmodule Causeway do
       the store holds more than `max_bytes` of live data) are deleted in the
       background with range deletes and compaction; indexes and links that
       pointed at them go with them
+
+  Every option is checked before anything starts: an unknown option, a
+  value of the wrong type or out of its range is an `ArgumentError` that
+  names the option and what it allows.
+
+  Functions that take an instance `name` act only on a Causeway instance: a
+  name registered to any other process is `{:error, %Causeway.Error{kind:
+  :not_running}}` (or that error raised, for `metrics/1`, `health/1` and
+  `capture/3`), and nothing is sent to that process.
 
   ## Queries
 
@@ -82,20 +103,36 @@ defmodule Causeway do
   @doc "A child spec, to run Causeway in your own supervision tree."
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
+    # validated here, so a bad option fails where the tree is built
+    {name, _native} = Causeway.Options.start!(opts)
+
     %{
-      id: Keyword.get(opts, :name, Causeway),
+      id: name,
       start: {__MODULE__, :start_link, [opts]},
       type: :worker,
       shutdown: 30_000
     }
   end
 
-  @doc "Stops an instance, draining and persisting what it has buffered."
-  @spec stop(atom()) :: :ok
+  @doc """
+  Stops an instance, draining and persisting what it has buffered. `:ok`
+  also when no instance of that name is running; a name registered to a
+  process that is not a Causeway instance is `{:error, %Causeway.Error{}}`,
+  and that process is left alone.
+  """
+  @spec stop(atom()) :: :ok | {:error, Causeway.Error.t()}
   def stop(name \\ Causeway) do
-    GenServer.stop(name, :normal, :infinity)
-  catch
-    :exit, {:noproc, _} -> :ok
+    case Instance.whereis(name) do
+      {:ok, pid} ->
+        try do
+          GenServer.stop(pid, :normal, :infinity)
+        catch
+          :exit, {:noproc, _} -> :ok
+        end
+
+      {:error, _} = e ->
+        if Process.whereis(name), do: e, else: :ok
+    end
   end
 
   @doc """
@@ -104,7 +141,17 @@ defmodule Causeway do
   """
   @spec flush(atom(), timeout()) :: :ok | {:error, Causeway.Error.t()}
   def flush(name \\ Causeway, timeout \\ 30_000) do
-    GenServer.call(name, :flush, timeout)
+    unless timeout == :infinity or
+             (is_integer(timeout) and timeout >= 0 and timeout <= 0xFFFF_FFFF),
+           do:
+             raise(
+               ArgumentError,
+               "flush/2 expects a timeout in milliseconds (0..4294967295) or :infinity, got: #{inspect(timeout)}"
+             )
+
+    with {:ok, pid} <- Instance.whereis(name) do
+      GenServer.call(pid, :flush, timeout)
+    end
   catch
     :exit, {:noproc, _} ->
       {:error,
@@ -132,10 +179,18 @@ defmodule Causeway do
   def configure(opts, name \\ Causeway) do
     update = Causeway.Options.configure!(opts)
 
-    case Native.pipeline_configure(Instance.handle!(name), update) do
-      :ok -> :ok
-      {:error, e} -> {:error, Causeway.Error.from_native(e)}
+    with {:ok, h} <- instance_handle(name) do
+      case Native.pipeline_configure(h, update) do
+        :ok -> :ok
+        {:error, e} -> {:error, Causeway.Error.from_native(e)}
+      end
     end
+  end
+
+  defp instance_handle(name) do
+    {:ok, Instance.handle!(name)}
+  rescue
+    e in Causeway.Error -> {:error, e}
   end
 
   @doc """
@@ -146,9 +201,11 @@ defmodule Causeway do
           {:ok, %{events: non_neg_integer(), chunks: non_neg_integer()}}
           | {:error, Causeway.Error.t()}
   def enforce_retention(name \\ Causeway) do
-    case Native.pipeline_retention(Instance.handle!(name)) do
-      {:ok, stats} -> {:ok, stats}
-      {:error, e} -> {:error, Causeway.Error.from_native(e)}
+    with {:ok, h} <- instance_handle(name) do
+      case Native.pipeline_retention(h) do
+        {:ok, stats} -> {:ok, stats}
+        {:error, e} -> {:error, Causeway.Error.from_native(e)}
+      end
     end
   end
 
@@ -160,7 +217,25 @@ defmodule Causeway do
   def capture(scope, on?, name \\ Causeway)
 
   def capture(scope, on?, name) when is_boolean(on?) do
-    Native.rt_set_capture(Instance.handle!(name), scope, on?)
+    case scope do
+      :global ->
+        :ok
+
+      {:module, m} when is_atom(m) ->
+        :ok
+
+      {:pid, p} when is_pid(p) and node(p) == node() ->
+        :ok
+
+      other ->
+        raise ArgumentError,
+              "capture/2 expects a scope: :global, {:module, m} or {:pid, local_pid}, got: #{inspect(other, limit: 5)}"
+    end
+
+    case Native.rt_set_capture(Instance.handle!(name), scope, on?) do
+      :ok -> :ok
+      {:error, e} -> raise Causeway.Error.from_native(e)
+    end
   end
 
   def capture(_scope, on?, _name),
@@ -171,24 +246,29 @@ defmodule Causeway do
   on every level change) or `:health` (`{:causeway, :health, what, info}` when a
   writer panics or storage fails).
   """
-  @spec subscribe(:backpressure | :health, atom()) :: :ok
+  @spec subscribe(:backpressure | :health, atom()) :: :ok | {:error, Causeway.Error.t()}
   def subscribe(topic, name \\ Causeway)
 
-  def subscribe(topic, name) when topic in [:backpressure, :health] do
-    GenServer.call(name, {:subscribe, topic, self()})
-  end
-
-  def subscribe(topic, _name),
-    do:
-      raise(
-        ArgumentError,
-        "subscribe/1 expects :backpressure or :health, got: #{inspect(topic)}"
-      )
+  def subscribe(topic, name), do: subscription(:subscribe, topic, name)
 
   @doc "Undoes `subscribe/2`."
-  @spec unsubscribe(:backpressure | :health, atom()) :: :ok
-  def unsubscribe(topic, name \\ Causeway) do
-    GenServer.call(name, {:unsubscribe, topic, self()})
+  @spec unsubscribe(:backpressure | :health, atom()) :: :ok | {:error, Causeway.Error.t()}
+  def unsubscribe(topic, name \\ Causeway), do: subscription(:unsubscribe, topic, name)
+
+  defp subscription(op, topic, name) do
+    unless topic in [:backpressure, :health],
+      do: raise(ArgumentError, "#{op}/2 expects :backpressure or :health, got: #{inspect(topic)}")
+
+    with {:ok, pid} <- Instance.whereis(name) do
+      GenServer.call(pid, {op, topic, self()})
+    end
+  catch
+    :exit, {reason, {GenServer, :call, _}} ->
+      {:error,
+       %Causeway.Error{
+         kind: :not_running,
+         message: "Causeway instance #{inspect(name)} stopped (#{inspect(reason, limit: 5)})"
+       }}
   end
 
   @doc """
@@ -206,10 +286,10 @@ defmodule Causeway do
   """
   @spec metrics(atom()) :: map()
   def metrics(name \\ Causeway) do
-    name
-    |> Instance.handle!()
-    |> Native.pipeline_metrics()
-    |> Map.put(:capture_path, Native.native_info())
+    case Native.pipeline_metrics(Instance.handle!(name)) do
+      %{} = m -> Map.put(m, :capture_path, Native.native_info())
+      {:error, e} -> raise Causeway.Error.from_native(e)
+    end
   end
 
   @doc """
@@ -248,7 +328,7 @@ defmodule Causeway do
   """
   @spec open(Path.t(), keyword()) :: {:ok, store()} | {:error, Causeway.Error.t()}
   def open(dir, opts \\ []) do
-    opts = Keyword.validate!(opts, read_only: true)
+    opts = Causeway.Options.keyword!(opts, [read_only: true], "Causeway.open/2")
 
     unless is_boolean(opts[:read_only]),
       do:
@@ -257,8 +337,7 @@ defmodule Causeway do
           ":read_only must be true or false, got: #{inspect(opts[:read_only])}"
         )
 
-    unless is_binary(dir) or is_list(dir),
-      do: raise(ArgumentError, "open/2 expects a directory path, got: #{inspect(dir)}")
+    dir = Causeway.Options.path!(dir, "Causeway.open/2")
 
     case Native.store_open(Path.expand(dir), opts[:read_only]) do
       {:ok, h} ->
@@ -271,7 +350,7 @@ defmodule Causeway do
 
   @doc "Closes a store opened with `open/2` (queries on it then fail with `:closed`)."
   @spec close(store()) :: :ok
-  def close(%Causeway.Store{handle: h}) do
+  def close(%Causeway.Store{handle: h}) when is_reference(h) do
     case Native.store_close(h) do
       :ok -> :ok
       {:error, e} -> raise Causeway.Error.from_native(e)
@@ -374,14 +453,11 @@ defmodule Causeway do
   def process_tree(pid, opts \\ [])
 
   def process_tree(pid, opts) when is_pid(pid) do
-    {max_depth, query} = Keyword.pop(opts, :max_depth, 32)
+    opts =
+      Causeway.Options.keyword!(opts, [:max_depth, :store, :instance], "Causeway.process_tree/2")
 
-    unless is_integer(max_depth) and max_depth >= 0,
-      do:
-        raise(
-          ArgumentError,
-          ":max_depth must be a non-negative integer, got: #{inspect(max_depth)}"
-        )
+    {max_depth, query} = Keyword.pop(opts, :max_depth, 32)
+    max_depth = Causeway.Options.int!(max_depth, :max_depth, 0..10_000)
 
     process_tree(pid, nil, max_depth, query)
   end
@@ -405,10 +481,30 @@ defmodule Causeway do
     %{pid: pid, spawned: spawned, exit: exit, children: children}
   end
 
-  @doc "Prints a call tree (or every top-level call of a pid)."
+  @doc """
+  Prints a call tree (or every top-level call of a pid). Takes the options
+  of `call_tree/2` and of `Causeway.CallTree.format/2`: `:max_lines`
+  (default 1 000 per tree) and `:max_indent` (32; deeper calls show their
+  depth instead of moving right), so a 20 000-deep recursion prints at once.
+  """
   @spec print_call_tree(non_neg_integer() | pid(), keyword()) :: :ok
   def print_call_tree(root, opts \\ []) do
-    root |> call_tree(opts) |> List.wrap() |> Enum.each(&IO.puts(Causeway.CallTree.format(&1)))
+    opts =
+      Causeway.Options.keyword!(
+        opts,
+        [:max_nodes, :store, :instance, :max_lines, :max_indent],
+        "Causeway.print_call_tree/2"
+      )
+
+    {format_opts, query_opts} = Keyword.split(opts, [:max_lines, :max_indent])
+
+    case call_tree(root, query_opts) do
+      nil ->
+        IO.puts("no call #{inspect(root)} recorded")
+
+      trees ->
+        trees |> List.wrap() |> Enum.each(&IO.puts(Causeway.CallTree.format(&1, format_opts)))
+    end
   end
 
   @doc "Prints a process's events as a timeline, with times relative to the first."

@@ -184,15 +184,15 @@ defmodule CausewayTest do
 
       assert_raise ArgumentError, ~r/workers/, fn -> Causeway.start_link(workers: {3, 2}) end
       assert_raise ArgumentError, ~r/overflow/, fn -> Causeway.start_link(overflow: :explode) end
-      assert_raise ArgumentError, ~r/unknown keys/, fn -> Causeway.start_link(nope: 1) end
+      assert_raise ArgumentError, ~r/unknown option :nope/, fn -> Causeway.start_link(nope: 1) end
       assert_raise ArgumentError, ~r/:dir/, fn -> Causeway.start_link(dir: 42) end
       assert_raise ArgumentError, ~r/redact/, fn -> Causeway.start_link(redact: ["password"]) end
 
-      assert_raise ArgumentError, ~r/max_depth must be in 1..1000/, fn ->
+      assert_raise ArgumentError, ~r/max_depth must be an integer in 1..1000/, fn ->
         Causeway.start_link(max_depth: 100_000)
       end
 
-      assert_raise ArgumentError, ~r/max_term_bytes must be in/, fn ->
+      assert_raise ArgumentError, ~r/max_term_bytes must be an integer in/, fn ->
         Causeway.start_link(max_term_bytes: 1 <<< 33)
       end
     end

@@ -30,16 +30,81 @@ defmodule Causeway.CallTree do
     }
   end
 
-  @doc "Renders the tree as indented text, one call per line."
-  @spec format(t(), non_neg_integer()) :: String.t()
-  def format(%__MODULE__{} = t, indent \\ 0) do
-    pad = String.duplicate("  ", indent)
+  @default_lines 1_000
+  @default_indent 32
 
-    line =
-      "#{pad}#{name(t.entry)}(#{args(t.entry.data)}) → " <>
-        "#{Causeway.Event.short(t.result)}#{duration(t.duration_ns)}"
+  @doc """
+  Renders the tree as indented text, one call per line, in time linear in
+  the lines printed. `opts`: `:max_lines` (default #{@default_lines}, or
+  `:infinity`) — calls past it are left out and counted on a last line;
+  `:max_indent` (default #{@default_indent}) — deeper calls stop moving right
+  and show their depth instead (`·[depth 5000]`). An integer second argument
+  is the starting indent (as before).
+  """
+  @spec format(t(), non_neg_integer() | keyword()) :: String.t()
+  def format(tree, opts \\ [])
 
-    Enum.join([line | Enum.map(t.children, &format(&1, indent + 1))], "\n")
+  def format(%__MODULE__{} = t, indent) when is_integer(indent) and indent >= 0,
+    do: format(t, indent: indent)
+
+  def format(%__MODULE__{} = t, opts) when is_list(opts) do
+    opts =
+      Causeway.Options.keyword!(
+        opts,
+        [indent: 0, max_lines: @default_lines, max_indent: @default_indent],
+        "Causeway.CallTree.format/2"
+      )
+
+    indent = Causeway.Options.int!(opts[:indent], :indent, 0..1_000)
+    max_indent = Causeway.Options.int!(opts[:max_indent], :max_indent, 0..1_000)
+
+    max_lines =
+      case opts[:max_lines] do
+        :infinity -> :infinity
+        n -> Causeway.Options.int!(n, :max_lines, 1..0xFFFF_FFFF_FFFF_FFFF)
+      end
+
+    {lines, _printed, left} = walk([{t, indent}], [], 0, max_lines, max_indent, 0)
+
+    lines =
+      if left > 0,
+        do: [
+          "… #{left} more call#{if left > 1, do: "s"} not shown (max_lines: #{max_lines})" | lines
+        ],
+        else: lines
+
+    lines |> Enum.reverse() |> Enum.intersperse("\n") |> IO.iodata_to_binary()
+  end
+
+  # Depth-first with an explicit stack: no recursion on the tree's depth, no
+  # string rebuilt per level. Past `max` lines it only counts what is left.
+  defp walk([], acc, printed, _max, _max_indent, left), do: {acc, printed, left}
+
+  defp walk([{t, depth} | rest], acc, printed, max, max_indent, left) do
+    stack = Enum.reduce(Enum.reverse(t.children), rest, &[{&1, depth + 1} | &2])
+
+    if max != :infinity and printed >= max do
+      walk(stack, acc, printed, max, max_indent, left + 1)
+    else
+      walk(stack, [line(t, depth, max_indent) | acc], printed + 1, max, max_indent, left)
+    end
+  end
+
+  defp line(t, depth, max_indent) do
+    pad =
+      if depth > max_indent,
+        do: [String.duplicate("  ", max_indent), "·[depth #{depth}] "],
+        else: String.duplicate("  ", depth)
+
+    [
+      pad,
+      name(t.entry),
+      "(",
+      args(t.entry.data),
+      ") → ",
+      Causeway.Event.short(t.result),
+      duration(t.duration_ns)
+    ]
   end
 
   defp name(%{module: m, function: f}) when is_atom(m), do: "#{inspect(m)}.#{f}"
@@ -55,7 +120,7 @@ defmodule Causeway.CallTree do
 
   defimpl Inspect do
     def inspect(t, _opts) do
-      "#Causeway.CallTree<\n" <> Causeway.CallTree.format(t, 1) <> "\n>"
+      "#Causeway.CallTree<\n" <> Causeway.CallTree.format(t, indent: 1, max_lines: 50) <> "\n>"
     end
   end
 end

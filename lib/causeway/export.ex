@@ -22,6 +22,15 @@ defmodule Causeway.Export do
   """
   @spec chrome_trace(Path.t(), keyword()) :: {:ok, map()} | {:error, term()}
   def chrome_trace(path, opts \\ []) do
+    path = Causeway.Options.path!(path, "chrome_trace/2")
+
+    unless is_list(opts) and Keyword.keyword?(opts),
+      do:
+        raise(
+          ArgumentError,
+          "chrome_trace/2 expects a keyword list of options, got: #{inspect(opts, limit: 5)}"
+        )
+
     events = Causeway.events(Keyword.merge([limit: 100_000], opts))
     trace = chrome_events(events)
     json = JSON.encode_to_iodata(%{"traceEvents" => trace, "displayTimeUnit" => "ns"})
@@ -39,7 +48,25 @@ defmodule Causeway.Export do
   @spec chrome_events([Event.t()]) :: [map()]
   def chrome_events([]), do: []
 
-  def chrome_events(events) do
+  def chrome_events(events) when is_list(events) do
+    unless Enum.all?(events, &match?(%Event{}, &1)),
+      do:
+        raise(
+          ArgumentError,
+          "chrome_events/1 expects a list of %Causeway.Event{}, got: #{inspect(events, limit: 3)}"
+        )
+
+    chrome_events_of(events)
+  end
+
+  def chrome_events(other),
+    do:
+      raise(
+        ArgumentError,
+        "chrome_events/1 expects a list of %Causeway.Event{}, got: #{inspect(other, limit: 3)}"
+      )
+
+  defp chrome_events_of(events) do
     t0 = events |> Enum.map(& &1.timestamp) |> Enum.min()
     tids = events |> Enum.map(& &1.pid) |> Enum.uniq() |> Enum.with_index(1) |> Map.new()
     by_id = Map.new(events, &{&1.id, &1})
@@ -179,6 +206,7 @@ defmodule Causeway.Export do
   """
   @spec mermaid(Path.t(), keyword()) :: {:ok, map()} | {:error, term()}
   def mermaid(path, opts) do
+    path = Causeway.Options.path!(path, "mermaid/2")
     text = mermaid_text(opts)
 
     case File.write(path, text) do
@@ -193,10 +221,23 @@ defmodule Causeway.Export do
   @doc "The Mermaid text of `mermaid/2`."
   @spec mermaid_text(keyword()) :: String.t()
   def mermaid_text(opts) do
-    pids = Keyword.fetch!(opts, :pids)
+    opts =
+      Causeway.Options.keyword!(
+        opts,
+        [:pids, :limit, :store, :instance],
+        "Causeway.Export.mermaid/2"
+      )
+
+    pids = Keyword.get(opts, :pids)
 
     unless is_list(pids) and pids != [] and Enum.all?(pids, &is_pid/1),
-      do: raise(ArgumentError, ":pids must be a non-empty list of pids, got: #{inspect(pids)}")
+      do:
+        raise(
+          ArgumentError,
+          ":pids must be a non-empty list of pids, got: #{inspect(pids, limit: 5)}"
+        )
+
+    pids = Enum.uniq(pids)
 
     limit = Causeway.Query.count!(opts, :limit, 500)
     # each pair reads at most `limit` messages; the first `limit` of all are among them

@@ -21,23 +21,69 @@ defmodule Causeway.Instance do
         Process.link(pid)
         {:ok, pid}
 
+      {:error, {:already_started, pid}} ->
+        what =
+          case whereis(name) do
+            {:ok, ^pid} ->
+              "a Causeway instance named #{inspect(name)} is already running"
+
+            _ ->
+              "#{inspect(name)} is already registered to #{inspect(pid)}, not a Causeway instance"
+          end
+
+        {:error, %Causeway.Error{kind: :already_started, message: "#{what} (#{inspect(pid)})"}}
+
       other ->
         other
     end
   end
 
   @doc false
+  # The handle of the running instance `name`, or a raised Causeway.Error.
   def handle!(name \\ Causeway) do
-    case :persistent_term.get({Causeway, name}, nil) do
-      nil ->
-        raise Causeway.Error,
-          kind: :not_running,
-          message:
-            "no Causeway instance named #{inspect(name)} is running (start one with Causeway.start_link/1)"
-
-      h ->
-        h
+    case lookup(name) do
+      {:ok, _pid, h} -> h
+      {:error, e} -> raise e
     end
+  end
+
+  @doc false
+  # The pid of the running instance `name` (a name registered to anything
+  # else is refused, and nothing is sent to it).
+  def whereis(name) do
+    case lookup(name) do
+      {:ok, pid, _h} -> {:ok, pid}
+      {:error, _} = e -> e
+    end
+  end
+
+  defp lookup(name) when is_atom(name) do
+    registered = Process.whereis(name)
+
+    case :persistent_term.get({__MODULE__, name}, nil) do
+      {pid, h} when pid == registered ->
+        {:ok, pid, h}
+
+      _ when is_pid(registered) ->
+        {:error,
+         %Causeway.Error{
+           kind: :not_running,
+           message:
+             "#{inspect(name)} is registered to #{inspect(registered)}, which is not a Causeway instance"
+         }}
+
+      _ ->
+        {:error,
+         %Causeway.Error{
+           kind: :not_running,
+           message:
+             "no Causeway instance named #{inspect(name)} is running (start one with Causeway.start_link/1)"
+         }}
+    end
+  end
+
+  defp lookup(name) do
+    raise ArgumentError, "a Causeway instance name must be an atom, got: #{inspect(name)}"
   end
 
   @impl true
@@ -46,7 +92,7 @@ defmodule Causeway.Instance do
 
     case Native.pipeline_start(native, self()) do
       {:ok, handle} ->
-        :persistent_term.put({Causeway, name}, handle)
+        :persistent_term.put({__MODULE__, name}, {self(), handle})
         # the instance named Causeway is the one Causeway.Runtime reports to
         if name == Causeway, do: :ok = Native.rt_set_default(handle)
 
@@ -149,8 +195,8 @@ defmodule Causeway.Instance do
   @impl true
   def terminate(_reason, state) do
     # Unpublish first so no new capture starts, then drain and close.
-    if :persistent_term.get({Causeway, state.name}, nil) == state.handle,
-      do: :persistent_term.erase({Causeway, state.name})
+    if :persistent_term.get({__MODULE__, state.name}, nil) == {self(), state.handle},
+      do: :persistent_term.erase({__MODULE__, state.name})
 
     if state.name == Causeway, do: Native.rt_set_default(nil)
 

@@ -2,6 +2,9 @@ defmodule Causeway.Options do
   @moduledoc false
   # Validation of Causeway.start_link/1 and Causeway.configure/1 options.
 
+  @year_ms 365 * 86_400_000
+  @u64_max 0xFFFF_FFFF_FFFF_FFFF
+
   @start_defaults [
     name: Causeway,
     dir: "_causeway/data",
@@ -29,21 +32,18 @@ defmodule Causeway.Options do
   def start_defaults, do: @start_defaults
 
   def start!(opts) when is_list(opts) do
-    opts = Keyword.validate!(opts, @start_defaults)
+    opts = keyword!(opts, @start_defaults, "Causeway.start_link/1")
     name = opts[:name]
 
     unless is_atom(name) and not is_nil(name),
       do: raise(ArgumentError, ":name must be an atom, got: #{inspect(name)}")
 
-    dir = opts[:dir]
-
-    unless is_binary(dir) and dir != "",
-      do: raise(ArgumentError, ":dir must be a non-empty string, got: #{inspect(dir)}")
+    dir = path!(opts[:dir], "the :dir option")
 
     ring = pos_int!(opts, :ring_size)
 
-    unless Bitwise.band(ring, ring - 1) == 0 and ring >= 2,
-      do: raise(ArgumentError, ":ring_size must be a power of two >= 2, got: #{ring}")
+    unless Bitwise.band(ring, ring - 1) == 0,
+      do: raise(ArgumentError, ":ring_size must be a power of two in 2..2^24, got: #{ring}")
 
     shards = opts[:shards] || min(:erlang.system_info(:schedulers), 64)
 
@@ -114,7 +114,7 @@ defmodule Causeway.Options do
   ]
 
   def configure!(opts) when is_list(opts) do
-    opts = Keyword.validate!(opts, Enum.map(@configurable, &{&1, nil}))
+    opts = keyword!(opts, Enum.map(@configurable, &{&1, nil}), "Causeway.configure/2")
 
     Map.new(@configurable, fn
       :workers ->
@@ -130,23 +130,28 @@ defmodule Causeway.Options do
 
   @units %{millisecond: 1, second: 1_000, minute: 60_000, hour: 3_600_000, day: 86_400_000}
 
+  @max_age_ms 1000 * 365 * 86_400_000
+  @max_bytes 0x3FFF_FFFF_FFFF_FFFF
+
   defp retention!(r) when is_list(r) do
-    r = Keyword.validate!(r, max_age: nil, max_bytes: nil, interval_ms: 60_000)
+    r = keyword!(r, [max_age: nil, max_bytes: nil, interval_ms: 60_000], ":retention")
 
     max_age =
       case r[:max_age] do
         nil ->
           nil
 
-        ms when is_integer(ms) and ms > 0 ->
+        ms when is_integer(ms) and ms > 0 and ms <= @max_age_ms ->
           ms
 
-        {n, unit} when is_integer(n) and n > 0 and is_map_key(@units, unit) ->
+        {n, unit}
+        when is_integer(n) and n > 0 and is_map_key(@units, unit) and
+               n * :erlang.map_get(unit, @units) <= @max_age_ms ->
           n * @units[unit]
 
         other ->
           raise ArgumentError,
-                "retention :max_age must be milliseconds or {n, :second | :minute | :hour | :day}, got: #{inspect(other)}"
+                "retention :max_age must be milliseconds in 1..#{@max_age_ms} (1000 years) or {n, :second | :minute | :hour | :day} within it, got: #{inspect(other)}"
       end
 
     max_bytes =
@@ -154,21 +159,21 @@ defmodule Causeway.Options do
         nil ->
           nil
 
-        b when is_integer(b) and b > 0 ->
+        b when is_integer(b) and b > 0 and b <= @max_bytes ->
           b
 
         other ->
           raise ArgumentError,
-                "retention :max_bytes must be a positive integer, got: #{inspect(other)}"
+                "retention :max_bytes must be an integer in 1..#{@max_bytes}, got: #{inspect(other)}"
       end
 
     interval = r[:interval_ms]
 
-    unless is_integer(interval) and interval >= 100,
+    unless is_integer(interval) and interval >= 100 and interval <= @year_ms,
       do:
         raise(
           ArgumentError,
-          "retention :interval_ms must be an integer >= 100, got: #{inspect(interval)}"
+          "retention :interval_ms must be an integer in 100..#{@year_ms}, got: #{inspect(interval)}"
         )
 
     [max_age: max_age, max_bytes: max_bytes, interval_ms: interval]
@@ -190,32 +195,81 @@ defmodule Causeway.Options do
         ":workers must be {min, max} with 1 <= min <= max <= 16, got: #{inspect(other)}"
       )
 
-  # bounds the native side relies on (see causeway_core::config::check_term_budget)
-  @ranges %{max_depth: 1..1000, max_term_bytes: 64..(64 * 1024 * 1024)}
+  # The allowed range of every integer option (what the native side can hold
+  # and what is sane); documented in Causeway's moduledoc.
+  @ranges %{
+    ring_size: 2..16_777_216,
+    batch_size: 1..1_000_000,
+    flush_interval_ms: 1..60_000,
+    max_term_bytes: 64..(64 * 1024 * 1024),
+    max_depth: 1..1000,
+    correlation_ttl_ms: 1..@year_ms,
+    max_pending: 1..1_000_000_000,
+    max_processes: 1..100_000_000,
+    emergency_sample: 1..1_000_000,
+    max_retries: 0..1_000,
+    retry_base_ms: 1..60_000,
+    memory_budget: 1..17_592_186_044_416
+  }
 
-  defp pos_int!(opts, key) do
-    case {opts[key], @ranges[key]} do
-      {v, nil} when is_integer(v) and v > 0 ->
-        v
+  @doc false
+  def ranges, do: @ranges
 
-      {v, lo..hi} when is_integer(v) and v >= lo and v <= hi ->
-        v
+  defp pos_int!(opts, key), do: int!(opts[key], key, @ranges[key] || 1..@u64_max)
 
-      {v, lo..hi} ->
-        raise ArgumentError, "#{inspect(key)} must be in #{lo}..#{hi}, got: #{inspect(v)}"
+  @doc false
+  # An integer option in `lo..hi`, or an ArgumentError naming it and its range.
+  def int!(v, key, lo..hi) do
+    if is_integer(v) and v >= lo and v <= hi,
+      do: v,
+      else:
+        raise(
+          ArgumentError,
+          "#{inspect(key)} must be an integer in #{lo}..#{hi}, got: #{inspect(v)}"
+        )
+  end
 
-      {v, nil} ->
-        raise ArgumentError, "#{inspect(key)} must be a positive integer, got: #{inspect(v)}"
+  @doc false
+  # A path argument: a non-empty string (or printable charlist) with no NUL.
+  def path!(path, fun) do
+    ok =
+      (is_binary(path) and path != "" and String.valid?(path) and
+         not String.contains?(path, <<0>>)) or
+        (is_list(path) and path != [] and List.ascii_printable?(path))
+
+    if ok,
+      do: path,
+      else:
+        raise(
+          ArgumentError,
+          "#{fun} expects a path (a non-empty string), got: #{inspect(path, limit: 5)}"
+        )
+  end
+
+  @doc false
+  # Options of a public function: a keyword list with only the `allowed` keys
+  # (a list of keys or of {key, default}); anything else is an ArgumentError
+  # that names the function and the offending option.
+  def keyword!(opts, allowed, fun) do
+    unless is_list(opts) and Keyword.keyword?(opts),
+      do: raise(ArgumentError, "#{fun} expects a keyword list of options, got: #{inspect(opts)}")
+
+    keys =
+      Enum.map(allowed, fn
+        {k, _} -> k
+        k -> k
+      end)
+
+    case Enum.reject(Keyword.keys(opts), &(&1 in keys)) do
+      [] ->
+        Keyword.validate!(opts, allowed)
+
+      unknown ->
+        raise ArgumentError,
+              "unknown option#{if length(unknown) > 1, do: "s"} #{Enum.map_join(Enum.uniq(unknown), ", ", &inspect/1)} " <>
+                "for #{fun}; expected one of #{inspect(keys)}"
     end
   end
 
-  defp non_neg_int!(opts, key) do
-    case opts[key] do
-      v when is_integer(v) and v >= 0 ->
-        v
-
-      v ->
-        raise ArgumentError, "#{inspect(key)} must be a non-negative integer, got: #{inspect(v)}"
-    end
-  end
+  defp non_neg_int!(opts, key), do: int!(opts[key], key, @ranges[key] || 0..@u64_max)
 end

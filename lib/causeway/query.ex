@@ -4,7 +4,10 @@ defmodule Causeway.Query do
   used by `Causeway.print_timeline/2`. Use the functions of `Causeway`.
   """
 
-  alias Causeway.{Event, Native}
+  alias Causeway.{Event, Native, Options}
+
+  @u64_max 0xFFFF_FFFF_FFFF_FFFF
+  @target_opts [:store, :instance]
 
   @event_opts [
     :pid,
@@ -28,11 +31,18 @@ defmodule Causeway.Query do
   @doc false
   def handle(opts) do
     case Keyword.get(opts, :store) do
-      %Causeway.Store{handle: h} ->
+      %Causeway.Store{handle: h} when is_reference(h) ->
         h
 
       nil ->
-        Causeway.Instance.handle!(Keyword.get(opts, :instance, Causeway))
+        case Keyword.get(opts, :instance, Causeway) do
+          name when is_atom(name) ->
+            Causeway.Instance.handle!(name)
+
+          other ->
+            raise ArgumentError,
+                  ":instance must be an instance name (an atom), got: #{inspect(other)}"
+        end
 
       other ->
         raise ArgumentError, ":store must come from Causeway.open/2, got: #{inspect(other)}"
@@ -41,10 +51,7 @@ defmodule Causeway.Query do
 
   @doc false
   def events_page(opts) do
-    unless Keyword.keyword?(opts),
-      do: raise(ArgumentError, "events/1 expects a keyword list, got: #{inspect(opts)}")
-
-    opts = Keyword.validate!(opts, @event_opts)
+    opts = Options.keyword!(opts, @event_opts, "Causeway.events/1")
     h = handle(opts)
     filter = filter!(opts)
 
@@ -57,7 +64,7 @@ defmodule Causeway.Query do
   @doc false
   # How many events match, decoded in Rust only (for benchmarks): {count, index}.
   def count(opts) do
-    opts = Keyword.validate!(opts, @event_opts)
+    opts = Options.keyword!(opts, @event_opts, "Causeway.Query.count/1")
 
     case Native.query_count(handle(opts), filter!(opts)) do
       {:ok, r} -> r
@@ -67,13 +74,17 @@ defmodule Causeway.Query do
 
   @doc false
   def stream(opts) do
-    opts = Keyword.validate!(opts, @event_opts)
-    page = Keyword.get(opts, :page_size, 500)
+    opts = Options.keyword!(opts, @event_opts, "Causeway.stream_events/1")
+    page = Options.int!(Keyword.get(opts, :page_size, 500), :page_size, 1..1_000_000)
 
-    unless is_integer(page) and page > 0,
-      do: raise(ArgumentError, ":page_size must be a positive integer, got: #{inspect(page)}")
+    total =
+      case count!(opts, :limit, :infinity) do
+        0 -> :infinity
+        n -> n
+      end
 
-    total = Keyword.get(opts, :limit, :infinity)
+    # the filters are checked now, not when the stream is first read
+    _ = filter!(Keyword.drop(opts, [:limit, :page_size]))
     base = Keyword.drop(opts, [:page_size, :limit])
 
     Stream.resource(
@@ -136,15 +147,15 @@ defmodule Causeway.Query do
       types: Enum.map(types, &Atom.to_string/1),
       module: name!(opts, :module),
       function: name!(opts, :function),
-      arity: opt_int!(opts, :arity),
+      arity: opt_int!(opts, :arity, 255),
       call_id: opt_int!(opts, :call_id),
       since: opt_time(opts, :since),
       until: opt_time(opts, :until),
       limit: limit,
       reverse: reverse,
       after: opt_int!(opts, :after),
-      links: Keyword.get(opts, :links, true) == true,
-      scan: Keyword.get(opts, :scan, false) == true
+      links: bool!(opts, :links, true),
+      scan: bool!(opts, :scan, false)
     }
   end
 
@@ -178,22 +189,37 @@ defmodule Causeway.Query do
 
       other ->
         raise ArgumentError,
-              "#{inspect(key)} must be a positive integer or :infinity, got: #{inspect(other)}"
+              "#{inspect(key)} must be a positive integer or :infinity, got: #{inspect(other, limit: 5)}"
     end
   end
 
-  defp opt_int!(opts, key) do
+  defp opt_int!(opts, key, max \\ @u64_max) do
     case Keyword.get(opts, key) do
-      nil ->
-        nil
+      nil -> nil
+      n -> Options.int!(n, key, 0..max)
+    end
+  end
 
-      n when is_integer(n) and n >= 0 ->
-        n
+  defp bool!(opts, key, default) do
+    case Keyword.get(opts, key, default) do
+      b when is_boolean(b) ->
+        b
 
       other ->
-        raise ArgumentError,
-              "#{inspect(key)} must be a non-negative integer, got: #{inspect(other)}"
+        raise ArgumentError, "#{inspect(key)} must be true or false, got: #{inspect(other)}"
     end
+  end
+
+  @doc false
+  # An event or call id argument.
+  def id!(id, fun) do
+    if is_integer(id) and id >= 0 and id <= @u64_max,
+      do: id,
+      else:
+        raise(
+          ArgumentError,
+          "#{fun} expects an event id (an integer in 0..2^64-1), got: #{inspect(id)}"
+        )
   end
 
   defp opt_time(opts, key) do
@@ -239,18 +265,21 @@ defmodule Causeway.Query do
   defp unwrap({:error, e}), do: raise(Causeway.Error.from_native(e))
 
   @doc false
-  def event(id, opts) when is_integer(id) and id >= 0 do
+  def event(id, opts) do
+    id = id!(id, "Causeway.event/2")
+    opts = Options.keyword!(opts, @target_opts, "Causeway.event/2")
+
     case unwrap(Native.query_event(handle(opts), id)) do
       nil -> nil
       e -> Event.from_native(e)
     end
   end
 
-  def event(id, _),
-    do: raise(ArgumentError, "event/1 expects an event id (integer), got: #{inspect(id)}")
-
   @doc false
-  def call_tree(root, opts) when (is_integer(root) and root >= 0) or is_pid(root) do
+  def call_tree(root, opts) do
+    unless is_pid(root), do: id!(root, "Causeway.call_tree/2")
+    opts = Options.keyword!(opts, [:max_nodes | @target_opts], "Causeway.call_tree/2")
+
     max =
       case count!(opts, :max_nodes, 10_000) do
         0 -> 0xFFFF_FFFF_FFFF_FFFF
@@ -265,11 +294,11 @@ defmodule Causeway.Query do
     end
   end
 
-  def call_tree(root, _),
-    do: raise(ArgumentError, "call_tree/1 expects a call id or a pid, got: #{inspect(root)}")
-
   @doc false
-  def causal_chain(id, opts) when is_integer(id) and id >= 0 do
+  def causal_chain(id, opts) do
+    id = id!(id, "Causeway.causal_chain/2")
+    opts = Options.keyword!(opts, [:max | @target_opts], "Causeway.causal_chain/2")
+
     max =
       case count!(opts, :max, 1000) do
         0 -> 0xFFFF_FFFF_FFFF_FFFF
@@ -282,11 +311,9 @@ defmodule Causeway.Query do
     end
   end
 
-  def causal_chain(id, _),
-    do: raise(ArgumentError, "causal_chain/1 expects an event id, got: #{inspect(id)}")
-
   @doc false
   def message_flow(a, b, opts) when is_pid(a) and is_pid(b) do
+    opts = Options.keyword!(opts, [:limit | @target_opts], "Causeway.message_flow/3")
     limit = count!(opts, :limit, :infinity)
 
     handle(opts)
@@ -302,6 +329,9 @@ defmodule Causeway.Query do
 
   @doc false
   def state_history(pid, opts) when is_pid(pid) do
+    opts =
+      Options.keyword!(opts, [:since, :until, :limit | @target_opts], "Causeway.state_history/2")
+
     since = opt_time(opts, :since)
     until = opt_time(opts, :until)
     limit = count!(opts, :limit, :infinity)
@@ -317,6 +347,7 @@ defmodule Causeway.Query do
 
   @doc false
   def state_at(pid, time, opts) when is_pid(pid) do
+    opts = Options.keyword!(opts, @target_opts, "Causeway.state_at/3")
     wall = clamp_ns(wall_ns!(time, :time, :last))
 
     case unwrap(Native.query_state_at(handle(opts), pid, wall)) do
@@ -334,6 +365,10 @@ defmodule Causeway.Query do
 
   @doc false
   def timeline(pid, opts) do
+    unless is_pid(pid),
+      do: raise(ArgumentError, "Causeway.print_timeline/2 expects a pid, got: #{inspect(pid)}")
+
+    opts = Options.keyword!(opts, @event_opts -- [:pid], "Causeway.print_timeline/2")
     events = Causeway.events(Keyword.merge([pid: pid, limit: 1000], opts))
 
     case events do

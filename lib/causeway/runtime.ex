@@ -32,7 +32,7 @@ defmodule Causeway.Runtime do
   def function_entry(module, function, args) do
     raise ArgumentError,
           "function_entry/3 expects (module atom, function atom, args list), got: " <>
-            "#{inspect(module)}, #{inspect(function)}, #{inspect(args, limit: 5)}"
+            "#{inspect(module, limit: 5)}, #{inspect(function, limit: 5)}, #{inspect(args, limit: 5)}"
   end
 
   @doc """
@@ -42,7 +42,8 @@ defmodule Causeway.Runtime do
   @spec function_exit(call_id(), term()) :: :ok
   def function_exit(nil, _result), do: :ok
 
-  def function_exit(call_id, result) when is_integer(call_id) and call_id > 0 do
+  def function_exit(call_id, result)
+      when is_integer(call_id) and call_id > 0 and call_id <= 0xFFFF_FFFF_FFFF_FFFF do
     Native.rt_function_exit(call_id, result)
   end
 
@@ -50,7 +51,7 @@ defmodule Causeway.Runtime do
     do:
       raise(
         ArgumentError,
-        "function_exit/2 expects a call id from function_entry/3, got: #{inspect(call_id)}"
+        "function_exit/2 expects a call id from function_entry/3, got: #{inspect(call_id, limit: 5)}"
       )
 
   @doc "The calling process sends `message` to `to` (a pid)."
@@ -60,7 +61,11 @@ defmodule Causeway.Runtime do
   end
 
   def message_send(to, _message),
-    do: raise(ArgumentError, "message_send/2 expects a pid as receiver, got: #{inspect(to)}")
+    do:
+      raise(
+        ArgumentError,
+        "message_send/2 expects a pid as receiver, got: #{inspect(to, limit: 5)}"
+      )
 
   @doc "The calling process received `message` (sender unknown)."
   @spec message_receive(term()) :: :ok
@@ -76,7 +81,7 @@ defmodule Causeway.Runtime do
     do:
       raise(
         ArgumentError,
-        "message_receive/2 expects a pid or nil as sender, got: #{inspect(from)}"
+        "message_receive/2 expects a pid or nil as sender, got: #{inspect(from, limit: 5)}"
       )
 
   @doc """
@@ -100,7 +105,7 @@ defmodule Causeway.Runtime do
   end
 
   def process_spawn(child),
-    do: raise(ArgumentError, "process_spawn/1 expects a pid, got: #{inspect(child)}")
+    do: raise(ArgumentError, "process_spawn/1 expects a pid, got: #{inspect(child, limit: 5)}")
 
   @doc "Process `pid` (local) exited with `reason`."
   @spec process_exit(pid(), term()) :: :ok
@@ -109,7 +114,7 @@ defmodule Causeway.Runtime do
   end
 
   def process_exit(pid, _reason),
-    do: raise(ArgumentError, "process_exit/2 expects a local pid, got: #{inspect(pid)}")
+    do: raise(ArgumentError, "process_exit/2 expects a local pid, got: #{inspect(pid, limit: 5)}")
 
   @doc "An error was raised, thrown or exited in the calling process."
   @spec error(:error | :exit | :throw, term(), list()) :: :ok
@@ -122,6 +127,6 @@ defmodule Causeway.Runtime do
     do:
       raise(
         ArgumentError,
-        "error/3 expects kind :error | :exit | :throw and a stacktrace list, got: #{inspect(kind)}, #{inspect(stacktrace, limit: 3)}"
+        "error/3 expects kind :error | :exit | :throw and a stacktrace list, got: #{inspect(kind, limit: 5)}, #{inspect(stacktrace, limit: 3)}"
       )
 end

@@ -46,16 +46,20 @@ defmodule Causeway.Tracer do
   @doc false
   def start(target, opts) do
     opts =
-      Keyword.validate!(opts,
-        what: nil,
-        functions: [],
-        args: nil,
-        match_spec: nil,
-        max_events: 10_000,
-        max_rate: 10_000,
-        duration_ms: 60_000,
-        max_msg_bytes: 2_048,
-        instance: Causeway
+      Causeway.Options.keyword!(
+        opts,
+        [
+          what: nil,
+          functions: [],
+          args: nil,
+          match_spec: nil,
+          max_events: 10_000,
+          max_rate: 10_000,
+          duration_ms: 60_000,
+          max_msg_bytes: 2_048,
+          instance: Causeway
+        ],
+        "Causeway.trace/2"
       )
 
     plan = plan!(target, opts)
@@ -77,18 +81,29 @@ defmodule Causeway.Tracer do
     do: %{id: __MODULE__, start: {GenServer, :start_link, [__MODULE__, arg]}, restart: :temporary}
 
   @doc false
-  def stop(%__MODULE__{pid: pid}) do
+  def stop(%__MODULE__{pid: pid}) when is_pid(pid) do
     GenServer.stop(pid, :normal, 10_000)
   catch
     :exit, _ -> :ok
   end
 
+  def stop(other), do: bad_session!("stop_trace/1", other)
+
   @doc false
-  def info(%__MODULE__{pid: pid}) do
+  def info(%__MODULE__{pid: pid}) when is_pid(pid) do
     GenServer.call(pid, :info)
   catch
     :exit, _ -> %{running: false}
   end
+
+  def info(other), do: bad_session!("trace_info/1", other)
+
+  defp bad_session!(fun, other),
+    do:
+      raise(
+        ArgumentError,
+        "#{fun} expects a session from Causeway.trace/2, got: #{inspect(other, limit: 5)}"
+      )
 
   # ---------------------------------------------------------------- planning
 
@@ -98,7 +113,7 @@ defmodule Causeway.Tracer do
         m when is_atom(m) and m not in [:all, :new] ->
           {:processes, [{m, :_, :_}]}
 
-        {m, f, a} when is_atom(m) and is_atom(f) and (is_integer(a) or a == :_) ->
+        {m, f, a} when is_atom(m) and is_atom(f) and (a in 0..255 or a == :_) ->
           {:processes, [{m, f, a}]}
 
         :all ->
@@ -107,11 +122,13 @@ defmodule Causeway.Tracer do
         :new ->
           {:new, []}
 
-        pid when is_pid(pid) ->
+        pid when is_pid(pid) and node(pid) == node() ->
           {[pid], []}
 
         pids when is_list(pids) and pids != [] ->
-          if Enum.all?(pids, &is_pid/1), do: {pids, []}, else: bad_target!(target)
+          if Enum.all?(pids, &(is_pid(&1) and node(&1) == node())),
+            do: {pids, []},
+            else: bad_target!(target)
 
         _ ->
           bad_target!(target)
@@ -125,6 +142,13 @@ defmodule Causeway.Tracer do
           if function_target?, do: [:call, :return, :exception], else: [:send, :receive, :procs]
 
         w when is_list(w) ->
+          unless Enum.all?(w, &is_atom/1),
+            do:
+              raise(
+                ArgumentError,
+                ":what must be a list of #{inspect(@whats)}, got: #{inspect(w, limit: 5)}"
+              )
+
           w
 
         other ->
@@ -141,12 +165,21 @@ defmodule Causeway.Tracer do
           "unknown :what #{inspect(unknown)}; expected any of #{inspect(@whats)}"
         )
 
+    functions = opts[:functions]
+
+    unless is_list(functions),
+      do:
+        raise(
+          ArgumentError,
+          ":functions must be a list of modules or {m, f, arity}, got: #{inspect(functions, limit: 5)}"
+        )
+
     extra_funs =
-      Enum.map(List.wrap(opts[:functions]), fn
-        m when is_atom(m) ->
+      Enum.map(functions, fn
+        m when is_atom(m) and m not in [nil, true, false] ->
           {m, :_, :_}
 
-        {m, f, a} = mfa when is_atom(m) and is_atom(f) and (is_integer(a) or a == :_) ->
+        {m, f, a} = mfa when is_atom(m) and is_atom(f) and (a in 0..255 or a == :_) ->
           mfa
 
         other ->
@@ -216,7 +249,7 @@ defmodule Causeway.Tracer do
     do:
       raise(
         ArgumentError,
-        "trace target must be a module, {m, f, arity}, a pid, a list of pids, :all or :new, got: #{inspect(t)}"
+        "trace target must be a module, {m, f, arity} (arity 0..255), a local pid, a list of local pids, :all or :new, got: #{inspect(t, limit: 5)}"
       )
 
   defp match_spec!(what, opts) do
@@ -227,21 +260,50 @@ defmodule Causeway.Tracer do
         true -> []
       end
 
-    case {opts[:match_spec], opts[:args]} do
-      {nil, nil} ->
-        [{:_, [], actions}]
+    ms =
+      case {opts[:match_spec], opts[:args]} do
+        {nil, nil} ->
+          [{:_, [], actions}]
 
-      {nil, args} when is_list(args) ->
-        [{args, [], actions}]
+        {nil, args} when is_list(args) ->
+          [{args, [], actions}]
 
-      {ms, nil} when is_list(ms) ->
-        Enum.map(ms, fn
-          {head, guards, body} -> {head, guards, Enum.uniq(body ++ actions)}
-          other -> raise ArgumentError, "not a match spec clause: #{inspect(other)}"
-        end)
+        {nil, args} ->
+          raise ArgumentError,
+                ":args must be a list pattern (:_ for any argument), got: #{inspect(args, limit: 5)}"
 
-      _ ->
-        raise ArgumentError, "give either :args (a list pattern) or :match_spec, not both"
+        {ms, nil} when is_list(ms) ->
+          Enum.map(ms, fn
+            {head, guards, body} when is_list(guards) and is_list(body) ->
+              {head, guards, Enum.uniq(body ++ actions)}
+
+            other ->
+              raise ArgumentError, "not a match spec clause: #{inspect(other, limit: 5)}"
+          end)
+
+        {ms, nil} ->
+          raise ArgumentError,
+                ":match_spec must be a list of clauses, got: #{inspect(ms, limit: 5)}"
+
+        _ ->
+          raise ArgumentError, "give either :args (a list pattern) or :match_spec, not both"
+      end
+
+    what_ms = if opts[:match_spec], do: ":match_spec", else: ":args pattern"
+
+    result =
+      try do
+        :erlang.match_spec_test([], ms, :trace)
+      rescue
+        ArgumentError -> {:error, [:not_a_match_spec]}
+      end
+
+    case result do
+      {:ok, _, _, _} ->
+        ms
+
+      {:error, errors} ->
+        raise ArgumentError, "invalid #{what_ms}: #{inspect(errors, limit: 5)}"
     end
   end
 

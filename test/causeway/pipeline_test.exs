@@ -233,7 +233,7 @@ defmodule Causeway.PipelineTest do
     assert Causeway.metrics().batch_size == 50
     assert_raise ArgumentError, ~r/workers/, fn -> Causeway.configure(workers: {0, 20}) end
     assert_raise ArgumentError, ~r/batch_size/, fn -> Causeway.configure(batch_size: 0) end
-    assert_raise ArgumentError, ~r/unknown keys/, fn -> Causeway.configure(bogus: 1) end
+    assert_raise ArgumentError, ~r/unknown option :bogus/, fn -> Causeway.configure(bogus: 1) end
     assert_raise ArgumentError, ~r/max_depth/, fn -> Causeway.configure(max_depth: 5000) end
   end
 

@@ -355,6 +355,15 @@ fn store_stats(env: Env, h: ResourceArc<Handle>) -> NifResult<Term> {
 /// Lets go of a store opened with `store_open` (it closes when no query holds it).
 #[rustler::nif(schedule = "DirtyIo")]
 fn store_close(h: ResourceArc<Handle>) -> NifResult<rustler::Atom> {
+    if h.pipeline.is_some() {
+        return Err(crate::error::core_error(
+            causeway_core::Error::InvalidArgument(
+                "this handle belongs to a running instance, not to a store from open/2: \
+                 stop the instance with Causeway.stop/1"
+                    .into(),
+            ),
+        ));
+    }
     h.close().nif()?;
     Ok(crate::atoms::ok())
 }
