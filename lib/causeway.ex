@@ -30,8 +30,17 @@ defmodule Causeway do
       (`shards × ring_size × 128` bytes) must fit in a quarter of the
       machine's memory and below `:memory_budget`: checked before anything
       is allocated (`{:error, %Causeway.Error{kind: :invalid_argument}}`)
-    * `:overflow` — `:drop_newest` (default) or `:drop_oldest` when a ring is full;
-      every dropped event is counted
+    * `:overflow` — what a full ring does: `:drop_newest` (default) refuses
+      the new event, `:drop_oldest` overwrites the oldest; every dropped
+      event is counted. `:wait` is lossless, the mode for development and
+      test suites, where completeness matters more than latency: when the
+      ring of the capturing CPU is nearly full, a `Causeway.Runtime` capture
+      (and so instrumented code) moves to a dirty I/O scheduler, waits
+      there until the writers have made room, and records — the capturing
+      process waits, no normal scheduler spins or sleeps, and emergency
+      sampling is off. Only storage failures still drop (counted), and
+      events from `trace/2` (whose callbacks cannot wait) are refused and
+      counted as with `:drop_newest` when their ring is full
     * `:workers` — `{min, max}` native writer threads, 1..16 (default `{2, 16}`)
     * `:batch_size` (1000, in 1..1 000 000), `:flush_interval_ms` (5, in
       1..60 000) — writer batching

@@ -50,17 +50,17 @@ defmodule Causeway.Options do
     unless is_integer(shards) and shards in 1..64,
       do: raise(ArgumentError, ":shards must be an integer in 1..64, got: #{inspect(shards)}")
 
-    unless opts[:overflow] in [:drop_newest, :drop_oldest],
+    unless opts[:overflow] in [:drop_newest, :drop_oldest, :wait],
       do:
         raise(
           ArgumentError,
-          ":overflow must be :drop_newest or :drop_oldest, got: #{inspect(opts[:overflow])}"
+          ":overflow must be :drop_newest, :drop_oldest or :wait, got: #{inspect(opts[:overflow], limit: 5)}"
         )
 
     {wmin, wmax} = workers!(opts[:workers])
     redact = opts[:redact]
 
-    unless is_list(redact) and Enum.all?(redact, &is_atom/1),
+    unless list_of?(redact, &is_atom/1),
       do: raise(ArgumentError, ":redact must be a list of atoms, got: #{inspect(redact)}")
 
     for key <- [:sync_writes, :covering_pid_index] do
@@ -228,6 +228,13 @@ defmodule Causeway.Options do
           "#{inspect(key)} must be an integer in #{lo}..#{hi}, got: #{inspect(v)}"
         )
   end
+
+  @doc false
+  # A proper list whose every element passes `pred` (an improper list is
+  # not one: Enum.all?/2 would raise on it).
+  def list_of?([x | rest], pred), do: pred.(x) and list_of?(rest, pred)
+  def list_of?([], _pred), do: true
+  def list_of?(_, _pred), do: false
 
   @doc false
   # A path argument: a non-empty string (or printable charlist) with no NUL.

@@ -126,7 +126,7 @@ defmodule Causeway.Tracer do
           {[pid], []}
 
         pids when is_list(pids) and pids != [] ->
-          if Enum.all?(pids, &(is_pid(&1) and node(&1) == node())),
+          if Causeway.Options.list_of?(pids, &(is_pid(&1) and node(&1) == node())),
             do: {pids, []},
             else: bad_target!(target)
 
@@ -142,7 +142,7 @@ defmodule Causeway.Tracer do
           if function_target?, do: [:call, :return, :exception], else: [:send, :receive, :procs]
 
         w when is_list(w) ->
-          unless Enum.all?(w, &is_atom/1),
+          unless Causeway.Options.list_of?(w, &is_atom/1),
             do:
               raise(
                 ArgumentError,
@@ -167,7 +167,7 @@ defmodule Causeway.Tracer do
 
     functions = opts[:functions]
 
-    unless is_list(functions),
+    unless Causeway.Options.list_of?(functions, fn _ -> true end),
       do:
         raise(
           ArgumentError,
@@ -272,7 +272,14 @@ defmodule Causeway.Tracer do
           raise ArgumentError,
                 ":args must be a list pattern (:_ for any argument), got: #{inspect(args, limit: 5)}"
 
-        {ms, nil} when is_list(ms) ->
+        {ms, nil} when is_list(ms) and ms != [] ->
+          unless Causeway.Options.list_of?(ms, fn _ -> true end),
+            do:
+              raise(
+                ArgumentError,
+                ":match_spec must be a list of clauses, got: #{inspect(ms, limit: 5)}"
+              )
+
           Enum.map(ms, fn
             {head, guards, body} when is_list(guards) and is_list(body) ->
               {head, guards, Enum.uniq(body ++ actions)}

@@ -310,6 +310,7 @@ impl Pipeline {
         if !paired
             && self.level.load(Ordering::Relaxed) == Level::Emergency as u8
             && !kind.is_critical()
+            && self.config.overflow != crate::ring::Overflow::Wait
         {
             let n = self.sample_tick.fetch_add(1, Ordering::Relaxed);
             let every = self.tun.emergency_sample.load(Ordering::Relaxed).max(1) as u64;

@@ -18,6 +18,37 @@ use std::sync::Mutex;
 pub enum Overflow {
     DropNewest,
     DropOldest,
+    /// Lossless: a producer that may block (`with_blocking`, a dirty
+    /// scheduler) waits for room; one that may not is refused and counted as
+    /// with `DropNewest` — the NIF glue moves producers to a dirty scheduler
+    /// before the ring is that full (`Rings::nearly_full`).
+    Wait,
+}
+
+/// Slots kept free, under `Overflow::Wait`, for the producers that already
+/// passed the `nearly_full` check on a normal scheduler.
+pub const WAIT_MARGIN: usize = 256;
+
+/// How long a blocking producer waits for room before it gives up (and the
+/// event is counted as refused): the writers drain a ring in milliseconds,
+/// so this is reached only when they are stopped.
+const WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+thread_local! {
+    static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with pushes allowed to wait for room under `Overflow::Wait`
+/// (for threads that may block: dirty schedulers, native threads).
+pub fn with_blocking<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            MAY_BLOCK.with(|b| b.set(self.0));
+        }
+    }
+    let _reset = Reset(MAY_BLOCK.with(|b| b.replace(true)));
+    f()
 }
 
 impl Overflow {
@@ -25,6 +56,7 @@ impl Overflow {
         match s {
             "drop_newest" => Some(Overflow::DropNewest),
             "drop_oldest" => Some(Overflow::DropOldest),
+            "wait" => Some(Overflow::Wait),
             _ => None,
         }
     }
@@ -33,6 +65,7 @@ impl Overflow {
         match self {
             Overflow::DropNewest => "drop_newest",
             Overflow::DropOldest => "drop_oldest",
+            Overflow::Wait => "wait",
         }
     }
 }
@@ -318,12 +351,47 @@ impl Rings {
                 (Some(slot), outcome) => (slot, outcome),
                 (None, outcome) => return outcome,
             },
+            Overflow::Wait => match s.queue.reserve().or_else(|| Self::reserve_waiting(s)) {
+                Some(slot) => (slot, PushOutcome::Stored),
+                None => {
+                    s.prod.rejected.fetch_add(1, Ordering::Relaxed);
+                    return PushOutcome::Rejected;
+                }
+            },
         };
         let bytes = commit(slot);
         if bytes > 0 {
             s.prod.bytes_in.fetch_add(bytes, Ordering::Relaxed);
         }
         outcome
+    }
+
+    /// Under `Overflow::Wait`, on a thread that may block: waits (sleeping,
+    /// up to `WAIT_LIMIT`) until the writers have made room.
+    #[cold]
+    fn reserve_waiting(s: &Shard) -> Option<crate::mpmc::Reserved<'_, RawEvent>> {
+        if !MAY_BLOCK.with(|b| b.get()) {
+            return None;
+        }
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_micros(10);
+        while start.elapsed() < WAIT_LIMIT {
+            std::thread::sleep(pause);
+            if let Some(slot) = s.queue.reserve() {
+                return Some(slot);
+            }
+            pause = (pause * 2).min(std::time::Duration::from_millis(1));
+        }
+        None
+    }
+
+    /// Under `Overflow::Wait`: true when fewer than `WAIT_MARGIN` slots of
+    /// `shard` are free, so a producer that may not block should move to a
+    /// thread that may before it pushes.
+    #[inline]
+    pub fn nearly_full(&self, shard: usize) -> bool {
+        self.overflow == Overflow::Wait
+            && self.len(shard) + WAIT_MARGIN.min(self.capacity / 2) >= self.capacity
     }
 
     /// True on one push in 64: when the producer should look at the fill level

@@ -11,17 +11,20 @@
 /// `rustler::NifResult<T>` (`T: Encoder`) computed from `env` and `args`
 /// (`[Term; arity]`); `?` works inside it.
 /// `lean_nif!("erlang_name", arity, dirty_if pred, |env, args| expr)`: the
-/// same, but when `pred(&args)` says the call would be long (a big term to
-/// encode), it is moved to a dirty CPU scheduler with `enif_schedule_nif`
-/// and runs there instead of holding the caller's normal scheduler.
+/// same, for a capture: when `pred(&args)` says the call would be long (a
+/// big term to encode), it is moved to a dirty CPU scheduler with
+/// `enif_schedule_nif` and runs there instead of holding the caller's
+/// normal scheduler; and under `overflow: :wait`, when the ring is nearly
+/// full (`runtime::must_wait`), it moves to a dirty I/O scheduler, waits
+/// there for room and records (the caller waits; no scheduler spins).
 macro_rules! lean_nif {
     ($erl:literal, $arity:literal, |$env:ident, $args:ident| $call:expr) => {
-        lean_nif!(@nif $erl, $arity, (|_a: &[rustler::Term]| false), |$env, $args| $call);
+        lean_nif!(@nif $erl, $arity, (|_a: &[rustler::Term]| false), false, |$env, $args| $call);
     };
     ($erl:literal, $arity:literal, dirty_if $pred:path, |$env:ident, $args:ident| $call:expr) => {
-        lean_nif!(@nif $erl, $arity, $pred, |$env, $args| $call);
+        lean_nif!(@nif $erl, $arity, $pred, true, |$env, $args| $call);
     };
-    (@nif $erl:literal, $arity:literal, $pred:expr, |$env:ident, $args:ident| $call:expr) => {
+    (@nif $erl:literal, $arity:literal, $pred:expr, $waits:expr, |$env:ident, $args:ident| $call:expr) => {
         rustler::codegen_runtime::inventory::submit!(rustler::Nif {
             name: concat!($erl, "\0").as_ptr() as *const rustler::codegen_runtime::c_char,
             arity: $arity,
@@ -49,6 +52,21 @@ macro_rules! lean_nif {
                     // the closure borrows the arguments: moving them in costs a
                     // store-forwarding stall per call (8-byte stores read back as 16)
                     let $args = &$args;
+                    if may_move && $waits && crate::runtime::must_wait() {
+                        // overflow: :wait and the ring nearly full: wait on a
+                        // dirty I/O scheduler, never on this one
+                        return unsafe {
+                            rustler::sys::enif_schedule_nif(
+                                nif_env,
+                                concat!($erl, "\0").as_ptr()
+                                    as *const rustler::codegen_runtime::c_char,
+                                rustler::sys::ERL_NIF_DIRTY_JOB_IO_BOUND as i32,
+                                wait_func,
+                                argc,
+                                argv,
+                            )
+                        };
+                    }
                     if may_move {
                         let pred = $pred;
                         let long = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -85,7 +103,16 @@ macro_rules! lean_nif {
                     argc: rustler::codegen_runtime::c_int,
                     argv: *const rustler::sys::ErlNifTerm,
                 ) -> rustler::sys::ErlNifTerm {
-                    unsafe { body(nif_env, argc, argv, false) }
+                    causeway_core::ring::with_blocking(|| unsafe { body(nif_env, argc, argv, false) })
+                }
+                #[allow(dead_code)]
+                unsafe extern "C" fn wait_func(
+                    nif_env: *mut rustler::sys::ErlNifEnv,
+                    argc: rustler::codegen_runtime::c_int,
+                    argv: *const rustler::sys::ErlNifTerm,
+                ) -> rustler::sys::ErlNifTerm {
+                    crate::runtime::wait_for_room();
+                    causeway_core::ring::with_blocking(|| unsafe { body(nif_env, argc, argv, false) })
                 }
                 unsafe extern "C" fn nif_func(
                     nif_env: *mut rustler::sys::ErlNifEnv,

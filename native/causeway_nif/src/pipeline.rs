@@ -42,7 +42,7 @@ struct StartOpts {
 fn pipeline_start(env: Env, o: StartOpts, owner: LocalPid) -> NifResult<Term> {
     let overflow = Overflow::from_name(&o.overflow).ok_or_else(|| {
         arg_error(format!(
-            "overflow must be :drop_newest or :drop_oldest, got {:?}",
+            "overflow must be :drop_newest, :drop_oldest or :wait, got {:?}",
             o.overflow
         ))
     })?;
@@ -79,6 +79,7 @@ fn pipeline_start(env: Env, o: StartOpts, owner: LocalPid) -> NifResult<Term> {
     };
     config.validate().nif()?;
     crate::runtime::note_term_budget(config.max_term_bytes);
+    crate::runtime::note_overflow(config.overflow);
     crate::beam::calibrate();
     let store = Arc::new(
         Store::open(

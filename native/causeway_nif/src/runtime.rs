@@ -97,6 +97,37 @@ const DIRTY_ABOVE: usize = 64 << 10;
 /// size of its terms.
 static BIG_BUDGET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Set (and never cleared) once a pipeline of this VM ran with
+/// `overflow: :wait`: until then no capture looks at its ring's fill level.
+static WAIT_MODE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Called with the overflow policy of every pipeline started.
+pub(crate) fn note_overflow(o: causeway_core::ring::Overflow) {
+    if o == causeway_core::ring::Overflow::Wait {
+        WAIT_MODE.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Under `overflow: :wait`: the default pipeline's ring of this CPU is
+/// nearly full, so the capture must move to a thread that may wait.
+#[inline]
+pub(crate) fn must_wait() -> bool {
+    WAIT_MODE.load(Ordering::Relaxed)
+        && with_default(|p, cpu| p.rings.nearly_full(wrap(cpu, p.rings.shard_count())))
+            .unwrap_or(false)
+}
+
+/// On a dirty scheduler: sleeps until the ring of this CPU has room again
+/// (at most 30 s; then the capture runs and the ring's own wait decides).
+pub(crate) fn wait_for_room() {
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_micros(20);
+    while must_wait() && start.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Called with every `max_term_bytes` a pipeline starts with or is
 /// configured to.
 pub(crate) fn note_term_budget(max_term_bytes: usize) {
@@ -477,7 +508,7 @@ fn rt_state_change<'a>(env: Env<'a>, old: Term<'a>, new: Term<'a>) -> Atom {
     )
 }
 
-lean_nif!("rt_process_spawn", 1, |env, a| rt_process_spawn(env, a[0]));
+lean_nif!("rt_process_spawn", 1, dirty_if long_encoding, |env, a| rt_process_spawn(env, a[0]));
 fn rt_process_spawn<'a>(env: Env<'a>, child: Term<'a>) -> NifResult<Atom> {
     let peer = raw_pid(child, "the child")?;
     let me = self_raw(env);
