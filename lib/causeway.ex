@@ -383,6 +383,22 @@ defmodule Causeway do
   @spec stop_trace(Causeway.Tracer.t()) :: :ok
   def stop_trace(session), do: Causeway.Tracer.stop(session)
 
+  @doc """
+  Watches a running OTP process (a pid, a registered name, `{name, node}`,
+  `{:global, name}` or `{:via, module, name}`) through OTP's debug hooks:
+  the messages it handles, its replies and its state after each, with no
+  recompiling and no trace flags. See `Causeway.Watch` for what is recorded
+  and the options (`:max_events`, `:max_rate`, `:duration_ms`,
+  `:max_state_bytes`, `:timeout`, `:instance`).
+  """
+  @spec watch(pid() | atom() | {atom(), node()} | {:via, module(), term()}, keyword()) ::
+          {:ok, Causeway.Watch.t()} | {:error, Causeway.Error.t()}
+  def watch(target, opts \\ []), do: Causeway.Watch.start(target, opts)
+
+  @doc "Removes a watch's hook from its process (`:ok` also when it is already gone)."
+  @spec unwatch(Causeway.Watch.t()) :: :ok
+  def unwatch(watch), do: Causeway.Watch.stop(watch)
+
   @doc "A session's state: `%{running: bool, events: n, stopped: bool, reason: ...}`."
   @spec trace_info(Causeway.Tracer.t()) :: map()
   def trace_info(session), do: Causeway.Tracer.info(session)

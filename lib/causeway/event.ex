@@ -14,7 +14,7 @@ defmodule Causeway.Event do
   | `parent_id`  | the cause known at capture: the calling function's entry, the message being handled, ... |
   | `module`, `function`, `arity` | for function events |
   | `data`       | what the event carries, by type (below) |
-  | `source`     | `:runtime` (instrumented code) or `:tracer` |
+  | `source`     | `:runtime` (instrumented code), `:tracer` (`Causeway.trace/2`) or `:watch` (`Causeway.watch/2`) |
   | `links`      | `[{kind, event_id}]` made by the correlator, e.g. `{:completes, entry_id}` |
 
   `data` by type: `function_entry` → the argument list; `function_exit` → the
@@ -71,7 +71,7 @@ defmodule Causeway.Event do
           function: atom() | String.t() | nil,
           arity: non_neg_integer() | nil,
           data: term(),
-          source: :runtime | :tracer,
+          source: :runtime | :tracer | :watch,
           links: [{atom(), non_neg_integer()}] | nil
         }
 

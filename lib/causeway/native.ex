@@ -57,6 +57,7 @@ defmodule Causeway.Native do
   def rt_process_exit(_pid, _reason), do: err()
   def rt_error(_kind, _reason, _stacktrace), do: err()
   def rt_set_capture(_h, _scope, _on), do: err()
+  def rt_watch(_kind, _a, _b, _max_bytes), do: err()
   def bench_noop(_x), do: err()
   def native_info, do: err()
 

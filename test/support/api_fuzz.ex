@@ -34,7 +34,15 @@ defmodule Causeway.ApiFuzz do
     Process.unlink(pid)
     write_markers(markers)
 
-    st = %{dir: dir, tmp: tmp, stores: [], sessions: [], ids: [1], retention: retention?}
+    st = %{
+      dir: dir,
+      tmp: tmp,
+      stores: [],
+      sessions: [],
+      watches: [],
+      ids: [1],
+      retention: retention?
+    }
 
     {results, unclear, _st} =
       Enum.reduce(1..calls//1, {%{}, %{}, st}, fn _, {results, unclear, st} ->
@@ -167,6 +175,9 @@ defmodule Causeway.ApiFuzz do
   defp remember(st, {:ok, %Causeway.Tracer{} = s}),
     do: %{st | sessions: Enum.take([s | st.sessions], 4)}
 
+  defp remember(st, {:ok, %Causeway.Watch{} = w}),
+    do: %{st | watches: Enum.take([w | st.watches], 4)}
+
   defp remember(st, [%Causeway.Event{} | _] = evs),
     do: %{st | ids: Enum.take(Enum.map(evs, & &1.id) ++ st.ids, 8)}
 
@@ -280,6 +291,14 @@ defmodule Causeway.ApiFuzz do
          )
        end},
       {:stop_trace, fn -> Causeway.stop_trace(Nasty.arg(sessions)) end},
+      {:watch,
+       fn ->
+         Causeway.watch(
+           Nasty.arg([Process.whereis(Causeway) || self(), Causeway.SessionSupervisor, self()]),
+           Nasty.opts(max_events: 10, timeout: 200, duration_ms: 500, max_state_bytes: 1_000)
+         )
+       end},
+      {:unwatch, fn -> Causeway.unwatch(Nasty.arg(st.watches)) end},
       {:trace_info, fn -> Causeway.trace_info(Nasty.arg(sessions)) end},
       {:events, fn -> Causeway.events(Nasty.opts(query_opts ++ store_or_instance)) end},
       {:stream_events,

@@ -70,6 +70,8 @@ pub enum Source {
     #[default]
     Runtime = 0,
     Tracer = 1,
+    /// OTP's debug hooks (`:sys.install/2`), by `Causeway.watch/2`.
+    Watch = 2,
 }
 
 impl Source {
@@ -77,6 +79,7 @@ impl Source {
         match self {
             Source::Runtime => "runtime",
             Source::Tracer => "tracer",
+            Source::Watch => "watch",
         }
     }
 }

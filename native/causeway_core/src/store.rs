@@ -1099,10 +1099,10 @@ impl Store {
             arity: d.arity,
             peer: d.peer.map(|p| self.pid_of(p, &names)),
             data: d.data.into_owned(),
-            source: if d.source == Source::Tracer as u8 {
-                Source::Tracer
-            } else {
-                Source::Runtime
+            source: match d.source {
+                1 => Source::Tracer,
+                2 => Source::Watch,
+                _ => Source::Runtime,
             },
         })
     }

@@ -278,7 +278,7 @@ mod struct_atoms {
         to, from, message, old, new, child, reason, kind, stacktrace,
         function_entry, function_exit, message_send, message_receive, state_change,
         process_spawn, process_exit, error,
-        runtime, tracer,
+        runtime, tracer, watch,
         completes, completed_by, called_from, calls, receives, received_by,
         caused_by, causes, exit_of, exited_by,
     }
@@ -518,6 +518,7 @@ pub fn event_struct<'a>(
     let source = match e.source {
         causeway_core::event::Source::Runtime => a::runtime(),
         causeway_core::event::Source::Tracer => a::tracer(),
+        causeway_core::event::Source::Watch => a::watch(),
     };
     let data = shaped_data(env, e, peer);
     let node = cache.name(env, &e.pid.node);

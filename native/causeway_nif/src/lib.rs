@@ -13,6 +13,7 @@ mod query;
 mod runtime;
 mod term;
 mod tracer;
+mod watch;
 
 pub mod atoms {
     rustler::atoms! {
@@ -30,6 +31,11 @@ pub mod atoms {
         pid,
         runtime,
         tracer,
+        watch,
+        receive,
+        send,
+        state,
+        handled,
         undecodable,
         drop_newest,
         drop_oldest,

@@ -81,7 +81,7 @@ fn rt_set_default(h: Term) -> NifResult<Atom> {
     Ok(crate::atoms::ok())
 }
 
-fn self_raw(env: Env) -> u64 {
+pub(crate) fn self_raw(env: Env) -> u64 {
     pid_word(env, &env.pid())
 }
 
@@ -433,13 +433,30 @@ fn capture(
     encode: impl FnOnce(&Budget, &mut Payload),
     context: impl FnOnce(&Pipeline, u64, i64) -> Option<(u64, LinkKind)>,
 ) -> Atom {
+    capture_as(Source::Runtime, None, kind, pid, peer, encode, context)
+}
+
+/// `capture` for another source (`Causeway.watch/2`'s hooks), with the
+/// term budget's byte limit replaced when `max_bytes` is given.
+pub(crate) fn capture_as(
+    source: Source,
+    max_bytes: Option<usize>,
+    kind: EventType,
+    pid: u64,
+    peer: RawPid,
+    encode: impl FnOnce(&Budget, &mut Payload),
+    context: impl FnOnce(&Pipeline, u64, i64) -> Option<(u64, LinkKind)>,
+) -> Atom {
     with_default(|p, cpu| {
         if !p.admit(kind, pid, 0) {
             return;
         }
         let s = stamp(p, cpu);
         let parent = context(p, s.id, s.mono);
-        let b = budget(p);
+        let mut b = budget(p);
+        if let Some(m) = max_bytes {
+            b.max_bytes = m;
+        }
         let peer_bytes = match &peer {
             RawPid::External(bytes) => bytes.capacity() as u64,
             _ => 0,
@@ -447,6 +464,7 @@ fn capture(
         let fill = |ev: &mut RawEvent| {
             encode(&b, &mut ev.data);
             set_fields(ev, &s, kind, pid, (0, 0, 0), parent);
+            ev.source = source;
             ev.peer = peer;
         };
         place(p, s.shard, &b, peer_bytes, fill);
@@ -554,7 +572,7 @@ lean_nif!("rt_message_handled", 0, |env, _a| Ok(rt_message_handled(
     env
 )));
 /// The caller is done handling the message it last received.
-fn rt_message_handled(env: Env) -> Atom {
+pub(crate) fn rt_message_handled(env: Env) -> Atom {
     let me = self_raw(env);
     with_default(|p, _| p.contexts.handled(me, monotonic_ns()));
     crate::atoms::ok()
