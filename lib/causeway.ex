@@ -469,6 +469,69 @@ defmodule Causeway do
   def state_at(pid, time, opts \\ []), do: Causeway.Query.state_at(pid, time, opts)
 
   @doc """
+  The structural difference of a `state_change` event (old state → new):
+  keys and struct fields added, removed or changed, recursively; lists and
+  tuples by position. See `Causeway.StateDiff`.
+  """
+  @spec state_diff(Event.t()) :: Causeway.StateDiff.t()
+  def state_diff(%Event{type: :state_change, data: %{old: old, new: new}}),
+    do: Causeway.StateDiff.diff(old, new)
+
+  def state_diff(other),
+    do:
+      raise(
+        ArgumentError,
+        "state_diff/1 expects a state_change event, got: #{inspect(other, limit: 5)}"
+      )
+
+  @doc """
+  "Which message changed this": every state change of `pid` in which the
+  value at `path` (map keys, struct fields, keyword keys, list and tuple
+  indexes — see `Causeway.StateDiff.at/2`) changed, oldest first, as
+  `%{event: state_change, old: value | :none, new: value | :none, cause:
+  event | nil}`, where `cause` is the message (or call) that caused it and
+  `:none` means the path did not exist. Takes the options of
+  `state_history/2` (`:since`, `:until`, `:limit`, `:store`, `:instance`).
+  """
+  @spec changes(pid(), [term()], keyword()) :: [map()]
+  def changes(pid, path, opts \\ [])
+
+  def changes(pid, path, opts) when is_pid(pid) and is_list(path) do
+    unless Causeway.Options.list_of?(path, fn _ -> true end),
+      do: raise(ArgumentError, "changes/3 expects a path list, got: #{inspect(path, limit: 5)}")
+
+    target = Keyword.take(opts, [:store, :instance])
+
+    pid
+    |> state_history(opts)
+    |> Enum.flat_map(fn e ->
+      old = value_at(e.data.old, path)
+      new = value_at(e.data.new, path)
+
+      if old === new do
+        []
+      else
+        cause = if e.parent_id, do: event(e.parent_id, target)
+        [%{event: e, old: old, new: new, cause: cause}]
+      end
+    end)
+  end
+
+  def changes(pid, path, _opts),
+    do:
+      raise(
+        ArgumentError,
+        "changes/3 expects a pid and a path list, got: #{inspect(pid, limit: 5)}, #{inspect(path, limit: 5)}"
+      )
+
+  defp value_at(term, path) do
+    case Causeway.StateDiff.at(term, path) do
+      {:ok, v} -> v
+      :error -> :none
+    end
+  end
+
+  @doc """
   The process tree recorded under `pid`: `%{pid: pid, spawned: event | nil,
   exit: event | nil, children: [tree]}` from `process_spawn` events (the parent
   spawned the child) and `process_exit` events. `:max_depth` (default 32)

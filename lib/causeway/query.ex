@@ -260,6 +260,28 @@ defmodule Causeway.Query do
         "#{inspect(key)} must be a DateTime, NaiveDateTime, Time or monotonic integer, got: #{inspect(other)}"
       )
 
+  # state changes as diffs, not as two whole states
+  defp timeline_summary(%Event{type: :state_change, data: %{old: old, new: new}})
+       when old != nil do
+    diff = Causeway.StateDiff.diff(old, new)
+
+    "state " <>
+      case diff.changes do
+        [] ->
+          "(unchanged)"
+
+        changes when length(changes) > 6 ->
+          "#{length(changes)} changes: " <>
+            (diff |> to_string() |> String.split("\n") |> Enum.take(6) |> Enum.join("; ")) <>
+            "; …"
+
+        _ ->
+          diff |> to_string() |> String.replace("\n", "; ")
+      end
+  end
+
+  defp timeline_summary(e), do: Event.summary(e)
+
   defp unwrap({:ok, v}), do: v
   defp unwrap({:error, {:not_found, _}}), do: nil
   defp unwrap({:error, e}), do: raise(Causeway.Error.from_native(e))
@@ -382,7 +404,7 @@ defmodule Causeway.Query do
             dt = (e.timestamp - first.timestamp) / 1_000_000
 
             line =
-              "+#{:erlang.float_to_binary(dt, decimals: 3)} ms  #{String.duplicate("  ", depth)}#{Event.summary(e)}"
+              "+#{:erlang.float_to_binary(dt, decimals: 3)} ms  #{String.duplicate("  ", depth)}#{timeline_summary(e)}"
 
             {line, if(e.type == :function_entry, do: depth + 1, else: depth)}
           end)
