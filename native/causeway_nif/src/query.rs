@@ -359,6 +359,25 @@ fn store_close(h: ResourceArc<Handle>) -> NifResult<rustler::Atom> {
     Ok(crate::atoms::ok())
 }
 
+/// Reopens a read-only store opened with `store_open`, so it sees what its
+/// writer wrote since (a read-only RocksDB instance sees only what existed
+/// when it opened). A writable store, or a running instance's, already sees
+/// its own writes: nothing to do.
+#[rustler::nif(schedule = "DirtyIo")]
+fn store_refresh(h: ResourceArc<Handle>) -> NifResult<rustler::Atom> {
+    let old = h.store()?;
+    if h.pipeline.is_none() && old.is_read_only() {
+        let new = Arc::new(old.reopen().nif()?);
+        if let Ok(mut slot) = h.store.lock() {
+            // closed meanwhile: stay closed
+            if slot.is_some() {
+                *slot = Some(new);
+            }
+        }
+    }
+    Ok(crate::atoms::ok())
+}
+
 /// Opens a store for queries only (`read_only: true`), or writable without a
 /// pipeline (maintenance).
 #[rustler::nif(schedule = "DirtyIo")]
