@@ -292,7 +292,10 @@ mod tests {
                 Level::Normal
             ]
         );
-        assert!(t - 100 >= 3 * HOLD_MIN_MS, "each step down waits the hold time");
+        assert!(
+            t - 100 >= 3 * HOLD_MIN_MS,
+            "each step down waits the hold time"
+        );
     }
 
     /// A sustained overload as the manager sees it: while sampling
@@ -305,7 +308,11 @@ mod tests {
         let (mut t, mut changes, mut last) = (0u64, 0u32, Level::Normal);
         let mut in_emergency_ms = 0u64;
         while t < 300_000 {
-            let u = if c.level() == Level::Emergency { 0.05 } else { 0.99 };
+            let u = if c.level() == Level::Emergency {
+                0.05
+            } else {
+                0.99
+            };
             let p = step(&mut c, u, t);
             if p.level != last {
                 changes += 1;
@@ -319,7 +326,10 @@ mod tests {
         }
         // 1 907 changes in 300 s before the hold time
         assert!(changes <= 30, "{changes} level changes in 300 s");
-        assert!(in_emergency_ms >= 290_000, "{in_emergency_ms} ms in emergency");
+        assert!(
+            in_emergency_ms >= 290_000,
+            "{in_emergency_ms} ms in emergency"
+        );
         assert_eq!(c.hold_ms(), HOLD_MAX_MS);
     }
 

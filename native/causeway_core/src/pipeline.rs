@@ -922,10 +922,8 @@ impl Pipeline {
                     // RocksDB stops accepting writes after an I/O error until the
                     // database is reopened (a read-only stand-in is in place
                     // while a reopen fails): try that before the next attempt
-                    if matches!(
-                        e,
-                        Error::Storage(_) | Error::Closed | Error::ReadOnly(_)
-                    ) && !self.closing.load(Ordering::Relaxed)
+                    if matches!(e, Error::Storage(_) | Error::Closed | Error::ReadOnly(_))
+                        && !self.closing.load(Ordering::Relaxed)
                     {
                         if !self.down.load(Ordering::Acquire) {
                             self.enter_outage(&e);

@@ -813,7 +813,12 @@ impl Store {
             std::fs::write(&probe, b"")
                 .map_err(|e| path_error(&path, format!("not writable: {e}")))?;
             let _ = std::fs::remove_file(&probe);
-            return Store::attempt(&path, &opts, false, rocksdb::DBRecoveryMode::AbsoluteConsistency);
+            return Store::attempt(
+                &path,
+                &opts,
+                false,
+                rocksdb::DBRecoveryMode::AbsoluteConsistency,
+            );
         }
         if opts.read_only {
             Store::open_read_only(&path, &opts)
@@ -845,7 +850,12 @@ impl Store {
 
     fn open_writable(path: &Path, opts: &StoreOptions) -> Result<Store> {
         let mark = store_faults::read_mark(path).ok().flatten();
-        match Store::attempt(path, opts, true, rocksdb::DBRecoveryMode::AbsoluteConsistency) {
+        match Store::attempt(
+            path,
+            opts,
+            true,
+            rocksdb::DBRecoveryMode::AbsoluteConsistency,
+        ) {
             Ok(s) => {
                 s.check_mark(mark)?;
                 Ok(s)
@@ -860,8 +870,7 @@ impl Store {
                 probe.check_mark(mark)?;
                 let newest = probe.max_id()?;
                 drop(probe);
-                let mut s =
-                    Store::attempt(path, opts, true, rocksdb::DBRecoveryMode::PointInTime)?;
+                let mut s = Store::attempt(path, opts, true, rocksdb::DBRecoveryMode::PointInTime)?;
                 s.recovery_note = Some(format!(
                     "the write-ahead log ended in a damaged or incomplete record after the \
                      last flush ({first}); the store was recovered up to event {newest}, \

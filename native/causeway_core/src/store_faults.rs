@@ -234,7 +234,9 @@ mod tests {
         let len = std::fs::metadata(&wal).unwrap().len();
         let mut f = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
         f.seek(SeekFrom::Start(len / 2)).unwrap();
-        let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let garbage: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         f.write_all(&garbage).unwrap();
         drop(f);
         let name = wal.file_name().unwrap().to_string_lossy().into_owned();
