@@ -1573,6 +1573,61 @@ mod tests {
         }
     }
 
+    /// Counts the level changes a subscriber would be sent.
+    #[derive(Default)]
+    struct Levels(AtomicU64, Mutex<Vec<Level>>);
+    impl Notifier for Levels {
+        fn flushed(&self, _token: u64, _result: std::result::Result<(), String>) {}
+        fn backpressure(&self, level: Level, _info: &LevelInfo) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut v) = self.1.lock() {
+                v.push(level);
+            }
+        }
+        fn worker_event(&self, _worker: usize, _what: &str, _detail: &str) {}
+    }
+
+    #[test]
+    fn a_sustained_overload_sends_a_handful_of_level_changes_not_one_per_check() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).expect("open"));
+        let levels = Arc::new(Levels::default());
+        let config = Config {
+            shards: 1,
+            ring_size: 4096,
+            ..Config::default()
+        };
+        let p = Pipeline::start(config, store, Arc::new(Names), levels.clone()).expect("start");
+        // one producer far faster than the writers, for 6 s: at `emergency`
+        // its sampling empties the ring, which looks calm
+        let end = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < end {
+            for _ in 0..1_000 {
+                if p.admit(EventType::FunctionExit, 1, 0) {
+                    let mono = crate::clock::now_ns();
+                    let e = RawEvent {
+                        id: p.stamp_on(0, mono),
+                        kind: Some(EventType::FunctionExit),
+                        mono_ns: mono,
+                        pid: 1,
+                        ..Default::default()
+                    };
+                    p.push(0, e);
+                }
+            }
+        }
+        let changes = levels.0.load(Ordering::Relaxed);
+        let seen = levels.1.lock().map(|v| v.clone()).unwrap_or_default();
+        p.close().expect("close");
+        assert!(
+            seen.contains(&Level::Emergency),
+            "never overloaded: {seen:?}"
+        );
+        assert!(Counters::get(&p.counters.sampled) > 0);
+        // ~36 in 6 s when only checks were counted
+        assert!(changes <= 12, "{changes} level changes in 6 s: {seen:?}");
+    }
+
     #[test]
     fn a_capture_under_way_when_close_begins_is_persisted_not_lost() {
         let (_dir, p) = started(); // (the directory lives until the end)
