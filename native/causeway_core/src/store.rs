@@ -170,6 +170,12 @@ pub mod postings {
         out
     }
 
+    /// How many ids a posting list holds (its first varint), without
+    /// decoding them.
+    pub fn len(bytes: &[u8]) -> Result<u64> {
+        read_varint(bytes, &mut 0)
+    }
+
     /// The ids of a posting whose first id is `first`.
     pub fn decode(first: u64, bytes: &[u8]) -> Result<Vec<u64>> {
         let mut pos = 0;
@@ -2696,6 +2702,51 @@ pub(crate) mod tests {
         .err()
         .unwrap();
         assert!(e.to_string().contains("nope"));
+    }
+
+    #[test]
+    fn store_counts_from_posting_lists_what_the_events_are() {
+        use crate::query::{self, Filter};
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let kinds = [
+            EventType::FunctionEntry,
+            EventType::StateChange,
+            EventType::MessageSend,
+        ];
+        let evs: Vec<_> = (1..=9_000u64)
+            .map(|i| event(i * 64, (i % 5) as u32, kinds[(i % 3) as usize]))
+            .collect();
+        for chunk in evs.chunks(700) {
+            s.write(chunk, &[]).unwrap();
+        }
+        let by_scan = |f: &Filter| query::events(&s, f).unwrap().events.len() as u64;
+        let all = Filter::default();
+        assert_eq!(query::count(&s, &all).unwrap(), (9_000, "by_type"));
+        let states = Filter {
+            types: vec![EventType::StateChange, EventType::StateChange],
+            ..Default::default()
+        };
+        assert_eq!(query::count(&s, &states).unwrap().0, 3_000);
+        let capped = Filter {
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(query::count(&s, &capped).unwrap().0, 10);
+        // retention trims the lists: still the same answer
+        s.delete_before(2_000 * 64, 500).unwrap();
+        assert_eq!(query::count(&s, &all).unwrap().0, by_scan(&all));
+        assert_eq!(query::count(&s, &all).unwrap().0, 9_000 - 1_999);
+        // other filters count page by page
+        let one_pid = Filter {
+            pid: Some(crate::query::PidMatch {
+                node: None,
+                id: 3,
+                serial: 0,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(query::count(&s, &one_pid).unwrap().0, by_scan(&one_pid));
     }
 
     #[test]

@@ -313,11 +313,8 @@ fn query_count<'a>(
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
     let f = filter_of(&q)?;
-    let page = query::events(&store, &f).nif()?;
-    Ok((
-        crate::atoms::ok(),
-        (page.events.len(), atom(env, page.index)).encode(env),
-    ))
+    let (n, index) = query::count(&store, &f).nif()?;
+    Ok((crate::atoms::ok(), (n, atom(env, index)).encode(env)))
 }
 
 /// Flushes memtables to SST files, no compaction.
