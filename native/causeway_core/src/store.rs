@@ -844,8 +844,12 @@ impl Store {
                 .and_then(|s| s.check_mark(mark).map(|()| s));
             match r {
                 Ok(s) => return Ok(s),
-                // a live writer replaced a file between our reads: read again
-                Err(Error::Corrupt(_)) if live && std::time::Instant::now() < deadline => {
+                // a live writer (there before or since our reads: one may
+                // be opening the store) replaced a file under us: read again
+                Err(Error::Corrupt(_))
+                    if (live || store_faults::lock_holder(path).is_some())
+                        && std::time::Instant::now() < deadline =>
+                {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(std::time::Duration::from_millis(50));
                 }
