@@ -187,6 +187,37 @@ defmodule Causeway.StoreFaultsTest do
     Causeway.close(s)
   end
 
+  test "a torn log tail after the last flush opens, keeps every flushed event, and says so in health/0" do
+    dir = tmp_dir!("torn")
+
+    port =
+      spawn_vm("""
+      {:ok, _} = Causeway.start_link(dir: #{inspect(dir)})
+      for i <- 1..5_000, do: Causeway.Runtime.state_change(:flushed, i)
+      :ok = Causeway.flush()
+      IO.puts("FLUSHED")
+      Stream.iterate(0, &(&1 + 1)) |> Enum.each(fn i -> Causeway.Runtime.state_change(:later, i) end)
+      """)
+
+    wait_for(port, "FLUSHED")
+    Process.sleep(300)
+    {:os_pid, os_pid} = Port.info(port, :os_pid)
+    {_, 0} = System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+    assert_receive {^port, {:exit_status, 137}}, 10_000
+
+    # the tail of the log, written after the flush, torn mid-record
+    wal = biggest(dir, "log")
+    truncate(wal, File.stat!(wal).size - 37)
+
+    start_causeway!(dir: dir)
+    flushed = Causeway.events(type: :state_change, limit: :infinity, links: false)
+    assert Enum.count(flushed, &(&1.data.old == :flushed)) == 5_000
+    health = Causeway.health()
+    assert {:wal_damage, note} = List.keyfind(health.alerts, :wal_damage, 0)
+    assert note =~ "after the last flush"
+    assert health.status == :degraded
+  end
+
   test "a truncated SST, a deleted SST and a truncated MANIFEST are :corrupt, not :path" do
     dir = flushed_store("sst")
     {:ok, w} = Causeway.open(dir, read_only: false)
