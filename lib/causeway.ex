@@ -369,6 +369,24 @@ defmodule Causeway do
   def close(other),
     do: raise(ArgumentError, "close/1 expects a store from open/2, got: #{inspect(other)}")
 
+  @doc """
+  Makes a read-only store from `open/2` see what its writer has written
+  since it was opened (a read-only store sees only what existed when it
+  opened): the directory is opened again, with the same checks as `open/2`,
+  and queries that already run finish on the old view. `:ok` at once for a
+  writable store.
+  """
+  @spec refresh(store()) :: :ok | {:error, Causeway.Error.t()}
+  def refresh(%Causeway.Store{handle: h}) do
+    case Native.store_refresh(h) do
+      :ok -> :ok
+      {:error, e} -> {:error, Causeway.Error.from_native(e)}
+    end
+  end
+
+  def refresh(other),
+    do: raise(ArgumentError, "refresh/1 expects a store from open/2, got: #{inspect(other)}")
+
   # ------------------------------------------------------------------ tracing
 
   @doc """

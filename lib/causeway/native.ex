@@ -89,6 +89,7 @@ defmodule Causeway.Native do
   def query_links(_h, _id), do: err()
   def store_open(_dir, _read_only), do: err()
   def store_close(_h), do: err()
+  def store_refresh(_h), do: err()
   def query_count(_h, _filter), do: err()
   def store_flush(_h), do: err()
   def store_compact(_h), do: err()

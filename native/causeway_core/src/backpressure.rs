@@ -11,7 +11,13 @@
 //! A level is raised at once (also from the capture path, which sees its shard's
 //! fill level on every push); it is lowered one step at a time, only after the
 //! utilization stayed 10 points under the step's threshold for `CALM_CHECKS`
-//! checks in a row. Workers above the level's band are retired one per second.
+//! checks in a row *and* for a hold time. The hold starts at `HOLD_MIN_MS`
+//! and doubles, up to `HOLD_MAX_MS`, whenever the level has to be raised
+//! again soon after stepping down (a flap: under sustained overload the
+//! emergency level's own sampling empties the rings, which looks calm); it
+//! halves again after a long stretch without a raise. Counting checks alone
+//! (5 ms apart at `emergency`) let a sustained overload flap ~6 times a
+//! second. Workers above the level's band are retired one per second.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
@@ -23,6 +29,9 @@ pub enum Level {
 }
 
 pub const CALM_CHECKS: u32 = 10;
+/// The shortest and the longest a level is held calm before stepping down.
+pub const HOLD_MIN_MS: u64 = 1_000;
+pub const HOLD_MAX_MS: u64 = 60_000;
 const SCALE_DOWN_EVERY_MS: u64 = 1_000;
 /// The "normal" worker band of diagram 4 is 4–6: elevated load ramps up to its top.
 const ELEVATED_WORKERS: usize = 6;
@@ -95,6 +104,13 @@ pub struct Plan {
 pub struct Controller {
     level: Level,
     calm: u32,
+    /// When the utilization went (and stayed) calm at this level.
+    calm_since_ms: Option<u64>,
+    /// How long it must stay calm before the level steps down.
+    hold_ms: u64,
+    /// When the level last stepped down, and when it was last raised.
+    stepped_down_ms: Option<u64>,
+    raised_ms: u64,
     workers: usize,
     last_scale_down_ms: u64,
 }
@@ -104,9 +120,18 @@ impl Controller {
         Controller {
             level: Level::Normal,
             calm: 0,
+            calm_since_ms: None,
+            hold_ms: HOLD_MIN_MS,
+            stepped_down_ms: None,
+            raised_ms: 0,
             workers: workers_min,
             last_scale_down_ms: 0,
         }
+    }
+
+    /// How long a level is now held calm before stepping down.
+    pub fn hold_ms(&self) -> u64 {
+        self.hold_ms
     }
 
     pub fn level(&self) -> Level {
@@ -127,20 +152,36 @@ impl Controller {
     ) -> Plan {
         let wanted = Level::for_utilization(utilization).max(floor);
         if wanted > self.level {
+            // raised again soon after stepping down: hold longer next time
+            if self
+                .stepped_down_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) < self.hold_ms.saturating_mul(2))
+            {
+                self.hold_ms = self.hold_ms.saturating_mul(2).min(HOLD_MAX_MS);
+            }
             self.level = wanted;
             self.calm = 0;
-        } else if wanted < self.level {
-            if utilization < self.level.calm_below() {
-                self.calm += 1;
-                if self.calm >= CALM_CHECKS {
-                    self.level = self.level.down();
-                    self.calm = 0;
-                }
-            } else {
+            self.calm_since_ms = None;
+            self.raised_ms = now_ms;
+        } else if wanted < self.level && utilization < self.level.calm_below() {
+            self.calm = self.calm.saturating_add(1);
+            let since = *self.calm_since_ms.get_or_insert(now_ms);
+            if self.calm >= CALM_CHECKS && now_ms.saturating_sub(since) >= self.hold_ms {
+                self.level = self.level.down();
                 self.calm = 0;
+                self.calm_since_ms = None;
+                self.stepped_down_ms = Some(now_ms);
             }
         } else {
             self.calm = 0;
+            self.calm_since_ms = None;
+        }
+        // a long stretch without a raise: the load has changed, relax the hold
+        if self.hold_ms > HOLD_MIN_MS
+            && now_ms.saturating_sub(self.raised_ms) >= self.hold_ms.saturating_mul(4)
+        {
+            self.hold_ms = (self.hold_ms / 2).max(HOLD_MIN_MS);
+            self.raised_ms = now_ms;
         }
 
         let band_top = match self.level {
@@ -240,7 +281,7 @@ mod tests {
             if seen.last() != Some(&p.level) {
                 seen.push(p.level);
             }
-            t += 1;
+            t += 5;
         }
         assert_eq!(
             seen,
@@ -251,7 +292,70 @@ mod tests {
                 Level::Normal
             ]
         );
-        assert!(t - 100 >= 3 * CALM_CHECKS as u64);
+        assert!(
+            t - 100 >= 3 * HOLD_MIN_MS,
+            "each step down waits the hold time"
+        );
+    }
+
+    /// A sustained overload as the manager sees it: while sampling
+    /// (`emergency`) the rings drain and look calm; one step down and they
+    /// fill again at once. Checks run every 5 ms at `emergency` and every
+    /// 10 ms at `high`.
+    #[test]
+    fn sustained_overload_changes_level_a_handful_of_times_not_thousands() {
+        let mut c = Controller::new(2);
+        let (mut t, mut changes, mut last) = (0u64, 0u32, Level::Normal);
+        let mut in_emergency_ms = 0u64;
+        while t < 300_000 {
+            let u = if c.level() == Level::Emergency {
+                0.05
+            } else {
+                0.99
+            };
+            let p = step(&mut c, u, t);
+            if p.level != last {
+                changes += 1;
+                last = p.level;
+            }
+            let dt = p.level.check_interval_ms();
+            if p.level == Level::Emergency {
+                in_emergency_ms += dt;
+            }
+            t += dt;
+        }
+        // 1 907 changes in 300 s before the hold time
+        assert!(changes <= 30, "{changes} level changes in 300 s");
+        assert!(
+            in_emergency_ms >= 290_000,
+            "{in_emergency_ms} ms in emergency"
+        );
+        assert_eq!(c.hold_ms(), HOLD_MAX_MS);
+    }
+
+    #[test]
+    fn the_hold_relaxes_once_the_load_has_gone() {
+        let mut c = Controller::new(2);
+        let mut t = 0;
+        // flap a few times
+        for _ in 0..4 {
+            while c.level() != Level::Emergency {
+                step(&mut c, 0.99, t);
+                t += 5;
+            }
+            while c.level() == Level::Emergency {
+                step(&mut c, 0.0, t);
+                t += 5;
+            }
+        }
+        assert!(c.hold_ms() > HOLD_MIN_MS);
+        // then quiet for long
+        for _ in 0..100_000 {
+            step(&mut c, 0.0, t);
+            t += 100;
+        }
+        assert_eq!(c.level(), Level::Normal);
+        assert_eq!(c.hold_ms(), HOLD_MIN_MS);
     }
 
     #[test]
@@ -260,7 +364,7 @@ mod tests {
         assert_eq!(step(&mut c, 0.9, 0).workers, 16);
         let mut t = 0;
         for _ in 0..(4 * CALM_CHECKS) {
-            t += 10;
+            t += 100;
             step(&mut c, 0.0, t);
         }
         assert_eq!(c.level(), Level::Normal);

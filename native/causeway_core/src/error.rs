@@ -30,6 +30,10 @@ pub enum Error {
     NotFound(String),
     #[error("read-only store: {0}")]
     ReadOnly(String),
+    /// The store failed and is not back yet (a full disk, a failed reopen):
+    /// kind `storage`, like the RocksDB error that started it.
+    #[error("storage is failing: {0}")]
+    StorageDown(String),
 }
 
 impl Error {
@@ -48,6 +52,7 @@ impl Error {
             Error::Busy(_) => "busy",
             Error::NotFound(_) => "not_found",
             Error::ReadOnly(_) => "read_only",
+            Error::StorageDown(_) => "storage",
         }
     }
 }

@@ -6,7 +6,8 @@
 //!   [`context`]: per-process capture context, [`clock`]: the capture clock;
 //! - [`pipeline`]: Layer 2 writer pool and manager, [`correlator`],
 //!   [`backpressure`], [`metrics`];
-//! - [`store`]: RocksDB schema, [`query`]: the queries.
+//! - [`store`]: RocksDB schema, [`store_faults`]: what faults on disk mean,
+//!   [`query`]: the queries.
 
 pub mod backpressure;
 pub mod clock;
@@ -25,5 +26,6 @@ pub mod pipeline;
 pub mod query;
 pub mod ring;
 pub mod store;
+pub mod store_faults;
 
 pub use error::{Error, Result};

@@ -86,6 +86,14 @@ pub struct Pipeline {
     store_path: std::path::PathBuf,
     store_opts: crate::store::StoreOptions,
     recovering: Mutex<()>,
+    /// Set while the store is failing (a RocksDB write error, until a write
+    /// or a reopen succeeds), with the error: flushes are answered at once
+    /// with it instead of waiting for every buffered batch to run out of
+    /// retries.
+    down: AtomicBool,
+    outage: Mutex<Option<String>>,
+    /// When the next reopen may be tried, and the pause after that one.
+    next_recovery: Mutex<(Instant, Duration)>,
     pub counters: Counters,
     pub latency: Latency,
     pub history: History,
@@ -143,6 +151,8 @@ pub struct Snapshot {
     pub native_memory: u64,
     pub memory_budget: u64,
     pub storage_bytes: u64,
+    /// RocksDB's memory in this process (capped by `STORAGE_MEMORY_CAP`).
+    pub storage_memory: crate::store::StorageMemory,
     pub write_errors: u64,
     pub retries: u64,
     pub worker_panics: u64,
@@ -153,6 +163,11 @@ pub struct Snapshot {
     pub retention_deleted: u64,
     pub retention_runs: u64,
 }
+
+/// The first and the longest pause between two reopens of a failing store
+/// (each RocksDB open costs a file descriptor sweep and an info log).
+const RECOVERY_PAUSE_MIN: Duration = Duration::from_millis(50);
+const RECOVERY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// The payload memory a pipeline allows beyond its ring slots when no
 /// `memory_budget` is given.
@@ -216,6 +231,9 @@ impl Pipeline {
             store_path: store.path().to_path_buf(),
             store_opts: store.options(),
             recovering: Mutex::new(()),
+            down: AtomicBool::new(false),
+            outage: Mutex::new(None),
+            next_recovery: Mutex::new((Instant::now(), RECOVERY_PAUSE_MIN)),
             store: Mutex::new(Some(store)),
             counters: Counters::default(),
             latency: Latency::default(),
@@ -452,6 +470,9 @@ impl Pipeline {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
+        if let Some(why) = self.outage_message() {
+            return Err(Error::StorageDown(why));
+        }
         let targets = self.rings.flush_targets();
         if let Ok(mut f) = self.flushes.lock() {
             f.push(FlushReq { token, targets });
@@ -463,6 +484,21 @@ impl Pipeline {
 
     fn check_flushes(&self) {
         if self.flush_pending.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        if let Some(why) = self.outage_message() {
+            // nothing will be durable until the store is back: say so now
+            let waiting: Vec<u64> = match self.flushes.lock() {
+                Ok(mut f) => {
+                    self.flush_pending.store(0, Ordering::Release);
+                    f.drain(..).map(|r| r.token).collect()
+                }
+                Err(_) => Vec::new(),
+            };
+            for token in waiting {
+                self.notifier
+                    .flushed(token, Err(format!("storage is failing: {why}")));
+            }
             return;
         }
         let done: Vec<u64> = {
@@ -666,6 +702,71 @@ impl Pipeline {
         self.store.lock().ok().and_then(|s| s.clone())
     }
 
+    /// The error the store is failing with, while it is.
+    pub fn outage_message(&self) -> Option<String> {
+        if !self.down.load(Ordering::Acquire) {
+            return None;
+        }
+        self.outage
+            .lock()
+            .ok()
+            .and_then(|o| o.clone())
+            .or_else(|| Some("storage failed".into()))
+    }
+
+    /// The store failed with `e`: flushes waiting now, and those asked for
+    /// until it is back, are answered with the error.
+    fn enter_outage(&self, e: &Error) {
+        if let Ok(mut o) = self.outage.lock() {
+            *o = Some(e.to_string());
+        }
+        self.down.store(true, Ordering::Release);
+        self.check_flushes();
+    }
+
+    fn leave_outage(&self) {
+        if self.down.swap(false, Ordering::AcqRel) {
+            if let Ok(mut o) = self.outage.lock() {
+                *o = None;
+            }
+        }
+    }
+
+    /// While the store is failing: reopens it if the pause since the last
+    /// try has passed (called by writers between retries and by the manager,
+    /// so a store comes back even when nothing is being captured).
+    fn try_recover(&self, worker: usize) {
+        if !self.down.load(Ordering::Acquire) || self.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        {
+            let Ok(mut next) = self.next_recovery.lock() else {
+                return;
+            };
+            if Instant::now() < next.0 {
+                return;
+            }
+            let pause = next.1;
+            *next = (Instant::now() + pause, (pause * 2).min(RECOVERY_PAUSE_MAX));
+        }
+        match self.recover_store() {
+            Ok(true) => {
+                if let Ok(mut next) = self.next_recovery.lock() {
+                    *next = (Instant::now(), RECOVERY_PAUSE_MIN);
+                }
+                self.leave_outage();
+                self.notifier
+                    .worker_event(worker, "storage_recovered", "store reopened");
+            }
+            Ok(false) => {}
+            Err(re) => {
+                if let Ok(mut o) = self.outage.lock() {
+                    *o = Some(format!("reopen failed: {re}"));
+                }
+            }
+        }
+    }
+
     /// Reopens the store after a storage failure: lets go of the broken
     /// database (waiting briefly for queries that hold it), opens the directory
     /// again, and puts the new one in place. `Ok(false)` if another worker is
@@ -704,10 +805,22 @@ impl Pipeline {
                 }
             }
         }
-        let store = Store::open(&self.store_path, self.store_opts.clone())?;
-        *slot = Some(Arc::new(store));
-        Counters::add(&self.counters.recoveries, 1);
-        Ok(true)
+        match Store::open(&self.store_path, self.store_opts.clone()) {
+            Ok(store) => {
+                *slot = Some(Arc::new(store));
+                Counters::add(&self.counters.recoveries, 1);
+                Ok(true)
+            }
+            Err(e) => {
+                // queries go on against what is on disk while writes wait
+                let ro = crate::store::StoreOptions {
+                    read_only: true,
+                    ..self.store_opts.clone()
+                };
+                *slot = Store::open(&self.store_path, ro).ok().map(Arc::new);
+                Err(e)
+            }
+        }
     }
 
     /// Lets go of the store (after `close`) and waits (up to 10 s) for
@@ -806,7 +919,10 @@ impl Pipeline {
         let outcome: std::result::Result<(), DropReason> = loop {
             let r = catch_unwind(AssertUnwindSafe(|| self.try_batch(raw, cache)));
             let err = match r {
-                Ok(Ok(())) => break Ok(()),
+                Ok(Ok(())) => {
+                    self.leave_outage();
+                    break Ok(());
+                }
                 Ok(Err(e)) => {
                     Counters::add(&self.counters.write_errors, 1);
                     if attempt == 0 {
@@ -814,27 +930,15 @@ impl Pipeline {
                             .worker_event(worker, "storage_error", &e.to_string());
                     }
                     // RocksDB stops accepting writes after an I/O error until the
-                    // database is reopened: try that before the next attempt
-                    if matches!(e, Error::Storage(_) | Error::Closed)
+                    // database is reopened (a read-only stand-in is in place
+                    // while a reopen fails): try that before the next attempt
+                    if matches!(e, Error::Storage(_) | Error::Closed | Error::ReadOnly(_))
                         && !self.closing.load(Ordering::Relaxed)
                     {
-                        match self.recover_store() {
-                            Ok(true) => self.notifier.worker_event(
-                                worker,
-                                "storage_recovered",
-                                "store reopened",
-                            ),
-                            Ok(false) => {}
-                            Err(re) => {
-                                if attempt == 0 {
-                                    self.notifier.worker_event(
-                                        worker,
-                                        "storage_error",
-                                        &format!("reopen failed: {re}"),
-                                    )
-                                }
-                            }
+                        if !self.down.load(Ordering::Acquire) {
+                            self.enter_outage(&e);
                         }
+                        self.try_recover(worker);
                     }
                     DropReason::Storage
                 }
@@ -1055,11 +1159,29 @@ impl Pipeline {
                 format!("native memory {native_memory} B over budget {memory_budget} B"),
             ));
         }
-        if Counters::get(&self.counters.write_errors) > 0
+        let store = self.store();
+        if let Some(why) = self.outage_message() {
+            alerts.push(("storage", format!("storage is failing: {why}")));
+        } else if Counters::get(&self.counters.write_errors) > 0
             && latency.count == 0
             && self.rings.max_utilization() > 0.0
         {
             alerts.push(("storage", "writes are failing".into()));
+        }
+        if let Some(note) = store.as_ref().and_then(|s| s.recovery_note()) {
+            alerts.push(("wal_damage", note.to_string()));
+        }
+        let storage_memory = store.as_ref().map(|s| s.memory()).unwrap_or_default();
+        // the block cache's limit is soft: pinned blocks may take it a little over
+        let cap = crate::store::STORAGE_MEMORY_CAP;
+        if storage_memory.total() > cap + cap / 8 {
+            alerts.push((
+                "storage_memory",
+                format!(
+                    "RocksDB holds {} B, over its cap of {cap} B",
+                    storage_memory.total()
+                ),
+            ));
         }
         Snapshot {
             level: self.level(),
@@ -1085,7 +1207,8 @@ impl Pipeline {
             context_overflow: self.contexts.overflow(),
             native_memory,
             memory_budget,
-            storage_bytes: self.store().map(|s| s.size_on_disk()).unwrap_or(0),
+            storage_bytes: store.map(|s| s.size_on_disk()).unwrap_or(0),
+            storage_memory,
             write_errors: Counters::get(&self.counters.write_errors),
             retries: Counters::get(&self.counters.retries),
             worker_panics: Counters::get(&self.counters.worker_panics),
@@ -1321,6 +1444,7 @@ fn manager_loop(p: Arc<Pipeline>) {
             p.correlator.expire(now);
             p.contexts.sweep(now.saturating_sub(p.correlator.ttl_ns()));
             p.contexts.sweep_idle(now.saturating_sub(1_000_000_000));
+            p.try_recover(usize::MAX);
             p.check_flushes();
             let _ = p.ensure_workers(); // joins retired threads, replaces dead ones
         }
@@ -1477,6 +1601,61 @@ mod tests {
             pid,
             ..Default::default()
         }
+    }
+
+    /// Counts the level changes a subscriber would be sent.
+    #[derive(Default)]
+    struct Levels(AtomicU64, Mutex<Vec<Level>>);
+    impl Notifier for Levels {
+        fn flushed(&self, _token: u64, _result: std::result::Result<(), String>) {}
+        fn backpressure(&self, level: Level, _info: &LevelInfo) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut v) = self.1.lock() {
+                v.push(level);
+            }
+        }
+        fn worker_event(&self, _worker: usize, _what: &str, _detail: &str) {}
+    }
+
+    #[test]
+    fn a_sustained_overload_sends_a_handful_of_level_changes_not_one_per_check() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), StoreOptions::default()).expect("open"));
+        let levels = Arc::new(Levels::default());
+        let config = Config {
+            shards: 1,
+            ring_size: 4096,
+            ..Config::default()
+        };
+        let p = Pipeline::start(config, store, Arc::new(Names), levels.clone()).expect("start");
+        // one producer far faster than the writers, for 6 s: at `emergency`
+        // its sampling empties the ring, which looks calm
+        let end = Instant::now() + Duration::from_secs(6);
+        while Instant::now() < end {
+            for _ in 0..1_000 {
+                if p.admit(EventType::FunctionExit, 1, 0) {
+                    let mono = crate::clock::now_ns();
+                    let e = RawEvent {
+                        id: p.stamp_on(0, mono),
+                        kind: Some(EventType::FunctionExit),
+                        mono_ns: mono,
+                        pid: 1,
+                        ..Default::default()
+                    };
+                    p.push(0, e);
+                }
+            }
+        }
+        let changes = levels.0.load(Ordering::Relaxed);
+        let seen = levels.1.lock().map(|v| v.clone()).unwrap_or_default();
+        p.close().expect("close");
+        assert!(
+            seen.contains(&Level::Emergency),
+            "never overloaded: {seen:?}"
+        );
+        assert!(Counters::get(&p.counters.sampled) > 0);
+        // ~36 in 6 s when only checks were counted
+        assert!(changes <= 12, "{changes} level changes in 6 s: {seen:?}");
     }
 
     #[test]

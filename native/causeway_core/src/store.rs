@@ -25,6 +25,7 @@
 
 use crate::event::{EventType, Link, LinkKind, Name, PidRec, Source, StoredEvent};
 use crate::ids::id_to_wall_ns;
+use crate::store_faults;
 use crate::{Error, Result};
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, Options, ReadOptions, WriteBatch,
@@ -51,6 +52,7 @@ pub const ALL_CFS: [&str; 8] = [
 const META_SCHEMA: &[u8] = b"schema_version";
 const META_NAME: &[u8] = b"name:";
 const META_APP: &[u8] = b"application";
+const META_FLOOR: &[u8] = b"retention_floor";
 const APP_NAME: &[u8] = b"causeway";
 
 /// Key layouts, shared by the writer and the queries.
@@ -166,6 +168,12 @@ pub mod postings {
             prev = id;
         }
         out
+    }
+
+    /// How many ids a posting list holds (its first varint), without
+    /// decoding them.
+    pub fn len(bytes: &[u8]) -> Result<u64> {
+        read_varint(bytes, &mut 0)
     }
 
     /// The ids of a posting whose first id is `first`.
@@ -430,6 +438,13 @@ pub struct Store {
     retention_lock: RwLock<()>,
     /// Set on close: a retention pass stops between chunks and rounds.
     interrupted: std::sync::atomic::AtomicBool,
+    /// The newest event id written, and (under its lock) the newest the
+    /// durability mark on disk names (see `store_faults`).
+    written_max: std::sync::atomic::AtomicU64,
+    marked: std::sync::Mutex<u64>,
+    /// Retention deleted every event below this id.
+    floor: std::sync::atomic::AtomicU64,
+    recovery_note: Option<String>,
     /// Test hook: runs between a retention chunk's scan and its deletes.
     #[cfg(test)]
     after_scan: std::sync::Mutex<Option<Box<dyn FnMut() + Send>>>,
@@ -627,18 +642,56 @@ impl<'a> MsgpackReader<'a> {
     }
 }
 
-/// One block cache for every column family of every store in this process,
-/// in 16 shards of 16 MiB (RocksDB's default for this size is 64 shards of
-/// 4 MiB, and a block bigger than its shard is read from the file again on
-/// every access).
+/// What RocksDB may hold in memory in this process, whatever is captured:
+/// one block cache for every column family of every store (data, index and
+/// filter blocks), and the memtables of every store charged to it (a write
+/// buffer manager that flushes the biggest memtable once they pass
+/// `MEMTABLE_CAP`). Without the charge, 8 column families × 2 memtables of
+/// 64 MiB could hold 1 GiB beside the cache, and an overload soak's RSS grew
+/// by 270 MB that no metric showed.
+pub const STORAGE_MEMORY_CAP: u64 = 256 << 20;
+const MEMTABLE_CAP: usize = 64 << 20;
+
+/// The shared block cache, in 16 shards of 16 MiB (RocksDB's default for
+/// this size is 64 shards of 4 MiB, and a block bigger than its shard is
+/// read from the file again on every access).
 fn block_cache() -> &'static rocksdb::Cache {
     static CACHE: std::sync::OnceLock<rocksdb::Cache> = std::sync::OnceLock::new();
     CACHE.get_or_init(|| {
         let mut o = rocksdb::LruCacheOptions::default();
-        o.set_capacity(256 << 20);
+        o.set_capacity(STORAGE_MEMORY_CAP as usize);
         o.set_num_shard_bits(4);
         rocksdb::Cache::new_lru_cache_opts(&o)
     })
+}
+
+fn write_buffer_manager() -> &'static rocksdb::WriteBufferManager {
+    static WBM: std::sync::OnceLock<rocksdb::WriteBufferManager> = std::sync::OnceLock::new();
+    WBM.get_or_init(|| {
+        rocksdb::WriteBufferManager::new_write_buffer_manager_with_cache(
+            MEMTABLE_CAP,
+            false,
+            block_cache().clone(),
+        )
+    })
+}
+
+/// RocksDB's memory in this process (every store), in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageMemory {
+    /// Everything the block cache holds, memtables charged to it included.
+    pub block_cache: u64,
+    /// Of which memtables.
+    pub memtables: u64,
+    /// Table readers outside the cache (the pinned top-level index and filter
+    /// partitions live in the cache; this is the rest).
+    pub table_readers: u64,
+}
+
+impl StorageMemory {
+    pub fn total(&self) -> u64 {
+        self.block_cache + self.table_readers
+    }
 }
 
 /// Events are read one by one (point lookups from the indexes): small blocks
@@ -684,10 +737,60 @@ fn path_error(path: &Path, reason: impl std::fmt::Display) -> Error {
     }
 }
 
+/// How many bytes of write-ahead log a store keeps at most (RocksDB's
+/// `max_total_wal_size`): past it, the memtables that hold the oldest log
+/// are flushed and the log deleted. It bounds what an open replays (a
+/// read-only open of a store being written replays all of it) and the disk a
+/// store needs on top of its data to recover after a full disk.
+pub const MAX_WAL_BYTES: u64 = 64 << 20;
+
+/// RocksDB's own info logs (`LOG`, `LOG.old.*`): warnings only, at most
+/// this many files of at most `INFO_LOG_BYTES` (every open starts a new one;
+/// unbounded, a writer reopening a store on a full disk filled it with them).
+const INFO_LOG_FILES: usize = 3;
+const INFO_LOG_BYTES: usize = 1 << 20;
+
+/// How long a read-only open keeps retrying the transient states of a store
+/// that a live writer is changing (a file replaced by a flush or compaction
+/// between reading the manifest and opening the file).
+const LIVE_OPEN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn db_options(create: bool, recovery: rocksdb::DBRecoveryMode) -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(create);
+    o.create_missing_column_families(create);
+    o.set_max_background_jobs(2);
+    o.set_write_buffer_size(32 << 20);
+    o.set_compression_type(DBCompressionType::Zstd);
+    o.set_wal_recovery_mode(recovery);
+    o.set_max_total_wal_size(MAX_WAL_BYTES);
+    o.set_log_level(rocksdb::LogLevel::Warn);
+    o.set_keep_log_file_num(INFO_LOG_FILES);
+    o.set_max_log_file_size(INFO_LOG_BYTES);
+    o.set_write_buffer_manager(write_buffer_manager());
+    o
+}
+
 impl Store {
     /// Opens (creating if needed) the store at `path`. A directory holding
-    /// something that is not a Causeway store of this schema is refused and left
-    /// untouched.
+    /// something that is not a Causeway store of this schema is refused and
+    /// left untouched.
+    ///
+    /// Faults (see `store_faults`): a directory whose lock another writer
+    /// holds is `Busy`; damaged or missing files are `Corrupt`, naming them.
+    /// A writable open first replays the write-ahead log in RocksDB's
+    /// *absolute consistency* mode (any damaged record fails the open). If
+    /// that fails, the store is probed read-only in *point-in-time* mode
+    /// (the log replayed up to its first damaged record, nothing written):
+    /// if the result still holds every event a flush made durable (the
+    /// durability mark), the damage is a log tail that was being written
+    /// when the process died or the disk filled, and the store opens in
+    /// point-in-time mode, saying so in `recovery_note`; if flushed events
+    /// are missing, the open fails as `Corrupt` and nothing is changed.
+    /// A read-only open replays in point-in-time mode (a live writer's log
+    /// always ends mid-record), checks the mark the same way, and retries
+    /// for up to 5 s while another writer holds the directory and changes
+    /// its files under it.
     pub fn open(path: impl AsRef<Path>, opts: StoreOptions) -> Result<Store> {
         let path = path.as_ref().to_path_buf();
         let exists = path.join("CURRENT").is_file();
@@ -716,57 +819,190 @@ impl Store {
             std::fs::write(&probe, b"")
                 .map_err(|e| path_error(&path, format!("not writable: {e}")))?;
             let _ = std::fs::remove_file(&probe);
+            return Store::attempt(
+                &path,
+                &opts,
+                false,
+                rocksdb::DBRecoveryMode::AbsoluteConsistency,
+            );
+        }
+        if opts.read_only {
+            Store::open_read_only(&path, &opts)
         } else {
-            let cfs = DB::list_cf(&Options::default(), &path).map_err(|e| Error::Incompatible {
-                path: path.display().to_string(),
-                reason: format!("cannot read its column families: {e}"),
+            Store::open_writable(&path, &opts)
+        }
+    }
+
+    fn open_read_only(path: &Path, opts: &StoreOptions) -> Result<Store> {
+        let deadline = std::time::Instant::now() + LIVE_OPEN_RETRY;
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            let live = store_faults::lock_holder(path).is_some();
+            // read before the open: everything up to it is in what the open reads
+            let mark = store_faults::read_mark(path).ok().flatten();
+            let r = Store::attempt(path, opts, true, rocksdb::DBRecoveryMode::PointInTime)
+                .and_then(|s| s.check_mark(mark).map(|()| s));
+            match r {
+                Ok(s) => return Ok(s),
+                // a live writer (there before or since our reads: one may
+                // be opening the store) replaced a file under us: read again
+                Err(Error::Corrupt(_))
+                    if (live || store_faults::lock_holder(path).is_some())
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn open_writable(path: &Path, opts: &StoreOptions) -> Result<Store> {
+        let mark = store_faults::read_mark(path).ok().flatten();
+        match Store::attempt(
+            path,
+            opts,
+            true,
+            rocksdb::DBRecoveryMode::AbsoluteConsistency,
+        ) {
+            Ok(s) => {
+                s.check_mark(mark)?;
+                Ok(s)
+            }
+            Err(Error::Corrupt(first)) => {
+                // what does the log hold up to its first damaged record?
+                let ro = StoreOptions {
+                    read_only: true,
+                    ..opts.clone()
+                };
+                let probe = Store::attempt(path, &ro, true, rocksdb::DBRecoveryMode::PointInTime)?;
+                probe.check_mark(mark)?;
+                let newest = probe.max_id()?;
+                drop(probe);
+                let mut s = Store::attempt(path, opts, true, rocksdb::DBRecoveryMode::PointInTime)?;
+                s.recovery_note = Some(format!(
+                    "the write-ahead log ended in a damaged or incomplete record after the \
+                     last flush ({first}); the store was recovered up to event {newest}, \
+                     and what was captured after it and never flushed is lost"
+                ));
+                Ok(s)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One open of an existing (`exists`) or new store.
+    fn attempt(
+        path: &Path,
+        opts: &StoreOptions,
+        exists: bool,
+        recovery: rocksdb::DBRecoveryMode,
+    ) -> Result<Store> {
+        if exists {
+            let cfs = DB::list_cf(&Options::default(), path).map_err(|e| {
+                match store_faults::classify_open(path, e) {
+                    Error::Path { path, reason } => Error::Incompatible {
+                        path,
+                        reason: format!("cannot read its column families: {reason}"),
+                    },
+                    other => other,
+                }
             })?;
             let missing: Vec<&str> = ALL_CFS
                 .iter()
                 .copied()
                 .filter(|cf| !cfs.iter().any(|c| c == cf))
                 .collect();
-            if !missing.is_empty() {
+            if missing.len() == ALL_CFS.len() {
                 return Err(Error::Incompatible {
                     path: path.display().to_string(),
                     reason: format!("not a Causeway store (missing column families {missing:?})"),
                 });
             }
+            if !missing.is_empty() {
+                // some of ours and not the others: a manifest that lost records
+                return Err(Error::Corrupt(format!(
+                    "{}: column families {missing:?} are missing from its MANIFEST \
+                     (a truncated or damaged MANIFEST file)",
+                    path.display()
+                )));
+            }
         }
-
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(!exists);
-        db_opts.create_missing_column_families(!exists);
-        db_opts.set_max_background_jobs(2);
-        db_opts.set_write_buffer_size(32 << 20);
-        db_opts.set_compression_type(DBCompressionType::Zstd);
+        let db_opts = db_options(!exists, recovery);
         let cfs = ALL_CFS
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n)));
         let db = if opts.read_only {
-            DB::open_cf_descriptors_read_only(&db_opts, &path, cfs, false)
+            DB::open_cf_descriptors_read_only(&db_opts, path, cfs, false)
         } else {
-            DB::open_cf_descriptors(&db_opts, &path, cfs)
+            DB::open_cf_descriptors(&db_opts, path, cfs)
         }
-        .map_err(|e| path_error(&path, e))?;
+        .map_err(|e| store_faults::classify_open(path, e))?;
 
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(opts.sync_writes);
         let store = Store {
             db,
-            path: path.clone(),
+            path: path.to_path_buf(),
             opts: opts.clone(),
             read_only: opts.read_only,
             write_opts,
             names: RwLock::new(Names::default()),
             retention_lock: RwLock::new(()),
             interrupted: std::sync::atomic::AtomicBool::new(false),
+            written_max: std::sync::atomic::AtomicU64::new(0),
+            marked: std::sync::Mutex::new(0),
+            floor: std::sync::atomic::AtomicU64::new(0),
+            recovery_note: None,
             #[cfg(test)]
             after_scan: std::sync::Mutex::new(None),
         };
         store.check_schema(exists)?;
         store.load_names()?;
+        store.load_floor()?;
+        if let Ok(Some(m)) = store_faults::read_mark(path) {
+            if let Ok(mut marked) = store.marked.lock() {
+                *marked = m;
+            }
+        }
         Ok(store)
+    }
+
+    /// Fails (`Corrupt`) if the store no longer holds the events up to
+    /// `mark` that a flush made durable (retention may have deleted them).
+    fn check_mark(&self, mark: Option<u64>) -> Result<()> {
+        let Some(mark) = mark else {
+            return Ok(());
+        };
+        let newest = self.max_id()?.max(self.floor.load(Ordering::Relaxed));
+        if newest >= mark {
+            Ok(())
+        } else {
+            Err(store_faults::lost_flushed(&self.path, mark, newest))
+        }
+    }
+
+    fn load_floor(&self) -> Result<()> {
+        if let Some(v) = self.db.get_cf(self.cf(CF_META)?, META_FLOOR)? {
+            let f = <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| Error::Corrupt("retention floor".into()))?;
+            self.floor.store(f, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// What a writable open had to accept to open the store (a damaged
+    /// tail of the write-ahead log after the last flush), if anything.
+    pub fn recovery_note(&self) -> Option<&str> {
+        self.recovery_note.as_deref()
+    }
+
+    /// Opens the same directory again with the same options: a read-only
+    /// store sees what was written since it was opened.
+    pub fn reopen(&self) -> Result<Store> {
+        Store::open(&self.path, self.opts.clone())
     }
 
     pub(crate) fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily> {
@@ -793,7 +1029,14 @@ impl Store {
                 }
                 Ok(())
             }
-            None if existed => Err(incompatible("no schema version recorded".into())),
+            // every Causeway store has one from its first write: with all our
+            // column families there, its absence is damage (a MANIFEST that
+            // lost the records of the files holding it)
+            None if existed => Err(Error::Corrupt(format!(
+                "{}: its column families are there but its schema version is not: \
+                 files are missing from it (a truncated or damaged MANIFEST?)",
+                self.path.display()
+            ))),
             None => {
                 if self.read_only {
                     return Err(incompatible("no schema version recorded".into()));
@@ -1065,6 +1308,9 @@ impl Store {
             );
         }
         self.db.write_opt(b, &self.write_opts)?;
+        if let Some(newest) = events.iter().map(|e| e.id).max() {
+            self.written_max.fetch_max(newest, Ordering::AcqRel);
+        }
         Ok(())
     }
 
@@ -1108,11 +1354,22 @@ impl Store {
     }
 
     /// Makes everything written so far durable (WAL synced to disk).
+    /// Then records the newest event written in the durability mark, so a
+    /// later open can tell whether the log still holds it.
     pub fn sync(&self) -> Result<()> {
         if self.read_only {
             return Ok(());
         }
+        let written = self.written_max.load(Ordering::Acquire);
         self.db.flush_wal(true)?;
+        let mut marked = self
+            .marked
+            .lock()
+            .map_err(|_| Error::Corrupt("durability mark lock".into()))?;
+        if written > *marked {
+            store_faults::write_mark(&self.path, written)?;
+            *marked = written;
+        }
         Ok(())
     }
 
@@ -1410,7 +1667,11 @@ impl Store {
         for k in dangling {
             b.delete_cf(self.cf(CF_LINKS)?, k);
         }
+        // what a flush made durable and retention then deleted is not lost
+        let floor = self.floor.load(Ordering::Relaxed).max(upto);
+        b.put_cf(self.cf(CF_META)?, META_FLOOR, floor.to_be_bytes());
         self.db.write_opt(b, &self.write_opts)?;
+        self.floor.fetch_max(floor, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1600,6 +1861,26 @@ impl Store {
             .sum()
     }
 
+    /// RocksDB's memory: the shared cache (memtables charged to it) and this
+    /// store's table readers.
+    pub fn memory(&self) -> StorageMemory {
+        let readers = ALL_CFS
+            .iter()
+            .filter_map(|name| self.db.cf_handle(name))
+            .filter_map(|cf| {
+                self.db
+                    .property_int_value_cf(cf, "rocksdb.estimate-table-readers-mem")
+                    .ok()
+                    .flatten()
+            })
+            .sum();
+        StorageMemory {
+            block_cache: block_cache().get_usage() as u64,
+            memtables: write_buffer_manager().get_usage() as u64,
+            table_readers: readers,
+        }
+    }
+
     /// Flushes every memtable to SST files (no compaction).
     pub fn flush_all(&self) -> Result<()> {
         for name in ALL_CFS {
@@ -1655,7 +1936,7 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::event::{PidRec, Source};
 
@@ -2425,6 +2706,51 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.to_string().contains("nope"));
+    }
+
+    #[test]
+    fn store_counts_from_posting_lists_what_the_events_are() {
+        use crate::query::{self, Filter};
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let kinds = [
+            EventType::FunctionEntry,
+            EventType::StateChange,
+            EventType::MessageSend,
+        ];
+        let evs: Vec<_> = (1..=9_000u64)
+            .map(|i| event(i * 64, (i % 5) as u32, kinds[(i % 3) as usize]))
+            .collect();
+        for chunk in evs.chunks(700) {
+            s.write(chunk, &[]).unwrap();
+        }
+        let by_scan = |f: &Filter| query::events(&s, f).unwrap().events.len() as u64;
+        let all = Filter::default();
+        assert_eq!(query::count(&s, &all).unwrap(), (9_000, "by_type"));
+        let states = Filter {
+            types: vec![EventType::StateChange, EventType::StateChange],
+            ..Default::default()
+        };
+        assert_eq!(query::count(&s, &states).unwrap().0, 3_000);
+        let capped = Filter {
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(query::count(&s, &capped).unwrap().0, 10);
+        // retention trims the lists: still the same answer
+        s.delete_before(2_000 * 64, 500).unwrap();
+        assert_eq!(query::count(&s, &all).unwrap().0, by_scan(&all));
+        assert_eq!(query::count(&s, &all).unwrap().0, 9_000 - 1_999);
+        // other filters count page by page
+        let one_pid = Filter {
+            pid: Some(crate::query::PidMatch {
+                node: None,
+                id: 3,
+                serial: 0,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(query::count(&s, &one_pid).unwrap().0, by_scan(&one_pid));
     }
 
     #[test]

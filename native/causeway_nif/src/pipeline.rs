@@ -298,6 +298,7 @@ fn pipeline_metrics(env: Env, h: ResourceArc<Handle>) -> NifResult<Term> {
             ("native_memory", s.native_memory.encode(env)),
             ("memory_budget", s.memory_budget.encode(env)),
             ("storage_bytes", s.storage_bytes.encode(env)),
+            ("storage_memory", s.storage_memory.total().encode(env)),
             ("write_errors", s.write_errors.encode(env)),
             ("retries", s.retries.encode(env)),
             ("worker_panics", s.worker_panics.encode(env)),

@@ -313,11 +313,8 @@ fn query_count<'a>(
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
     let f = filter_of(&q)?;
-    let page = query::events(&store, &f).nif()?;
-    Ok((
-        crate::atoms::ok(),
-        (page.events.len(), atom(env, page.index)).encode(env),
-    ))
+    let (n, index) = query::count(&store, &f).nif()?;
+    Ok((crate::atoms::ok(), (n, atom(env, index)).encode(env)))
 }
 
 /// Flushes memtables to SST files, no compaction.
@@ -365,6 +362,25 @@ fn store_close(h: ResourceArc<Handle>) -> NifResult<rustler::Atom> {
         ));
     }
     h.close().nif()?;
+    Ok(crate::atoms::ok())
+}
+
+/// Reopens a read-only store opened with `store_open`, so it sees what its
+/// writer wrote since (a read-only RocksDB instance sees only what existed
+/// when it opened). A writable store, or a running instance's, already sees
+/// its own writes: nothing to do.
+#[rustler::nif(schedule = "DirtyIo")]
+fn store_refresh(h: ResourceArc<Handle>) -> NifResult<rustler::Atom> {
+    let old = h.store()?;
+    if h.pipeline.is_none() && old.is_read_only() {
+        let new = Arc::new(old.reopen().nif()?);
+        if let Ok(mut slot) = h.store.lock() {
+            // closed meanwhile: stay closed
+            if slot.is_some() {
+                *slot = Some(new);
+            }
+        }
+    }
     Ok(crate::atoms::ok())
 }
 
