@@ -14,8 +14,15 @@ defmodule Causeway.Error do
       instance in this one): open it with `read_only: true` instead
     * `:storage` — storage that fails (a full disk, I/O errors), also what
       `Causeway.flush/0` returns while the store is failing
-    * `:io`, `:closed`, `:not_found`, `:invalid_argument`, `:read_only`,
-      `:timeout`, `:not_running`
+    * `:not_running` — no Causeway instance of that name (or the name is
+      registered to a process that is not one; nothing is sent to it)
+    * `:already_started` — `start_link/1` with a name already taken
+    * `:invalid_argument` — options the native side refused, e.g. rings
+      too large for the machine or the memory budget
+    * `:timeout` — a process that did not answer in time (`Causeway.watch/2`
+      of a non-OTP or blocked process, a `flush/2` past its timeout)
+    * `:io`, `:closed`, `:not_found`, `:read_only`, `:not_connected`,
+      `:remote`, `:watch`
 
       iex> %Causeway.Error{kind: :not_found, message: "event 1"} |> Exception.message()
       "not_found: event 1"

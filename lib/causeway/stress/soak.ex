@@ -1,0 +1,182 @@
+defmodule Causeway.Stress.Soak do
+  @moduledoc """
+  A soak: two producers capture flat out into an instance with default
+  settings for `minutes`, while every `sample_s` seconds the BEAM's memory,
+  Causeway's native memory, RocksDB's memory, the OS process's resident set
+  (`VmRSS` of `/proc/self/status`), the drops and the backpressure level are
+  sampled. It ends with a table and a verdict:
+
+    * memory flat — the mean of the last third of the samples within 5 % of
+      the mean of the first third (after a warm-up of one sample in six),
+      for the BEAM, native memory and RSS;
+    * accounting exact — after a final `flush/0`, produced − persisted =
+      dropped;
+    * the number of backpressure level changes subscribers were sent.
+
+      Causeway.Stress.Soak.run(minutes: 1, dir: "/tmp/soak")
+
+  `mix causeway.stress soak --minutes N` runs it from the shell.
+  """
+
+  @doc "Runs the soak; returns `%{samples: [...], verdict: %{...}}` and prints as it goes."
+  @spec run(keyword()) :: map()
+  def run(opts) do
+    minutes = Keyword.get(opts, :minutes, 10)
+    every = Keyword.get(opts, :sample_s, 5)
+
+    dir =
+      Keyword.get(
+        opts,
+        :dir,
+        Path.join(System.tmp_dir!(), "causeway-soak-#{System.unique_integer([:positive])}")
+      )
+
+    print = Keyword.get(opts, :print, &IO.puts/1)
+    File.rm_rf!(dir)
+    {:ok, pid} = Causeway.start_link(dir: dir)
+    :ok = Causeway.subscribe(:backpressure)
+    stop_at = System.monotonic_time(:millisecond) + round(minutes * 60_000)
+    producers = for p <- 1..2, do: spawn_link(fn -> produce(p, stop_at) end)
+
+    print.("soak: #{minutes} min, 2 producers flat out, defaults, store #{dir}")
+    print.(header())
+    samples = sample_loop(stop_at, every * 1_000, [], print)
+
+    for p <- producers, do: Process.exit(p, :kill)
+    Process.sleep(50)
+    :ok = Causeway.flush(Causeway, 120_000)
+    m = Causeway.metrics()
+    changes = count_level_messages(0)
+    Causeway.stop()
+    Process.unlink(pid)
+    File.rm_rf!(dir)
+
+    verdict = verdict(samples, m, changes)
+    print.(verdict_text(verdict))
+    %{samples: samples, verdict: verdict}
+  end
+
+  defp produce(p, stop_at) do
+    Stream.iterate(0, &(&1 + 1))
+    |> Enum.each(fn i ->
+      if rem(i, 1_000) == 0 and System.monotonic_time(:millisecond) > stop_at, do: exit(:normal)
+      id = Causeway.Runtime.function_entry(Soak, :work, [p, i, %{k: i}])
+      Causeway.Runtime.function_exit(id, {:ok, i})
+    end)
+  end
+
+  defp sample_loop(stop_at, every, acc, print) do
+    now = System.monotonic_time(:millisecond)
+
+    if now >= stop_at do
+      Enum.reverse(acc)
+    else
+      Process.sleep(min(every, max(stop_at - now, 0)))
+      s = sample(length(acc) + 1)
+      print.(row(s))
+      sample_loop(stop_at, every, [s | acc], print)
+    end
+  end
+
+  defp sample(n) do
+    m = Causeway.metrics()
+
+    %{
+      n: n,
+      t_s: div(m.uptime_ms, 1_000),
+      beam: :erlang.memory(:total),
+      native: m.native_memory,
+      storage: Map.get(m, :storage_memory, 0),
+      rss: rss(),
+      produced: m.produced,
+      persisted: m.persisted,
+      dropped: m.dropped_total,
+      level: m.level
+    }
+  end
+
+  @doc "The OS process's resident set in bytes (`VmRSS`), or 0 where /proc is missing."
+  def rss do
+    case File.read("/proc/self/status") do
+      {:ok, text} ->
+        case Regex.run(~r/VmRSS:\s+(\d+) kB/, text) do
+          [_, kb] -> String.to_integer(kb) * 1024
+          _ -> 0
+        end
+
+      _ ->
+        0
+    end
+  end
+
+  defp count_level_messages(n) do
+    receive do
+      {:causeway, :backpressure, _, _} -> count_level_messages(n + 1)
+    after
+      0 -> n
+    end
+  end
+
+  defp header,
+    do:
+      "   #   t(s)   BEAM MB  native MB  rocksdb MB   RSS MB     produced    persisted      dropped  level"
+
+  defp row(s) do
+    :io_lib.format("~4w ~6w ~9.1f ~10.1f ~11.1f ~8.1f ~12w ~12w ~12w  ~s", [
+      s.n,
+      s.t_s,
+      s.beam / 1.0e6,
+      s.native / 1.0e6,
+      s.storage / 1.0e6,
+      s.rss / 1.0e6,
+      s.produced,
+      s.persisted,
+      s.dropped,
+      Atom.to_string(s.level)
+    ])
+    |> IO.iodata_to_binary()
+  end
+
+  @doc false
+  # flat: last third within 5 % of the first third, after a warm-up
+  def verdict(samples, final, level_changes) do
+    warm = div(length(samples), 6)
+    steady = Enum.drop(samples, warm)
+    third = max(div(length(steady), 3), 1)
+
+    flat =
+      for key <- [:beam, :native, :rss], into: %{} do
+        first = mean(Enum.take(steady, third), key)
+        last = mean(Enum.take(steady, -third), key)
+        ratio = if first > 0, do: last / first, else: 1.0
+        {key, %{first: first, last: last, ratio: ratio, flat: ratio <= 1.05}}
+      end
+
+    %{
+      flat: flat,
+      memory_flat: Enum.all?(flat, fn {_, v} -> v.flat end),
+      produced: final.produced,
+      persisted: final.persisted,
+      dropped: final.dropped_total,
+      exact: final.produced - final.persisted == final.dropped_total,
+      level_changes: level_changes,
+      samples: length(samples)
+    }
+  end
+
+  defp mean([], _), do: 0.0
+  defp mean(xs, key), do: Enum.sum(Enum.map(xs, & &1[key])) / length(xs)
+
+  defp verdict_text(v) do
+    flat =
+      Enum.map_join(v.flat, "; ", fn {k, f} ->
+        "#{k} #{Float.round(f.first / 1.0e6, 1)} → #{Float.round(f.last / 1.0e6, 1)} MB (#{Float.round((f.ratio - 1) * 100, 1)} %)"
+      end)
+
+    """
+    verdict: memory #{if v.memory_flat, do: "FLAT", else: "GROWING"} (#{flat})
+             produced #{v.produced} − persisted #{v.persisted} = #{v.produced - v.persisted}; dropped #{v.dropped}: #{if v.exact, do: "EXACT", else: "MISMATCH"}
+             backpressure level messages to subscribers: #{v.level_changes} over #{v.samples} samples
+    """
+  end
+end
