@@ -7,6 +7,7 @@
 //! - [`pipeline`]: Layer 2 writer pool and manager, [`correlator`],
 //!   [`backpressure`], [`metrics`];
 //! - [`store`]: RocksDB schema, [`store_faults`]: what faults on disk mean,
+//!   [`store_perms`]: who may read and write a store directory,
 //!   [`query`]: the queries.
 
 pub mod backpressure;
@@ -27,5 +28,6 @@ pub mod query;
 pub mod ring;
 pub mod store;
 pub mod store_faults;
+pub mod store_perms;
 
 pub use error::{Error, Result};

@@ -811,10 +811,12 @@ impl Store {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(&path).map_err(|e| path_error(&path, e))?;
+                    crate::store_perms::create_private_dir(&path)?;
                 }
                 Err(e) => return Err(path_error(&path, e)),
             }
+            crate::store_perms::check_owner(&path)?;
+            crate::store_perms::tighten(&path);
             let probe = path.join(".causeway-write-probe");
             std::fs::write(&probe, b"")
                 .map_err(|e| path_error(&path, format!("not writable: {e}")))?;
@@ -829,7 +831,10 @@ impl Store {
         if opts.read_only {
             Store::open_read_only(&path, &opts)
         } else {
-            Store::open_writable(&path, &opts)
+            crate::store_perms::check_owner(&path)?;
+            let store = Store::open_writable(&path, &opts)?;
+            crate::store_perms::tighten(&path);
+            Ok(store)
         }
     }
 
