@@ -67,14 +67,14 @@ defmodule Causeway.Instrument.Otp do
   end
 
   def wrap(:statem_init, module, name, vars, body) do
-    on_result = quote(do: Causeway.Instrument.Otp.__statem_init__(result))
+    on_result = &quote(do: Causeway.Instrument.Otp.__statem_init__(unquote(&1)))
     Rewrite.call(module, name, vars, body, on_result)
   end
 
   def wrap(:handle_event, module, name, [type, content, state, data] = vars, body) do
     on_result =
-      quote do
-        Causeway.Instrument.Otp.__statem_result__(unquote(state), unquote(data), result)
+      &quote do
+        Causeway.Instrument.Otp.__statem_result__(unquote(state), unquote(data), unquote(&1))
       end
 
     received(
@@ -89,9 +89,9 @@ defmodule Causeway.Instrument.Otp do
     event = Macro.var(:event?, __MODULE__)
 
     on_result =
-      quote do
+      &quote do
         if unquote(event),
-          do: Causeway.Instrument.Otp.__statem_result__(unquote(name), unquote(data), result)
+          do: Causeway.Instrument.Otp.__statem_result__(unquote(name), unquote(data), unquote(&1))
       end
 
     quote do
@@ -106,7 +106,12 @@ defmodule Causeway.Instrument.Otp do
   end
 
   defp report(state, pos) do
-    quote(do: Causeway.Instrument.Otp.__report_state__(unquote(state), result, unquote(pos)))
+    fn result ->
+      quote(
+        do:
+          Causeway.Instrument.Otp.__report_state__(unquote(state), unquote(result), unquote(pos))
+      )
+    end
   end
 
   # the message is handled once the callback returned or raised

@@ -123,19 +123,17 @@ defmodule Causeway.Instrument.Rewrite do
 
   defp bind_args(_, _), do: :error
 
-  # The argument as the entry reports it: rebuilt from the pattern when the
-  # pattern is made of literals and variables the clause uses anyway (so the
-  # head stays as written: a FunctionClauseError lists it, and an unused
-  # variable is still reported), else the pattern is also bound to a
-  # variable (`p = argN`).
-  defp capture(pattern, i, used) do
+  # The argument as the entry reports it, rebuilt from its pattern: the head
+  # stays exactly as written (a FunctionClauseError lists the clauses as
+  # written, an unused variable is still reported as unused). A variable the
+  # clause uses, a literal, and tuples, lists, `<>` and maps of those are
+  # rebuilt (a map pattern gives the keys it matched); what the pattern does
+  # not bind (`_`, an unused variable, a binary with sizes) is reported as
+  # `:_`.
+  defp capture(pattern, _i, used) do
     case rebuild(pattern, used) do
-      {:ok, value} ->
-        {pattern, value}
-
-      :error ->
-        var = Macro.var(:"arg#{i}", __MODULE__)
-        {{:=, [], [pattern, var]}, var}
+      {:ok, value} -> {pattern, value}
+      :error -> {pattern, :_}
     end
   end
 
@@ -164,6 +162,25 @@ defmodule Causeway.Instrument.Rewrite do
   defp rebuild({:<>, m, [l, r]}, used), do: rebuild_all([l, r], used, &{:<>, m, &1})
 
   defp rebuild({:-, _, [n]} = neg, _used) when is_number(n), do: {:ok, neg}
+
+  defp rebuild({:%{}, m, pairs}, used) when is_list(pairs) do
+    if Enum.all?(pairs, &match?({k, _} when is_atom(k) or is_number(k) or is_binary(k), &1)) do
+      {keys, values} = Enum.unzip(pairs)
+      rebuild_all(values, used, &{:%{}, m, Enum.zip(keys, &1)})
+    else
+      :error
+    end
+  end
+
+  defp rebuild({:%, _, [struct, {:%{}, m, pairs}]}, used) when is_atom(struct) do
+    rebuild({:%{}, m, [{:__struct__, struct} | pairs]}, used)
+  end
+
+  defp rebuild({:%, _, [{:__aliases__, _, _} = struct, {:%{}, m, pairs}]}, used) do
+    rebuild({:%{}, m, [{:__struct__, struct} | pairs]}, used)
+  end
+
+  defp rebuild({:__aliases__, _, _} = alias, _used), do: {:ok, alias}
 
   defp rebuild({:=, _, [l, r]}, used) do
     with :error <- rebuild(l, used), do: rebuild(r, used)
@@ -248,7 +265,9 @@ defmodule Causeway.Instrument.Rewrite do
   @doc false
   # The entry, `body` inside a try, and its reported exit or exception: the
   # shape every wrapped body shares (the OTP callbacks add their reports).
-  def call(module, name, vars, body, on_result \\ nil) do
+  def call(module, name, vars, body, on_result \\ fn _ -> nil end) do
+    result = Macro.var(:result, __MODULE__)
+
     quote do
       call_id = Causeway.Native.rt_function_entry(unquote(module), unquote(name), unquote(vars))
 
@@ -261,10 +280,10 @@ defmodule Causeway.Instrument.Rewrite do
 
           :erlang.raise(kind, reason, __STACKTRACE__)
       else
-        result ->
-          unquote(on_result)
-          if call_id, do: Causeway.Native.rt_function_exit(call_id, result)
-          result
+        unquote(result) ->
+          unquote(on_result.(result))
+          if call_id, do: Causeway.Native.rt_function_exit(call_id, unquote(result))
+          unquote(result)
       end
     end
   end
