@@ -26,6 +26,13 @@ defmodule Causeway.Instrument do
   with (`{:exception, kind, reason}`), which then continues unchanged with
   its original stacktrace.
 
+  The arguments are rebuilt from the clause's head, which stays as written:
+  a variable the clause uses, a literal, and tuples, lists, `<>` and maps of
+  those come out as passed (a map or struct pattern gives the keys it
+  matched); a part the head does not bind (`_`, an unused variable, a
+  binary with sizes, a map pattern without a variable) is reported as `:_`.
+  Write `%{} = state` rather than `%{}` to have it reported whole.
+
   A call in tail position is made as a tail call, as in the plain module: the
   function's exit is recorded just before it, with `{:tail_call, target}` as
   its result (`target` is `{module, function, arity}`, `{module_value,

@@ -269,8 +269,20 @@ defmodule Causeway.InstrumentDiffTest.Cases do
          def twice(x), do: x * 2
          defoverridable twice: 1
          def twice(x), do: super(x) + 1
+
+         def thrice(x), do: x * 3
+         defoverridable thrice: 1
+         def thrice(x), do: super(x)
        end
-       """, [{:size, [[1]]}, {:size, [:a]}, {:hello, []}, {:twice, [2]}, {:twice, [:a]}]},
+       """,
+       [
+         {:size, [[1]]},
+         {:size, [:a]},
+         {:hello, []},
+         {:twice, [2]},
+         {:twice, [:a]},
+         {:thrice, [:a]}
+       ]},
       {"Protocols",
        """
        defprotocol @@M@@.Shape do
@@ -324,6 +336,16 @@ defmodule Causeway.InstrumentDiffTest.Cases do
 
          defmacro double(x), do: quote(do: unquote(x) * 2)
          def use_macro(x), do: double(x)
+
+         require Logger
+         def log(x), do: Logger.debug("x \#{x}")
+
+         import String, only: [upcase: 1]
+         def up(x), do: upcase(x)
+         def piped(l), do: l |> Enum.map(&(&1 * 2)) |> Enum.sum()
+         def either(a, b), do: a || String.to_integer(b)
+         def field(m), do: m.a
+         def unless_tail(x), do: unless(x, do: String.to_atom(x), else: :yes)
 
          @attr :first
          def attr_first, do: @attr
