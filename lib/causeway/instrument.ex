@@ -62,6 +62,11 @@ defmodule Causeway.Instrument do
   of the uninstrumented module. A call that matches no clause raises before
   any body runs, so it is not recorded.
 
+  Because `def/2` is imported, a module that imports `Kernel` again
+  (`import Kernel, except: [abs: 1]`) must do so before `use
+  Causeway.Instrument`, or its `def`s are ambiguous (a compile error that
+  says so); its exclusions are kept.
+
   Only the `def`s written in the module are instrumented: private
   functions, macros, and functions that other macros define (`defdelegate`,
   those injected by `use GenServer` or another `use`) are not, and neither
@@ -98,8 +103,18 @@ defmodule Causeway.Instrument do
   defmacro __using__(opts) do
     opts = validate!(opts, __CALLER__)
 
+    # Kernel.def/2 is replaced by ours; what the module already excluded from
+    # Kernel (`import Kernel, except: [abs: 1]`) stays excluded
+    imported =
+      Keyword.get(__CALLER__.functions, Kernel, []) ++ Keyword.get(__CALLER__.macros, Kernel, [])
+
+    except =
+      Enum.uniq([
+        {:def, 2} | (Kernel.__info__(:functions) ++ Kernel.__info__(:macros)) -- imported
+      ])
+
     quote do
-      import Kernel, except: [def: 2]
+      import Kernel, except: unquote(except)
       import Causeway.Instrument.Def, only: [def: 2], warn: false
       require Causeway.Instrument.Def
       Module.register_attribute(__MODULE__, :trace, accumulate: false)

@@ -239,6 +239,36 @@ defmodule Causeway.InstrumentDiffTest.Cases do
          {:and_tail, ["x"]},
          {:and_tail, [1]}
        ]},
+      {"UsingFromInstrumented",
+       """
+       defmodule @@M@@.Lib do
+         @@I@@
+         defmacro __using__(_) do
+           quote do
+             def injected(x), do: {:injected, x}
+           end
+         end
+
+         def lib_fun(x), do: x
+       end
+
+       defmodule @@M@@ do
+         use @@M@@.Lib
+         def own(x), do: @@M@@.Lib.lib_fun(x)
+       end
+       """, [{:injected, [1]}, {:own, [2]}]},
+      {"KernelExcept",
+       """
+       defmodule @@M@@ do
+         import Kernel, except: [abs: 1, div: 2]
+         @@I@@
+
+         def abs(x) when x < 0, do: {:abs, -x}
+         def abs(x), do: {:abs, x}
+         def div(a, b), do: {:div, Kernel.div(a, b)}
+         def uses(x), do: abs(x)
+       end
+       """, [{:abs, [-1]}, {:div, [7, 2]}, {:div, [1, 0]}, {:uses, [-3]}]},
       {"Delegates",
        """
        defmodule @@M@@ do
@@ -290,6 +320,7 @@ defmodule Causeway.InstrumentDiffTest.Cases do
        end
 
        defmodule @@M@@ do
+         @@I@@
          @derive {Inspect, only: [:w]}
          defstruct w: 1, h: 2
 
@@ -466,6 +497,15 @@ defmodule Causeway.InstrumentDiffTest do
     test "#{name}: instrumented behaves as plain" do
       {_, source, calls} = Cases.get(@name)
       assert InstrumentDiff.run(@name, source, calls) == []
+      # and the instrumented copy did record its calls
+      {_plain, instrumented} = InstrumentDiff.modules(@name)
+      prefix = Atom.to_string(instrumented)
+      flush!()
+
+      assert Enum.any?(:code.all_loaded(), fn {mod, _} ->
+               String.starts_with?(Atom.to_string(mod), prefix) and
+                 Causeway.events(module: mod, type: :function_entry, limit: 1) != []
+             end)
     end
   end
 

@@ -9,7 +9,13 @@ defmodule Causeway.Instrument.Def do
   import Kernel, except: [def: 2]
 
   @doc false
-  defmacro def(call, expr), do: Causeway.Instrument.Rewrite.define(call, expr)
+  # Where `use Causeway.Instrument` was not written (a `def` quoted in an
+  # instrumented module, expanded in another), it is Kernel.def/2.
+  defmacro def(call, expr) do
+    if __MODULE__ in __CALLER__.requires,
+      do: Causeway.Instrument.Rewrite.define(call, expr),
+      else: quote(do: Kernel.def(unquote(call), unquote(expr)))
+  end
 
   @doc false
   defmacro __body__(name, vars, body),
