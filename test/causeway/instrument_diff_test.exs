@@ -18,6 +18,12 @@ defmodule Causeway.InstrumentDiffTest.Cases do
          def classify(x) when is_integer(x), do: :non_positive
          def classify(x) when is_binary(x) or is_atom(x), do: {:other, x}
          def head([h | _]), do: h
+
+         # a FunctionClauseError raised under an instrumented frame
+         def call_head(l) do
+           x = head(l)
+           {:head, x}
+         end
          def pair({:ok, v}, %{k: k}), do: {v, k}
          def unused(x, _y, _), do: :ok
          def pinned(<<a, rest::binary>>), do: {a, rest}
@@ -30,6 +36,7 @@ defmodule Causeway.InstrumentDiffTest.Cases do
          {:classify, [1.5]},
          {:head, [[]]},
          {:head, [[1]]},
+         {:call_head, [[]]},
          {:pair, [{:ok, 1}, %{k: 2}]},
          {:pair, [{:error, 1}, %{}]},
          {:unused, [1, 2, 3]},
@@ -257,6 +264,22 @@ defmodule Causeway.InstrumentDiffTest.Cases do
          def own(x), do: @@M@@.Lib.lib_fun(x)
        end
        """, [{:injected, [1]}, {:own, [2]}]},
+      {
+        "JSONParser",
+        # a real recursive-descent parser, every function public
+        File.read!("test/support/json_parser.ex")
+        |> String.replace("defmodule Causeway.Test.JSONParser do", "defmodule @@M@@ do")
+        |> String.replace(~r/\bdefp\b/, "def"),
+        [
+          {:parse!, [~s({"a": [1, 2.5, -3e2, true, false, null], "b": {"c": "d\\n"}})]},
+          {:parse!, [~s([) <> String.duplicate("1,", 50_000) <> "1]"]},
+          {:parse!, [~s(") <> String.duplicate("x", 100_000) <> ~s(")]},
+          {:parse!, [~s({"a": })]},
+          {:parse!, [~s([1, 2] x)]},
+          {:parse!, [~s("unterminated)]},
+          {:parse!, [42]}
+        ]
+      },
       {"KernelExcept",
        """
        defmodule @@M@@ do

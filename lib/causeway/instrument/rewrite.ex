@@ -278,7 +278,7 @@ defmodule Causeway.Instrument.Rewrite do
           if call_id,
             do: Causeway.Native.rt_function_exit(call_id, {:exception, kind, reason})
 
-          :erlang.raise(kind, reason, __STACKTRACE__)
+          Causeway.Instrument.Rewrite.__raise__(kind, reason, __STACKTRACE__)
       else
         unquote(result) ->
           unquote(on_result.(result))
@@ -287,6 +287,12 @@ defmodule Causeway.Instrument.Rewrite do
       end
     end
   end
+
+  @doc false
+  # Re-raises with the stacktrace as given. Called with `__STACKTRACE__` from
+  # the wrapper's catch: there, `:erlang.raise/3` would be compiled to a raw
+  # re-raise, which drops the location of a FunctionClauseError's frame.
+  def __raise__(kind, reason, stacktrace), do: :erlang.raise(kind, reason, stacktrace)
 
   defp plain(module, name, vars, body, env) do
     case tail(body, env, []) do
@@ -304,7 +310,7 @@ defmodule Causeway.Instrument.Rewrite do
               result
           end
 
-        quote generated: true do
+        quote do
           unquote(call_id) =
             Causeway.Native.rt_function_entry(unquote(module), unquote(name), unquote(vars))
 
@@ -319,7 +325,7 @@ defmodule Causeway.Instrument.Rewrite do
                           {:exception, kind, reason}
                         )
 
-                    :erlang.raise(kind, reason, __STACKTRACE__)
+                    Causeway.Instrument.Rewrite.__raise__(kind, reason, __STACKTRACE__)
                 end) do
             unquote(clauses ++ result)
           end
