@@ -55,6 +55,13 @@ defmodule Causeway.InstrumentTest do
     def traced(x), do: untraced(x) + 1
 
     def untraced(x), do: x * 2
+
+    @trace true
+    def head(a, b \\ 1)
+    def head(a, b) when a > 0, do: {:pos, a, b}
+    def head(a, b), do: {:other, a, b}
+
+    def after_head(x), do: x
   end
 
   defmodule Counter do
@@ -252,6 +259,19 @@ defmodule Causeway.InstrumentTest do
     flush!()
     names = Causeway.events(pid: self(), type: :function_entry) |> Enum.map(& &1.function)
     assert names == [:uses_private, :traced]
+
+    # a tagged head tags every clause of the function, and only it
+    assert Tagged.head(1) == {:pos, 1, 1}
+    assert Tagged.head(-1, 2) == {:other, -1, 2}
+    assert Tagged.after_head(3) == 3
+    flush!()
+    entries = Causeway.events(pid: self(), type: :function_entry, module: Tagged)
+
+    assert Enum.map(entries, &{&1.function, &1.data}) == [
+             traced: [2],
+             head: [1, 1],
+             head: [-1, 2]
+           ]
   end
 
   test "a GenServer's state changes are stored with the message that caused them" do
