@@ -53,8 +53,9 @@ defmodule Causeway.Instrument do
   `use Causeway.Instrument` imports its own `def/2` in place of
   `Kernel.def/2`. Each clause is still defined by `Kernel.def/2`, at its
   place in the module, with its own name, arguments, guards, default
-  arguments and line metadata; only its body is wrapped (and each argument
-  pattern also bound to a variable, for the entry). There is no extra
+  arguments and line metadata; only its body is wrapped (the body is
+  handed to a macro that the compiler expands inside the function, where
+  the calls in tail position are found). There is no extra
   function, no renamed clause and no extra frame: stack traces (in
   `__STACKTRACE__`, `Process.info(self(), :current_stacktrace)`, or an
   exception leaving the module), the fun names of `fn`s and comprehensions,
@@ -94,9 +95,9 @@ defmodule Causeway.Instrument do
   not a tail call: a callback that ends by calling another function keeps
   its frame under that call.
 
-  When no Causeway instance is running, an instrumented call costs the two
-  checks of the entry and the exit NIFs (which return at once) more than the
-  plain one.
+  When no Causeway instance is running, an instrumented call costs one NIF
+  call (the entry's, which returns `nil` at once), a `try` and, for a call in
+  tail position, a small tuple, more than the plain one.
   """
 
   @doc false
