@@ -66,7 +66,9 @@ defmodule Causeway.Instrument do
   Because `def/2` is imported, a module that imports `Kernel` again
   (`import Kernel, except: [abs: 1]`) must do so before `use
   Causeway.Instrument`, or its `def`s are ambiguous (a compile error that
-  says so); its exclusions are kept.
+  says so); its exclusions are kept. A `def` quoted in the module (in a
+  macro's `quote`) names this `def/2` in its import metadata; expanded in a
+  module that did not `use Causeway.Instrument`, it is `Kernel.def/2`.
 
   Only the `def`s written in the module are instrumented: private
   functions, macros, and functions that other macros define (`defdelegate`,

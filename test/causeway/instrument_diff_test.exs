@@ -280,6 +280,73 @@ defmodule Causeway.InstrumentDiffTest.Cases do
           {:parse!, [42]}
         ]
       },
+      {"Misc",
+       """
+       defmodule @@M@@ do
+         def ident(x), do: x
+
+         def def_catch(f) do
+           f.()
+         catch
+           :throw, v -> String.to_integer(v)
+         end
+
+         def def_after(f) do
+           f.()
+         after
+           send(self(), :after)
+         end
+
+         def try_else(x) do
+           try do
+             Integer.parse(x)
+           rescue
+             _ -> :bad
+           else
+             {n, ""} -> Integer.to_string(n)
+             _ -> String.to_atom(x)
+           end
+         end
+
+         def hygiene(call_id, result), do: {call_id, result, binding()}
+         def env, do: __ENV__.function
+         def reducer(l), do: for(x <- l, reduce: 0, do: (acc -> acc + x))
+         def pinned(x, l), do: Enum.filter(l, fn ^x -> true; _ -> false end)
+         def cap(l), do: Enum.map(l, &ident/1)
+         def guards(x) when is_atom(x) when is_binary(x), do: {:ok, x}
+
+         def nested(x) do
+           receive do
+             :never -> :no
+           after
+             0 ->
+               case x do
+                 {:a, y} -> if y > 0, do: nested({:a, y - 1}), else: String.to_integer(y)
+                 other -> other
+               end
+           end
+         end
+       end
+       """,
+       [
+         {:ident, [1]},
+         {:def_catch, [fn -> throw("1") end]},
+         {:def_catch, [fn -> throw("x") end]},
+         {:def_catch, [fn -> :ok end]},
+         {:def_after, [fn -> raise "a" end]},
+         {:try_else, ["1"]},
+         {:try_else, ["1x"]},
+         {:try_else, [1]},
+         {:hygiene, [1, 2]},
+         {:env, []},
+         {:reducer, [[1, 2]]},
+         {:pinned, [1, [1, 2, 1]]},
+         {:cap, [[1]]},
+         {:guards, [:a]},
+         {:guards, [1]},
+         {:nested, [{:a, 3}]},
+         {:nested, [:b]}
+       ]},
       {"KernelExcept",
        """
        defmodule @@M@@ do
