@@ -347,6 +347,21 @@ defmodule Causeway.InstrumentDiffTest.Cases do
          {:nested, [{:a, 3}]},
          {:nested, [:b]}
        ]},
+      {
+        "JSONEncoder",
+        # Causeway's own encoder, every function public
+        File.read!("lib/causeway/json.ex")
+        |> String.replace("defmodule Causeway.JSON do", "defmodule @@M@@ do")
+        |> String.replace(~r/\bdefp\b/, "def"),
+        [
+          {:encode!, [%{a: [1, 2.5, "x\n", nil, true], b: %{"c" => {:t, 1}}}]},
+          {:encode!, [String.duplicate("a\"b", 30_000)]},
+          {:encode!, [<<255, 0>>]},
+          {:encode!, [[1.0e20, -0.0, 3.0, URI.parse("http://x")]]},
+          {:encode_to_iodata, [%{1 => 2}]},
+          {:escape, [1, ""]}
+        ]
+      },
       {"KernelExcept",
        """
        defmodule @@M@@ do
