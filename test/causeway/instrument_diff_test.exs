@@ -230,6 +230,23 @@ defmodule Causeway.InstrumentDiffTest.Cases do
          def remote_tail(x), do: :erlang.binary_to_atom(x)
          def apply_tail(f, x), do: f.(x)
          def and_tail(x), do: is_binary(x) and String.to_integer(x)
+
+         # macros in tail position, next to a tail call: their own lines
+         def countdown(n) do
+           if n > 0 do
+             countdown(n - 1)
+           else
+             raise ArgumentError,
+                   "done"
+           end
+         end
+
+         def unless_raise(x) do
+           unless x,
+             do:
+               raise("no"),
+             else: unless_raise(!x)
+         end
        end
        """,
        [
@@ -244,7 +261,9 @@ defmodule Causeway.InstrumentDiffTest.Cases do
          {:remote_tail, [1]},
          {:apply_tail, [&String.to_integer/1, "x"]},
          {:and_tail, ["x"]},
-         {:and_tail, [1]}
+         {:and_tail, [1]},
+         {:countdown, [3]},
+         {:unless_raise, [true]}
        ]},
       {"UsingFromInstrumented",
        """

@@ -5,8 +5,8 @@ defmodule Causeway.Instrument.Rewrite do
   # line metadata, and is defined at its own place by `Kernel.def/2`; only
   # its body changes (see `Causeway.Instrument` for the design):
   #
-  #   * each argument pattern `p` becomes `p = argN` (a hygienic variable) so
-  #     the entry can report the arguments as passed;
+  #   * the head is not touched: the entry's arguments are rebuilt from the
+  #     patterns (`capture/2`);
   #   * the body is handed to `Causeway.Instrument.Def.__body__/3`, a macro
   #     expanded by the compiler inside the function itself, where `body/4`
   #     below decides (with the module's attributes as they are at that
@@ -81,7 +81,7 @@ defmodule Causeway.Instrument.Rewrite do
   # One clause: `{call, expr}` for Kernel.def/2.
   def clause(call, expr) do
     with true <- Keyword.keyword?(expr) and Keyword.has_key?(expr, :do),
-         {:ok, call, name, meta, vars} <- bind_args(call, used_vars(call, expr)) do
+         {:ok, call, name, meta, vars} <- head_args(call, used_vars(call, expr)) do
       body =
         case expr do
           [do: body] -> body
@@ -96,32 +96,25 @@ defmodule Causeway.Instrument.Rewrite do
     end
   end
 
-  defp bind_args({:when, m, [inner, guards]}, used) do
-    with {:ok, inner, name, meta, vars} <- bind_args(inner, used),
+  defp head_args({:when, m, [inner, guards]}, used) do
+    with {:ok, inner, name, meta, vars} <- head_args(inner, used),
          do: {:ok, {:when, m, [inner, guards]}, name, meta, vars}
   end
 
-  defp bind_args({name, meta, args}, used) when is_atom(name) and is_list(args) do
-    {args, values} =
-      args
-      |> Enum.with_index(1)
-      |> Enum.map(fn
-        {{:\\, m, [pattern, default]}, i} ->
-          {pattern, value} = capture(pattern, i, used)
-          {{:\\, m, [pattern, default]}, value}
-
-        {pattern, i} ->
-          capture(pattern, i, used)
+  defp head_args({name, meta, args}, used) when is_atom(name) and is_list(args) do
+    values =
+      Enum.map(args, fn
+        {:\\, _, [pattern, _default]} -> capture(pattern, used)
+        pattern -> capture(pattern, used)
       end)
-      |> Enum.unzip()
 
     {:ok, {name, meta, args}, name, meta, values}
   end
 
-  defp bind_args({name, meta, ctx}, _used) when is_atom(name) and is_atom(ctx),
+  defp head_args({name, meta, ctx}, _used) when is_atom(name) and is_atom(ctx),
     do: {:ok, {name, meta, ctx}, name, meta, []}
 
-  defp bind_args(_, _), do: :error
+  defp head_args(_, _), do: :error
 
   # The argument as the entry reports it, rebuilt from its pattern: the head
   # stays exactly as written (a FunctionClauseError lists the clauses as
@@ -130,10 +123,10 @@ defmodule Causeway.Instrument.Rewrite do
   # rebuilt (a map pattern gives the keys it matched); what the pattern does
   # not bind (`_`, an unused variable, a binary with sizes) is reported as
   # `:_`.
-  defp capture(pattern, _i, used) do
+  defp capture(pattern, used) do
     case rebuild(pattern, used) do
-      {:ok, value} -> {pattern, value}
-      :error -> {pattern, :_}
+      {:ok, value} -> value
+      :error -> :_
     end
   end
 
@@ -295,8 +288,9 @@ defmodule Causeway.Instrument.Rewrite do
   def __raise__(kind, reason, stacktrace), do: :erlang.raise(kind, reason, stacktrace)
 
   defp plain(module, name, vars, body, env) do
+    # (the body's tail positions come back expanded: each macro there runs once)
     case tail(body, env, []) do
-      {_, []} ->
+      {body, []} ->
         call(module, name, vars, body)
 
       {body, leaves} ->
@@ -351,7 +345,7 @@ defmodule Causeway.Instrument.Rewrite do
   # becomes `{:"$causeway_tail", i, values...}`, its operands evaluated in
   # place; returns the rewritten ast and the leaves `{i, vars, target, call}`.
   defp tail(ast, env, leaves) do
-    case Macro.expand(ast, env) do
+    case expand(ast, env) do
       {:__block__, m, [_ | _] = exprs} ->
         {last, leaves} = tail(List.last(exprs), env, leaves)
         {{:__block__, m, List.replace_at(exprs, -1, last)}, leaves}
@@ -409,6 +403,26 @@ defmodule Causeway.Instrument.Rewrite do
           {fixed, operands, rebuild, target} -> leaf(fixed, operands, rebuild, target, leaves)
         end
     end
+  end
+
+  # A macro in tail position expanded as the compiler would: what it returns
+  # without a line gets the line of its call (Macro.expand/2 leaves it out).
+  defp expand({_, meta, _} = ast, env) when is_list(meta) do
+    line = Keyword.get(meta, :line, env.line)
+
+    case Macro.expand(ast, %{env | line: line}) do
+      ^ast -> ast
+      expanded -> linify(expanded, line)
+    end
+  end
+
+  defp expand(ast, env), do: Macro.expand(ast, env)
+
+  defp linify(ast, line) do
+    Macro.prewalk(ast, fn
+      {form, meta, args} when is_list(meta) -> {form, Keyword.put_new(meta, :line, line), args}
+      other -> other
+    end)
   end
 
   defp options(opts, keys, env, leaves) do
@@ -483,7 +497,7 @@ defmodule Causeway.Instrument.Rewrite do
   end
 
   defp callee({{:., dm, [mod, fun]}, m, args}, env) when is_atom(fun) and is_list(args) do
-    mod = Macro.expand(mod, env)
+    mod = expand(mod, env)
     arity = length(args)
 
     cond do
