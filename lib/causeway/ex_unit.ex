@@ -14,7 +14,8 @@ defmodule Causeway.ExUnit do
   When a test fails, a bounded summary is printed after ExUnit's report of
   the failure: the calls recorded while the test ran (as call trees), the
   messages between the processes involved, their last state changes, and the
-  line to type in IEx to explore the whole window.
+  line to type in IEx to explore the whole window. After the run, each
+  test's events (passed or failed) are `events/2`.
 
   Options: `:dir` (default `"_causeway/test"`), `:max_trees` (5),
   `:max_lines` (40 per tree), `:max_messages` (20), `:max_states` (10);
@@ -28,7 +29,7 @@ defmodule Causeway.ExUnit do
   it); an async test's window can also hold events of the tests that ran
   beside it (the summary says so). Tagging each event with its test
   (`Causeway.events(test: ...)`) needs the native capture to carry a
-  per-process tag, which it does not yet.
+  per-process tag, which it does not yet; `events/2` gives a test's window.
   """
 
   use GenServer
@@ -107,7 +108,7 @@ defmodule Causeway.ExUnit do
        cli: cli,
        started: %{},
        async: MapSet.new(),
-       last: nil
+       windows: %{}
      }}
   end
 
@@ -138,7 +139,7 @@ defmodule Causeway.ExUnit do
     {:noreply, state}
   end
 
-  defp handle({:test_finished, %ExUnit.Test{state: {:failed, _}} = test}, state) do
+  defp handle({:test_finished, test}, state) do
     {started_at, started} = Map.pop(state.started, key(test))
     now = DateTime.utc_now()
     time = test.time || 0
@@ -149,29 +150,88 @@ defmodule Causeway.ExUnit do
     since = DateTime.add(started_at, -@slack_us, :microsecond)
     until = DateTime.add(started_at, time + @slack_us, :microsecond)
     until = if DateTime.compare(until, now) == :gt, do: now, else: until
-    async? = MapSet.member?(state.async, test.module)
 
-    try do
-      IO.puts(summary(test, since, until, async?, state.opts))
-    rescue
-      e -> IO.puts("     Causeway: no summary for this test (#{Exception.message(e)})")
+    if match?({:failed, _}, test.state) do
+      async? = MapSet.member?(state.async, test.module)
+
+      try do
+        IO.puts(summary(test, since, until, async?, state.opts))
+      rescue
+        e -> IO.puts("     Causeway: no summary for this test (#{Exception.message(e)})")
+      end
     end
 
-    {:noreply, %{state | started: started}}
-  end
-
-  defp handle({:test_finished, test}, state) do
-    {:noreply, %{state | started: Map.delete(state.started, key(test))}}
+    # by strings: read back in a VM that has not these atoms
+    name = {inspect(test.module), Atom.to_string(test.name)}
+    windows = Map.put(state.windows, name, {since, until})
+    {:noreply, %{state | started: started, windows: windows}}
   end
 
   defp handle({:suite_finished, _}, state) do
     _ = safe_flush(state.opts[:name])
+    # the tests' windows, for events/2 (from this VM or a later one)
+    File.write!(windows_file(state.opts[:dir]), :erlang.term_to_binary(state.windows))
     {:noreply, state}
   end
 
   defp handle(_event, state), do: {:noreply, state}
 
   defp key(%ExUnit.Test{module: m, name: n}), do: {m, n}
+
+  defp windows_file(dir), do: Path.join(dir, "causeway_ex_unit_tests.etf")
+
+  ## after the run
+
+  @doc """
+  The events recorded while a test ran, after the run: `test` is its name
+  (`"adds an item"` or `"test adds an item"`) or `{TestModule, name}`. Reads
+  the windows the formatter saved in `dir` (default `"_causeway/test"`), then
+  queries with the other options (`Causeway.events/1`'s, e.g. `store:` from
+  `Causeway.open/2`, `type:`, `limit:`).
+
+      {:ok, s} = Causeway.open("_causeway/test")
+      Causeway.ExUnit.events("adds an item", store: s, type: :function_entry)
+  """
+  @spec events(String.t() | {module(), String.t() | atom()}, keyword()) ::
+          {:ok, [Causeway.Event.t()]} | {:error, :unknown_test | :no_windows}
+  def events(test, opts \\ []) do
+    {dir, opts} = Keyword.pop(opts, :dir, @defaults[:dir])
+
+    with {:ok, bin} <- File.read(windows_file(dir)),
+         windows = :erlang.binary_to_term(bin, [:safe]),
+         {:ok, {since, until}} <- find_window(windows, test) do
+      {:ok,
+       Causeway.events(Keyword.merge([limit: :infinity], opts ++ [since: since, until: until]))}
+    else
+      {:error, :unknown_test} = e -> e
+      {:error, _} -> {:error, :no_windows}
+    end
+  end
+
+  defp find_window(windows, {module, name}) do
+    names = test_names(name)
+
+    module = if is_atom(module), do: inspect(module), else: module
+
+    case Enum.find(windows, fn {{m, n}, _} -> m == module and n in names end) do
+      {_, window} -> {:ok, window}
+      nil -> {:error, :unknown_test}
+    end
+  end
+
+  defp find_window(windows, name) when is_binary(name) or is_atom(name) do
+    names = test_names(name)
+
+    case Enum.filter(windows, fn {{_, n}, _} -> n in names end) do
+      [{_, window}] -> {:ok, window}
+      _ -> {:error, :unknown_test}
+    end
+  end
+
+  defp test_names(name) do
+    name = to_string(name)
+    [name, "test " <> name]
+  end
 
   defp async_module?(module) do
     Keyword.get(module.__info__(:attributes), :ex_unit_async) == [true]

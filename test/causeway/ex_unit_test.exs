@@ -71,5 +71,16 @@ defmodule Causeway.ExUnitTest do
     # only the failing test gets one
     assert length(String.split(out, "Causeway recorded")) == 2
     refute out =~ "Shop.total([5])"
+
+    # after the run, from the saved windows: each test's events
+    {:ok, store} = Causeway.open(Path.join(dir, "store"), read_only: true)
+    opts = [dir: Path.join(dir, "store"), store: store, type: :function_entry]
+    assert {:ok, failing} = Causeway.ExUnit.events("a failing total", opts)
+    assert {:total, [[1, 2]]} in Enum.map(failing, &{&1.function, &1.data})
+    refute {:total, [[5]]} in Enum.map(failing, &{&1.function, &1.data})
+    assert {:ok, passing} = Causeway.ExUnit.events({ShopTest, "test a passing total"}, opts)
+    assert Enum.map(passing, &{&1.function, &1.data}) == [total: [[5]], sum: [[5]]]
+    assert Causeway.ExUnit.events("no such test", opts) == {:error, :unknown_test}
+    Causeway.close(store)
   end
 end
