@@ -611,6 +611,10 @@ defmodule Causeway.InstrumentDiffTest do
   alias Causeway.InstrumentDiff
   alias Causeway.InstrumentDiffTest.Cases
 
+  setup_all do
+    on_exit(fn -> File.rm_rf!(InstrumentDiff.dir()) end)
+  end
+
   setup do
     start_causeway!()
     :ok

@@ -49,6 +49,9 @@ defmodule Causeway.InstrumentDiff do
     warn_diff ++ call_diffs
   end
 
+  @doc "Where the compiled cases are written (remove it when done)."
+  def dir, do: Path.join(System.tmp_dir!(), "causeway-diff-#{:os.getpid()}")
+
   @doc "The module names a case compiles to: `{plain, instrumented}`."
   def modules(name), do: {Module.concat(@plain, name), Module.concat(@instr, name)}
 
@@ -65,7 +68,7 @@ defmodule Causeway.InstrumentDiff do
 
     text = text |> String.replace("@@M@@", main) |> String.replace("@@I@@", use_line)
 
-    dir = Path.join(System.tmp_dir!(), "causeway-diff-#{:os.getpid()}")
+    dir = dir()
     File.mkdir_p!(dir)
     parent = self()
 
