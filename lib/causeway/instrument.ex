@@ -63,10 +63,11 @@ defmodule Causeway.Instrument do
   of the uninstrumented module. A call that matches no clause raises before
   any body runs, so it is not recorded.
 
-  Because `def/2` is imported, a module that imports `Kernel` again
-  (`import Kernel, except: [abs: 1]`) must do so before `use
-  Causeway.Instrument`, or its `def`s are ambiguous (a compile error that
-  says so); its exclusions are kept. A `def` quoted in the module (in a
+  Because `def/2` is imported, importing `Kernel` again matters: `import
+  Kernel, except: [abs: 1]`, before or after `use Causeway.Instrument`,
+  keeps both its exclusions and this `def/2`; a bare `import Kernel` (or
+  one with `only: [def: 2]`) after it brings `Kernel.def/2` back and makes
+  `def` ambiguous (a compile error that says so). A `def` quoted in the module (in a
   macro's `quote`) names this `def/2` in its import metadata; expanded in a
   module that did not `use Causeway.Instrument`, it is `Kernel.def/2`.
 

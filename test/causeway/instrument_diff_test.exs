@@ -393,6 +393,18 @@ defmodule Causeway.InstrumentDiffTest.Cases do
          def uses(x), do: abs(x)
        end
        """, [{:abs, [-1]}, {:div, [7, 2]}, {:div, [1, 0]}, {:uses, [-3]}]},
+      {"KernelExceptAfter",
+       """
+       defmodule @@M@@ do
+         @@I@@
+         import Kernel, except: [abs: 1, div: 2]
+
+         def abs(x) when x < 0, do: {:abs, -x}
+         def abs(x), do: {:abs, x}
+         def div(a, b), do: {:div, Kernel.div(a, b)}
+         def uses(x), do: abs(x)
+       end
+       """, [{:abs, [-1]}, {:div, [7, 2]}, {:div, [1, 0]}, {:uses, [-3]}]},
       {"Delegates",
        """
        defmodule @@M@@ do
