@@ -27,11 +27,12 @@ defmodule Causeway.Instrument do
   its original stacktrace.
 
   The arguments are rebuilt from the clause's head, which stays as written:
-  a variable the clause uses, a literal, and tuples, lists, `<>` and maps of
-  those come out as passed (a map or struct pattern gives the keys it
-  matched); a part the head does not bind (`_`, an unused variable, a
-  binary with sizes, a map pattern without a variable) is reported as `:_`.
-  Write `%{} = state` rather than `%{}` to have it reported whole.
+  a variable (`x`, `_x`, or `pattern = x`) comes out whole; literals, and
+  tuples, lists, `<>` and maps made of them, as matched (a map or struct
+  pattern gives a map of the keys it matched); what the head does not bind
+  (`_`, a variable the clause never uses, a binary with sizes) is `:_` in
+  its place, e.g. `{:ok, [2 | :_]}`. Write `%{} = state` rather than `%{}`
+  to have an argument reported whole.
 
   A call in tail position is made as a tail call, as in the plain module: the
   function's exit is recorded just before it, with `{:tail_call, target}` as

@@ -108,6 +108,10 @@ defmodule Causeway.InstrumentTest do
     def fib(n), do: fib(n - 1) + fib(n - 2)
 
     def caller(x), do: helper(x)
+
+    def heads(%URI{host: h}, %{a: a}, {:ok, [b | _]}, _ignored, %{} = whole),
+      do: {h, a, b, whole}
+
     def helper(x), do: {:helped, x}
   end
 
@@ -362,6 +366,15 @@ defmodule Causeway.InstrumentTest do
     assert helper.parent_id == nil and caller.parent_id == nil
     [helper_exit] = Causeway.events(pid: self(), type: :function_exit, function: :helper)
     assert helper_exit.data == {:helped, 1}
+  end
+
+  test "the arguments are rebuilt from the heads" do
+    uri = URI.parse("http://x")
+    assert {"x", 1, 2, %{z: 0}} = Loops.heads(uri, %{a: 1, b: 9}, {:ok, [2, 3]}, :skip, %{z: 0})
+    flush!()
+    [entry] = Causeway.events(pid: self(), type: :function_entry, function: :heads)
+    # matched parts as passed, the rest of a map left out, `_` as :_
+    assert entry.data == [%{host: "x"}, %{a: 1}, {:ok, [2 | :_]}, :skip, %{z: 0}]
   end
 
   test "the native call context stays bounded over a long recorded loop" do

@@ -119,10 +119,10 @@ defmodule Causeway.Instrument.Rewrite do
   # The argument as the entry reports it, rebuilt from its pattern: the head
   # stays exactly as written (a FunctionClauseError lists the clauses as
   # written, an unused variable is still reported as unused). A variable the
-  # clause uses, a literal, and tuples, lists, `<>` and maps of those are
-  # rebuilt (a map pattern gives the keys it matched); what the pattern does
-  # not bind (`_`, an unused variable, a binary with sizes) is reported as
-  # `:_`.
+  # clause uses (or an underscored one), a literal, and tuples, lists, `<>`
+  # and maps of those are rebuilt (a map or struct pattern gives a map of
+  # the keys it matched); what the pattern does not bind (`_`, an unused
+  # variable, a binary with sizes) is the hole `:_`.
   defp capture(pattern, used) do
     case rebuild(pattern, used) do
       {:ok, value} -> value
@@ -165,34 +165,30 @@ defmodule Causeway.Instrument.Rewrite do
     end
   end
 
-  defp rebuild({:%, _, [struct, {:%{}, m, pairs}]}, used) when is_atom(struct) do
-    rebuild({:%{}, m, [{:__struct__, struct} | pairs]}, used)
-  end
+  # a struct pattern gives a plain map of the fields it matched (a struct
+  # with fields missing could not be inspected)
+  defp rebuild({:%, _, [_struct, {:%{}, m, pairs}]}, used), do: rebuild({:%{}, m, pairs}, used)
 
-  defp rebuild({:%, _, [{:__aliases__, _, _} = struct, {:%{}, m, pairs}]}, used) do
-    rebuild({:%{}, m, [{:__struct__, struct} | pairs]}, used)
-  end
-
-  defp rebuild({:__aliases__, _, _} = alias, _used), do: {:ok, alias}
-
+  # `pattern = var` (either way round): the variable, whole
   defp rebuild({:=, _, [l, r]}, used) do
-    with :error <- rebuild(l, used), do: rebuild(r, used)
+    case {var_value(l, used), var_value(r, used)} do
+      {{:ok, v}, _} -> {:ok, v}
+      {_, {:ok, v}} -> {:ok, v}
+      _ -> with :error <- rebuild(l, used), do: rebuild(r, used)
+    end
   end
 
   defp rebuild(_, _), do: :error
 
+  # the parts that cannot be rebuilt are holes (`:_`)
   defp rebuild_all(parts, used, build) do
-    Enum.reduce_while(parts, {:ok, []}, fn part, {:ok, acc} ->
-      case rebuild(part, used) do
-        {:ok, v} -> {:cont, {:ok, [v | acc]}}
-        :error -> {:halt, :error}
-      end
-    end)
-    |> case do
-      {:ok, acc} -> {:ok, build.(Enum.reverse(acc))}
-      :error -> :error
-    end
+    {:ok, build.(Enum.map(parts, &capture(&1, used)))}
   end
+
+  defp var_value({name, _, ctx} = var, used) when is_atom(name) and is_atom(ctx),
+    do: rebuild(var, used)
+
+  defp var_value(_, _), do: :error
 
   # The variables (name and context) the clause's guards and body mention.
   defp used_vars(call, expr) do
