@@ -156,8 +156,11 @@ defmodule Causeway.ExUnit do
 
       try do
         IO.puts(summary(test, since, until, async?, state.opts))
-      rescue
-        e -> IO.puts("     Causeway: no summary for this test (#{Exception.message(e)})")
+      catch
+        kind, reason ->
+          IO.puts(
+            "     Causeway: no summary for this test (#{Exception.format_banner(kind, reason)})"
+          )
       end
     end
 
@@ -170,7 +173,7 @@ defmodule Causeway.ExUnit do
   defp handle({:suite_finished, _}, state) do
     _ = safe_flush(state.opts[:name])
     # the tests' windows, for events/2 (from this VM or a later one)
-    File.write!(windows_file(state.opts[:dir]), :erlang.term_to_binary(state.windows))
+    _ = File.write(windows_file(state.opts[:dir]), :erlang.term_to_binary(state.windows))
     {:noreply, state}
   end
 
