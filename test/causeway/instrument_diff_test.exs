@@ -504,6 +504,15 @@ defmodule Causeway.InstrumentDiffTest.Cases do
          defmacro double(x), do: quote(do: unquote(x) * 2)
          def use_macro(x), do: double(x)
 
+         # a private macro in tail position: its arguments stay code
+         defmacrop lazy(condition, expr) do
+           quote do
+             if unquote(condition), do: unquote(expr), else: {:skipped, unquote(Macro.to_string(expr))}
+           end
+         end
+
+         def use_lazy(x), do: lazy(x, String.to_integer("nope"))
+
          require Logger
          def log(x), do: Logger.debug("x \#{x}")
 

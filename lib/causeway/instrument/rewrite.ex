@@ -449,18 +449,38 @@ defmodule Causeway.Instrument.Rewrite do
 
   defp clauses(other, _env, leaves), do: {other, leaves}
 
+  # Literal operands stay in the call as written (the compiler still sees
+  # them: its warnings about a call that cannot succeed are the plain ones);
+  # the others are evaluated in place and passed out in the tuple.
   defp leaf(_fixed, operands, rebuild, target, leaves) do
     i = length(leaves) + 1
-    vars = for j <- 1..length(operands)//1, do: Macro.var(:"tail#{i}_#{j}", __MODULE__)
+
+    slots =
+      operands
+      |> Enum.with_index(1)
+      |> Enum.map(fn {operand, j} ->
+        if Macro.quoted_literal?(operand),
+          do: {:literal, operand},
+          else: {:var, operand, Macro.var(:"tail#{i}_#{j}", __MODULE__)}
+      end)
+
+    passed = for {:var, operand, var} <- slots, do: {operand, var}
+    vars = Enum.map(passed, &elem(&1, 1))
+
+    in_call =
+      Enum.map(slots, fn
+        {:literal, l} -> l
+        {:var, _, var} -> var
+      end)
 
     target =
       case target do
-        {:dynamic, f, a} -> quote(do: {unquote(hd(vars)), unquote(f), unquote(a)})
+        {:dynamic, f, a} -> quote(do: {unquote(hd(in_call)), unquote(f), unquote(a)})
         static -> Macro.escape(static)
       end
 
-    tagged = {:{}, [], [@tail, i | operands]}
-    {tagged, [{i, vars, target, rebuild.(vars)} | leaves]}
+    tagged = {:{}, [], [@tail, i | Enum.map(passed, &elem(&1, 0))]}
+    {tagged, [{i, vars, target, rebuild.(in_call)} | leaves]}
   end
 
   # What a call in tail position calls: nil for a value (not a call, or one
