@@ -381,6 +381,44 @@ defmodule Causeway.InstrumentDiffTest.Cases do
           {:escape, [1, ""]}
         ]
       },
+      {
+        "Warnings",
+        # code the compiler warns about: the same warnings, at the same lines
+        """
+        defmodule @@M@@ do
+          def unused(x), do: :ok
+          def unused_in_body(x) do
+            y = 1
+            x
+          end
+
+          def never(:a), do: 1
+          def never(_), do: 2
+          def never(:b), do: 3
+
+          def undefined_remote, do: NoSuchModule.f()
+          def undefined_local_tail(x), do: String.no_such_function(x)
+          def will_fail, do: String.to_integer("nope")
+          def will_fail_inside, do: {:ok, String.to_integer("nope")}
+          def ignored(x) do
+            x + 1
+            :ok
+          end
+
+          def unused_default(a, b \\\\ 2), do: a
+        end
+        """,
+        [
+          {:unused, [1]},
+          {:unused_in_body, [1]},
+          {:never, [:b]},
+          {:undefined_remote, []},
+          {:will_fail, []},
+          {:will_fail_inside, []},
+          {:ignored, [1]},
+          {:unused_default, [1]}
+        ]
+      },
       {"KernelExcept",
        """
        defmodule @@M@@ do
