@@ -502,6 +502,17 @@ defmodule Causeway.InstrumentDiffTest.Cases do
            def area(%{w: w, h: h}), do: w * h
          end
 
+         defprotocol Named do
+           @fallback_to_any true
+           def name(x)
+         end
+
+         defimpl Named, for: Any do
+           def name(_), do: :any
+         end
+
+         def named(x), do: Named.name(x)
+
          def new(w, h), do: %__MODULE__{w: w, h: h}
          def area(s), do: @@M@@.Shape.area(s)
          def shown(s), do: inspect(s)
@@ -522,6 +533,7 @@ defmodule Causeway.InstrumentDiffTest.Cases do
          {:area, [%{__struct__: :none}]},
          fn m -> m.area(m.new(2, 3)) end,
          fn m -> m.shown(m.new(2, 3)) end,
+         {:named, [1]},
          fn m -> Module.concat(m, Raiser).raise_it(5) end
        ]},
       {"Macros",
