@@ -15,208 +15,164 @@ defmodule Causeway.Instrument do
         def helper(x), do: x                    # not reported
       end
 
-  Each wrapped function reports its entry (with arguments), its exit (with the
-  return value) or the exception it raised, threw or exited with
-  (`{:exception, kind, reason}`), then re-raises it with its original
-  stacktrace: results and exceptions are exactly what the function gives
-  without instrumentation. Guards, multiple clauses and default arguments are
-  untouched (the original clauses are kept and called through `super`).
+  Options: `only: :all` (the default: every public function) or
+  `only: :tagged` (the functions preceded by `@trace true`). Any other option
+  is a compile error.
 
-  In a module with `@behaviour GenServer` (put `use Causeway.Instrument` after
-  `use GenServer`), `handle_call/3`, `handle_cast/2` and `handle_info/2` also
-  report the message as a `message_receive` and, when the state changed, a
-  `state_change` caused by that message; `init/1` reports the initial state as a
-  `state_change` from `nil`.
+  ## What a function reports
 
-  Recursion goes through the wrapper, so every recursive call is recorded and a
-  tail-recursive loop is no longer constant-stack while instrumented: tag
-  (`only: :tagged`) the entry point of long loops instead.
+  Each instrumented function reports its entry (with its arguments), then its
+  exit with the return value, or the exception it raised, threw or exited
+  with (`{:exception, kind, reason}`), which then continues unchanged with
+  its original stacktrace.
 
-  When no Causeway instance is running, a wrapped call costs one
-  `:persistent_term` lookup more than the plain one.
+  The arguments are rebuilt from the clause's head, which stays as written:
+  a variable (`x`, `_x`, or `pattern = x`) comes out whole; literals, and
+  tuples, lists, `<>` and maps made of them, as matched (a map or struct
+  pattern gives a map of the keys it matched); what the head does not bind
+  (`_`, a variable the clause never uses, a binary with sizes) is `:_` in
+  its place, e.g. `{:ok, [2 | :_]}`. Write `%{} = state` rather than `%{}`
+  to have an argument reported whole.
+
+  A call in tail position is made as a tail call, as in the plain module: the
+  function's exit is recorded just before it, with `{:tail_call, target}` as
+  its result (`target` is `{module, function, arity}`, `{module_value,
+  function, arity}` for a call on a computed module, or `{:fn, arity}` for an
+  anonymous function), and the callee, if instrumented, is recorded as a
+  sibling of the caller rather than its child. A self tail call (a loop, a
+  `receive` loop) therefore runs in constant process stack and keeps the
+  native call context balanced, while each iteration is recorded as its own
+  call; non-tail recursion (`fib(n - 1) + fib(n - 2)`) is recorded as nested
+  calls. Operators, guard functions and the functions that never return
+  (`raise`, `throw`, `exit`) run inside the frame, so their value or
+  exception is the function's own. What is not a call (a value, a `case`,
+  `if`, `cond`, `receive`, `with` or `try` whose branches end in values) is
+  the function's recorded result.
+
+  ## How: the clauses themselves are rewritten
+
+  `use Causeway.Instrument` imports its own `def/2` in place of
+  `Kernel.def/2`. Each clause is still defined by `Kernel.def/2`, at its
+  place in the module, with its own name, arguments, guards, default
+  arguments and line metadata; only its body is wrapped (the body is
+  handed to a macro that the compiler expands inside the function, where
+  the calls in tail position are found). There is no extra
+  function, no renamed clause and no extra frame: stack traces (in
+  `__STACKTRACE__`, `Process.info(self(), :current_stacktrace)`, or an
+  exception leaving the module), the fun names of `fn`s and comprehensions,
+  compile warnings, and the clauses a `FunctionClauseError` lists are those
+  of the uninstrumented module. A call that matches no clause raises before
+  any body runs, so it is not recorded.
+
+  Because `def/2` is imported, importing `Kernel` again matters: `import
+  Kernel, except: [abs: 1]`, before or after `use Causeway.Instrument`,
+  keeps both its exclusions and this `def/2`; a bare `import Kernel` (or
+  one with `only: [def: 2]`) after it brings `Kernel.def/2` back and makes
+  `def` ambiguous (a compile error that says so). A `def` quoted in the module (in a
+  macro's `quote`) names this `def/2` in its import metadata; expanded in a
+  module that did not `use Causeway.Instrument`, it is `Kernel.def/2`.
+
+  Only the `def`s written in the module are instrumented: private
+  functions, macros, and functions that other macros define (`defdelegate`,
+  those injected by `use GenServer` or another `use`) are not, and neither
+  are `child_spec`, `code_change`, `terminate`, `format_status`,
+  `callback_mode` and names starting with `__`.
+
+  ## OTP callbacks
+
+  In a module with `@behaviour GenServer` (`use GenServer`, before or after
+  `use Causeway.Instrument`), `handle_call/3`, `handle_cast/2` and
+  `handle_info/2` also report their message as a `message_receive`, and
+  `init/1`, `handle_*` and `handle_continue/2` report a `state_change` when
+  the state they return differs from the one they got, caused by that
+  message (or, for `init/1` and `handle_continue/2`, by the callback's call).
+
+  In a module with `@behaviour :gen_statem`, `init/1` reports the initial
+  state `{state_name, data}` as a `state_change` from `nil`; each event
+  handled by `handle_event/4` or a state function (any public function of
+  arity 3 called with an event type) is a `message_receive` of
+  `{event_type, content}` (from the caller for `{:call, from}`), and a
+  `state_change` from `{state, data}` to `{next_state, next_data}` is
+  reported when either changed, caused by that event.
+
+  These callbacks need their result, so a call in their tail position is
+  not a tail call: a callback that ends by calling another function keeps
+  its frame under that call.
+
+  When no Causeway instance is running, an instrumented call costs one NIF
+  call (the entry's, which returns `nil` at once), a `try` and, for a call in
+  tail position, a small tuple, more than the plain one.
   """
 
   @doc false
   defmacro __using__(opts) do
+    opts = validate!(opts, __CALLER__)
+
+    # Kernel.def/2 is replaced by ours; what the module already excluded from
+    # Kernel (`import Kernel, except: [abs: 1]`) stays excluded
+    imported =
+      Keyword.get(__CALLER__.functions, Kernel, []) ++ Keyword.get(__CALLER__.macros, Kernel, [])
+
+    except =
+      Enum.uniq([
+        {:def, 2} | (Kernel.__info__(:functions) ++ Kernel.__info__(:macros)) -- imported
+      ])
+
+    quote do
+      import Kernel, except: unquote(except)
+      import Causeway.Instrument.Def, only: [def: 2], warn: false
+      require Causeway.Instrument.Def
+      Module.register_attribute(__MODULE__, :trace, accumulate: false)
+      Module.register_attribute(__MODULE__, :causeway_traced, accumulate: true)
+      Module.put_attribute(__MODULE__, :causeway_instrument, unquote(opts[:only]))
+      @on_definition Causeway.Instrument
+    end
+  end
+
+  defp validate!(opts, env) do
+    unless Keyword.keyword?(opts) do
+      compile_error!(env, "use Causeway.Instrument expects a keyword list, got: #{inspect(opts)}")
+    end
+
+    case Keyword.keys(opts) -- [:only] do
+      [] ->
+        :ok
+
+      unknown ->
+        compile_error!(
+          env,
+          "unknown option#{if length(unknown) > 1, do: "s"} for use Causeway.Instrument: " <>
+            "#{Enum.map_join(unknown, ", ", &inspect/1)} (known: :only)"
+        )
+    end
+
     only = Keyword.get(opts, :only, :all)
 
     unless only in [:all, :tagged] do
-      raise ArgumentError,
-            "use Causeway.Instrument, only: must be :all or :tagged, got: #{inspect(only)}"
+      compile_error!(
+        env,
+        "use Causeway.Instrument, only: must be :all or :tagged, got: #{inspect(only)}"
+      )
     end
 
-    quote do
-      Module.register_attribute(__MODULE__, :trace, accumulate: false)
-      Module.register_attribute(__MODULE__, :causeway_traced, accumulate: true)
-      Module.put_attribute(__MODULE__, :causeway_instrument, unquote(only))
-      @on_definition Causeway.Instrument
-      @before_compile Causeway.Instrument
-    end
+    [only: only]
   end
 
+  defp compile_error!(env, message),
+    do: raise(CompileError, file: env.file, line: env.line, description: message)
+
   @doc false
+  # `@trace true` tags the next definition only; a tagged bodiless head
+  # (`def f(a, b \\ 1)`) tags the clauses that follow it.
   def __on_definition__(env, kind, name, args, _guards, _body) do
-    mode = Module.get_attribute(env.module, :causeway_instrument)
-    tagged = Module.get_attribute(env.module, :trace)
-
-    if tagged != nil, do: Module.delete_attribute(env.module, :trace)
-
-    if kind == :def and not internal?(name) and (mode == :all or tagged == true) do
+    if Module.get_attribute(env.module, :trace) != nil do
       fa = {name, length(args)}
 
-      unless fa in Module.get_attribute(env.module, :causeway_traced),
-        do: Module.put_attribute(env.module, :causeway_traced, fa)
+      if kind == :def and Module.get_attribute(env.module, :trace) == true and
+           fa not in Module.get_attribute(env.module, :causeway_traced),
+         do: Module.put_attribute(env.module, :causeway_traced, fa)
+
+      Module.delete_attribute(env.module, :trace)
     end
   end
-
-  defp internal?(name) do
-    s = Atom.to_string(name)
-
-    String.starts_with?(s, "__") or
-      name in [:child_spec, :code_change, :terminate, :format_status]
-  end
-
-  @doc false
-  defmacro __before_compile__(env) do
-    traced = env.module |> Module.get_attribute(:causeway_traced) |> Enum.reverse()
-    behaviours = Module.get_attribute(env.module, :behaviour) || []
-    genserver? = GenServer in behaviours
-
-    wrappers =
-      for {name, arity} <- traced, Module.defines?(env.module, {name, arity}, :def) do
-        args = Macro.generate_arguments(arity, __MODULE__)
-        kind = if genserver?, do: callback_kind(name, arity), else: :plain
-        body = wrap(kind, env.module, name, args)
-
-        quote do
-          defoverridable [{unquote(name), unquote(arity)}]
-          def unquote(name)(unquote_splicing(args)), do: unquote(body)
-        end
-      end
-
-    quote do
-      (unquote_splicing(wrappers))
-    end
-  end
-
-  defp callback_kind(:handle_call, 3), do: :handle_call
-  defp callback_kind(:handle_cast, 2), do: :handle_cast
-  defp callback_kind(:handle_info, 2), do: :handle_info
-  defp callback_kind(:init, 1), do: :init
-  defp callback_kind(_, _), do: :plain
-
-  # The NIFs are called directly (what `Causeway.Runtime.function_entry/3`
-  # and `function_exit/2` do after their guards): module and name are atoms
-  # here, the arguments a list, and an exit is reported only for a captured
-  # entry (a call id, not `nil`). One remote call less on each side.
-  defp call(module, name, args) do
-    quote do
-      call_id = Causeway.Native.rt_function_entry(unquote(module), unquote(name), unquote(args))
-
-      try do
-        super(unquote_splicing(args))
-      catch
-        kind, reason ->
-          if call_id,
-            do: Causeway.Native.rt_function_exit(call_id, {:exception, kind, reason})
-
-          :erlang.raise(kind, reason, Causeway.Instrument.__stacktrace__(__STACKTRACE__))
-      else
-        result ->
-          if call_id, do: Causeway.Native.rt_function_exit(call_id, result)
-          result
-      end
-    end
-  end
-
-  defp wrap(:plain, module, name, args), do: call(module, name, args)
-
-  defp wrap(:init, module, name, args) do
-    quote do
-      result = unquote(call(module, name, args))
-      Causeway.Instrument.__report_state__(nil, result, 1)
-      result
-    end
-  end
-
-  defp wrap(kind, module, name, args) do
-    [msg | _] = args
-    state = List.last(args)
-
-    from =
-      if kind == :handle_call do
-        [_, from, _] = args
-        quote(do: Causeway.Instrument.__caller__(unquote(from)))
-      else
-        nil
-      end
-
-    quote do
-      Causeway.Runtime.message_receive(unquote(from), unquote(msg))
-      result = unquote(call(module, name, args))
-
-      Causeway.Instrument.__report_state__(
-        unquote(state),
-        result,
-        unquote(if kind == :handle_call, do: 2, else: 1)
-      )
-
-      Causeway.Runtime.message_handled()
-      result
-    end
-  end
-
-  @doc false
-  # The stacktrace as the uninstrumented function would have it: the original
-  # clauses are named `f (overridable N)` by defoverridable, and the wrapper
-  # adds a frame of the same function right under them.
-  def __stacktrace__(stacktrace) do
-    stacktrace
-    |> Enum.map(fn
-      {m, f, a, loc} when is_atom(f) -> {m, original_name(f), a, loc}
-      frame -> frame
-    end)
-    |> dedup_wrapper_frames()
-  end
-
-  defp original_name(f) do
-    name = Atom.to_string(f)
-
-    case :binary.match(name, " (overridable ") do
-      {pos, _} -> String.to_existing_atom(binary_part(name, 0, pos))
-      :nomatch -> f
-    end
-  end
-
-  defp dedup_wrapper_frames([{m, f, a, _} = frame, {m, f, a2, _} | rest])
-       when a == a2 or (is_list(a) and length(a) == a2) or (is_list(a2) and length(a2) == a),
-       do: dedup_wrapper_frames([frame | rest])
-
-  defp dedup_wrapper_frames([frame | rest]), do: [frame | dedup_wrapper_frames(rest)]
-  defp dedup_wrapper_frames([]), do: []
-
-  @doc false
-  def __caller__({pid, _tag}) when is_pid(pid), do: pid
-  def __caller__(_), do: nil
-
-  @doc false
-  # Reports a state change if the callback's result carries a state that differs
-  # from `old`. `pos` is where the state sits in {:reply, r, s} (2) or
-  # {:noreply, s} / {:ok, s} (1).
-  def __report_state__(old, result, pos) do
-    case new_state(result, pos) do
-      {:ok, new} when new !== old -> Causeway.Runtime.state_change(old, new)
-      _ -> :ok
-    end
-  end
-
-  defp new_state({:ok, s}, _), do: {:ok, s}
-  defp new_state({:ok, s, _}, _), do: {:ok, s}
-  defp new_state({:reply, _, s}, _), do: {:ok, s}
-  defp new_state({:reply, _, s, _}, _), do: {:ok, s}
-  defp new_state({:noreply, s}, _), do: {:ok, s}
-  defp new_state({:noreply, s, _}, _), do: {:ok, s}
-  defp new_state({:stop, _, _, s}, _), do: {:ok, s}
-  defp new_state({:stop, _, s}, _), do: {:ok, s}
-  defp new_state(_, _), do: :none
 end
