@@ -293,8 +293,16 @@ defmodule Causeway do
   straight from the process heap (`direct_boxed_terms`), each checked when
   the native library loads.
   """
-  @spec metrics(atom()) :: map()
-  def metrics(name \\ Causeway) do
+  @spec metrics(atom() | keyword()) :: map()
+  def metrics(name_or_opts \\ Causeway)
+
+  def metrics(opts) when is_list(opts) do
+    if cluster?(opts),
+      do: opts |> Causeway.Cluster.metrics() |> Causeway.Cluster.unwrap!(),
+      else: metrics(Keyword.get(opts, :instance, Causeway))
+  end
+
+  def metrics(name) do
     case Native.pipeline_metrics(Instance.handle!(name)) do
       %{} = m -> Map.put(m, :capture_path, Native.native_info())
       {:error, e} -> raise Causeway.Error.from_native(e)
@@ -429,12 +437,53 @@ defmodule Causeway do
   (default 1000, `:infinity` for all), `:order` (`:asc` or `:desc`), `:after`
   (continue after an event id), `:links` (include causal links, default true).
   Served from the index that fits the filters.
+
+  With `test: "test name" | {TestModule, name}`, the events recorded while
+  that test ran in a suite recorded by `Causeway.ExUnit` (see its
+  `events/2` for what a test's events are today).
+
+  With `nodes: :all | [node()]` (and `:timeout`, default 5 000 ms) the query
+  runs on every named, connected node's instance and the answers are merged
+  by corrected wall time, each event keeping its `node`; nodes that do not
+  answer in time are logged. `Causeway.Cluster.events/1` returns them
+  instead: `{:ok, events, %{missing: [{node, reason}], offsets: ...}}`.
+  `state_history/2`, `message_flow/3` and `metrics/1` take `nodes:` too.
   """
   @spec events(keyword()) :: [Event.t()]
-  def events(opts \\ []) do
-    {events, _next, _index} = Causeway.Query.events_page(opts)
-    events
+  def events(opts \\ [])
+
+  def events(opts) do
+    cond do
+      is_list(opts) and Keyword.keyword?(opts) and Keyword.has_key?(opts, :test) ->
+        {test, rest} = Keyword.pop(opts, :test)
+
+        case Causeway.ExUnit.events(test, rest) do
+          {:ok, events} ->
+            events
+
+          {:error, reason} ->
+            raise Causeway.Error,
+              kind: :not_found,
+              message: "no recorded window for test #{inspect(test)} (#{reason})"
+        end
+
+      true ->
+        events_of(opts)
+    end
   end
+
+  defp events_of(opts) do
+    if cluster?(opts) do
+      opts |> Causeway.Cluster.events() |> Causeway.Cluster.unwrap!()
+    else
+      {events, _next, _index} = Causeway.Query.events_page(opts)
+      events
+    end
+  end
+
+  # a query with :nodes goes to Causeway.Cluster
+  defp cluster?(opts),
+    do: is_list(opts) and Keyword.keyword?(opts) and Keyword.has_key?(opts, :nodes)
 
   @doc "Like `events/1`, as a lazy `Stream` that reads pages of `:page_size` (500)."
   @spec stream_events(keyword()) :: Enumerable.t()
@@ -467,7 +516,11 @@ defmodule Causeway do
   default) stops reading once that many are found.
   """
   @spec message_flow(pid(), pid(), keyword()) :: [%{send: Event.t(), receive: Event.t() | nil}]
-  def message_flow(a, b, opts \\ []), do: Causeway.Query.message_flow(a, b, opts)
+  def message_flow(a, b, opts \\ []) do
+    if cluster?(opts),
+      do: a |> Causeway.Cluster.message_flow(b, opts) |> Causeway.Cluster.unwrap!(),
+      else: Causeway.Query.message_flow(a, b, opts)
+  end
 
   @doc """
   A process's state changes, oldest first. `:since` / `:until` (as in
@@ -475,7 +528,11 @@ defmodule Causeway do
   default) stops reading once that many are found.
   """
   @spec state_history(pid(), keyword()) :: [Event.t()]
-  def state_history(pid, opts \\ []), do: Causeway.Query.state_history(pid, opts)
+  def state_history(pid, opts \\ []) do
+    if cluster?(opts),
+      do: pid |> Causeway.Cluster.state_history(opts) |> Causeway.Cluster.unwrap!(),
+      else: Causeway.Query.state_history(pid, opts)
+  end
 
   @doc """
   Time travel: the state `pid` had at `time` (the new state of its last state

@@ -63,3 +63,97 @@ defmodule Causeway.ChildVM do
     end
   end
 end
+
+defmodule Causeway.ClusterHelper do
+  @moduledoc false
+  # Real nodes for cluster tests: epmd started when it is not running, this
+  # VM made a distributed node, peers started with :peer over distribution
+  # with this VM's code path, each with its own Causeway instance.
+
+  @doc "Makes this VM a distributed node (starting epmd first if needed)."
+  def distribute! do
+    unless Node.alive?() do
+      epmd = System.find_executable("epmd") || Path.join(:code.root_dir(), "bin/epmd")
+      System.cmd(epmd, ["-daemon"])
+      start_node(20)
+    end
+
+    :ok
+  end
+
+  defp start_node(0), do: raise("could not start distribution (is epmd running?)")
+
+  defp start_node(n) do
+    case Node.start(:"causeway_test_#{System.unique_integer([:positive])}@127.0.0.1", :longnames) do
+      {:ok, _} ->
+        :ok
+
+      {:error, _} ->
+        Process.sleep(100)
+        start_node(n - 1)
+    end
+  end
+
+  @doc "Starts a peer node with the :causeway application and an instance on `dir`."
+  def peer!(name, dir) do
+    args = Enum.flat_map(:code.get_path(), fn p -> [~c"-pa", p] end)
+
+    {:ok, peer, node} =
+      :peer.start(%{
+        name: :"#{name}_#{System.unique_integer([:positive])}",
+        host: ~c"127.0.0.1",
+        longnames: true,
+        args: args,
+        wait_boot: 60_000
+      })
+
+    {:ok, _} = :erpc.call(node, Application, :ensure_all_started, [:causeway], 60_000)
+    :ok = :erpc.call(node, __MODULE__, :start_instance, [dir], 60_000)
+    {peer, node}
+  end
+
+  @doc "Stops a peer (already gone is fine)."
+  def stop(peer) do
+    :peer.stop(peer)
+  catch
+    _, _ -> :ok
+  end
+
+  @doc false
+  # On the peer: an instance owned by a process that lives on.
+  def start_instance(dir) do
+    me = self()
+
+    spawn(fn ->
+      {:ok, _} = Causeway.start_link(dir: dir)
+      send(me, :started)
+      receive do: (:never -> :ok)
+    end)
+
+    receive do
+      :started -> :ok
+    after
+      30_000 -> {:error, :timeout}
+    end
+  end
+
+  @doc false
+  # On any node: `n` calls of tag.work/1 recorded by a new process, flushed;
+  # returns that process's pid.
+  def record(tag, n) do
+    {pid, ref} =
+      spawn_monitor(fn ->
+        for i <- 1..n do
+          id = Causeway.Runtime.function_entry(tag, :work, [i])
+          Causeway.Runtime.function_exit(id, i)
+        end
+      end)
+
+    receive do
+      {:DOWN, ^ref, _, _, _} -> :ok
+    end
+
+    :ok = Causeway.flush()
+    pid
+  end
+end

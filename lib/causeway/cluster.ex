@@ -1,0 +1,267 @@
+defmodule Causeway.Cluster do
+  @moduledoc """
+  Questions to a cluster: each node records into its own local store
+  (nothing crosses the network on the hot path); a query with `nodes:`
+  runs on every named node's own instance over distribution (`:erpc`) and
+  the answers are merged here.
+
+      Causeway.events(nodes: :all, module: MyApp.Cart, limit: 100)
+      Causeway.state_history(pid_on_b, nodes: :all)
+      Causeway.metrics(nodes: :all)        # per node, and totals
+
+      {:ok, events, %{missing: []}} = Causeway.Cluster.events(nodes: :all, limit: 10)
+
+  ## The shape of an answer
+
+  Every function here returns `{:ok, result, %{missing: [{node, reason}],
+  offsets: %{node => ns}}}`: the nodes that did not answer are named with
+  why (`:not_connected`, `:timeout`, `{:error, exception}`, `:noconnection`,
+  `:no_instance`...). The plain functions of `Causeway` called with `nodes:`
+  return the merged result and log a warning naming the missing nodes.
+
+  ## Options
+
+    * `:nodes` — `:all` (this node and every connected node) or a list of
+      nodes. Only nodes already connected are asked: a query never
+      connects to a node (`Node.connect/1` is yours to call);
+    * `:timeout` — how long to wait for the slowest node (default 5 000
+      ms): a node that is down, disconnected or slower is reported missing
+      in bounded time, never a hang;
+    * every other option is the query's own, sent as it is (terms only: no
+      funs or code cross the network), and `:limit` applies on each node
+      before anything crosses the network, then to the merged result.
+
+  ## One time axis
+
+  Merged events are ordered by wall time corrected by each node's clock
+  offset to this one (`clock_offsets/1`: a few round trips over
+  distribution, the sample with the best round-trip time kept), then by
+  node and id; events keep their `node`. `Causeway.metrics(nodes: :all)`
+  reports the offsets.
+  """
+
+  require Logger
+
+  @default_timeout 5_000
+
+  @doc "Events matching the filters of `Causeway.events/1`, from every node, merged."
+  def events(opts), do: merged(opts, :events, fn q -> [q] end, &merge_events(&1, &2, opts))
+
+  @doc "A pid's state changes (the pid names its node), as `Causeway.state_history/2`."
+  def state_history(pid, opts),
+    do: merged(opts, :state_history, fn q -> [pid, q] end, &merge_events(&1, &2, []))
+
+  @doc "Messages between two processes, which may be on different nodes, as `Causeway.message_flow/3`."
+  def message_flow(a, b, opts) do
+    merged(opts, :message_flow, fn q -> [a, b, q] end, fn per_node, offsets ->
+      per_node
+      |> Enum.flat_map(fn {_node, flows} -> flows end)
+      |> Enum.uniq_by(&{&1.send.node, &1.send.id})
+      |> Enum.sort_by(&event_key(&1.send, offsets))
+    end)
+  end
+
+  @doc "Every node's `Causeway.metrics/0`, and totals."
+  def metrics(opts) do
+    merged(opts, :metrics, fn q -> [Keyword.get(q, :instance, Causeway)] end, fn per_node,
+                                                                                 offsets ->
+      nodes = Map.new(per_node)
+
+      totals =
+        for key <- [
+              :produced,
+              :persisted,
+              :dropped_total,
+              :events_per_s,
+              :native_memory,
+              :storage_bytes
+            ],
+            into: %{} do
+          {key, nodes |> Map.values() |> Enum.map(&(Map.get(&1, key) || 0)) |> Enum.sum()}
+        end
+
+      %{nodes: nodes, totals: totals, clock_offsets_ns: offsets}
+    end)
+  end
+
+  @doc """
+  The wall-clock offset of each node to this one, in nanoseconds (what to
+  subtract from a node's wall times to put them on this node's axis): the
+  best of `rounds` round trips over distribution.
+  """
+  @spec clock_offsets([node()], pos_integer()) :: %{node() => integer()}
+  def clock_offsets(nodes, rounds \\ 5) do
+    Map.new(nodes, fn n ->
+      if n == node() do
+        {n, 0}
+      else
+        samples =
+          for _ <- 1..rounds do
+            t0 = now()
+
+            case safe_call(n, __MODULE__, :now, [], 2_000) do
+              {:ok, remote} ->
+                t1 = now()
+                {t1 - t0, remote - div(t0 + t1, 2)}
+
+              _ ->
+                nil
+            end
+          end
+          |> Enum.reject(&is_nil/1)
+
+        case samples do
+          [] -> {n, 0}
+          s -> {n, s |> Enum.min_by(&elem(&1, 0)) |> elem(1)}
+        end
+      end
+    end)
+  end
+
+  @doc false
+  # This node's wall clock as the cluster sees it. The application env
+  # `:causeway, :test_clock_offset_ns` shifts it, and the wall times of the
+  # events this node answers with: test-only, to simulate a node whose
+  # clock is off.
+  def now,
+    do:
+      System.system_time(:nanosecond) +
+        Application.get_env(:causeway, :test_clock_offset_ns, 0)
+
+  # ------------------------------------------------------------ the fan-out
+
+  @doc false
+  # Runs Causeway.fun(args) on each node (without :nodes/:timeout in the
+  # query), returns {:ok, merge.(answers, offsets), %{missing:, offsets:}}.
+  def merged(opts, fun, args, merge) do
+    {nodes, timeout, query} = split!(opts)
+    {connected, not_connected} = Enum.split_with(nodes, &(&1 == node() or &1 in Node.list()))
+
+    results =
+      :erpc.multicall(connected, __MODULE__, :remote, [fun, args.(query)], timeout)
+      |> Enum.zip(connected)
+
+    {answers, missing} =
+      Enum.reduce(results, {[], Enum.map(not_connected, &{&1, :not_connected})}, fn
+        {{:ok, r}, n}, {ok, miss} ->
+          {[{n, r} | ok], miss}
+
+        {{:error, {:erpc, reason}}, n}, {ok, miss} ->
+          {ok, [{n, reason} | miss]}
+
+        {{:error, {:exception, :undef, [{__MODULE__, :remote, _, _} | _]}}, n}, {ok, miss} ->
+          {ok, [{n, :no_cluster_support} | miss]}
+
+        {{:error, {:exception, e, _}}, n}, {ok, miss} ->
+          {ok, [{n, {:error, e}} | miss]}
+
+        {{:throw, v}, n}, {ok, miss} ->
+          {ok, [{n, {:throw, v}} | miss]}
+
+        {{:exit, r}, n}, {ok, miss} ->
+          {ok, [{n, {:exit, r}} | miss]}
+
+        {other, n}, {ok, miss} ->
+          {ok, [{n, {:malformed, other}} | miss]}
+      end)
+
+    offsets = clock_offsets(Enum.map(answers, &elem(&1, 0)))
+
+    {:ok, merge.(Enum.reverse(answers), offsets),
+     %{missing: Enum.reverse(missing), offsets: offsets}}
+  end
+
+  @doc false
+  # What each node runs for a cluster query: the query itself, on this
+  # node's instance. (An older Causeway on a peer has no such function: that
+  # node is reported missing with :no_cluster_support.)
+  def remote(fun, args) when fun in [:events, :state_history, :message_flow, :metrics] do
+    result = apply(Causeway, fun, args)
+
+    case Application.get_env(:causeway, :test_clock_offset_ns, 0) do
+      0 -> result
+      off -> shift(result, off)
+    end
+  end
+
+  # test-only (see now/0): this node's wall times as a shifted clock gives them
+  defp shift(%Causeway.Event{wall_time: %DateTime{} = t} = e, off),
+    do: %{e | wall_time: DateTime.add(t, off, :nanosecond)}
+
+  defp shift(%{send: s, receive: r} = flow, off),
+    do: %{flow | send: shift(s, off), receive: r && shift(r, off)}
+
+  defp shift(list, off) when is_list(list), do: Enum.map(list, &shift(&1, off))
+  defp shift(other, _off), do: other
+
+  @doc false
+  # The plain API: the merged result, with a warning for missing nodes.
+  def unwrap!({:ok, result, %{missing: []}}), do: result
+
+  def unwrap!({:ok, result, %{missing: missing}}) do
+    Logger.warning(
+      "Causeway: no answer from #{Enum.map_join(missing, ", ", fn {n, r} -> "#{n} (#{inspect(r, limit: 5)})" end)}"
+    )
+
+    result
+  end
+
+  defp split!(opts) do
+    unless is_list(opts) and Keyword.keyword?(opts),
+      do:
+        raise(
+          ArgumentError,
+          "expected a keyword list of options, got: #{inspect(opts, limit: 5)}"
+        )
+
+    {nodes, opts} = Keyword.pop(opts, :nodes, [node()])
+    {timeout, query} = Keyword.pop(opts, :timeout, @default_timeout)
+
+    nodes =
+      case nodes do
+        :all ->
+          [node() | Node.list()]
+
+        l when is_list(l) and l != [] ->
+          if Causeway.Options.list_of?(l, &is_atom/1),
+            do: Enum.uniq(l),
+            else:
+              raise(
+                ArgumentError,
+                ":nodes must be :all or a list of nodes, got: #{inspect(l, limit: 5)}"
+              )
+
+        other ->
+          raise ArgumentError,
+                ":nodes must be :all or a list of nodes, got: #{inspect(other, limit: 5)}"
+      end
+
+    Causeway.Options.int!(timeout, :timeout, 0..0xFFFF_FFFF)
+    {nodes, timeout, query}
+  end
+
+  defp safe_call(n, m, f, a, timeout) do
+    {:ok, :erpc.call(n, m, f, a, timeout)}
+  catch
+    _, r -> {:error, r}
+  end
+
+  defp merge_events(per_node, offsets, opts) do
+    desc = Keyword.get(opts, :order, :asc) == :desc
+
+    merged =
+      per_node
+      |> Enum.flat_map(fn {_node, events} -> events end)
+      |> Enum.sort_by(&event_key(&1, offsets), if(desc, do: :desc, else: :asc))
+
+    case Keyword.get(opts, :limit, 1000) do
+      n when is_integer(n) and n > 0 -> Enum.take(merged, n)
+      _ -> merged
+    end
+  end
+
+  defp event_key(e, offsets) do
+    ns = DateTime.to_unix(e.wall_time, :nanosecond) - Map.get(offsets, e.node, 0)
+    {ns, e.node, e.id}
+  end
+end

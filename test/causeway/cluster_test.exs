@@ -1,0 +1,109 @@
+defmodule Causeway.ClusterTest do
+  # Issue 13 item 1 (cluster queries) and 3 (clock offsets), with real nodes.
+  use Causeway.Case, async: false
+
+  alias Causeway.ClusterHelper
+
+  @moduletag timeout: 300_000
+
+  setup_all do
+    ClusterHelper.distribute!()
+    :ok
+  end
+
+  setup do
+    start_causeway!()
+    {pb, b} = ClusterHelper.peer!(:b, tmp_dir!("b"))
+    {pc, c} = ClusterHelper.peer!(:c, tmp_dir!("c"))
+
+    on_exit(fn ->
+      for p <- [pb, pc], do: ClusterHelper.stop(p)
+    end)
+
+    %{b: b, c: c, pb: pb, pc: pc}
+  end
+
+  test "events from every node, merged by time, each keeping its node", %{b: b, c: c} do
+    ClusterHelper.record(Here, 3)
+    :erpc.call(b, ClusterHelper, :record, [OnB, 3])
+    :erpc.call(c, ClusterHelper, :record, [OnC, 3])
+
+    all = Causeway.events(nodes: :all, type: :function_entry, limit: :infinity)
+
+    assert Enum.map(all, & &1.module) ==
+             List.duplicate(Here, 3) ++ List.duplicate(OnB, 3) ++ List.duplicate(OnC, 3)
+
+    assert Enum.map(all, & &1.node) |> Enum.uniq() == [node(), b, c]
+
+    # limits apply to the merged result, and :desc reverses it
+    assert [%{module: OnC}, %{module: OnC}] =
+             Causeway.events(nodes: :all, type: :function_entry, limit: 2, order: :desc)
+
+    assert {:ok, two, %{missing: []}} =
+             Causeway.Cluster.events(nodes: [b, c], type: :function_entry, limit: 4)
+
+    assert length(two) == 4 and Enum.all?(two, &(&1.node in [b, c]))
+
+    # the default stays this node
+    assert Enum.all?(Causeway.events(type: :function_entry), &(&1.node == node()))
+  end
+
+  test "a node's state history and metrics, per node and in total", %{b: b} do
+    pid = :erpc.call(b, ClusterHelper, :record, [OnB, 5])
+    assert node(pid) == b
+    assert [_ | _] = Causeway.events(nodes: [b], pid: pid, limit: :infinity)
+
+    m = Causeway.metrics(nodes: :all)
+    assert Map.has_key?(m.nodes, b) and Map.has_key?(m.nodes, node())
+    assert m.totals.persisted == Enum.sum(Enum.map(Map.values(m.nodes), & &1.persisted))
+    assert Map.has_key?(m.clock_offsets_ns, b)
+  end
+
+  test "a node that is down or not connected is named, in bounded time", %{b: b, pb: pb} do
+    ClusterHelper.record(Here, 2)
+    os_pid = :erpc.call(b, :os, :getpid, []) |> List.to_integer()
+    System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+
+    {t, {:ok, events, %{missing: missing}}} =
+      :timer.tc(fn -> Causeway.Cluster.events(nodes: [node(), b], timeout: 2_000) end)
+
+    assert t < 5_000_000
+    assert [{^b, _reason}] = missing
+    assert Enum.all?(events, &(&1.node == node()))
+    ClusterHelper.stop(pb)
+
+    ghost = :"ghost@127.0.0.1"
+
+    assert {:ok, _, %{missing: [{^ghost, :not_connected}]}} =
+             Causeway.Cluster.events(nodes: [ghost])
+
+    refute ghost in Node.list()
+  end
+
+  test "clock offsets put a node with a shifted clock back on one time axis", %{b: b} do
+    # test-only: node b's clock, as the cluster sees it, runs 5 s ahead
+    :ok = :erpc.call(b, Application, :put_env, [:causeway, :test_clock_offset_ns, 5_000_000_000])
+    offsets = Causeway.Cluster.clock_offsets([node(), b])
+    assert_in_delta offsets[b], 5_000_000_000, 200_000_000
+    assert offsets[node()] == 0
+
+    # b's events carry wall times 5 s ahead too: uncorrected, the event
+    # made on b first would sort after ours
+    :erpc.call(b, ClusterHelper, :record, [First, 1])
+    ClusterHelper.record(Second, 1)
+
+    assert {:ok, evs, %{offsets: %{^b => off}}} =
+             Causeway.Cluster.events(nodes: :all, type: :function_entry, limit: :infinity)
+
+    assert off > 4_000_000_000
+    [on_b] = Enum.filter(evs, &(&1.module == First))
+    [here] = Enum.filter(evs, &(&1.module == Second))
+    assert DateTime.compare(on_b.wall_time, here.wall_time) == :gt
+    assert Enum.map(evs, & &1.module) |> Enum.filter(&(&1 in [First, Second])) == [First, Second]
+  end
+
+  test "bad cluster options are ArgumentErrors" do
+    assert_raise ArgumentError, ~r/:nodes/, fn -> Causeway.events(nodes: "all") end
+    assert_raise ArgumentError, ~r/:timeout/, fn -> Causeway.events(nodes: :all, timeout: -1) end
+  end
+end
