@@ -344,7 +344,29 @@ defmodule Causeway do
   as `store:` to any query.
   """
   @spec open(Path.t(), keyword()) :: {:ok, store()} | {:error, Causeway.Error.t()}
-  def open(dir, opts \\ []) do
+  def open(dir_or_dirs, opts \\ [])
+
+  def open([first | _] = dirs, opts) when is_binary(first) do
+    unless Causeway.Options.list_of?(dirs, &is_binary/1),
+      do:
+        raise(
+          ArgumentError,
+          "open/2 expects a directory or a list of directories, got: #{inspect(dirs, limit: 5)}"
+        )
+
+    opened = Enum.map(dirs, &{&1, open(&1, opts)})
+
+    case Enum.find(opened, &match?({_, {:error, _}}, &1)) do
+      nil ->
+        {:ok, %Causeway.Stores{stores: Enum.map(opened, fn {_, {:ok, s}} -> s end)}}
+
+      {bad, {:error, e}} ->
+        for {_, {:ok, s}} <- opened, do: close(s)
+        {:error, %{e | message: "#{bad}: #{e.message}"}}
+    end
+  end
+
+  def open(dir, opts) do
     opts = Causeway.Options.keyword!(opts, [read_only: true], "Causeway.open/2")
 
     unless is_boolean(opts[:read_only]),
@@ -366,7 +388,9 @@ defmodule Causeway do
   end
 
   @doc "Closes a store opened with `open/2` (queries on it then fail with `:closed`)."
-  @spec close(store()) :: :ok
+  @spec close(store() | Causeway.Stores.t()) :: :ok
+  def close(%Causeway.Stores{stores: stores}), do: Enum.each(stores, &close/1)
+
   def close(%Causeway.Store{handle: h}) when is_reference(h) do
     case Native.store_close(h) do
       :ok -> :ok
@@ -473,13 +497,22 @@ defmodule Causeway do
   end
 
   defp events_of(opts) do
-    if cluster?(opts) do
-      opts |> Causeway.Cluster.events() |> Causeway.Cluster.unwrap!()
-    else
-      {events, _next, _index} = Causeway.Query.events_page(opts)
-      events
+    cond do
+      stores?(opts) ->
+        Causeway.Cluster.stores_events(opts[:store], opts)
+
+      cluster?(opts) ->
+        opts |> Causeway.Cluster.events() |> Causeway.Cluster.unwrap!()
+
+      true ->
+        {events, _next, _index} = Causeway.Query.events_page(opts)
+        events
     end
   end
+
+  # a query on stores opened together (post-mortem of a cluster)
+  defp stores?(opts),
+    do: is_list(opts) and Keyword.keyword?(opts) and match?(%Causeway.Stores{}, opts[:store])
 
   # a query with :nodes goes to Causeway.Cluster
   defp cluster?(opts),
@@ -517,6 +550,13 @@ defmodule Causeway do
   """
   @spec message_flow(pid(), pid(), keyword()) :: [%{send: Event.t(), receive: Event.t() | nil}]
   def message_flow(a, b, opts \\ []) do
+    cond do
+      stores?(opts) -> Causeway.Cluster.stores_message_flow(opts[:store], a, b, opts)
+      true -> message_flow_of(a, b, opts)
+    end
+  end
+
+  defp message_flow_of(a, b, opts) do
     if cluster?(opts),
       do: a |> Causeway.Cluster.message_flow(b, opts) |> Causeway.Cluster.unwrap!(),
       else: Causeway.Query.message_flow(a, b, opts)
@@ -529,6 +569,13 @@ defmodule Causeway do
   """
   @spec state_history(pid(), keyword()) :: [Event.t()]
   def state_history(pid, opts \\ []) do
+    cond do
+      stores?(opts) -> Causeway.Cluster.stores_state_history(opts[:store], pid, opts)
+      true -> state_history_of(pid, opts)
+    end
+  end
+
+  defp state_history_of(pid, opts) do
     if cluster?(opts),
       do: pid |> Causeway.Cluster.state_history(opts) |> Causeway.Cluster.unwrap!(),
       else: Causeway.Query.state_history(pid, opts)

@@ -128,6 +128,42 @@ defmodule Causeway.Cluster do
       System.system_time(:nanosecond) +
         Application.get_env(:causeway, :test_clock_offset_ns, 0)
 
+  # ------------------------------------------------------------ post-mortem
+
+  @doc false
+  # A query over several stores opened together (`Causeway.open([dir_a,
+  # dir_b])`, e.g. stores copied from the nodes of a cluster): run on each,
+  # merged as a cluster query's answers are (no clock offsets are known
+  # after the fact: wall times are taken as they are).
+  def over_stores(%Causeway.Stores{stores: stores}, opts, fun, args, merge) do
+    query = Keyword.delete(opts, :store)
+
+    answers =
+      Enum.map(stores, fn s ->
+        {s.dir, apply(Causeway, fun, args.(Keyword.put(query, :store, s)))}
+      end)
+
+    merge.(answers, %{})
+  end
+
+  @doc false
+  def stores_events(stores, opts),
+    do: over_stores(stores, opts, :events, fn q -> [q] end, &merge_events(&1, &2, opts))
+
+  @doc false
+  def stores_state_history(stores, pid, opts),
+    do: over_stores(stores, opts, :state_history, fn q -> [pid, q] end, &merge_events(&1, &2, []))
+
+  @doc false
+  def stores_message_flow(stores, a, b, opts) do
+    over_stores(stores, opts, :message_flow, fn q -> [a, b, q] end, fn per, offsets ->
+      per
+      |> Enum.flat_map(fn {_, flows} -> flows end)
+      |> Enum.uniq_by(&{&1.send.node, &1.send.id})
+      |> Enum.sort_by(&event_key(&1.send, offsets))
+    end)
+  end
+
   # ------------------------------------------------------------ the fan-out
 
   @doc false

@@ -13,14 +13,15 @@ defmodule Causeway.ClusterTest do
 
   setup do
     start_causeway!()
-    {pb, b} = ClusterHelper.peer!(:b, tmp_dir!("b"))
-    {pc, c} = ClusterHelper.peer!(:c, tmp_dir!("c"))
+    {dir_b, dir_c} = {tmp_dir!("b"), tmp_dir!("c")}
+    {pb, b} = ClusterHelper.peer!(:b, dir_b)
+    {pc, c} = ClusterHelper.peer!(:c, dir_c)
 
     on_exit(fn ->
       for p <- [pb, pc], do: ClusterHelper.stop(p)
     end)
 
-    %{b: b, c: c, pb: pb, pc: pc}
+    %{b: b, c: c, pb: pb, pc: pc, dir_b: dir_b, dir_c: dir_c}
   end
 
   test "events from every node, merged by time, each keeping its node", %{b: b, c: c} do
@@ -100,6 +101,26 @@ defmodule Causeway.ClusterTest do
     [here] = Enum.filter(evs, &(&1.module == Second))
     assert DateTime.compare(on_b.wall_time, here.wall_time) == :gt
     assert Enum.map(evs, & &1.module) |> Enum.filter(&(&1 in [First, Second])) == [First, Second]
+  end
+
+  test "post-mortem: the stores of stopped nodes opened together answer as one cluster", ctx do
+    pid_b = :erpc.call(ctx.b, ClusterHelper, :record, [OnB, 2])
+    :erpc.call(ctx.c, ClusterHelper, :record, [OnC, 2])
+    for p <- [ctx.pb, ctx.pc], do: ClusterHelper.stop(p)
+
+    {:ok, all} = Causeway.open([ctx.dir_b, ctx.dir_c], read_only: true)
+    assert inspect(all) =~ "#Causeway.Stores<"
+    evs = Causeway.events(store: all, type: :function_entry, limit: :infinity)
+    assert Enum.map(evs, & &1.module) == [OnB, OnB, OnC, OnC]
+    assert Enum.map(evs, & &1.node) |> Enum.uniq() == [ctx.b, ctx.c]
+    assert [_, _] = Causeway.events(store: all, type: :function_entry, limit: 2)
+    assert [] == Causeway.state_history(pid_b, store: all)
+    :ok = Causeway.close(all)
+
+    assert {:error, %Causeway.Error{message: msg}} =
+             Causeway.open([ctx.dir_b, "/nonexistent/causeway"], read_only: true)
+
+    assert msg =~ "/nonexistent/causeway"
   end
 
   test "bad cluster options are ArgumentErrors" do
