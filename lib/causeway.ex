@@ -424,13 +424,23 @@ defmodule Causeway do
   @doc """
   Traces unmodified code (a module, `{m, f, arity}`, a pid, pids, `:all` or
   `:new`) into the same store, with safety limits; see `Causeway.Tracer`.
+  With `nodes: :all | [node()]`, one session starts on each connected node,
+  recording into that node's instance with the same options (limits count
+  per node): a `Causeway.Cluster.Trace`, stopped as a whole by
+  `stop_trace/1`.
   """
   @spec trace(module() | mfa() | pid() | [pid()] | :all | :new, keyword()) ::
-          {:ok, Causeway.Tracer.t()} | {:error, Causeway.Error.t()}
-  def trace(target, opts \\ []), do: Causeway.Tracer.start(target, opts)
+          {:ok, Causeway.Tracer.t() | Causeway.Cluster.Trace.t()}
+          | {:error, Causeway.Error.t()}
+  def trace(target, opts \\ []) do
+    if cluster?(opts),
+      do: Causeway.Cluster.trace(target, opts),
+      else: Causeway.Tracer.start(target, opts)
+  end
 
   @doc "Stops a trace session, removing every trace flag and pattern it set."
   @spec stop_trace(Causeway.Tracer.t()) :: :ok
+  def stop_trace(%Causeway.Cluster.Trace{} = t), do: Causeway.Cluster.stop_trace(t)
   def stop_trace(session), do: Causeway.Tracer.stop(session)
 
   @doc """
@@ -451,6 +461,7 @@ defmodule Causeway do
 
   @doc "A session's state: `%{running: bool, events: n, stopped: bool, reason: ...}`."
   @spec trace_info(Causeway.Tracer.t()) :: map()
+  def trace_info(%Causeway.Cluster.Trace{} = t), do: Causeway.Cluster.trace_info(t)
   def trace_info(session), do: Causeway.Tracer.info(session)
 
   # ------------------------------------------------------------------ queries

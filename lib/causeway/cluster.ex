@@ -128,6 +128,69 @@ defmodule Causeway.Cluster do
       System.system_time(:nanosecond) +
         Application.get_env(:causeway, :test_clock_offset_ns, 0)
 
+  # ------------------------------------------------------------ tracing
+
+  defmodule Trace do
+    @moduledoc """
+    A trace session per node, from `Causeway.trace(target, nodes: ...)`:
+    `sessions` maps each node to its `Causeway.Tracer` session (each with
+    the same options and limits, counted per node), `missing` names the
+    nodes where none started and why. `Causeway.stop_trace/1` stops them
+    all; a node that goes down ends its own part.
+    """
+    defstruct sessions: %{}, missing: []
+
+    @type t :: %__MODULE__{
+            sessions: %{node() => Causeway.Tracer.t()},
+            missing: [{node(), term()}]
+          }
+  end
+
+  @doc false
+  # Causeway.trace/2 with nodes: one session on each node, owned by the caller.
+  def trace(target, opts) do
+    {nodes, timeout, query} = split!(opts)
+    {connected, not_connected} = Enum.split_with(nodes, &(&1 == node() or &1 in Node.list()))
+    owner = self()
+
+    results =
+      :erpc.multicall(connected, Causeway.Tracer, :start, [target, query, owner], timeout)
+      |> Enum.zip(connected)
+
+    {sessions, missing} =
+      Enum.reduce(results, {%{}, Enum.map(not_connected, &{&1, :not_connected})}, fn
+        {{:ok, {:ok, s}}, n}, {ok, miss} -> {Map.put(ok, n, s), miss}
+        {{:ok, {:error, e}}, n}, {ok, miss} -> {ok, [{n, e} | miss]}
+        {{:error, {:exception, %ArgumentError{} = e, _}}, _n}, _ -> raise e
+        {{:error, {:erpc, reason}}, n}, {ok, miss} -> {ok, [{n, reason} | miss]}
+        {other, n}, {ok, miss} -> {ok, [{n, other} | miss]}
+      end)
+
+    if sessions == %{} and missing != [] do
+      {:error,
+       %Causeway.Error{
+         kind: :trace,
+         message: "no trace session started: #{inspect(missing, limit: 10)}"
+       }}
+    else
+      {:ok, %Trace{sessions: sessions, missing: Enum.reverse(missing)}}
+    end
+  end
+
+  @doc false
+  def stop_trace(%Trace{sessions: sessions}) do
+    for {_n, s} <- sessions, do: Causeway.Tracer.stop(s)
+    :ok
+  end
+
+  @doc false
+  def trace_info(%Trace{sessions: sessions, missing: missing}) do
+    %{
+      nodes: Map.new(sessions, fn {n, s} -> {n, Causeway.Tracer.info(s)} end),
+      missing: missing
+    }
+  end
+
   # ------------------------------------------------------------ post-mortem
 
   @doc false

@@ -44,7 +44,12 @@ defmodule Causeway.Tracer do
   @whats [:call, :return, :exception, :send, :receive, :procs]
 
   @doc false
-  def start(target, opts) do
+  def start(target, opts), do: start(target, opts, self())
+
+  @doc false
+  # `owner`: the process whose exit ends the session (the caller; for a
+  # cluster trace, the caller on the node that asked).
+  def start(target, opts, owner) when is_pid(owner) do
     opts =
       Causeway.Options.keyword!(
         opts,
@@ -67,7 +72,7 @@ defmodule Causeway.Tracer do
 
     case DynamicSupervisor.start_child(
            Causeway.SessionSupervisor,
-           {__MODULE__, {plan, opts, handle, self()}}
+           {__MODULE__, {plan, opts, handle, owner}}
          ) do
       {:ok, pid} -> {:ok, %__MODULE__{pid: pid, target: target}}
       {:error, {%Causeway.Error{} = e, _}} -> {:error, e}

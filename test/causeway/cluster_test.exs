@@ -123,6 +123,41 @@ defmodule Causeway.ClusterTest do
     assert msg =~ "/nonexistent/causeway"
   end
 
+  test "a trace on every node, stopped as a whole; a node going down ends its part", ctx do
+    {:ok, t} = Causeway.trace(ClusterHelper, nodes: :all, max_events: 1_000)
+    assert map_size(t.sessions) == 3 and t.missing == []
+    ClusterHelper.record(Here, 1)
+    :erpc.call(ctx.b, ClusterHelper, :record, [OnB, 1])
+    :erpc.call(ctx.c, ClusterHelper, :record, [OnC, 1])
+
+    info = Causeway.trace_info(t)
+    assert Enum.all?(info.nodes, fn {_n, i} -> i.running end)
+
+    ClusterHelper.stop(ctx.pc)
+    Process.sleep(200)
+    info = Causeway.trace_info(t)
+    refute info.nodes[ctx.c].running
+    assert info.nodes[ctx.b].running
+
+    :ok = Causeway.stop_trace(t)
+    refute Causeway.trace_info(t).nodes[ctx.b].running
+
+    # each node recorded its own calls of the traced module
+    :ok = :erpc.call(ctx.b, Causeway, :flush, [])
+    flush!()
+
+    traced =
+      Causeway.events(
+        nodes: [node(), ctx.b],
+        module: ClusterHelper,
+        type: :function_entry,
+        limit: :infinity
+      )
+
+    assert Enum.map(traced, & &1.node) |> Enum.uniq() |> Enum.sort() == Enum.sort([node(), ctx.b])
+    assert Enum.all?(traced, &(&1.source == :tracer))
+  end
+
   test "bad cluster options are ArgumentErrors" do
     assert_raise ArgumentError, ~r/:nodes/, fn -> Causeway.events(nodes: "all") end
     assert_raise ArgumentError, ~r/:timeout/, fn -> Causeway.events(nodes: :all, timeout: -1) end
