@@ -7,7 +7,9 @@ defmodule Causeway.Top do
   Options: `:instance` (default `Causeway`), `:node` (read the metrics of an
   instance on another connected node), `:interval_ms` (1000), `:count` (stop
   after that many frames; default: never), `:clear` (redraw in place with ANSI
-  escapes, default true).
+  escapes, default true), `:cluster` (one row per connected node running
+  Causeway, and cluster totals, from `Causeway.metrics(nodes: :all)`; the
+  node is the one given by `:node`, or this one).
 
   Each frame also emits `[:causeway, :metrics]` through `:telemetry` when it is
   loaded (measurements: the numeric figures).
@@ -22,7 +24,8 @@ defmodule Causeway.Top do
         node: nil,
         interval_ms: 1_000,
         count: :infinity,
-        clear: true
+        clear: true,
+        cluster: false
       )
 
     loop(opts, opts[:count])
@@ -44,12 +47,33 @@ defmodule Causeway.Top do
     instance = Keyword.get(opts, :instance, Causeway)
 
     result =
-      case Keyword.get(opts, :node) do
-        nil -> safe(fn -> Causeway.metrics(instance) end)
-        node -> safe(fn -> :erpc.call(node, Causeway, :metrics, [instance], 5_000) end)
+      case {Keyword.get(opts, :node), Keyword.get(opts, :cluster, false)} do
+        {nil, false} ->
+          safe(fn -> Causeway.metrics(instance) end)
+
+        {node, false} ->
+          safe(fn -> :erpc.call(node, Causeway, :metrics, [instance], 5_000) end)
+
+        {nil, true} ->
+          safe(fn -> {:cluster, Causeway.Cluster.metrics(nodes: :all, instance: instance)} end)
+
+        {node, true} ->
+          safe(fn ->
+            {:cluster,
+             :erpc.call(
+               node,
+               Causeway.Cluster,
+               :metrics,
+               [[nodes: :all, instance: instance]],
+               10_000
+             )}
+          end)
       end
 
     case result do
+      {:ok, {:cluster, {:ok, m, %{missing: missing}}}} ->
+        cluster_frame(m, missing)
+
       {:ok, m} ->
         measurements = for {k, v} <- m, is_number(v), into: %{}, do: {k, v}
         Causeway.Telemetry.execute([:causeway, :metrics], measurements, %{instance: instance})
@@ -61,6 +85,42 @@ defmodule Causeway.Top do
         "Causeway: #{message}\n"
     end
   end
+
+  @doc false
+  # one row per node, then the totals and the nodes that did not answer
+  def cluster_frame(m, missing) do
+    row = fn name, x ->
+      [
+        String.pad_trailing(to_string(name), 34),
+        String.pad_leading(to_string(Map.get(x, :events_per_s, 0)), 12),
+        String.pad_leading(to_string(Map.get(x, :persisted, 0)), 14),
+        String.pad_leading(to_string(Map.get(x, :dropped_total, 0)), 12),
+        String.pad_leading(to_string(div(Map.get(x, :native_memory, 0), 1_000_000)), 10),
+        String.pad_leading(to_string(Map.get(x, :level, "")), 11),
+        String.pad_leading(offset(Map.get(m.clock_offsets_ns, name)), 12),
+        "\n"
+      ]
+    end
+
+    IO.iodata_to_binary([
+      "Causeway cluster (#{map_size(m.nodes)} nodes)\n",
+      String.pad_trailing("node", 34),
+      String.pad_leading("events/s", 12),
+      String.pad_leading("persisted", 14),
+      String.pad_leading("dropped", 12),
+      String.pad_leading("native MB", 10),
+      String.pad_leading("level", 11),
+      String.pad_leading("clock off", 12),
+      "\n",
+      Enum.map(Enum.sort(m.nodes), fn {n, x} -> row.(n, x) end),
+      row.("total", m.totals),
+      Enum.map(missing, fn {n, why} -> "#{n}: no answer (#{inspect(why, limit: 5)})\n" end),
+      "(#{DateTime.utc_now() |> DateTime.truncate(:second)}; Ctrl-C to stop)\n"
+    ])
+  end
+
+  defp offset(nil), do: ""
+  defp offset(ns), do: "#{Float.round(ns / 1_000_000, 2)} ms"
 
   defp safe(fun) do
     {:ok, fun.()}

@@ -158,6 +158,14 @@ defmodule Causeway.ClusterTest do
     assert Enum.all?(traced, &(&1.source == :tracer))
   end
 
+  test "the cluster dashboard: a row per node and the totals", %{b: b, c: c} do
+    :erpc.call(b, ClusterHelper, :record, [OnB, 3])
+    frame = Causeway.Top.frame(cluster: true)
+    assert frame =~ "Causeway cluster (3 nodes)"
+    for n <- [node(), b, c], do: assert(frame =~ to_string(n))
+    assert frame =~ "total"
+  end
+
   test "bad cluster options are ArgumentErrors" do
     assert_raise ArgumentError, ~r/:nodes/, fn -> Causeway.events(nodes: "all") end
     assert_raise ArgumentError, ~r/:timeout/, fn -> Causeway.events(nodes: :all, timeout: -1) end

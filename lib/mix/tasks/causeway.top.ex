@@ -7,6 +7,7 @@ defmodule Mix.Tasks.Causeway.Top do
       mix causeway.top                         # the instance your app starts (runs the app)
       mix causeway.top --node app@host --cookie secret   # an instance on a running node
       mix causeway.top --demo                  # with the demo workload running, to look around
+      mix causeway.top --cluster --node app@host --cookie secret   # one row per node, and totals
 
   Options: `--instance NAME` (default `Causeway`), `--interval MS`, `--count N`
   (stop after N frames), `--no-clear` (append frames instead of redrawing).
@@ -24,7 +25,8 @@ defmodule Mix.Tasks.Causeway.Top do
           interval: :integer,
           count: :integer,
           clear: :boolean,
-          demo: :boolean
+          demo: :boolean,
+          cluster: :boolean
         ]
       )
 
@@ -47,7 +49,8 @@ defmodule Mix.Tasks.Causeway.Top do
       node: node,
       interval_ms: opts[:interval] || 1_000,
       count: opts[:count] || :infinity,
-      clear: Keyword.get(opts, :clear, true)
+      clear: Keyword.get(opts, :clear, true),
+      cluster: Keyword.get(opts, :cluster, false)
     )
   end
 
