@@ -7,6 +7,39 @@
 //! run on the traced code's path: the `Causeway.Runtime` captures and the
 //! erl_tracer callbacks.
 
+/// The NIF signature `enif_schedule_nif` takes.
+pub type RawNif = unsafe extern "C" fn(
+    *mut rustler::sys::ErlNifEnv,
+    rustler::codegen_runtime::c_int,
+    *const rustler::sys::ErlNifTerm,
+) -> rustler::sys::ErlNifTerm;
+
+/// Moves the running NIF call to `func` on a dirty scheduler of kind
+/// `flags`, with the same arguments.
+///
+/// # Safety
+/// `env`, `argc` and `argv` must be those the running NIF was called with,
+/// and `name` must end with a NUL byte.
+pub unsafe fn reschedule(
+    env: *mut rustler::sys::ErlNifEnv,
+    name: &'static str,
+    flags: rustler::sys::ErlNifDirtyTaskFlags,
+    func: RawNif,
+    argc: rustler::codegen_runtime::c_int,
+    argv: *const rustler::sys::ErlNifTerm,
+) -> rustler::sys::ErlNifTerm {
+    unsafe {
+        rustler::sys::enif_schedule_nif(
+            env,
+            name.as_ptr() as *const rustler::codegen_runtime::c_char,
+            flags as i32,
+            func,
+            argc,
+            argv,
+        )
+    }
+}
+
 /// `lean_nif!("erlang_name", arity, |env, args| expr)`: `expr` is a
 /// `rustler::NifResult<T>` (`T: Encoder`) computed from `env` and `args`
 /// (`[Term; arity]`); `?` works inside it.
@@ -56,11 +89,10 @@ macro_rules! lean_nif {
                         // overflow: :wait and the ring nearly full: wait on a
                         // dirty I/O scheduler, never on this one
                         return unsafe {
-                            rustler::sys::enif_schedule_nif(
+                            $crate::lean::reschedule(
                                 nif_env,
-                                concat!($erl, "\0").as_ptr()
-                                    as *const rustler::codegen_runtime::c_char,
-                                rustler::sys::ERL_NIF_DIRTY_JOB_IO_BOUND as i32,
+                                concat!($erl, "\0"),
+                                rustler::sys::ERL_NIF_DIRTY_JOB_IO_BOUND,
                                 wait_func,
                                 argc,
                                 argv,
@@ -75,11 +107,10 @@ macro_rules! lean_nif {
                         .unwrap_or(false);
                         if long {
                             return unsafe {
-                                rustler::sys::enif_schedule_nif(
+                                $crate::lean::reschedule(
                                     nif_env,
-                                    concat!($erl, "\0").as_ptr()
-                                        as *const rustler::codegen_runtime::c_char,
-                                    rustler::sys::ERL_NIF_DIRTY_JOB_CPU_BOUND as i32,
+                                    concat!($erl, "\0"),
+                                    rustler::sys::ERL_NIF_DIRTY_JOB_CPU_BOUND,
                                     dirty_func,
                                     argc,
                                     argv,

@@ -491,6 +491,18 @@ lean_nif!("rt_message_receive", 2, dirty_if long_encoding, |env, a| rt_message_r
     env, a[0], a[1]
 ));
 fn rt_message_receive<'a>(env: Env<'a>, from: Term<'a>, message: Term<'a>) -> NifResult<Atom> {
+    receive_as(env, Source::Runtime, None, from, message)
+}
+
+/// A `message_receive` from `from` (a pid or `nil`), for `source`, with the
+/// byte budget replaced when `max_bytes` is given.
+pub(crate) fn receive_as<'a>(
+    env: Env<'a>,
+    source: Source,
+    max_bytes: Option<usize>,
+    from: Term<'a>,
+    message: Term<'a>,
+) -> NifResult<Atom> {
     let peer = if from
         .decode::<Atom>()
         .is_ok_and(|a| a == crate::atoms::nil())
@@ -500,7 +512,9 @@ fn rt_message_receive<'a>(env: Env<'a>, from: Term<'a>, message: Term<'a>) -> Ni
         raw_pid(from, "the sender")?
     };
     let me = self_raw(env);
-    Ok(capture(
+    Ok(capture_as(
+        source,
+        max_bytes,
         EventType::MessageReceive,
         me,
         peer,

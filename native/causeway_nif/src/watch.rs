@@ -4,7 +4,7 @@
 //! and the watch's own byte budget for terms.
 
 use crate::error::arg_error;
-use crate::runtime::{capture_as, raw_pid, rt_message_handled, self_raw};
+use crate::runtime::{capture_as, raw_pid, receive_as, rt_message_handled, self_raw};
 use crate::term;
 use causeway_core::config::MAX_TERM_BYTES_LIMIT;
 use causeway_core::event::{EventType, LinkKind, RawPid, Source};
@@ -35,23 +35,7 @@ fn rt_watch<'a>(
         })?;
     let me = self_raw(env);
     if kind == atoms::receive() {
-        let peer = if a.decode::<Atom>().is_ok_and(|x| x == atoms::nil()) {
-            RawPid::None
-        } else {
-            raw_pid(a, "the sender")?
-        };
-        Ok(capture_as(
-            Source::Watch,
-            Some(max),
-            EventType::MessageReceive,
-            me,
-            peer,
-            |bud, out| term::encode_into(env, b, bud, out),
-            |p, id, mono| {
-                p.contexts.receive(me, id, mono);
-                None
-            },
-        ))
+        receive_as(env, Source::Watch, Some(max), a, b)
     } else if kind == atoms::send() {
         let peer = raw_pid(a, "the receiver")?;
         Ok(capture_as(
