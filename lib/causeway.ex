@@ -482,7 +482,12 @@ defmodule Causeway do
   by corrected wall time, each event keeping its `node`; nodes that do not
   answer in time are logged. `Causeway.Cluster.events/1` returns them
   instead: `{:ok, events, %{missing: [{node, reason}], offsets: ...}}`.
-  `state_history/2`, `message_flow/3` and `metrics/1` take `nodes:` too.
+  `state_history/2`, `message_flow/3` and `metrics/1` take `nodes:` too;
+  `event/2`, `call_tree/2`, `causal_chain/2` and `state_at/3` with `nodes:`
+  answer from the first node (in the order given, this node first for
+  `:all`) that has the id or the pid's state: ids are unique per node, so
+  pass `nodes: [event.node]` to ask about one event (events carry their
+  `node`); a pid names its node, so `nodes: [node(pid)]`.
   """
   @spec events(keyword()) :: [Event.t()]
   def events(opts \\ [])
@@ -535,7 +540,11 @@ defmodule Causeway do
 
   @doc "The event with this id, or `nil`."
   @spec event(non_neg_integer(), keyword()) :: Event.t() | nil
-  def event(id, opts \\ []), do: Causeway.Query.event(id, opts)
+  def event(id, opts \\ []) do
+    if cluster?(opts),
+      do: Causeway.Cluster.first(:event, [id], opts),
+      else: Causeway.Query.event(id, opts)
+  end
 
   @doc """
   A call id → `%Causeway.CallTree{}` (the call with its exit, duration and
@@ -544,7 +553,11 @@ defmodule Causeway do
   """
   @spec call_tree(non_neg_integer() | pid(), keyword()) ::
           Causeway.CallTree.t() | [Causeway.CallTree.t()]
-  def call_tree(call_id_or_pid, opts \\ []), do: Causeway.Query.call_tree(call_id_or_pid, opts)
+  def call_tree(call_id_or_pid, opts \\ []) do
+    if cluster?(opts),
+      do: Causeway.Cluster.first(:call_tree, [call_id_or_pid], opts),
+      else: Causeway.Query.call_tree(call_id_or_pid, opts)
+  end
 
   @doc """
   From an event back to its root cause, across processes: `[{event, link}]`
@@ -552,7 +565,11 @@ defmodule Causeway do
   `:max` (default 1000, or `:infinity`) caps its length.
   """
   @spec causal_chain(non_neg_integer(), keyword()) :: [{Event.t(), atom() | nil}]
-  def causal_chain(event_id, opts \\ []), do: Causeway.Query.causal_chain(event_id, opts)
+  def causal_chain(event_id, opts \\ []) do
+    if cluster?(opts),
+      do: Causeway.Cluster.first(:causal_chain, [event_id], opts),
+      else: Causeway.Query.causal_chain(event_id, opts)
+  end
 
   @doc """
   Messages between two processes, each send with its matched receive (or
@@ -599,7 +616,11 @@ defmodule Causeway do
   """
   @spec state_at(pid(), DateTime.t() | NaiveDateTime.t() | Time.t() | integer(), keyword()) ::
           {:ok, term(), Event.t()} | :none
-  def state_at(pid, time, opts \\ []), do: Causeway.Query.state_at(pid, time, opts)
+  def state_at(pid, time, opts \\ []) do
+    if cluster?(opts),
+      do: Causeway.Cluster.first(:state_at, [pid, time], opts),
+      else: Causeway.Query.state_at(pid, time, opts)
+  end
 
   @doc """
   The structural difference of a `state_change` event (old state → new):

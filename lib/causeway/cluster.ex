@@ -271,10 +271,45 @@ defmodule Causeway.Cluster do
   end
 
   @doc false
+  # event/call_tree/causal_chain/state_at with nodes: the answer of the
+  # first node (in the order asked) that has one; raises when none has it
+  # and some did not answer.
+  def first(fun, args, opts) do
+    {:ok, per_node, meta} = merged(opts, fun, fn q -> args ++ [q] end, fn per, _ -> per end)
+    found = Enum.find_value(per_node, fn {_n, r} -> if found?(r), do: r end)
+
+    cond do
+      found != nil -> found
+      meta.missing != [] -> unwrap!({:ok, none(fun), meta})
+      true -> none(fun)
+    end
+  end
+
+  defp found?(nil), do: false
+  defp found?(:none), do: false
+  defp found?([]), do: false
+  defp found?(_), do: true
+
+  defp none(:event), do: nil
+  defp none(:call_tree), do: nil
+  defp none(:causal_chain), do: []
+  defp none(:state_at), do: :none
+
+  @doc false
   # What each node runs for a cluster query: the query itself, on this
   # node's instance. (An older Causeway on a peer has no such function: that
   # node is reported missing with :no_cluster_support.)
-  def remote(fun, args) when fun in [:events, :state_history, :message_flow, :metrics] do
+  def remote(fun, args)
+      when fun in [
+             :events,
+             :state_history,
+             :message_flow,
+             :metrics,
+             :event,
+             :call_tree,
+             :causal_chain,
+             :state_at
+           ] do
     result = apply(Causeway, fun, args)
 
     case Application.get_env(:causeway, :test_clock_offset_ns, 0) do

@@ -166,6 +166,18 @@ defmodule Causeway.ClusterTest do
     assert frame =~ "total"
   end
 
+  test "one event, call tree or state asked of the cluster, from the node that has it", %{b: b} do
+    pid = :erpc.call(b, ClusterHelper, :record, [OnB, 1])
+    [entry] = Causeway.events(nodes: [b], pid: pid, type: :function_entry)
+    assert entry.node == b
+
+    assert %Causeway.Event{node: ^b, module: OnB} = Causeway.event(entry.id, nodes: [entry.node])
+    assert %Causeway.CallTree{entry: %{node: ^b}} = Causeway.call_tree(entry.id, nodes: [b])
+    assert [{%{node: ^b}, nil} | _] = Causeway.causal_chain(entry.id, nodes: [b])
+    assert Causeway.state_at(pid, DateTime.utc_now(), nodes: [node(pid)]) == :none
+    assert Causeway.event(10_000_000, nodes: :all) == nil
+  end
+
   test "bad cluster options are ArgumentErrors" do
     assert_raise ArgumentError, ~r/:nodes/, fn -> Causeway.events(nodes: "all") end
     assert_raise ArgumentError, ~r/:timeout/, fn -> Causeway.events(nodes: :all, timeout: -1) end
