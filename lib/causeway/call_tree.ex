@@ -103,7 +103,11 @@ defmodule Causeway.CallTree do
       args(t.entry.data),
       ") → ",
       Causeway.Event.short(t.result),
-      duration(t.duration_ns)
+      duration(t.duration_ns),
+      case Causeway.Event.location(t.entry) do
+        nil -> ""
+        loc -> "  " <> loc
+      end
     ]
   end
 

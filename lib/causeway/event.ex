@@ -14,6 +14,7 @@ defmodule Causeway.Event do
   | `parent_id`  | the cause known at capture: the calling function's entry, the message being handled, ... |
   | `module`, `function`, `arity` | for function events |
   | `data`       | what the event carries, by type (below) |
+  | `file`, `line` | where the function is defined (its first clause), for a `function_entry` of code compiled with `use Causeway.Instrument` whose module is available here; `nil` otherwise |
   | `source`     | `:runtime` (instrumented code), `:tracer` (`Causeway.trace/2`) or `:watch` (`Causeway.watch/2`) |
   | `links`      | `[{kind, event_id}]` made by the correlator, e.g. `{:completes, entry_id}` |
 
@@ -45,6 +46,8 @@ defmodule Causeway.Event do
     :arity,
     :data,
     :source,
+    :file,
+    :line,
     links: []
   ]
 
@@ -72,6 +75,8 @@ defmodule Causeway.Event do
           arity: non_neg_integer() | nil,
           data: term(),
           source: :runtime | :tracer | :watch,
+          file: String.t() | nil,
+          line: pos_integer() | nil,
           links: [{atom(), non_neg_integer()}] | nil
         }
 
@@ -83,8 +88,55 @@ defmodule Causeway.Event do
   def types, do: @types
 
   @doc false
-  # Events are built as structs by the NIF; this is the one place that says so.
+  # Events are built as structs by the NIF; this is the one place that says
+  # so. A function entry of instrumented code gets the file and line of the
+  # function's first clause, which `use Causeway.Instrument` keeps in the
+  # module (a persisted attribute, known at compile time: nothing is
+  # captured or stored per event for it).
+  def from_native(%__MODULE__{type: :function_entry, source: :runtime, module: m} = e)
+      when is_atom(m) and m != nil do
+    case Map.get(locations(m), {e.function, e.arity}) do
+      {file, line} -> %{e | file: file, line: line}
+      nil -> e
+    end
+  end
+
   def from_native(%__MODULE__{} = e), do: e
+
+  @doc false
+  # {function, arity} => {file, line} of an instrumented module (empty when
+  # it is not one, or not available here), cached per module.
+  def locations(module) do
+    key = {__MODULE__, :locations, module}
+
+    case :persistent_term.get(key, nil) do
+      nil ->
+        found =
+          with true <- Code.ensure_loaded?(module),
+               attrs when is_list(attrs) <- module.module_info(:attributes),
+               [_ | _] = lists <- Keyword.get_values(attrs, :causeway_locations) do
+            # a persisted accumulating attribute: one entry per value
+            for {f, a, file, line} <- List.flatten(lists), into: %{}, do: {{f, a}, {file, line}}
+          else
+            _ -> %{}
+          end
+
+        :persistent_term.put(key, found)
+        found
+
+      found ->
+        found
+    end
+  rescue
+    _ -> %{}
+  end
+
+  @doc "`file:line` of an event from instrumented code, or `nil`."
+  @spec location(t()) :: String.t() | nil
+  def location(%__MODULE__{file: file, line: line}) when is_binary(file) and is_integer(line),
+    do: "#{file}:#{line}"
+
+  def location(_), do: nil
 
   @doc "`Module.function/arity` of a function event, as a string (`nil` otherwise)."
   @spec mfa_string(t()) :: String.t() | nil

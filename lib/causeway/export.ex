@@ -113,7 +113,9 @@ defmodule Causeway.Export do
         "ph" => "B",
         "name" => Event.mfa_string(e),
         "cat" => "call",
-        "args" => %{"args" => short(e.data), "call_id" => e.call_id}
+        "args" =>
+          %{"args" => short(e.data), "call_id" => e.call_id}
+          |> then(&if(e.file, do: Map.merge(&1, %{"file" => e.file, "line" => e.line}), else: &1))
       })
     ]
   end

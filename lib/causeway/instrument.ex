@@ -124,6 +124,9 @@ defmodule Causeway.Instrument do
       require Causeway.Instrument.Def
       Module.register_attribute(__MODULE__, :trace, accumulate: false)
       Module.register_attribute(__MODULE__, :causeway_traced, accumulate: true)
+      # {name, arity, file, line} of each public function's first clause:
+      # Causeway.Event shows it for the function's entries
+      Module.register_attribute(__MODULE__, :causeway_locations, accumulate: true, persist: true)
       Module.put_attribute(__MODULE__, :causeway_instrument, unquote(opts[:only]))
       @on_definition Causeway.Instrument
     end
@@ -165,6 +168,19 @@ defmodule Causeway.Instrument do
   # `@trace true` tags the next definition only; a tagged bodiless head
   # (`def f(a, b \\ 1)`) tags the clauses that follow it.
   def __on_definition__(env, kind, name, args, _guards, _body) do
+    if kind == :def do
+      arity = length(args)
+      known = Module.get_attribute(env.module, :causeway_locations)
+
+      unless Enum.any?(known, &match?({^name, ^arity, _, _}, &1)),
+        do:
+          Module.put_attribute(
+            env.module,
+            :causeway_locations,
+            {name, arity, Path.relative_to_cwd(env.file), env.line}
+          )
+    end
+
     if Module.get_attribute(env.module, :trace) != nil do
       fa = {name, length(args)}
 

@@ -280,6 +280,9 @@ defmodule Causeway.Query do
       end
   end
 
+  defp timeline_summary(%Event{file: file} = e) when is_binary(file),
+    do: Event.summary(e) <> "  " <> Event.location(e)
+
   defp timeline_summary(e), do: Event.summary(e)
 
   defp unwrap({:ok, v}), do: v

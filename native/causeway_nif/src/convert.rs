@@ -272,7 +272,7 @@ mod struct_atoms {
         elixir_datetime = "Elixir.DateTime",
         elixir_iso = "Elixir.Calendar.ISO",
         id, type_ = "type", timestamp, wall_time, node, pid, call_id, parent_id,
-        module, function, arity, data, source, links,
+        module, function, arity, data, source, links, file, line,
         calendar, year, month, day, hour, minute, second, microsecond,
         time_zone, zone_abbr, utc_offset, std_offset,
         to, from, message, old, new, child, reason, kind, stacktrace,
@@ -406,8 +406,8 @@ const fn names_sorted(names: &[&str]) -> bool {
 }
 
 sorted_keys!(event_keys, EVENT_KEY_NAMES:
-    __struct__, arity, call_id, data, function, id, links, module, node, parent_id,
-    pid, source, timestamp, type_, wall_time);
+    __struct__, arity, call_id, data, file, function, id, line, links, module, node,
+    parent_id, pid, source, timestamp, type_, wall_time);
 
 sorted_keys!(datetime_keys, DATETIME_KEY_NAMES:
     __struct__, calendar, day, hour, microsecond, minute, month, second, std_offset,
@@ -532,8 +532,12 @@ pub fn event_struct<'a>(
             arity,
             nil_if_zero(env, e.call_id),
             data,
+            // file and line: filled in by Causeway.Event.from_native for
+            // instrumented code (known at compile time, not stored per event)
+            atoms::nil().encode(env),
             function,
             e.id.encode(env),
+            atoms::nil().encode(env),
             links,
             module,
             node,
