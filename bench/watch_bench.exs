@@ -17,7 +17,19 @@ defmodule Bench.Watch do
   # one run: @calls GenServer.call round trips to a fresh server
   def run(watch?) do
     {:ok, pid} = GenServer.start(Bench.Watch.Counter, 0)
-    w = if watch?, do: elem(Causeway.watch(pid, max_events: 10_000_000, max_rate: 100_000_000, duration_ms: 600_000), 1)
+
+    w =
+      if watch?,
+        do:
+          elem(
+            Causeway.watch(pid,
+              max_events: 10_000_000,
+              max_rate: 100_000_000,
+              duration_ms: 600_000
+            ),
+            1
+          )
+
     t0 = System.monotonic_time(:nanosecond)
     for _ <- 1..@calls, do: GenServer.call(pid, :inc)
     ns = System.monotonic_time(:nanosecond) - t0

@@ -4,6 +4,10 @@ defmodule Causeway.Application do
 
   @impl true
   def start(_type, _args) do
+    # the clock offsets Causeway.Cluster measured, by node (this process
+    # lives as long as the application)
+    :ets.new(Causeway.Cluster.Offsets, [:named_table, :public, read_concurrency: true])
+
     # Instances are started by users (Causeway.start_link/1 or child_spec/1 in
     # their own tree); this supervisor hosts trace sessions and helpers.
     children = [

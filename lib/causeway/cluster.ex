@@ -34,8 +34,10 @@ defmodule Causeway.Cluster do
   ## One time axis
 
   Merged events are ordered by wall time corrected by each node's clock
-  offset to this one (`clock_offsets/1`: a few round trips over
-  distribution, the sample with the best round-trip time kept), then by
+  offset to this one (`clock_offsets/1`: five round trips over
+  distribution, the sample with the best round-trip time kept; measured at
+  a node's first query and again when the last measurement is older than
+  10 s), then by
   node and id; events keep their `node`. `Causeway.metrics(nodes: :all)`
   reports the offsets.
   """
@@ -92,30 +94,68 @@ defmodule Causeway.Cluster do
   @spec clock_offsets([node()], pos_integer()) :: %{node() => integer()}
   def clock_offsets(nodes, rounds \\ 5) do
     Map.new(nodes, fn n ->
-      if n == node() do
-        {n, 0}
-      else
-        samples =
-          for _ <- 1..rounds do
-            t0 = now()
-
-            case safe_call(n, __MODULE__, :now, [], 2_000) do
-              {:ok, remote} ->
-                t1 = now()
-                {t1 - t0, remote - div(t0 + t1, 2)}
-
-              _ ->
-                nil
-            end
-          end
-          |> Enum.reject(&is_nil/1)
-
-        case samples do
-          [] -> {n, 0}
-          s -> {n, s |> Enum.min_by(&elem(&1, 0)) |> elem(1)}
-        end
+      case cached_offset(n) do
+        {:ok, off} -> {n, off}
+        :stale -> measure(n, rounds) |> tap(fn {n, off} -> cache_offset(n, off) end)
       end
     end)
+  end
+
+  # offsets are measured again when older than this (a query between uses
+  # the last measurement: clocks drift slowly)
+  @offset_ttl_ms 10_000
+
+  defp cached_offset(n) when n == node(), do: {:ok, 0}
+
+  defp cached_offset(n) do
+    now = System.monotonic_time(:millisecond)
+
+    case :ets.lookup(__MODULE__.Offsets, n) do
+      [{^n, off, at}] when now - at < @offset_ttl_ms -> {:ok, off}
+      _ -> :stale
+    end
+  rescue
+    ArgumentError -> :stale
+  end
+
+  defp cache_offset(n, off) do
+    :ets.insert(__MODULE__.Offsets, {n, off, System.monotonic_time(:millisecond)})
+  rescue
+    ArgumentError -> :ok
+  end
+
+  @doc false
+  # Forgets the measured offsets (they are measured again at the next query).
+  def forget_offsets do
+    :ets.delete_all_objects(__MODULE__.Offsets)
+  rescue
+    ArgumentError -> :ok
+  end
+
+  defp measure(n, rounds) do
+    if n == node() do
+      {n, 0}
+    else
+      samples =
+        for _ <- 1..rounds do
+          t0 = now()
+
+          case safe_call(n, __MODULE__, :now, [], 2_000) do
+            {:ok, remote} ->
+              t1 = now()
+              {t1 - t0, remote - div(t0 + t1, 2)}
+
+            _ ->
+              nil
+          end
+        end
+        |> Enum.reject(&is_nil/1)
+
+      case samples do
+        [] -> {n, 0}
+        s -> {n, s |> Enum.min_by(&elem(&1, 0)) |> elem(1)}
+      end
+    end
   end
 
   @doc false
