@@ -53,14 +53,73 @@ defmodule Causeway.Cluster do
   def state_history(pid, opts),
     do: merged(opts, :state_history, fn q -> [pid, q] end, &merge_events(&1, &2, []))
 
-  @doc "Messages between two processes, which may be on different nodes, as `Causeway.message_flow/3`."
+  @doc """
+  Messages between two processes, which may be on different nodes, as
+  `Causeway.message_flow/3`. A send whose receiver is on another node is
+  paired there, at query time, with the receiver's `message_receive` of the
+  same message from the same sender (first in, first out per receiver,
+  sender and message, so duplicates pair in order; a receive recorded
+  without its sender is taken only when no receive with the sender is
+  left).
+  """
   def message_flow(a, b, opts) do
-    merged(opts, :message_flow, fn q -> [a, b, q] end, fn per_node, offsets ->
-      per_node
-      |> Enum.flat_map(fn {_node, flows} -> flows end)
-      |> Enum.uniq_by(&{&1.send.node, &1.send.id})
-      |> Enum.sort_by(&event_key(&1.send, offsets))
-    end)
+    with {:ok, flows, meta} <-
+           merged(opts, :message_flow, fn q -> [a, b, q] end, fn per_node, offsets ->
+             per_node
+             |> Enum.flat_map(fn {_node, flows} -> flows end)
+             |> Enum.uniq_by(&{&1.send.node, &1.send.id})
+             |> Enum.sort_by(&event_key(&1.send, offsets))
+           end) do
+      {:ok, link_across(flows, opts), meta}
+    end
+  end
+
+  # pairs the sends to another node's process with that process's receives
+  defp link_across(flows, opts) do
+    remote? = fn %{send: s, receive: r} ->
+      r == nil and is_pid(s.data.to) and node(s.data.to) != s.node
+    end
+
+    receivers = for f <- flows, remote?.(f), uniq: true, do: f.send.data.to
+
+    receives =
+      Map.new(receivers, fn r ->
+        q = [nodes: [node(r)], pid: r, type: :message_receive, limit: :infinity, links: false]
+        q = q ++ Keyword.take(opts, [:timeout])
+        {:ok, evs, _} = events(q)
+        {r, evs}
+      end)
+
+    {flows, _left} =
+      Enum.map_reduce(flows, receives, fn f, left ->
+        if remote?.(f) do
+          to = f.send.data.to
+          {match, rest} = take_receive(Map.get(left, to, []), f.send)
+          {%{f | receive: match}, Map.put(left, to, rest)}
+        else
+          {f, left}
+        end
+      end)
+
+    flows
+  end
+
+  # the first receive of this message from this sender; else the first of
+  # this message with no sender recorded
+  defp take_receive(receives, send) do
+    from = send.pid
+    msg = send.data.message
+
+    case Enum.split_while(receives, &(not (&1.data.from == from and &1.data.message == msg))) do
+      {before, [r | after_]} ->
+        {r, before ++ after_}
+
+      {_, []} ->
+        case Enum.split_while(receives, &(not (&1.data.from == nil and &1.data.message == msg))) do
+          {before, [r | after_]} -> {r, before ++ after_}
+          {_, []} -> {nil, receives}
+        end
+    end
   end
 
   @doc "Every node's `Causeway.metrics/0`, and totals."

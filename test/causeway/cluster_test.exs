@@ -179,6 +179,41 @@ defmodule Causeway.ClusterTest do
     assert Causeway.event(10_000_000, nodes: :all) == nil
   end
 
+  test "message_flow across nodes: sends paired with the remote receives, FIFO with duplicates",
+       %{b: b} do
+    rcv = :erpc.call(b, ClusterHelper, :receiver, [])
+    other = :erpc.call(b, ClusterHelper, :receiver, [])
+
+    sender =
+      spawn(fn ->
+        for m <- [:ping, :ping, {:data, 1}, :ping] do
+          Causeway.Runtime.message_send(rcv, m)
+          send(rcv, {:msg, self(), m})
+          receive do: ({:ack, ^m} -> :ok)
+        end
+
+        # a second sender's message to another receiver is not part of this flow
+        Causeway.Runtime.message_send(other, :ping)
+        send(other, {:msg, self(), :ping})
+        receive do: ({:ack, :ping} -> :ok)
+      end)
+
+    ref = Process.monitor(sender)
+    assert_receive {:DOWN, ^ref, _, _, _}, 5_000
+    flush!()
+    :ok = :erpc.call(b, Causeway, :flush, [])
+
+    flows = Causeway.message_flow(sender, rcv, nodes: :all)
+    assert Enum.map(flows, & &1.send.data.message) == [:ping, :ping, {:data, 1}, :ping]
+    assert Enum.all?(flows, &(&1.receive != nil and &1.receive.node == b))
+    assert Enum.map(flows, & &1.receive.data.message) == [:ping, :ping, {:data, 1}, :ping]
+    # FIFO: the receives are distinct and in order
+    ids = Enum.map(flows, & &1.receive.id)
+    assert ids == Enum.sort(ids) and length(Enum.uniq(ids)) == 4
+    # without nodes:, the local view has the sends and no receive
+    assert Enum.all?(Causeway.message_flow(sender, rcv), &(&1.receive == nil))
+  end
+
   test "bad cluster options are ArgumentErrors" do
     assert_raise ArgumentError, ~r/:nodes/, fn -> Causeway.events(nodes: "all") end
     assert_raise ArgumentError, ~r/:timeout/, fn -> Causeway.events(nodes: :all, timeout: -1) end

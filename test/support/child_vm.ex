@@ -138,6 +138,22 @@ defmodule Causeway.ClusterHelper do
   end
 
   @doc false
+  # On any node: a process that records each message it receives (with the
+  # sender it is told) and acknowledges it.
+  def receiver do
+    spawn(fn -> receive_loop() end)
+  end
+
+  defp receive_loop do
+    receive do
+      {:msg, from, m} ->
+        Causeway.Runtime.message_receive(from, m)
+        send(from, {:ack, m})
+        receive_loop()
+    end
+  end
+
+  @doc false
   # On any node: `n` calls of tag.work/1 recorded by a new process, flushed;
   # returns that process's pid.
   def record(tag, n) do
