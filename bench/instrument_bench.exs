@@ -75,3 +75,100 @@ Bench.compare(
 )
 
 File.rm_rf!(dir)
+
+# A realistic workload (issue 12): a recursive encoder over nested maps,
+# lists, structs and binaries of 10–1 000 bytes, several thousand calls per
+# document, compiled twice (plain and instrumented) from one source.
+defmodule EncBench.Doc do
+  defstruct [:id, :name, :tags, :body]
+
+  def build(i) do
+    %{
+      "id" => i,
+      "items" =>
+        for j <- 1..40 do
+          %EncBench.Doc{
+            id: j,
+            name: "item-#{j}",
+            tags: [:a, :b, j],
+            body: :binary.copy("x", 10 + rem(j * 37, 990))
+          }
+        end,
+      "meta" => %{"nested" => %{"deep" => [1, 2.5, "three", nil, true]}}
+    }
+  end
+end
+
+encoder = fn name, instrument? ->
+  """
+  defmodule #{name} do
+    #{if instrument?, do: "use Causeway.Instrument", else: ""}
+    def encode(%{__struct__: _} = d), do: encode(Map.from_struct(d))
+    def encode(m) when is_map(m), do: ["{", pairs(Map.to_list(m), []), "}"]
+    def encode(l) when is_list(l), do: ["[", items(l, []), "]"]
+    def encode(b) when is_binary(b), do: [?", escape(b), ?"]
+    def encode(a) when is_atom(a), do: encode(Atom.to_string(a))
+    def encode(n) when is_number(n), do: to_string(n)
+    def pairs([], acc), do: Enum.reverse(acc) |> Enum.intersperse(",")
+    def pairs([{k, v} | rest], acc), do: pairs(rest, [[encode(to_string(k)), ":", encode(v)] | acc])
+    def items([], acc), do: Enum.reverse(acc) |> Enum.intersperse(",")
+    def items([x | rest], acc), do: items(rest, [encode(x) | acc])
+    def escape(b), do: String.replace(b, "\\"", "\\\\\\"")
+  end
+  """
+end
+
+Code.compile_string(encoder.("EncBench.Plain", false))
+Code.compile_string(encoder.("EncBench.Instrumented", true))
+docs = Enum.map(1..10, &EncBench.Doc.build/1)
+# events per document: every encode/pairs/items/escape call is an entry and an exit
+calls_per_doc =
+  (fn ->
+     {:ok, pid} = Causeway.start_link(dir: dir <> "-count", ring_size: 1_048_576, overflow: :wait)
+     Process.unlink(pid)
+     EncBench.Instrumented.encode(hd(docs))
+     :ok = Causeway.flush()
+     n = Causeway.metrics().persisted
+     Causeway.stop()
+     File.rm_rf!(dir <> "-count")
+     n
+   end).()
+
+enc_run = fn mod ->
+  {_, ns} = Bench.time(fn -> for d <- docs, do: IO.iodata_length(mod.encode(d)) end)
+  {length(docs) * calls_per_doc, ns}
+end
+
+IO.puts("\nrecursive encoder: #{calls_per_doc} events per document, 10 documents per run")
+
+rows =
+  Bench.compare(
+    "a recursive encoder over nested maps, lists, structs and binaries (per event of the instrumented run)",
+    [
+      {"plain", fn -> enc_run.(EncBench.Plain) end},
+      {"instrumented, no Causeway running", fn -> enc_run.(EncBench.Instrumented) end},
+      {"instrumented, recording",
+       fn ->
+         {:ok, pid} = Causeway.start_link(dir: dir, ring_size: 262_144)
+         Process.unlink(pid)
+         r = enc_run.(EncBench.Instrumented)
+         :ok = Causeway.flush()
+         m = Causeway.metrics()
+         Causeway.stop()
+         File.rm_rf!(dir)
+         IO.puts("  (recording run: #{m.persisted} persisted, #{m.dropped_total} dropped)")
+         r
+       end}
+    ],
+    runs: 5,
+    unit: "event"
+  )
+
+[plain, off, on] = Enum.map(rows, & &1.median)
+
+IO.puts(
+  "  recording overhead #{Float.round(on - plain, 1)} ns per event; no instance: " <>
+    "#{Float.round((off / plain - 1) * 100, 1)} % over plain"
+)
+
+File.rm_rf!(dir)
