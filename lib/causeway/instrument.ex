@@ -21,6 +21,11 @@ defmodule Causeway.Instrument do
 
   ## What a function reports
 
+  Each function entry carries the `file` and `line` of the function's first
+  clause (kept in the module at compile time, in its `:causeway_locations`
+  attribute: nothing more is captured per call); `print_call_tree/2`,
+  `print_timeline/2` and the Chrome trace show them.
+
   Each instrumented function reports its entry (with its arguments), then its
   exit with the return value, or the exception it raised, threw or exited
   with (`{:exception, kind, reason}`), which then continues unchanged with
