@@ -30,6 +30,14 @@ defmodule Causeway.Event do
   `{:truncated, :max_depth}` markers; redacted keys hold `:redacted`. A fun
   is kept by name, `{:fun, "#Fun<m.i.u>"}` or `{:fun, "&m:f/a"}`, never with
   the data it closes over.
+
+  Reading a store written by another VM creates no atoms: an atom this VM
+  does not have comes back as its name, a string (a module `"Elixir.Decimal"`,
+  a key `"coef"`), and a term the reader cannot rebuild at all as
+  `{:undecodable, bytes}` (its external term format). Printing an event
+  shows a struct of a module not available here, or with field names this
+  VM lacks, as a `Causeway.Foreign` (`%Decimal{coef: 75, …}`), never an
+  inspection error.
   """
 
   defstruct [
@@ -168,7 +176,10 @@ defmodule Causeway.Event do
 
   @doc false
   def short(term),
-    do: inspect(term, limit: 8, printable_limit: 60, width: :infinity, charlists: :as_lists)
+    do:
+      term
+      |> Causeway.Foreign.sanitize()
+      |> inspect(limit: 8, printable_limit: 60, width: :infinity, charlists: :as_lists)
 
   defimpl Inspect do
     import Inspect.Algebra
