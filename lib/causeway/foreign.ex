@@ -13,6 +13,8 @@ defmodule Causeway.Foreign do
 
   @type t :: %__MODULE__{module: String.t(), fields: map()}
 
+  @width 20
+
   @doc false
   # `term` with every struct this VM cannot show replaced by a Foreign, at
   # most `depth` levels deep (deeper terms are left as they are).
@@ -27,18 +29,23 @@ defmodule Causeway.Foreign do
       else: %__MODULE__{module: module_name(mod), fields: fields}
   end
 
+  # printing shows a few entries of each container (`inspect(limit: 8)`):
+  # only the first @width of a big map are walked and kept
+  def sanitize(m, depth) when is_map(m) and map_size(m) > @width,
+    do: m |> Enum.take(@width) |> Map.new() |> sanitize(depth)
+
   def sanitize(m, depth) when is_map(m),
     do: Map.new(m, fn {k, v} -> {sanitize(k, depth - 1), sanitize(v, depth - 1)} end)
 
   def sanitize(l, depth) when is_list(l), do: sanitize_list(l, depth, 0)
 
-  def sanitize(t, depth) when is_tuple(t),
+  def sanitize(t, depth) when is_tuple(t) and tuple_size(t) <= @width,
     do: t |> Tuple.to_list() |> Enum.map(&sanitize(&1, depth - 1)) |> List.to_tuple()
 
   def sanitize(other, _depth), do: other
 
-  # lists cell by cell (improper ones included), the first 50 items only
-  defp sanitize_list([x | rest], depth, n) when n < 50,
+  # lists cell by cell (improper ones included), the first @width items only
+  defp sanitize_list([x | rest], depth, n) when n < @width,
     do: [sanitize(x, depth - 1) | sanitize_list(rest, depth, n + 1)]
 
   defp sanitize_list(rest, _depth, _n), do: rest

@@ -679,6 +679,10 @@ defmodule Causeway.InstrumentDiffTest do
   # instance records while the instrumented calls run.
   use Causeway.Case, async: false
 
+  # some cases are long (see the timings in --trace); on a loaded 2-core
+  # machine one went past ExUnit's default 60 s
+  @moduletag timeout: 300_000
+
   alias Causeway.InstrumentDiff
   alias Causeway.InstrumentDiffTest.Cases
 
