@@ -10,7 +10,14 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export CAUSEWAY_TARGET_DIR ?= $(HOME)/.cache/causeway/target
 export CARGO_TARGET_DIR := $(CAUSEWAY_TARGET_DIR)
 
-.PHONY: setup demo test test-rust test-elixir bench lint fmt
+.PHONY: setup demo test test-rust test-elixir bench lint fmt fuzz
+
+# Fuzzing the decoders of bytes from disk or another VM (not part of `make
+# test`): seeds from a real store, then each target for FUZZ_SECONDS. Needs
+# the nightly toolchain and cargo-fuzz (installed here if missing); the
+# first run builds RocksDB once more, instrumented, in $(CAUSEWAY_TARGET_DIR)/fuzz.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= postings pairs etf_terms stored_event
 
 setup:
 	@scripts/setup.sh
@@ -40,3 +47,13 @@ lint: setup
 fmt:
 	cargo fmt --all
 	mix format
+
+fuzz: setup
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz
+	CAUSEWAY_FUZZ_CORPUS=$(CURDIR)/fuzz/corpus cargo test --release -p causeway_core fuzz_corpus -- --ignored
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$t artifacts/$$t && \
+	  cargo +nightly fuzz run --target-dir $(CAUSEWAY_TARGET_DIR)/fuzz $$t corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -timeout=5 -malloc_limit_mb=64 -rss_limit_mb=2048 \
+	    -artifact_prefix=artifacts/$$t/ -print_final_stats=1 || exit 1; \
+	done

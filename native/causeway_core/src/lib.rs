@@ -19,6 +19,7 @@ pub mod error;
 pub mod etf;
 pub mod event;
 pub mod fasthash;
+mod fuzz_corpus;
 pub mod ids;
 pub mod inflight;
 pub mod metrics;
