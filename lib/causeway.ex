@@ -689,14 +689,20 @@ defmodule Causeway do
   The process tree recorded under `pid`: `%{pid: pid, spawned: event | nil,
   exit: event | nil, children: [tree]}` from `process_spawn` events (the parent
   spawned the child) and `process_exit` events. `:max_depth` (default 32)
-  bounds the walk.
+  bounds the walk. With `nodes:`, each process's spawns and exit are looked
+  up on every node named, so a child spawned on another node
+  (`Node.spawn/2`, recorded by its parent) is followed there.
   """
   @spec process_tree(pid(), keyword()) :: map()
   def process_tree(pid, opts \\ [])
 
   def process_tree(pid, opts) when is_pid(pid) do
     opts =
-      Causeway.Options.keyword!(opts, [:max_depth, :store, :instance], "Causeway.process_tree/2")
+      Causeway.Options.keyword!(
+        opts,
+        [:max_depth, :store, :instance, :nodes, :timeout],
+        "Causeway.process_tree/2"
+      )
 
     {max_depth, query} = Keyword.pop(opts, :max_depth, 32)
     max_depth = Causeway.Options.int!(max_depth, :max_depth, 0..10_000)

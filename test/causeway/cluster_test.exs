@@ -214,6 +214,28 @@ defmodule Causeway.ClusterTest do
     assert Enum.all?(Causeway.message_flow(sender, rcv), &(&1.receive == nil))
   end
 
+  test "process_tree follows a child spawned on another node", %{b: b} do
+    parent =
+      spawn(fn ->
+        child = Node.spawn(b, ClusterHelper, :spawn_recorded, [])
+        Causeway.Runtime.process_spawn(child)
+      end)
+
+    ref = Process.monitor(parent)
+    assert_receive {:DOWN, ^ref, _, _, _}
+    flush!()
+    Process.sleep(200)
+    :ok = :erpc.call(b, Causeway, :flush, [])
+
+    tree = Causeway.process_tree(parent, nodes: :all)
+    assert [%{pid: child, spawned: %{type: :process_spawn}, children: [grand]}] = tree.children
+    assert node(child) == b and node(grand.pid) == b
+    assert grand.spawned.node == b
+    # without nodes: the child is there (its spawn is recorded here), but
+    # what it did on b is not looked up
+    assert [%{pid: ^child, children: []}] = Causeway.process_tree(parent).children
+  end
+
   test "bad cluster options are ArgumentErrors" do
     assert_raise ArgumentError, ~r/:nodes/, fn -> Causeway.events(nodes: "all") end
     assert_raise ArgumentError, ~r/:timeout/, fn -> Causeway.events(nodes: :all, timeout: -1) end

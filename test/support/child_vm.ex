@@ -138,6 +138,14 @@ defmodule Causeway.ClusterHelper do
   end
 
   @doc false
+  # On any node: spawns a process, records the spawn, flushes.
+  def spawn_recorded do
+    grandchild = spawn(fn -> :ok end)
+    Causeway.Runtime.process_spawn(grandchild)
+    :ok = Causeway.flush()
+  end
+
+  @doc false
   # On any node: a process that records each message it receives (with the
   # sender it is told) and acknowledges it.
   def receiver do
