@@ -494,35 +494,27 @@ defmodule Causeway do
 
   def events(opts) do
     cond do
-      is_list(opts) and Keyword.keyword?(opts) and Keyword.has_key?(opts, :test) ->
-        {test, rest} = Keyword.pop(opts, :test)
-
-        case Causeway.ExUnit.events(test, rest) do
-          {:ok, events} ->
-            events
-
-          {:error, reason} ->
-            raise Causeway.Error,
-              kind: :not_found,
-              message: "no recorded window for test #{inspect(test)} (#{reason})"
-        end
-
-      true ->
-        events_of(opts)
+      test?(opts) -> test_events(opts)
+      stores?(opts) -> Causeway.Cluster.stores_events(opts[:store], opts)
+      cluster?(opts) -> opts |> Causeway.Cluster.events() |> Causeway.Cluster.unwrap!()
+      true -> opts |> Causeway.Query.events_page() |> elem(0)
     end
   end
 
-  defp events_of(opts) do
-    cond do
-      stores?(opts) ->
-        Causeway.Cluster.stores_events(opts[:store], opts)
+  defp test?(opts), do: is_list(opts) and Keyword.keyword?(opts) and Keyword.has_key?(opts, :test)
 
-      cluster?(opts) ->
-        opts |> Causeway.Cluster.events() |> Causeway.Cluster.unwrap!()
+  # the window Causeway.ExUnit saved for a test
+  defp test_events(opts) do
+    {test, rest} = Keyword.pop(opts, :test)
 
-      true ->
-        {events, _next, _index} = Causeway.Query.events_page(opts)
+    case Causeway.ExUnit.events(test, rest) do
+      {:ok, events} ->
         events
+
+      {:error, reason} ->
+        raise Causeway.Error,
+          kind: :not_found,
+          message: "no recorded window for test #{inspect(test)} (#{reason})"
     end
   end
 

@@ -49,7 +49,7 @@ defmodule Causeway.Export do
   def chrome_events([]), do: []
 
   def chrome_events(events) when is_list(events) do
-    unless events?(events),
+    unless Causeway.Options.list_of?(events, &match?(%Event{}, &1)),
       do:
         raise(
           ArgumentError,
@@ -65,11 +65,6 @@ defmodule Causeway.Export do
         ArgumentError,
         "chrome_events/1 expects a list of %Causeway.Event{}, got: #{inspect(other, limit: 3)}"
       )
-
-  # a proper list of events (improper lists included in the refusal)
-  defp events?([%Event{} | rest]), do: events?(rest)
-  defp events?([]), do: true
-  defp events?(_), do: false
 
   defp chrome_events_of(events) do
     t0 = events |> Enum.map(& &1.timestamp) |> Enum.min()
