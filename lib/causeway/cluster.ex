@@ -39,7 +39,10 @@ defmodule Causeway.Cluster do
   a node's first query and again when the last measurement is older than
   10 s), then by
   node and id; events keep their `node`. `Causeway.metrics(nodes: :all)`
-  reports the offsets.
+  reports the offsets. The correction can be off by up to half that best
+  round trip (less than a millisecond on a quiet LAN, more on a loaded
+  host): two events on different nodes closer together than that may come
+  out in either order. Within one node the order is always the node's own.
   """
 
   require Logger

@@ -91,7 +91,11 @@ defmodule Causeway.ClusterTest do
 
     # b's events carry wall times 5 s ahead too: uncorrected, the event
     # made on b first would sort after ours
+    # The correction is only as good as half the fastest round trip (the
+    # assert_in_delta above allows 200 ms): the two events are further
+    # apart than that, or a loaded machine could honestly swap them.
     :erpc.call(b, ClusterHelper, :record, [First, 1])
+    Process.sleep(300)
     ClusterHelper.record(Second, 1)
 
     assert {:ok, evs, %{offsets: %{^b => off}}} =
