@@ -6,9 +6,9 @@
 //!   [`context`]: per-process capture context, [`clock`]: the capture clock;
 //! - [`pipeline`]: Layer 2 writer pool and manager, [`correlator`],
 //!   [`backpressure`], [`metrics`];
-//! - [`store`]: RocksDB schema, [`store_faults`]: what faults on disk mean,
-//!   [`store_perms`]: who may read and write a store directory,
-//!   [`query`]: the queries.
+//! - [`store`]: RocksDB schema and storage (keys, posting lists, the on-disk
+//!   codec, names, writing, reading, retention, tuning, what faults on disk
+//!   mean, who may read and write a store directory), [`query`]: the queries.
 
 pub mod backpressure;
 pub mod clock;
@@ -28,7 +28,5 @@ pub mod pipeline;
 pub mod query;
 pub mod ring;
 pub mod store;
-pub mod store_faults;
-pub mod store_perms;
 
 pub use error::{Error, Result};
