@@ -120,6 +120,17 @@ struct FollowSet {
     beyond_hops: u64,
 }
 
+/// What `Follow::gate` needs of one probe.
+struct Probe {
+    kind: EventType,
+    tracee: LocalPid,
+    /// Module and function words of a call or return.
+    mfa: Option<(u64, u64)>,
+    /// The receiver of a send, the child of a spawn.
+    peer: Option<LocalPid>,
+    now: i64,
+}
+
 enum Gate {
     /// Not an event of this session: neither recorded nor followed.
     Skip,
@@ -190,40 +201,23 @@ impl Follow {
         set.hops.insert(w, (peer, hop + 1));
     }
 
-    /// Whether the probe of `tracee` (a pid word) is recorded or followed.
-    fn gate<'a>(
-        &self,
-        env: Env<'a>,
-        s: &TraceSession,
-        kind: EventType,
-        tracee: LocalPid,
-        mfa: Option<(Term<'a>, Term<'a>, Term<'a>)>,
-        term: Term<'a>,
-        opts: Term<'a>,
-        now: i64,
-    ) -> Gate {
-        let pid = pid_word(env, &tracee);
+    /// Whether probe `p` of session `s` is recorded or followed.
+    fn gate(&self, env: Env, s: &TraceSession, p: &Probe) -> Gate {
+        let pid = pid_word(env, &p.tracee);
         let Some(hop) = self.hop_of(pid) else {
-            let trigger_call = match (self.trigger, mfa, kind) {
-                (Some((m, f)), Some((tm, tf, _)), EventType::FunctionEntry) => {
-                    word(tm.as_c_arg()) == m && word(tf.as_c_arg()) == f
-                }
-                _ => false,
-            };
-            return if trigger_call && self.fire(env, s, tracee, now) {
+            let trigger_call = p.kind == EventType::FunctionEntry
+                && self.trigger.is_some()
+                && self.trigger == p.mfa;
+            return if trigger_call && self.fire(env, s, p.tracee, p.now) {
                 Gate::Trigger
             } else {
                 Gate::Skip
             };
         };
-        let peer = match kind {
-            EventType::MessageSend => extra(env, opts).and_then(|t| t.decode::<LocalPid>().ok()),
-            EventType::ProcessSpawn => term.decode::<LocalPid>().ok(),
-            _ => None,
-        };
-        if let Some(peer) = peer {
+        if let Some(peer) = p.peer {
             self.reach(env, hop, peer);
         }
+        let kind = p.kind;
         let recorded = match kind {
             EventType::MessageSend => self.record_sends,
             EventType::MessageReceive => self.record_receives,
@@ -569,15 +563,31 @@ fn record<'a>(
         None
     };
     let gate = match &s.follow {
-        Some(f) => f.gate(env, s, kind, tracee_pid, mfa, term, opts, now),
+        Some(f) => {
+            let peer = match kind {
+                EventType::MessageSend => {
+                    extra(env, opts).and_then(|t| t.decode::<LocalPid>().ok())
+                }
+                EventType::ProcessSpawn => term.decode::<LocalPid>().ok(),
+                _ => None,
+            };
+            let probe = Probe {
+                kind,
+                tracee: tracee_pid,
+                mfa: mfa.map(|(m, f, _)| (word(m.as_c_arg()), word(f.as_c_arg()))),
+                peer,
+                now,
+            };
+            f.gate(env, s, &probe)
+        }
         None => Gate::Followed,
     };
     match (gate, mfa) {
         (Gate::Skip, _) => return ok,
-        (Gate::Followed, Some((m, _, _))) if !s.modules.is_empty() => {
-            if !s.modules.contains(&word(m.as_c_arg())) {
-                return ok;
-            }
+        (Gate::Followed, Some((m, _, _)))
+            if !s.modules.is_empty() && !s.modules.contains(&word(m.as_c_arg())) =>
+        {
+            return ok;
         }
         _ => {}
     }
