@@ -31,6 +31,47 @@ defmodule Causeway.Tracer do
   process that started it dying, its instance stopping, or a limit tripping
   removes every trace flag and trace pattern it set. The starter gets
   `{:causeway_trace, session, {:stopped, reason}}` when a limit stops it.
+
+  ## Triggered sessions (`start_on:`)
+  With `start_on: trigger` (see `Causeway.Tracer.Trigger`) the session
+  records nothing until its trigger fires. Then it follows the process the
+  trigger fired in (hop 0) and every process a followed process at hop `h`
+  sends a message to (a pid) or spawns (hop `h + 1`), and records in them
+  what the target and `:what` say; the target is a module or `{m, f, arity}`
+  (default `:what`: calls, returns, exceptions, sends, receives and
+  spawns) or `:all` (default `[:send, :receive, :procs]`, `:functions` for
+  calls). Its own options:
+    * `:max_hops` (2) — how far from the triggering process (0: only it)
+    * `:max_followed` (100) — at most this many processes are followed;
+      those reached after that are counted as `refused` in `trace_info/1`
+      (and those a hop too far as `beyond_hops`)
+    * `:follow_ms` (5 000) — how long it follows after the trigger; then it
+      stops with `{:stopped, :follow_ms}` (`:duration_ms` still bounds the
+      whole session, armed or following, and `:max_events` etc. apply)
+
+  The owner gets `{:causeway_trace, session, {:triggered, pid}}` when the
+  trigger fires. `trace_info/1` adds `triggered`, `trigger_pid`,
+  `followed: [{pid, hop}]`, `refused` and `beyond_hops`.
+
+  How it follows, and what that means:
+    * a spawned process inherits the flags as it is created (`set_on_spawn`),
+      before it runs; a process a followed one sends to gets them as the
+      message is sent, from a send trace pattern (`:erlang.trace_pattern(:send,
+      ...)`) whose match spec sets them on the receiver. Nothing either does
+      after that is missed. Processes that got the flags but are not
+      followed (too far, over the cap) are detached at their first event.
+    * the send trace pattern is global to the VM: one triggered session
+      runs on a node at a time (another gets `{:error, %Causeway.Error{kind:
+      :busy}}`), and none starts while another tool has set a send pattern.
+      Every send-traced process of the VM runs it while the session lives:
+      processes traced by another tracer when the session starts, Causeway's
+      own and the session's owner are never given the flags; a process that
+      another tracer starts tracing later and that receives a message from
+      a send-traced process can be taken over (avoid running other tracers
+      beside a triggered session).
+    * the process that started the session (its owner) is never followed.
+    * a message sent to a registered name (not a pid) is not followed
+      (GenServer calls and casts resolve names to pids first and are).
   """
 
   use GenServer, restart: :temporary

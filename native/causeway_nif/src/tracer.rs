@@ -48,6 +48,7 @@ mod atoms {
         fired,
         already_fired,
         not_armed,
+        not_followable,
         triggered,
         trigger_pid,
         followed,
@@ -157,7 +158,7 @@ impl Follow {
 
     /// Fires the trigger in `pid` (once): it is followed from now on.
     fn fire(&self, env: Env, s: &TraceSession, pid: LocalPid, now: i64) -> bool {
-        if self.exclude.contains(&pid_word(env, &pid))
+        if self.excluded(env, &pid)
             || self
                 .fired
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
@@ -174,6 +175,10 @@ impl Follow {
             .fetch_min(now.saturating_add(self.follow_ns), Ordering::AcqRel);
         let _ = env.send(&s.owner, (atoms::causeway_trace(), atoms::fired(), pid));
         true
+    }
+
+    fn excluded(&self, env: Env, pid: &LocalPid) -> bool {
+        self.exclude.contains(&pid_word(env, pid))
     }
 
     /// A followed process at `hop` reached `peer` (sent to it or spawned it).
@@ -436,8 +441,9 @@ fn tracer_session_info(env: Env, s: ResourceArc<TraceSession>) -> NifResult<Term
 }
 
 /// Fires a triggered session's trigger in `pid` (a manual or telemetry
-/// trigger): `ok`, `already_fired`, or `not_armed` (not a triggered session,
-/// or stopped). The caller then gives `pid` its trace flags.
+/// trigger): `ok`, `already_fired`, `not_followable` (one of Causeway's
+/// processes or the session's owner), or `not_armed` (not a triggered
+/// session, or stopped). The caller then gives `pid` its trace flags.
 #[rustler::nif]
 fn tracer_session_fire(env: Env, s: ResourceArc<TraceSession>, pid: LocalPid) -> Atom {
     let now = monotonic_ns();
@@ -446,6 +452,9 @@ fn tracer_session_fire(env: Env, s: ResourceArc<TraceSession>, pid: LocalPid) ->
     };
     if !s.live(now) {
         return atoms::not_armed();
+    }
+    if f.excluded(env, &pid) {
+        return atoms::not_followable();
     }
     if f.fire(env, &s, pid, now) {
         crate::atoms::ok()
