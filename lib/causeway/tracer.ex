@@ -57,9 +57,14 @@ defmodule Causeway.Tracer do
     * a spawned process inherits the flags as it is created (`set_on_spawn`),
       before it runs; a process a followed one sends to gets them as the
       message is sent, from a send trace pattern (`:erlang.trace_pattern(:send,
-      ...)`) whose match spec sets them on the receiver. Nothing either does
-      after that is missed. Processes that got the flags but are not
-      followed (too far, over the cap) are detached at their first event.
+      ...)`) whose match spec sets them on the receiver, before the message
+      is delivered, so what either does after that is not missed (unless
+      the receiver, running on another scheduler at that very moment, has
+      an event in the microseconds before the sender's own event registers
+      it: then it is detached and not followed). Processes that got the
+      flags but are not followed (too far, over the cap) are detached at
+      their first event; sends and spawns are followed whether or not
+      `:what` records them.
     * the send trace pattern is global to the VM: one triggered session
       runs on a node at a time (another gets `{:error, %Causeway.Error{kind:
       :busy}}`), and none starts while another tool has set a send pattern.

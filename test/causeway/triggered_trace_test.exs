@@ -243,6 +243,21 @@ defmodule Causeway.TriggeredTraceTest do
     Causeway.stop_trace(s)
   end
 
+  test "sends and spawns are followed even when :what does not record them" do
+    %{worker: worker, handler: handler} = shop()
+    s = start_triggered!(what: [:call, :return])
+    assert {:charged, 1, task} = GenServer.call(handler, {:request, "/checkout", 1})
+    assert_receive {:audited, _}, 5_000
+    info = Causeway.trace_info(s)
+    assert {worker, 1} in info.followed and {task, 2} in info.followed
+    Causeway.stop_trace(s)
+    flush!()
+
+    events = Enum.flat_map([handler, worker, task], &tracer_events/1)
+    assert Enum.any?(events, &(&1.pid == task and &1.module == Ledger))
+    assert Enum.all?(events, &(&1.type in [:function_entry, :function_exit]))
+  end
+
   test "a manual trigger follows the process it is fired for" do
     %{worker: worker, handler: handler} = shop()
     s = start_triggered!(start_on: :manual)
