@@ -428,6 +428,28 @@ defmodule Causeway do
   recording into that node's instance with the same options (limits count
   per node): a `Causeway.Cluster.Trace`, stopped as a whole by
   `stop_trace/1`.
+
+  With `start_on: trigger` the session is armed and records nothing until
+  the trigger fires; then it follows the process it fired in and every
+  process a followed one sends a message to or spawns, up to `max_hops:`
+  (default 2; 0 = only that process) away and `max_followed:` (default
+  100) processes, for `follow_ms:` (default 5 000) after the trigger
+  (`duration_ms:` still bounds the whole session, armed or not, and
+  `max_events` and the other limits apply). The target then names what is
+  recorded in the followed processes: a module or `{m, f, arity}` (by
+  default with their sends, receives and spawns), or `:all` (messages and
+  spawns; `functions:` for calls). Triggers: `{:call, {m, f, arity | :_}}`
+  (optionally `args: [...]` or `match_spec: [...]`), `{:telemetry,
+  event_name}` (optionally `filter: fn measurements, metadata -> bool
+  end`; only when `:telemetry` is loaded) and `:manual` (`fire_trace/2`);
+  see `Causeway.Tracer.Trigger`. The owner gets `{:causeway_trace,
+  session, {:triggered, pid}}` when it fires; `trace_info/1` tells which
+  processes are followed at which hop, and how many were not (`refused`:
+  the cap was reached; `beyond_hops`).
+
+      {:ok, s} = Causeway.trace(MyApp.Billing,
+                   start_on: {:call, {MyApp.Api, :checkout, 2}, args: [:_, %{vip: true}]},
+                   max_hops: 2, follow_ms: 10_000)
   """
   @spec trace(module() | mfa() | pid() | [pid()] | :all | :new, keyword()) ::
           {:ok, Causeway.Tracer.t() | Causeway.Cluster.Trace.t()}
@@ -437,6 +459,15 @@ defmodule Causeway do
       do: Causeway.Cluster.trace(target, opts),
       else: Causeway.Tracer.start(target, opts)
   end
+
+  @doc """
+  Fires a triggered session (`trace/2` with `start_on:`, typically
+  `start_on: :manual`) by hand: `pid` (default: the caller) is followed
+  from when this returns. `{:error, :already_fired}` once it has fired,
+  `{:error, :not_triggered}` for a session without `start_on:`.
+  """
+  @spec fire_trace(Causeway.Tracer.t(), pid()) :: :ok | {:error, atom()}
+  def fire_trace(session, pid \\ self()), do: Causeway.Tracer.fire(session, pid)
 
   @doc "Stops a trace session, removing every trace flag and pattern it set."
   @spec stop_trace(Causeway.Tracer.t()) :: :ok

@@ -67,6 +67,7 @@ defmodule Causeway.Native do
   def tracer_session_new(_h, _opts, _owner), do: err()
   def tracer_session_stop(_s, _reason), do: err()
   def tracer_session_info(_s), do: err()
+  def tracer_session_fire(_s, _pid), do: err()
 
   # pipeline
   def pipeline_start(_opts, _owner), do: err()

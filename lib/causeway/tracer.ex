@@ -31,11 +31,58 @@ defmodule Causeway.Tracer do
   process that started it dying, its instance stopping, or a limit tripping
   removes every trace flag and trace pattern it set. The starter gets
   `{:causeway_trace, session, {:stopped, reason}}` when a limit stops it.
+
+  ## Triggered sessions (`start_on:`)
+  With `start_on: trigger` (see `Causeway.Tracer.Trigger`) the session
+  records nothing until its trigger fires. Then it follows the process the
+  trigger fired in (hop 0) and every process a followed process at hop `h`
+  sends a message to (a pid) or spawns (hop `h + 1`), and records in them
+  what the target and `:what` say; the target is a module or `{m, f, arity}`
+  (default `:what`: calls, returns, exceptions, sends, receives and
+  spawns) or `:all` (default `[:send, :receive, :procs]`, `:functions` for
+  calls). Its own options:
+    * `:max_hops` (2) — how far from the triggering process (0: only it)
+    * `:max_followed` (100) — at most this many processes are followed;
+      those reached after that are counted as `refused` in `trace_info/1`
+      (and those a hop too far as `beyond_hops`)
+    * `:follow_ms` (5 000) — how long it follows after the trigger; then it
+      stops with `{:stopped, :follow_ms}` (`:duration_ms` still bounds the
+      whole session, armed or following, and `:max_events` etc. apply)
+
+  The owner gets `{:causeway_trace, session, {:triggered, pid}}` when the
+  trigger fires. `trace_info/1` adds `triggered`, `trigger_pid`,
+  `followed: [{pid, hop}]`, `refused` and `beyond_hops`.
+
+  How it follows, and what that means:
+    * a spawned process inherits the flags as it is created (`set_on_spawn`),
+      before it runs; a process a followed one sends to gets them as the
+      message is sent, from a send trace pattern (`:erlang.trace_pattern(:send,
+      ...)`) whose match spec sets them on the receiver, before the message
+      is delivered, so what either does after that is not missed (unless
+      the receiver, running on another scheduler at that very moment, has
+      an event in the microseconds before the sender's own event registers
+      it: then it is detached and not followed). Processes that got the
+      flags but are not followed (too far, over the cap) are detached at
+      their first event; sends and spawns are followed whether or not
+      `:what` records them.
+    * the send trace pattern is global to the VM: one triggered session
+      runs on a node at a time (another gets `{:error, %Causeway.Error{kind:
+      :busy}}`), and none starts while another tool has set a send pattern.
+      Every send-traced process of the VM runs it while the session lives:
+      processes traced by another tracer when the session starts, Causeway's
+      own and the session's owner are never given the flags; a process that
+      another tracer starts tracing later and that receives a message from
+      a send-traced process can be taken over (avoid running other tracers
+      beside a triggered session).
+    * the process that started the session (its owner) is never followed.
+    * a message sent to a registered name (not a pid) is not followed
+      (GenServer calls and casts resolve names to pids first and are).
   """
 
   use GenServer, restart: :temporary
 
   alias Causeway.Native
+  alias Causeway.Tracer.Trigger
 
   defstruct [:pid, :target]
 
@@ -62,12 +109,17 @@ defmodule Causeway.Tracer do
           max_rate: 10_000,
           duration_ms: 60_000,
           max_msg_bytes: 2_048,
-          instance: Causeway
+          instance: Causeway,
+          start_on: nil,
+          max_hops: nil,
+          max_followed: nil,
+          follow_ms: nil
         ],
         "Causeway.trace/2"
       )
 
-    plan = plan!(target, opts)
+    follow = follow!(opts)
+    plan = plan!(target, opts, follow)
     handle = Causeway.Instance.handle!(opts[:instance])
 
     case DynamicSupervisor.start_child(
@@ -103,6 +155,19 @@ defmodule Causeway.Tracer do
 
   def info(other), do: bad_session!("trace_info/1", other)
 
+  @doc false
+  def fire(%__MODULE__{pid: pid}, target) when is_pid(pid) and is_pid(target) do
+    GenServer.call(pid, {:fire, target})
+  catch
+    :exit, _ -> {:error, :not_running}
+  end
+
+  def fire(%__MODULE__{}, target),
+    do:
+      raise(ArgumentError, "fire_trace/2 expects a local pid, got: #{inspect(target, limit: 5)}")
+
+  def fire(other, _), do: bad_session!("fire_trace/2", other)
+
   defp bad_session!(fun, other),
     do:
       raise(
@@ -112,7 +177,37 @@ defmodule Causeway.Tracer do
 
   # ---------------------------------------------------------------- planning
 
-  defp plan!(target, opts) do
+  # The following of a triggered session (`start_on:`), or nil.
+  defp follow!(opts) do
+    follow_keys = [:max_hops, :max_followed, :follow_ms]
+
+    case opts[:start_on] do
+      nil ->
+        case Enum.find(follow_keys, &(opts[&1] != nil)) do
+          nil -> nil
+          key -> raise ArgumentError, "#{inspect(key)} is an option of :start_on sessions only"
+        end
+
+      trigger ->
+        %{
+          source: trigger,
+          trigger: Trigger.parse!(trigger),
+          max_hops: Causeway.Options.int!(opts[:max_hops] || 2, :max_hops, 0..1_000),
+          max_followed:
+            Causeway.Options.int!(opts[:max_followed] || 100, :max_followed, 1..1_000_000),
+          follow_ms: Causeway.Options.int!(opts[:follow_ms] || 5_000, :follow_ms, 1..0xFFFF_FFFF)
+        }
+    end
+  end
+
+  defp plan!(target, opts, follow) do
+    if follow != nil and not ((is_atom(target) and target != :new) or is_tuple(target)),
+      do:
+        raise(
+          ArgumentError,
+          "with :start_on the followed processes are chosen by the trigger: the target names what is recorded in them, a module, {m, f, arity} or :all, got: #{inspect(target, limit: 5)}"
+        )
+
     {procs, fun_targets} =
       case target do
         m when is_atom(m) and m not in [:all, :new] ->
@@ -143,6 +238,9 @@ defmodule Causeway.Tracer do
 
     what =
       case opts[:what] do
+        nil when follow != nil and function_target? ->
+          [:call, :return, :exception, :send, :receive, :procs]
+
         nil ->
           if function_target?, do: [:call, :return, :exception], else: [:send, :receive, :procs]
 
@@ -241,7 +339,9 @@ defmodule Causeway.Tracer do
       do: raise(ArgumentError, ":what must include :call, :send, :receive or :procs")
 
     %{
-      procs: procs,
+      procs: if(follow, do: :triggered, else: procs),
+      what: what,
+      follow: follow,
       flags: flags,
       patterns: if(calls?, do: patterns, else: []),
       match_spec: match_spec!(what, opts),
@@ -340,28 +440,152 @@ defmodule Causeway.Tracer do
       returns: plan.returns
     }
 
+    session_opts = Map.put(session_opts, :follow, follow_opts(plan, opts[:instance], owner))
+
     with {:ok, session} <- Native.tracer_session_new(handle, session_opts, self()),
          :ok <- apply_patterns(plan) do
       tracer = {:tracer, Native, session}
-      matched = apply_flags(plan, tracer)
-      exclude_ourselves(plan, opts[:instance])
-      timer = Process.send_after(self(), :duration_elapsed, opts[:duration_ms])
 
-      {:ok,
-       %{
-         plan: plan,
-         session: session,
-         owner: owner,
-         owner_ref: owner_ref,
-         instance_ref: instance_ref,
-         timer: timer,
-         processes: matched,
-         stopped: nil
-       }}
+      state = %{
+        plan: plan,
+        session: session,
+        owner: owner,
+        owner_ref: owner_ref,
+        instance_ref: instance_ref,
+        timer: nil,
+        processes: 0,
+        stopped: nil,
+        # a triggered session: the flags a followed process gets, and
+        # whether the send trace pattern is ours to restore
+        follow_flags: [tracer | Enum.uniq(plan.flags ++ [:send, :procs, :set_on_spawn])],
+        send_pattern: false
+      }
+
+      case start_tracing(plan, tracer, state, opts[:instance]) do
+        {:ok, state} ->
+          timer = Process.send_after(self(), :duration_elapsed, opts[:duration_ms])
+          {:ok, %{state | timer: timer}}
+
+        {:error, e, state} ->
+          Native.tracer_session_stop(session, "stopped")
+          cleanup(state)
+          {:stop, e}
+      end
     else
       {:error, %Causeway.Error{} = e} -> {:stop, e}
       {:error, e} -> {:stop, Causeway.Error.from_native(e)}
     end
+  end
+
+  defp follow_opts(%{follow: nil}, _instance, _owner), do: nil
+
+  defp follow_opts(%{follow: f, what: what}, instance, owner) do
+    %{
+      max_hops: f.max_hops,
+      max_followed: f.max_followed,
+      follow_ms: f.follow_ms,
+      trigger:
+        case f.trigger do
+          %{kind: :call, mfa: {m, fun, _}} -> {m, fun}
+          _ -> nil
+        end,
+      record_sends: :send in what,
+      record_receives: :receive in what,
+      record_procs: :procs in what,
+      exclude: ours(instance) ++ if(node(owner) == node(), do: [owner], else: [])
+    }
+  end
+
+  # Causeway's own processes: never traced (their work would trace itself).
+  defp ours(instance),
+    do:
+      Enum.filter(
+        [self(), Process.whereis(instance), Process.whereis(Causeway.SessionSupervisor)],
+        &is_pid/1
+      )
+
+  defp start_tracing(%{procs: :triggered} = plan, _tracer, state, instance) do
+    returns? = plan.returns and :call in plan.what
+
+    with :ok <- register_triggered(),
+         {:ok, state} <- set_send_pattern(state, instance) do
+      case Trigger.arm(plan.follow.trigger, state.session, state.follow_flags, returns?) do
+        :ok -> {:ok, state}
+        {:error, e} -> {:error, e, state}
+      end
+    else
+      {:error, e} -> {:error, e, state}
+    end
+  end
+
+  defp start_tracing(plan, tracer, state, instance) do
+    matched = apply_flags(plan, tracer)
+    exclude_ourselves(plan, instance)
+    {:ok, %{state | processes: matched}}
+  end
+
+  # One triggered session at a time on a node: the VM's send trace pattern
+  # (which follows messages) is global.
+  @registered Causeway.Tracer.Triggered
+
+  defp register_triggered do
+    Process.register(self(), @registered)
+    :ok
+  rescue
+    ArgumentError ->
+      {:error,
+       %Causeway.Error{
+         kind: :busy,
+         message: "another :start_on session is running on #{node()} (one at a time)"
+       }}
+  end
+
+  # At most this many processes traced by other tracers are left out of the
+  # send pattern (each is a guard of the match spec).
+  @max_foreign 10_000
+
+  # Every process with the send flag then gives the receiver of each message
+  # it sends to a pid the session's tracer and a followed process's flags,
+  # as the message is sent (so nothing it does after is missed); the native
+  # session keeps those a followed process within max_hops sent to and
+  # detaches the others. Processes traced by another tracer now, and
+  # Causeway's own, are left out.
+  defp set_send_pattern(state, instance) do
+    foreign =
+      for pid <- Process.list(),
+          match?({:tracer, t} when t != [], safe_trace_info(pid, :tracer)),
+          do: pid
+
+    cond do
+      :erlang.trace_info(:send, :match_spec) != {:match_spec, true} ->
+        {:error,
+         %Causeway.Error{
+           kind: :busy,
+           message: "the VM's send trace pattern is set by another tool: :start_on needs it"
+         }}
+
+      length(foreign) > @max_foreign ->
+        {:error,
+         %Causeway.Error{
+           kind: :busy,
+           message: "#{length(foreign)} processes are traced by another tracer"
+         }}
+
+      true ->
+        guards =
+          [{:is_pid, :"$1"}] ++
+            Enum.map(ours(instance) ++ [state.owner] ++ foreign, &{:"=/=", :"$1", &1})
+
+        ms_flags = Enum.map(state.follow_flags, fn f -> if is_tuple(f), do: {f}, else: f end)
+        :erlang.trace_pattern(:send, [{[:"$1", :_], guards, [{:trace, :"$1", [], ms_flags}]}], [])
+        {:ok, %{state | send_pattern: true}}
+    end
+  end
+
+  defp safe_trace_info(pid, what) do
+    :erlang.trace_info(pid, what)
+  rescue
+    ArgumentError -> :undefined
   end
 
   defp apply_patterns(%{patterns: patterns, match_spec: ms}) do
@@ -412,14 +636,38 @@ defmodule Causeway.Tracer do
   def handle_call(:info, _from, state) do
     native = Native.tracer_session_info(state.session)
 
-    {:reply,
-     Map.merge(native, %{
-       running: state.stopped == nil,
-       processes: state.processes,
-       flags: state.plan.flags,
-       patterns: state.plan.patterns
-     }), state}
+    info =
+      Map.merge(native, %{
+        running: state.stopped == nil,
+        processes: state.processes,
+        flags: state.plan.flags,
+        patterns: state.plan.patterns
+      })
+
+    info =
+      case state.plan.follow do
+        nil ->
+          info
+
+        f ->
+          Map.merge(info, %{
+            processes: length(native.followed),
+            trigger: f.source,
+            max_hops: f.max_hops,
+            max_followed: f.max_followed,
+            follow_ms: f.follow_ms
+          })
+      end
+
+    {:reply, info, state}
   end
+
+  def handle_call({:fire, pid}, _from, %{plan: %{follow: %{}}} = state) do
+    {:reply, Trigger.fire(state.session, pid, state.follow_flags), state}
+  end
+
+  def handle_call({:fire, _pid}, _from, state),
+    do: {:reply, {:error, :not_triggered}, state}
 
   @impl true
   def handle_info({:causeway_trace, :stopped, reason}, state) do
@@ -429,6 +677,29 @@ defmodule Causeway.Tracer do
     )
 
     {:stop, :normal, %{state | stopped: reason}}
+  end
+
+  def handle_info({:causeway_trace, :fired, pid}, %{plan: %{follow: f}} = state) do
+    Trigger.disarm(f.trigger)
+    Process.send_after(self(), :follow_elapsed, f.follow_ms)
+
+    send(
+      state.owner,
+      {:causeway_trace, %__MODULE__{pid: self(), target: nil}, {:triggered, pid}}
+    )
+
+    {:noreply, state}
+  end
+
+  def handle_info(:follow_elapsed, state) do
+    Native.tracer_session_stop(state.session, "follow_ms")
+
+    send(
+      state.owner,
+      {:causeway_trace, %__MODULE__{pid: self(), target: nil}, {:stopped, :follow_ms}}
+    )
+
+    {:stop, :normal, %{state | stopped: "follow_ms"}}
   end
 
   def handle_info(:duration_elapsed, state) do
@@ -454,14 +725,23 @@ defmodule Causeway.Tracer do
   @impl true
   def terminate(_reason, state) do
     Native.tracer_session_stop(state.session, state.stopped || "stopped")
-    cleanup(state.plan, state.session)
+    cleanup(state)
     :ok
   end
 
-  defp cleanup(%{procs: procs, flags: flags, patterns: patterns}, session) do
+  defp cleanup(
+         %{plan: %{procs: procs, flags: flags, patterns: patterns} = plan, session: session} =
+           state
+       ) do
+    if plan.follow, do: Trigger.disarm(plan.follow.trigger)
+    if state.send_pattern, do: :erlang.trace_pattern(:send, true, [])
     for mfa <- patterns, do: :erlang.trace_pattern(mfa, false, [:local])
 
     case procs do
+      # every flag: a followed process got more than the session's own
+      :triggered ->
+        for pid <- Process.list(), do: untrace(pid, [:all], session)
+
       list when is_list(list) ->
         for pid <- list, do: untrace(pid, flags, session)
 

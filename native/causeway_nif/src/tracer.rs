@@ -9,6 +9,10 @@
 //! whichever trips first stops it: from then on `enabled/3` answers `remove`
 //! (the VM detaches the tracer from each tracee), and the session process is
 //! told why, and removes every flag and pattern it set.
+//!
+//! A triggered session (`start_on:`, see `Follow`) records nothing until its
+//! trigger fires; then it records the triggering process and every process a
+//! followed one sends to or spawns, a bounded number of hops away.
 
 use crate::beam::{monotonic_ns, pid_word, word};
 use crate::error::arg_error;
@@ -19,6 +23,7 @@ use causeway_core::event::{EventType, LinkKind, RawEvent, RawPid, Source};
 use causeway_core::pipeline::Pipeline;
 use causeway_core::ring::cpu_slot;
 use rustler::{Atom, Encoder, Env, LocalPid, NifMap, NifResult, ResourceArc, Term, TermType};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +45,15 @@ mod atoms {
         causeway_trace,
         stopped,
         exception,
+        fired,
+        already_fired,
+        not_armed,
+        not_followable,
+        triggered,
+        trigger_pid,
+        followed,
+        refused,
+        beyond_hops,
     }
 }
 
@@ -48,7 +62,8 @@ pub struct TraceSession {
     owner: LocalPid,
     max_events: u64,
     max_rate: u64,
-    deadline_ns: i64,
+    /// Lowered to the trigger's time + `follow_ms` when a trigger fires.
+    deadline_ns: AtomicI64,
     max_term_bytes: usize,
     events: AtomicU64,
     window_start: AtomicI64,
@@ -59,6 +74,167 @@ pub struct TraceSession {
     modules: Vec<u64>,
     /// Returns are traced: calls are stacked (and closed by their return).
     returns: bool,
+    /// `Some` for a triggered session.
+    follow: Option<Follow>,
+}
+
+/// The following of a triggered session. Before its trigger fires, the only
+/// events that reach the session are the trigger's meta-traced calls (and
+/// probes of processes that got its flags without being followed, which are
+/// detached). When it fires, the calling process is followed at hop 0; a
+/// followed process at hop `h < max_hops` that sends to a local process or
+/// spawns one makes it followed at `h + 1`, until `max_followed` processes
+/// are. The Elixir side gives followed processes `send`, `procs` and
+/// `set_on_spawn` (spawned children inherit the flags before they run) and
+/// a send trace pattern that gives a message's receiver the flags as it is
+/// sent; this registry decides which of them stay: any other process whose
+/// tracer is this session is detached (`remove`) on its next probe.
+struct Follow {
+    fired: AtomicBool,
+    max_hops: u32,
+    max_followed: usize,
+    follow_ns: i64,
+    /// The trigger function's module and function words (`None`: a manual
+    /// or telemetry trigger, fired by `tracer_session_fire`).
+    trigger: Option<(u64, u64)>,
+    record_sends: bool,
+    record_receives: bool,
+    record_procs: bool,
+    /// Pid words never followed (Causeway's own processes, the session's owner).
+    exclude: Vec<u64>,
+    set: Mutex<FollowSet>,
+}
+
+/// Distinct processes not followed are remembered up to this many (the
+/// counts stay exact up to it, and are lower bounds after).
+const MAX_NOT_FOLLOWED: usize = 10_000;
+
+#[derive(Default)]
+struct FollowSet {
+    hops: HashMap<u64, (LocalPid, u32)>,
+    trigger_pid: Option<LocalPid>,
+    fired_at_ns: i64,
+    not_followed: HashSet<u64>,
+    /// Processes reached when `max_followed` were followed already.
+    refused: u64,
+    /// Processes reached from a followed process at `max_hops`.
+    beyond_hops: u64,
+}
+
+/// What `Follow::gate` needs of one probe.
+struct Probe {
+    kind: EventType,
+    tracee: LocalPid,
+    /// Module and function words of a call or return.
+    mfa: Option<(u64, u64)>,
+    /// The receiver of a send, the child of a spawn.
+    peer: Option<LocalPid>,
+    now: i64,
+}
+
+enum Gate {
+    /// Not an event of this session: neither recorded nor followed.
+    Skip,
+    /// The call that fired the trigger: recorded whatever the filters say.
+    Trigger,
+    /// An event of a followed process.
+    Followed,
+}
+
+impl Follow {
+    fn hop_of(&self, pid: u64) -> Option<u32> {
+        self.set
+            .lock()
+            .ok()
+            .and_then(|s| s.hops.get(&pid).map(|(_, h)| *h))
+    }
+
+    fn is_followed(&self, pid: u64) -> bool {
+        self.set
+            .lock()
+            .map(|s| s.hops.contains_key(&pid))
+            .unwrap_or(false)
+    }
+
+    /// Fires the trigger in `pid` (once): it is followed from now on.
+    fn fire(&self, env: Env, s: &TraceSession, pid: LocalPid, now: i64) -> bool {
+        if self.excluded(env, &pid)
+            || self
+                .fired
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return false;
+        }
+        if let Ok(mut set) = self.set.lock() {
+            set.hops.insert(pid_word(env, &pid), (pid, 0));
+            set.trigger_pid = Some(pid);
+            set.fired_at_ns = now;
+        }
+        s.deadline_ns
+            .fetch_min(now.saturating_add(self.follow_ns), Ordering::AcqRel);
+        let _ = env.send(&s.owner, (atoms::causeway_trace(), atoms::fired(), pid));
+        true
+    }
+
+    fn excluded(&self, env: Env, pid: &LocalPid) -> bool {
+        self.exclude.contains(&pid_word(env, pid))
+    }
+
+    /// A followed process at `hop` reached `peer` (sent to it or spawned it).
+    fn reach(&self, env: Env, hop: u32, peer: LocalPid) {
+        let w = pid_word(env, &peer);
+        if self.exclude.contains(&w) {
+            return;
+        }
+        let Ok(mut set) = self.set.lock() else { return };
+        if set.hops.contains_key(&w) {
+            return;
+        }
+        let full = set.hops.len() >= self.max_followed;
+        if hop >= self.max_hops || full {
+            if set.not_followed.len() < MAX_NOT_FOLLOWED && set.not_followed.insert(w) {
+                if hop >= self.max_hops {
+                    set.beyond_hops += 1;
+                } else {
+                    set.refused += 1;
+                }
+            }
+            return;
+        }
+        set.not_followed.remove(&w);
+        set.hops.insert(w, (peer, hop + 1));
+    }
+
+    /// Whether probe `p` of session `s` is recorded or followed.
+    fn gate(&self, env: Env, s: &TraceSession, p: &Probe) -> Gate {
+        let pid = pid_word(env, &p.tracee);
+        let Some(hop) = self.hop_of(pid) else {
+            let trigger_call = p.kind == EventType::FunctionEntry
+                && self.trigger.is_some()
+                && self.trigger == p.mfa;
+            return if trigger_call && self.fire(env, s, p.tracee, p.now) {
+                Gate::Trigger
+            } else {
+                Gate::Skip
+            };
+        };
+        if let Some(peer) = p.peer {
+            self.reach(env, hop, peer);
+        }
+        let kind = p.kind;
+        let recorded = match kind {
+            EventType::MessageSend => self.record_sends,
+            EventType::MessageReceive => self.record_receives,
+            EventType::ProcessSpawn | EventType::ProcessExit => self.record_procs,
+            _ => true,
+        };
+        if recorded {
+            Gate::Followed
+        } else {
+            Gate::Skip
+        }
+    }
 }
 
 #[rustler::resource_impl]
@@ -66,7 +242,9 @@ impl rustler::Resource for TraceSession {}
 
 impl TraceSession {
     fn live(&self, now: i64) -> bool {
-        !self.stopped.load(Ordering::Relaxed) && now < self.deadline_ns && self.pipeline.is_open()
+        !self.stopped.load(Ordering::Relaxed)
+            && now < self.deadline_ns.load(Ordering::Relaxed)
+            && self.pipeline.is_open()
     }
 
     /// Stops the session once, remembers why and tells its process.
@@ -86,8 +264,21 @@ impl TraceSession {
     /// Counts one event against the limits; false once a limit trips.
     fn admit(&self, env: Env, now: i64) -> bool {
         if !self.live(now) {
-            if !self.stopped.load(Ordering::Relaxed) && now >= self.deadline_ns {
-                self.trip(env, "duration_ms");
+            if !self.stopped.load(Ordering::Relaxed)
+                && now >= self.deadline_ns.load(Ordering::Relaxed)
+            {
+                let fired = self
+                    .follow
+                    .as_ref()
+                    .map(|f| f.fired.load(Ordering::Relaxed));
+                self.trip(
+                    env,
+                    if fired == Some(true) {
+                        "follow_ms"
+                    } else {
+                        "duration_ms"
+                    },
+                );
             }
             return false;
         }
@@ -123,6 +314,21 @@ struct SessionOpts {
     max_msg_bytes: usize,
     modules: Vec<Atom>,
     returns: bool,
+    /// `nil`, or the following of a triggered session.
+    follow: Option<FollowOpts>,
+}
+
+#[derive(NifMap)]
+struct FollowOpts {
+    max_hops: u32,
+    max_followed: usize,
+    follow_ms: u64,
+    /// `{module, function}` of a call trigger, or `nil`.
+    trigger: Option<(Atom, Atom)>,
+    record_sends: bool,
+    record_receives: bool,
+    record_procs: bool,
+    exclude: Vec<LocalPid>,
 }
 
 /// A session bound to the instance `h`, reporting limits to `owner`.
@@ -141,12 +347,28 @@ fn tracer_session_new(
         )));
     }
     let now = monotonic_ns();
+    let follow = o.follow.map(|f| Follow {
+        fired: AtomicBool::new(false),
+        max_hops: f.max_hops,
+        max_followed: f.max_followed.max(1),
+        follow_ns: (f.follow_ms as i64).saturating_mul(1_000_000),
+        trigger: f
+            .trigger
+            .map(|(m, fun)| (word(m.as_c_arg()), word(fun.as_c_arg()))),
+        record_sends: f.record_sends,
+        record_receives: f.record_receives,
+        record_procs: f.record_procs,
+        exclude: f.exclude.iter().map(|p| pid_word(env, p)).collect(),
+        set: Mutex::new(FollowSet::default()),
+    });
     let s = TraceSession {
         pipeline,
         owner,
         max_events: o.max_events,
         max_rate: o.max_rate.max(1),
-        deadline_ns: now.saturating_add((o.duration_ms as i64).saturating_mul(1_000_000)),
+        deadline_ns: AtomicI64::new(
+            now.saturating_add((o.duration_ms as i64).saturating_mul(1_000_000)),
+        ),
         max_term_bytes: o.max_msg_bytes,
         events: AtomicU64::new(0),
         window_start: AtomicI64::new(now),
@@ -155,6 +377,7 @@ fn tracer_session_new(
         reason: Mutex::new(None),
         modules: o.modules.iter().map(|a| word(a.as_c_arg())).collect(),
         returns: o.returns,
+        follow,
     };
     Ok((crate::atoms::ok(), ResourceArc::new(s)).encode(env))
 }
@@ -170,36 +393,103 @@ fn tracer_session_stop(s: ResourceArc<TraceSession>, reason: String) -> Atom {
     crate::atoms::ok()
 }
 
-/// `%{events: n, stopped: bool, reason: nil | string}`
+/// `%{events: n, stopped: bool, reason: nil | string}`; a triggered
+/// session adds `triggered: bool, trigger_pid: pid | nil, followed: [{pid,
+/// hop}], refused: n, beyond_hops: n`.
 #[rustler::nif]
-fn tracer_session_info(env: Env, s: ResourceArc<TraceSession>) -> Term {
+fn tracer_session_info(env: Env, s: ResourceArc<TraceSession>) -> NifResult<Term> {
     let reason = s.reason.lock().ok().and_then(|r| r.clone());
-    let keys = ["events", "stopped", "reason"].map(|k| crate::convert::atom(env, k));
-    let vals = [
-        s.events.load(Ordering::Relaxed).encode(env),
-        s.stopped.load(Ordering::Relaxed).encode(env),
-        match reason {
-            Some(r) => r.encode(env),
+    let map = Term::map_new(env)
+        .map_put(
+            crate::convert::atom(env, "events"),
+            s.events.load(Ordering::Relaxed).encode(env),
+        )?
+        .map_put(
+            crate::convert::atom(env, "stopped"),
+            s.stopped.load(Ordering::Relaxed).encode(env),
+        )?
+        .map_put(
+            crate::convert::atom(env, "reason"),
+            match reason {
+                Some(r) => r.encode(env),
+                None => crate::atoms::nil().encode(env),
+            },
+        )?;
+    let Some(f) = &s.follow else { return Ok(map) };
+    let Ok(set) = f.set.lock() else {
+        return Ok(map);
+    };
+    let mut followed: Vec<(LocalPid, u32)> = set.hops.values().copied().collect();
+    followed.sort_by_key(|(_, h)| *h);
+    map.map_put(
+        atoms::triggered().encode(env),
+        f.fired.load(Ordering::Relaxed).encode(env),
+    )?
+    .map_put(
+        atoms::trigger_pid().encode(env),
+        match set.trigger_pid {
+            Some(p) => p.encode(env),
             None => crate::atoms::nil().encode(env),
         },
-    ];
-    Term::map_from_term_arrays(env, &keys, &vals)
-        .unwrap_or_else(|_| crate::atoms::nil().encode(env))
+    )?
+    .map_put(atoms::followed().encode(env), followed.encode(env))?
+    .map_put(atoms::refused().encode(env), set.refused.encode(env))?
+    .map_put(
+        atoms::beyond_hops().encode(env),
+        set.beyond_hops.encode(env),
+    )
+}
+
+/// Fires a triggered session's trigger in `pid` (a manual or telemetry
+/// trigger): `ok`, `already_fired`, `not_followable` (one of Causeway's
+/// processes or the session's owner), or `not_armed` (not a triggered
+/// session, or stopped). The caller then gives `pid` its trace flags.
+#[rustler::nif]
+fn tracer_session_fire(env: Env, s: ResourceArc<TraceSession>, pid: LocalPid) -> Atom {
+    let now = monotonic_ns();
+    let Some(f) = &s.follow else {
+        return atoms::not_armed();
+    };
+    if !s.live(now) {
+        return atoms::not_armed();
+    }
+    if f.excluded(env, &pid) {
+        return atoms::not_followable();
+    }
+    if f.fire(env, &s, pid, now) {
+        crate::atoms::ok()
+    } else {
+        atoms::already_fired()
+    }
 }
 
 lean_nif!("enabled", 3, |env, a| Ok(enabled(env, a[0], a[1], a[2])));
 /// erl_tracer `enabled/3`: trace while the session lives, detach after.
-fn enabled<'a>(env: Env<'a>, _tag: Term<'a>, state: Term<'a>, _tracee: Term<'a>) -> Term<'a> {
+fn enabled<'a>(env: Env<'a>, tag: Term<'a>, state: Term<'a>, tracee: Term<'a>) -> Term<'a> {
     // borrowed for the call (the VM holds the state term): no reference
     // count taken and dropped per probe
     let Some(s) = state.try_get_resource::<TraceSession>() else {
         return atoms::remove().encode(env);
     };
-    if s.live(monotonic_ns()) {
-        atoms::trace().encode(env)
-    } else {
-        atoms::remove().encode(env)
+    if !s.live(monotonic_ns()) {
+        return atoms::remove().encode(env);
     }
+    if let Some(f) = &s.follow {
+        // `trace_status` asks whether a tracer given to a process (by the
+        // trigger's or the send pattern's match spec) stays: it does until
+        // that process probes and is not followed
+        let keep = tag.decode::<Atom>().ok() == Some(atoms::trace_status())
+            || if f.fired.load(Ordering::Acquire) {
+                f.is_followed(word(tracee.as_c_arg()))
+            } else {
+                // before the trigger fires only its meta-traced call counts
+                tag.decode::<Atom>().ok() == Some(atoms::call())
+            };
+        if !keep {
+            return atoms::remove().encode(env);
+        }
+    }
+    atoms::trace().encode(env)
 }
 
 fn extra<'a>(env: Env<'a>, opts: Term<'a>) -> Option<Term<'a>> {
@@ -281,10 +571,34 @@ fn record<'a>(
     } else {
         None
     };
-    if let (Some((m, _, _)), false) = (mfa, s.modules.is_empty()) {
-        if !s.modules.contains(&word(m.as_c_arg())) {
+    let gate = match &s.follow {
+        Some(f) => {
+            let peer = match kind {
+                EventType::MessageSend => {
+                    extra(env, opts).and_then(|t| t.decode::<LocalPid>().ok())
+                }
+                EventType::ProcessSpawn => term.decode::<LocalPid>().ok(),
+                _ => None,
+            };
+            let probe = Probe {
+                kind,
+                tracee: tracee_pid,
+                mfa: mfa.map(|(m, f, _)| (word(m.as_c_arg()), word(f.as_c_arg()))),
+                peer,
+                now,
+            };
+            f.gate(env, s, &probe)
+        }
+        None => Gate::Followed,
+    };
+    match (gate, mfa) {
+        (Gate::Skip, _) => return ok,
+        (Gate::Followed, Some((m, _, _)))
+            if !s.modules.is_empty() && !s.modules.contains(&word(m.as_c_arg())) =>
+        {
             return ok;
         }
+        _ => {}
     }
     let module = mfa.map_or(0, |(m, _, _)| word(m.as_c_arg()));
     // a return closes its frame whether or not it is recorded; one whose call
