@@ -79,6 +79,12 @@ defmodule Causeway do
       the store holds more than `max_bytes` of live data) are deleted in the
       background with range deletes and compaction; indexes and links that
       pointed at them go with them
+    * `:persist` — `:always` (default: every event is written) or
+      `{:on_trigger, opts}`: the flight recorder, which keeps a sliding
+      window in memory and writes it only when a trigger fires (an abnormal
+      exit, an `error` event, a slow call, a long queue wait, a `:telemetry`
+      event, `snapshot/2`); see `Causeway.Flight` for its options and
+      `incidents/1` for what it wrote
 
   Every option is checked before anything starts: an unknown option, a
   value of the wrong type or out of its range is an `ArgumentError` that
@@ -251,22 +257,49 @@ defmodule Causeway do
     do: raise(ArgumentError, "capture/2 expects true or false, got: #{inspect(on?)}")
 
   @doc """
-  Subscribes the caller to `:backpressure` (`{:causeway, :backpressure, level, info}`
-  on every level change) or `:health` (`{:causeway, :health, what, info}` when a
-  writer panics or storage fails).
+  Persists the flight recorder's window now (an instance started with
+  `persist: {:on_trigger, opts}`, see `Causeway.Flight`), as an incident
+  whose trigger is `:snapshot` and whose `detail` is `reason` (a string, or
+  any term, inspected). What is captured in the next `after_ms` is written
+  too. An instance that persists everything gives `{:error, %Causeway.Error{kind:
+  :invalid_argument}}`.
   """
-  @spec subscribe(:backpressure | :health, atom()) :: :ok | {:error, Causeway.Error.t()}
+  @spec snapshot(term(), atom()) :: {:ok, Causeway.Incident.t()} | {:error, Causeway.Error.t()}
+  def snapshot(reason, name \\ Causeway), do: Causeway.Flight.snapshot(reason, name)
+
+  @doc """
+  The flight recorder's incidents in a store, oldest first (`%Causeway.Incident{}`).
+  Takes `:instance` (default `Causeway`) or `:store` (from `open/2`, so the
+  incidents of a stopped node can be read).
+  """
+  @spec incidents(keyword()) :: [Causeway.Incident.t()]
+  def incidents(opts \\ []), do: Causeway.Flight.incidents(opts)
+
+  @doc """
+  Subscribes the caller to `:backpressure` (`{:causeway, :backpressure, level, info}`
+  on every level change), `:health` (`{:causeway, :health, what, info}` when a
+  writer panics or storage fails) or `:incident` (`{:causeway, :incident,
+  %Causeway.Incident{}}` when the flight recorder persists one, see
+  `Causeway.Flight`).
+  """
+  @spec subscribe(:backpressure | :health | :incident, atom()) ::
+          :ok | {:error, Causeway.Error.t()}
   def subscribe(topic, name \\ Causeway)
 
   def subscribe(topic, name), do: subscription(:subscribe, topic, name)
 
   @doc "Undoes `subscribe/2`."
-  @spec unsubscribe(:backpressure | :health, atom()) :: :ok | {:error, Causeway.Error.t()}
+  @spec unsubscribe(:backpressure | :health | :incident, atom()) ::
+          :ok | {:error, Causeway.Error.t()}
   def unsubscribe(topic, name \\ Causeway), do: subscription(:unsubscribe, topic, name)
 
   defp subscription(op, topic, name) do
-    unless topic in [:backpressure, :health],
-      do: raise(ArgumentError, "#{op}/2 expects :backpressure or :health, got: #{inspect(topic)}")
+    unless topic in [:backpressure, :health, :incident],
+      do:
+        raise(
+          ArgumentError,
+          "#{op}/2 expects :backpressure, :health or :incident, got: #{inspect(topic)}"
+        )
 
     with {:ok, pid} <- Instance.whereis(name) do
       GenServer.call(pid, {op, topic, self()})
@@ -286,7 +319,13 @@ defmodule Causeway do
   (utilization, written, read, dropped per shard), `dropped` by reason, `workers`
   and `worker_load`, `queue_depth`, `correlation_success_rate`,
   `missing_correlations`, `orphaned_events`, `native_memory`, `storage_bytes`,
-  the backpressure `level` and its `history`, and `alerts`; and
+  the backpressure `level` and its `history`, and `alerts`; `flight`
+  (`nil` unless `persist: {:on_trigger, ...}`): `window_events` and
+  `window_bytes` held now, `expired` (aged out of the window), `evicted`
+  (pushed out by its byte cap), `persisted` (written by incidents) and
+  `incidents` — with it, `persisted` counts the events the writers took
+  (into the window or to disk), and `produced` = `dropped_total` +
+  `flight.window_events` + `expired` + `evicted` + `flight.persisted`; and
   `capture_path`: the clock captures read (`:tsc` or `:os`) and whether small
   integers, atoms and lists are read straight from their term words
   (`direct_term_words`) and binaries of up to 64 bytes, floats and tuples

@@ -3,7 +3,7 @@ defmodule Causeway.Instance do
   # The owner of one native pipeline (PipelineManager's Elixir side): it opens
   # it, publishes its handle for Causeway.Runtime, receives what the native
   # threads send (flush completions, backpressure levels, worker faults),
-  # forwards them to subscribers, and closes the pipeline (draining what is
+  # forwards them (and flight recorder incidents) to subscribers, and closes the pipeline (draining what is
   # buffered) when it terminates. It traps exits so that happens on shutdown.
 
   use GenServer
@@ -96,7 +96,21 @@ defmodule Causeway.Instance do
         # the instance named Causeway is the one Causeway.Runtime reports to
         if name == Causeway, do: :ok = Native.rt_set_default(handle)
 
-        {:ok, %{name: name, dir: native.dir, handle: handle, waiters: %{}, subscribers: %{}}}
+        telemetry =
+          case native.flight do
+            %{telemetry: [_ | _] = events} -> Causeway.Flight.attach(name, self(), events)
+            _ -> []
+          end
+
+        {:ok,
+         %{
+           name: name,
+           dir: native.dir,
+           handle: handle,
+           waiters: %{},
+           subscribers: %{},
+           telemetry: telemetry
+         }}
 
       {:error, reason} ->
         {:stop, Causeway.Error.from_native(reason)}
@@ -186,6 +200,20 @@ defmodule Causeway.Instance do
     {:noreply, state}
   end
 
+  def handle_info({:causeway_native, :incident, inc}, state) do
+    publish(state, :incident, {:causeway, :incident, Causeway.Incident.from_native(inc)})
+    {:noreply, state}
+  end
+
+  def handle_info({:causeway_flight_telemetry, event}, state) do
+    case Native.pipeline_snapshot(state.handle, true, inspect(event)) do
+      {:ok, _incident} -> :ok
+      {:error, e} -> Logger.warning("Causeway flight recorder: #{inspect(event)}: #{inspect(e)}")
+    end
+
+    {:noreply, state}
+  end
+
   def handle_info({:DOWN, _ref, :process, pid, _}, state),
     do: {:noreply, %{state | subscribers: Map.delete(state.subscribers, pid)}}
 
@@ -199,6 +227,7 @@ defmodule Causeway.Instance do
       do: :persistent_term.erase({__MODULE__, state.name})
 
     if state.name == Causeway, do: Native.rt_set_default(nil)
+    if state.telemetry != [], do: Causeway.Flight.detach(state.telemetry)
 
     Native.pipeline_close(state.handle)
 

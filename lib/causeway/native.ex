@@ -78,6 +78,8 @@ defmodule Causeway.Native do
   def pipeline_level(_h), do: err()
   def pipeline_retention(_h), do: err()
   def pipeline_metrics(_h), do: err()
+  def pipeline_snapshot(_h, _telemetry, _reason), do: err()
+  def store_incidents(_h), do: err()
 
   # queries
   def query_events(_h, _filter), do: err()

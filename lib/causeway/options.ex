@@ -26,7 +26,8 @@ defmodule Causeway.Options do
     memory_budget: nil,
     sync_writes: false,
     covering_pid_index: true,
-    retention: []
+    retention: [],
+    persist: :always
   ]
 
   def start_defaults, do: @start_defaults
@@ -93,7 +94,8 @@ defmodule Causeway.Options do
       redact: redact,
       retention_max_age_ms: retention[:max_age],
       retention_max_bytes: retention[:max_bytes],
-      retention_interval_ms: retention[:interval_ms]
+      retention_interval_ms: retention[:interval_ms],
+      flight: Causeway.Flight.persist!(opts[:persist])
     }
 
     {name, native}

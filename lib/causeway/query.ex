@@ -25,7 +25,8 @@ defmodule Causeway.Query do
     :store,
     :instance,
     :page_size,
-    :scan
+    :scan,
+    :incident
   ]
 
   @doc false
@@ -134,6 +135,7 @@ defmodule Causeway.Query do
       do: raise(ArgumentError, ":pid must be a pid, got: #{inspect(pid)}")
 
     limit = count!(opts, :limit, 1000)
+    {since, until} = incident_span(opts, opt_time(opts, :since), opt_time(opts, :until))
 
     reverse =
       case Keyword.get(opts, :order, :asc) do
@@ -149,14 +151,26 @@ defmodule Causeway.Query do
       function: name!(opts, :function),
       arity: opt_int!(opts, :arity, 255),
       call_id: opt_int!(opts, :call_id),
-      since: opt_time(opts, :since),
-      until: opt_time(opts, :until),
+      since: since,
+      until: until,
       limit: limit,
       reverse: reverse,
       after: opt_int!(opts, :after),
       links: bool!(opts, :links, true),
       scan: bool!(opts, :scan, false)
     }
+  end
+
+  # `incident: id` narrows the time range to what the incident wrote.
+  defp incident_span(opts, since, until) do
+    case Keyword.get(opts, :incident) do
+      nil ->
+        {since, until}
+
+      id ->
+        {lo, hi} = Causeway.Incident.wall_span(Causeway.Flight.incident!(id, opts))
+        {max(since || lo, lo), min(until || hi, hi)}
+    end
   end
 
   defp type!(t) do

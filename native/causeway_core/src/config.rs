@@ -42,6 +42,8 @@ pub struct Config {
     /// Keys whose values are never captured, as raw atom words (opaque here;
     /// the NIF glue compares them with the keys of captured maps and tuples).
     pub redact: Vec<u64>,
+    /// `Some`: the flight recorder (events persisted only on a trigger).
+    pub flight: Option<crate::pipeline::flight::FlightConfig>,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             redact: Vec::new(),
             retention: crate::store::RetentionPolicy::default(),
             retention_interval_ms: 60_000,
+            flight: None,
         }
     }
 }

@@ -651,6 +651,27 @@ fn read_atom(bytes: &[u8], pos: &mut usize) -> Result<String> {
     })
 }
 
+/// Whether a process exit reason (its `term_to_binary` bytes) is one OTP
+/// counts as normal: `normal`, `shutdown` or `{shutdown, _}`. Anything
+/// else, bytes that do not decode included, is abnormal.
+pub fn is_normal_exit_reason(bytes: &[u8]) -> bool {
+    let mut pos = usize::from(bytes.first() == Some(&VERSION));
+    match bytes.get(pos) {
+        Some(&SMALL_TUPLE_EXT) => {
+            if bytes.get(pos + 1) != Some(&2) {
+                return false;
+            }
+            pos += 2;
+            matches!(read_atom(bytes, &mut pos).as_deref(), Ok("shutdown"))
+        }
+        Some(_) => matches!(
+            read_atom(bytes, &mut pos).as_deref(),
+            Ok("normal" | "shutdown")
+        ),
+        None => false,
+    }
+}
+
 /// Reads an atom's name from `term_to_binary(atom)` bytes.
 pub fn parse_atom(bytes: &[u8]) -> Result<String> {
     let mut pos = usize::from(bytes.first() == Some(&VERSION));
@@ -717,6 +738,42 @@ pub fn latin1_to_string(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normal_exit_reasons_are_told_from_abnormal_ones() {
+        let term = |f: &dyn Fn(&mut EtfWriter)| {
+            let mut w = EtfWriter::with_version();
+            f(&mut w);
+            w.into_bytes()
+        };
+        for normal in ["normal", "shutdown"] {
+            assert!(is_normal_exit_reason(&term(&|w| w.atom(normal))));
+        }
+        assert!(is_normal_exit_reason(&term(&|w| {
+            w.tuple_header(2);
+            w.atom("shutdown");
+            w.int(3);
+        })));
+        for abnormal in [
+            term(&|w| w.atom("killed")),
+            term(&|w| {
+                w.tuple_header(2);
+                w.atom("badarg");
+                w.nil();
+            }),
+            term(&|w| {
+                w.tuple_header(3);
+                w.atom("shutdown");
+                w.nil();
+                w.nil();
+            }),
+            vec![131],
+            vec![],
+            vec![131, 104, 2],
+        ] {
+            assert!(!is_normal_exit_reason(&abnormal), "{abnormal:?}");
+        }
+    }
 
     #[test]
     fn pid_round_trip() {

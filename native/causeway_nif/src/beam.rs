@@ -234,4 +234,16 @@ impl Notifier for OwnerNotifier {
             (atoms::causeway_native(), atoms::worker(), w, idx, detail).encode(env)
         });
     }
+
+    fn incident(&self, incident: &causeway_core::store::Incident) {
+        let inc = incident.clone();
+        self.send(move |env| {
+            (
+                atoms::causeway_native(),
+                atoms::incident(),
+                crate::flight::incident_term(env, &inc),
+            )
+                .encode(env)
+        });
+    }
 }

@@ -7,6 +7,7 @@ mod lean;
 mod beam;
 mod convert;
 mod error;
+mod flight;
 mod handle;
 mod pipeline;
 mod query;
@@ -26,6 +27,7 @@ pub mod atoms {
         flushed,
         backpressure,
         worker,
+        incident,
         global,
         module,
         pid,

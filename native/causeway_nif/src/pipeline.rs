@@ -5,6 +5,7 @@ use crate::convert::atom;
 use crate::error::{arg_error, Nif};
 use crate::handle::Handle;
 use causeway_core::config::{Config, ConfigUpdate};
+use causeway_core::pipeline::flight::FlightConfig;
 use causeway_core::pipeline::Pipeline;
 use causeway_core::ring::Overflow;
 use causeway_core::store::{Store, StoreOptions};
@@ -36,6 +37,20 @@ struct StartOpts {
     retention_max_age_ms: Option<u64>,
     retention_max_bytes: Option<u64>,
     retention_interval_ms: u64,
+    flight: Option<FlightOpts>,
+}
+
+/// `persist: {:on_trigger, opts}`, checked on the Elixir side.
+#[derive(NifMap)]
+struct FlightOpts {
+    window_ms: u64,
+    max_bytes: u64,
+    after_ms: u64,
+    cone: bool,
+    on_exit: bool,
+    on_error: bool,
+    slow_call_ms: Option<u64>,
+    queue_wait_ms: Option<u64>,
 }
 
 #[rustler::nif(schedule = "DirtyIo")]
@@ -76,6 +91,16 @@ fn pipeline_start(env: Env, o: StartOpts, owner: LocalPid) -> NifResult<Term> {
             max_bytes: o.retention_max_bytes,
         },
         retention_interval_ms: o.retention_interval_ms,
+        flight: o.flight.map(|f| FlightConfig {
+            window_ms: f.window_ms,
+            max_bytes: f.max_bytes,
+            after_ms: f.after_ms,
+            cone: f.cone,
+            on_exit: f.on_exit,
+            on_error: f.on_error,
+            slow_call_ms: f.slow_call_ms,
+            queue_wait_ms: f.queue_wait_ms,
+        }),
     };
     config.validate().nif()?;
     crate::runtime::note_term_budget(config.max_term_bytes);
@@ -308,6 +333,23 @@ fn pipeline_metrics(env: Env, h: ResourceArc<Handle>) -> NifResult<Term> {
             ("uptime_ms", s.uptime_ms.encode(env)),
             ("retention_deleted", s.retention_deleted.encode(env)),
             ("retention_runs", s.retention_runs.encode(env)),
+            (
+                "flight",
+                match &s.flight {
+                    None => crate::atoms::nil().encode(env),
+                    Some(f) => map(
+                        env,
+                        vec![
+                            ("window_events", f.window_events.encode(env)),
+                            ("window_bytes", f.window_bytes.encode(env)),
+                            ("expired", f.expired.encode(env)),
+                            ("evicted", f.evicted.encode(env)),
+                            ("persisted", f.persisted.encode(env)),
+                            ("incidents", f.incidents.encode(env)),
+                        ],
+                    ),
+                },
+            ),
         ],
     ))
 }

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 mod capture;
 mod enrich;
+pub mod flight;
 mod flush;
 mod manager;
 mod outage;
@@ -65,6 +66,8 @@ pub trait Notifier: Send + Sync + 'static {
     fn flushed(&self, token: u64, result: std::result::Result<(), String>);
     fn backpressure(&self, level: Level, info: &LevelInfo);
     fn worker_event(&self, worker: usize, what: &str, detail: &str);
+    /// A flight recorder trigger made an incident (persisted by then).
+    fn incident(&self, _incident: &crate::store::Incident) {}
 }
 
 /// What a backpressure message carries.
@@ -88,6 +91,8 @@ struct WorkerSlot {
 }
 
 pub struct Pipeline {
+    /// The flight recorder, when events are persisted only on a trigger.
+    flight: Option<flight::Flight>,
     /// Captures in progress that did not come through the runtime's default
     /// pipeline guard (the tracer's), one counter per CPU: close waits for
     /// them to be zero before its final drain, so none lands after it.
@@ -180,6 +185,8 @@ pub struct Snapshot {
     pub uptime_ms: u64,
     pub retention_deleted: u64,
     pub retention_runs: u64,
+    /// The flight recorder's figures, when `persist` is `on_trigger`.
+    pub flight: Option<flight::FlightStats>,
 }
 
 /// The payload memory a pipeline allows beyond its ring slots when no
@@ -223,6 +230,10 @@ impl Pipeline {
             )));
         }
         let floor = store.max_id()?;
+        let flight = match &config.flight {
+            Some(f) => Some(flight::Flight::new(f.clone(), &store)?),
+            None => None,
+        };
         let rings = Rings::new(config.shards, config.ring_size, config.overflow)?;
         let mut config = config;
         config.memory_budget = match config.memory_budget {
@@ -279,6 +290,7 @@ impl Pipeline {
             started: Instant::now(),
             sample_tick: AtomicU64::new(0),
             in_capture: crate::inflight::InFlight::new(),
+            flight,
             config,
         });
         p.ensure_workers()?;
@@ -480,6 +492,27 @@ impl Pipeline {
             + self.rings.payload_bytes()
             + c.pending * 96
             + self.contexts.memory_bytes()
+            + self.flight.as_ref().map_or(0, |f| f.window_bytes())
+    }
+
+    /// Persists the flight recorder's window now (`Causeway.snapshot/1`):
+    /// an incident whose trigger is `trigger` (`snapshot` or `telemetry`).
+    pub fn flight_snapshot(
+        &self,
+        trigger: &'static str,
+        reason: &str,
+    ) -> Result<crate::store::Incident> {
+        let f = self.flight.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(
+                "this instance persists every event (persist: :always); a snapshot needs \
+                 persist: {:on_trigger, ...}"
+                    .into(),
+            )
+        })?;
+        let store = self.store().ok_or(Error::Closed)?;
+        let mono = self.resolver.now_mono_ns();
+        let wall = mono.saturating_add(self.resolver.time_offset_ns());
+        f.snapshot(&store, reason, trigger, mono, wall, &*self.notifier)
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -593,6 +626,7 @@ impl Pipeline {
             uptime_ms: self.started.elapsed().as_millis() as u64,
             retention_deleted: self.retention_deleted.load(Ordering::Relaxed),
             retention_runs: self.retention_runs.load(Ordering::Relaxed),
+            flight: self.flight.as_ref().map(|f| f.stats()),
         }
     }
 }

@@ -189,7 +189,10 @@ impl Pipeline {
             return Err(Error::Io(std::io::Error::other("injected storage failure")));
         }
         let store = self.store().ok_or(Error::Closed)?;
-        let r = store.write(&events, &cache.links);
+        let r = match &self.flight {
+            None => store.write(&events, &cache.links),
+            Some(f) => f.route(&store, events, &cache.links, now, &*self.notifier),
+        };
         if r.is_ok() {
             cache.correlated = false;
             cache.links.clear();

@@ -57,6 +57,7 @@ const APP_NAME: &[u8] = b"causeway";
 
 mod codec;
 pub mod faults;
+mod incidents;
 pub mod keys;
 mod names;
 pub mod perms;
@@ -69,6 +70,7 @@ mod tuning;
 mod write;
 
 use codec::{DiskEvent, DiskPid};
+pub use incidents::Incident;
 use names::Names;
 pub use retention::{RetentionPolicy, RetentionStats};
 use tuning::{block_cache, cf_options, db_options, write_buffer_manager, LIVE_OPEN_RETRY};

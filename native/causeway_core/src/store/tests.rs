@@ -490,6 +490,44 @@ fn garbage_on_disk_is_an_error_not_a_panic() {
 }
 
 #[test]
+fn incidents_round_trip_survive_reopen_and_a_damaged_record_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(s.incidents().unwrap(), vec![]);
+    let mut a = Incident {
+        id: 1,
+        trigger: "exit".into(),
+        detail: "abnormal exit".into(),
+        trigger_event: 77,
+        wall_ns: 1_700_000_000_000_000_000,
+        first_id: 10,
+        last_id: 90,
+        events: 12,
+        bytes: 300,
+        cone: true,
+    };
+    s.put_incident(&a).unwrap();
+    a.events = 15;
+    s.put_incident(&a).unwrap();
+    let b = Incident {
+        id: 2,
+        trigger: "snapshot".into(),
+        ..a.clone()
+    };
+    s.put_incident(&b).unwrap();
+    drop(s);
+    let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(s.incidents().unwrap(), vec![a.clone(), b]);
+    assert_eq!(s.incident(1).unwrap(), Some(a));
+    assert_eq!(s.incident(3).unwrap(), None);
+    let mut key = b"incident:".to_vec();
+    key.extend_from_slice(&3u64.to_be_bytes());
+    s.db.put_cf(s.cf(CF_META).unwrap(), key, [0xc1, 0x00]).unwrap();
+    let e = s.incidents().unwrap_err().to_string();
+    assert!(e.contains("incident record"), "{e}");
+}
+
+#[test]
 fn an_event_on_disk_is_small() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
