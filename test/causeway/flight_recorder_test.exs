@@ -184,6 +184,89 @@ defmodule Causeway.FlightRecorderTest do
     assert msg =~ "on_trigger"
   end
 
+  test "a message that waited in a mailbox past queue_wait_ms fires" do
+    start_causeway!(persist: {:on_trigger, window_ms: 5_000, after_ms: 0, queue_wait_ms: 50})
+    alias Causeway.Runtime
+
+    # a worker busy with one job while the next waits in its mailbox;
+    # Runtime.message_receive/2 records when the message is taken
+    worker =
+      spawn(fn ->
+        for _ <- 1..2 do
+          receive do
+            {:job, from, n} = msg ->
+              Runtime.message_receive(from, msg)
+              Process.sleep(if n == 1, do: 120, else: 0)
+          end
+        end
+      end)
+
+    for n <- 1..2 do
+      msg = {:job, self(), n}
+      Runtime.message_send(worker, msg)
+      send(worker, msg)
+    end
+
+    Process.sleep(300)
+    flush!()
+    assert [%Causeway.Incident{trigger: :queue_wait, detail: detail} = inc] = Causeway.incidents()
+    assert detail =~ ~r/a message waited \d+ ms/
+
+    [recv] =
+      Causeway.events(pid: worker, type: :message_receive, limit: :infinity) |> Enum.take(-1)
+
+    assert inc.trigger_event == recv.id
+  end
+
+  test ":telemetry events named in the options fire a snapshot" do
+    refute Code.ensure_loaded?(:telemetry)
+
+    # :telemetry is not available here (no Hex). This stand-in implements the
+    # part of its documented API used — attach/4, detach/1 and execute/3
+    # calling each handler in the emitting process — so the attach path is
+    # exercised; it is unloaded at the end.
+    Module.create(
+      :telemetry,
+      quote do
+        def attach(id, event, fun, config) do
+          :persistent_term.put({:fake_telemetry, id}, {event, fun, config})
+          :ok
+        end
+
+        def detach(id) do
+          :persistent_term.erase({:fake_telemetry, id})
+          :ok
+        end
+
+        def execute(event, measurements, metadata) do
+          for {{:fake_telemetry, _}, {^event, fun, config}} <- :persistent_term.get(),
+              do: fun.(event, measurements, metadata, config)
+
+          :ok
+        end
+      end,
+      Macro.Env.location(__ENV__)
+    )
+
+    try do
+      start_causeway!(persist: {:on_trigger, after_ms: 0, telemetry: [[:repo, :query, :slow]]})
+      :ok = Causeway.subscribe(:incident)
+      for i <- 1..5, do: Pricing.quote("a", i)
+      flush!()
+      apply(:telemetry, :execute, [[:repo, :query, :other], %{}, %{}])
+      apply(:telemetry, :execute, [[:repo, :query, :slow], %{ms: 900}, %{}])
+      assert_receive {:causeway, :incident, %Causeway.Incident{trigger: :telemetry} = inc}, 5_000
+      assert inc.detail == "[:repo, :query, :slow]"
+      assert inc.events >= 10
+      stop_causeway!()
+      assert [] == for({{:fake_telemetry, _}, _} <- :persistent_term.get(), do: :left)
+    after
+      :code.purge(:telemetry)
+      :code.delete(:telemetry)
+      :code.purge(:telemetry)
+    end
+  end
+
   test "memory stays within the window's cap at 10x overload, every event counted" do
     cap = 1024 * 1024
 
