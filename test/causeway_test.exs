@@ -202,7 +202,7 @@ defmodule CausewayTest do
         Causeway.capture(:global, :yes)
       end
 
-      assert_raise ArgumentError, ~r/:backpressure or :health/, fn ->
+      assert_raise ArgumentError, ~r/:backpressure, :health or :incident/, fn ->
         Causeway.subscribe(:everything)
       end
 

@@ -131,11 +131,11 @@ defmodule Causeway.BadInputTest do
     end
 
     test "unsubscribe from an unknown topic raises as subscribe does" do
-      assert_raise ArgumentError, ~r/:backpressure or :health/, fn ->
+      assert_raise ArgumentError, ~r/:backpressure, :health or :incident/, fn ->
         Causeway.unsubscribe(:not_a_topic)
       end
 
-      assert_raise ArgumentError, ~r/:backpressure or :health/, fn ->
+      assert_raise ArgumentError, ~r/:backpressure, :health or :incident/, fn ->
         Causeway.subscribe(:not_a_topic)
       end
     end
