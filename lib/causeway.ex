@@ -557,9 +557,22 @@ defmodule Causeway do
   defp cluster?(opts),
     do: is_list(opts) and Keyword.keyword?(opts) and Keyword.has_key?(opts, :nodes)
 
-  @doc "Like `events/1`, as a lazy `Stream` that reads pages of `:page_size` (500)."
+  @doc """
+  Like `events/1`, as a lazy `Stream` that reads pages of `:page_size`
+  (500); `:limit` defaults to `:infinity`. With `nodes:` (or `store:` a
+  `Causeway.Stores`), the nodes' pages are merged by corrected wall time as
+  they are read: each node's first page is read when the stream is made
+  (nodes that do not give it are logged), and its next one only when the
+  events it gave are all merged out; a node lost midway ends its part with
+  a warning. `Causeway.Cluster.stream_events/1` returns the missing nodes
+  instead. See `Causeway.Cluster.Stream`.
+  """
   @spec stream_events(keyword()) :: Enumerable.t()
-  def stream_events(opts \\ []), do: Causeway.Query.stream(opts)
+  def stream_events(opts \\ []) do
+    if cluster?(opts) or stores?(opts),
+      do: opts |> Causeway.Cluster.stream_events() |> Causeway.Cluster.unwrap!(),
+      else: Causeway.Query.stream(opts)
+  end
 
   @doc "The event with this id, or `nil`."
   @spec event(non_neg_integer(), keyword()) :: Event.t() | nil

@@ -240,6 +240,73 @@ defmodule Causeway.ClusterTest do
     assert [%{pid: ^child, children: []}] = Causeway.process_tree(parent).children
   end
 
+  test "stream_events pages across nodes in merged order; a node lost midway ends its part",
+       ctx do
+    # in time: c, here, b (not the order the nodes are asked in)
+    :erpc.call(ctx.c, ClusterHelper, :record, [OnC, 3])
+    Process.sleep(300)
+    ClusterHelper.record(Here, 3)
+    Process.sleep(300)
+    :erpc.call(ctx.b, ClusterHelper, :record, [OnB, 3])
+
+    filters = [type: :function_entry]
+    all = Causeway.events([nodes: :all, limit: :infinity] ++ filters)
+    mods = List.duplicate(OnC, 3) ++ List.duplicate(Here, 3) ++ List.duplicate(OnB, 3)
+    assert Enum.map(all, & &1.module) == mods
+
+    # pages of 2: every node is asked several times, the order is the merged one
+    streamed = Causeway.stream_events([nodes: :all, page_size: 2] ++ filters) |> Enum.to_list()
+    assert Enum.map(streamed, &{&1.node, &1.id}) == Enum.map(all, &{&1.node, &1.id})
+
+    desc = Causeway.stream_events([nodes: :all, page_size: 2, order: :desc] ++ filters)
+    assert Enum.map(desc, & &1.module) == Enum.reverse(mods)
+
+    # the limit applies to the merged stream
+    assert [OnC, OnC, OnC, Here] ==
+             Causeway.stream_events([nodes: :all, page_size: 2, limit: 4] ++ filters)
+             |> Enum.map(& &1.module)
+
+    # a node that is gone when the stream is made is named at once
+    {:ok, stream, %{missing: []}} =
+      Causeway.Cluster.stream_events([nodes: :all, page_size: 2] ++ filters)
+
+    os_pid = :erpc.call(ctx.c, :os, :getpid, []) |> List.to_integer()
+    System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+    ClusterHelper.stop(ctx.pc)
+
+    # each node's first page was read when the stream was made: c's two
+    # events are there, its next page is not, and the stream says so
+    log =
+      ExUnit.CaptureLog.capture_log(fn ->
+        send(self(), {:streamed, Enum.map(stream, & &1.module)})
+      end)
+
+    assert_received {:streamed, got}
+    assert got == [OnC, OnC] ++ List.duplicate(Here, 3) ++ List.duplicate(OnB, 3)
+    assert log =~ "stream_events goes on without #{ctx.c}"
+
+    assert {:ok, _, %{missing: [{c, _}]}} =
+             Causeway.Cluster.stream_events([nodes: [node(), ctx.c]] ++ filters)
+
+    assert c == ctx.c
+  end
+
+  test "stream_events over the stores of a cluster opened together", ctx do
+    :erpc.call(ctx.c, ClusterHelper, :record, [OnC, 3])
+    Process.sleep(300)
+    :erpc.call(ctx.b, ClusterHelper, :record, [OnB, 3])
+    for p <- [ctx.pb, ctx.pc], do: ClusterHelper.stop(p)
+
+    {:ok, all} = Causeway.open([ctx.dir_b, ctx.dir_c], read_only: true)
+    filters = [type: :function_entry, limit: :infinity]
+    evs = Causeway.events([store: all] ++ filters)
+    assert Enum.map(evs, & &1.module) == List.duplicate(OnC, 3) ++ List.duplicate(OnB, 3)
+
+    streamed = Causeway.stream_events([store: all, page_size: 1] ++ filters) |> Enum.to_list()
+    assert Enum.map(streamed, &{&1.node, &1.id}) == Enum.map(evs, &{&1.node, &1.id})
+    :ok = Causeway.close(all)
+  end
+
   test "bad cluster options are ArgumentErrors" do
     assert_raise ArgumentError, ~r/:nodes/, fn -> Causeway.events(nodes: "all") end
     assert_raise ArgumentError, ~r/:timeout/, fn -> Causeway.events(nodes: :all, timeout: -1) end
