@@ -61,9 +61,10 @@ defmodule Causeway.Cluster do
   `Causeway.message_flow/3`. A send whose receiver is on another node is
   paired there, at query time, with the receiver's `message_receive` of the
   same message from the same sender (first in, first out per receiver,
-  sender and message, so duplicates pair in order; a receive recorded
-  without its sender is taken only when no receive with the sender is
-  left).
+  sender and message, so duplicates pair in order; a `GenServer.call`'s
+  `{:"$gen_call", from, request}` pairs with the `request` its
+  `handle_call/3` records; a receive recorded without its sender is taken
+  only when no receive with the sender is left). See `Causeway.Cluster.Links`.
   """
   def message_flow(a, b, opts) do
     with {:ok, flows, meta} <-
@@ -113,6 +114,14 @@ defmodule Causeway.Cluster do
   give their first page. See `Causeway.Cluster.Stream`.
   """
   def stream_events(opts), do: Causeway.Cluster.Stream.stream(opts)
+
+  @doc """
+  `Causeway.causal_chain/2` across nodes: where a node's part of the chain
+  stops at a receive of a message sent from another node, or at the
+  first cause of a process spawned from another node, it goes on there.
+  See `Causeway.Cluster.Chain`.
+  """
+  def causal_chain(id, opts), do: Causeway.Cluster.Chain.causal_chain(id, opts)
 
   @doc "Every node's `Causeway.metrics/0`, and totals."
   def metrics(opts) do

@@ -307,6 +307,121 @@ defmodule Causeway.ClusterTest do
     :ok = Causeway.close(all)
   end
 
+  defp chain_shape(chain), do: Enum.map(chain, fn {e, via} -> {e.type, e.node, via} end)
+
+  test "causal_chain from a state change on b back to the traced GenServer.call here, FIFO",
+       %{b: b} do
+    counter = :erpc.call(b, ClusterHelper, :counter, [0])
+
+    client =
+      spawn(fn ->
+        receive do: (:go -> :ok)
+
+        for k <- [3, 3] do
+          id = Causeway.Runtime.function_entry(Client, :bump, [k])
+          r = GenServer.call(counter, {:add, k})
+          Causeway.Runtime.function_exit(id, r)
+        end
+      end)
+
+    # the caller's sends are traced: {:"$gen_call", from, {:add, 3}}, twice
+    {:ok, t} = Causeway.trace(client, what: [:send])
+    ref = Process.monitor(client)
+    send(client, :go)
+    assert_receive {:DOWN, ^ref, _, _, _}, 5_000
+    :ok = Causeway.stop_trace(t)
+    flush!()
+    :ok = :erpc.call(b, Causeway, :flush, [])
+
+    [_init, first, second] = Causeway.state_history(counter, nodes: [b])
+    assert {first.data.new, second.data.new} == {3, 6}
+
+    sends =
+      Causeway.events(pid: client, type: :message_send)
+      |> Enum.filter(&(&1.data.to == counter))
+
+    assert [{:"$gen_call", _, {:add, 3}}, {:"$gen_call", _, {:add, 3}}] =
+             Enum.map(sends, & &1.data.message)
+
+    chain = Causeway.causal_chain(second.id, nodes: :all)
+
+    assert [
+             {:state_change, ^b, nil},
+             {:message_receive, ^b, :caused_by},
+             {:message_send, here, :receives},
+             {:function_entry, here, :caused_by} | _
+           ] = chain_shape(chain)
+
+    assert here == node()
+    # the second change goes back to the second of the two identical sends
+    {send, _} = Enum.at(chain, 2)
+    assert send.id == List.last(sends).id
+    assert {%{module: Client, data: [3]}, _} = Enum.at(chain, 3)
+
+    {send1, _} = Enum.at(Causeway.causal_chain(first.id, nodes: :all), 2)
+    assert send1.id == hd(sends).id
+
+    # the same walk, with the missing nodes named: none
+    assert {:ok, ^chain, %{missing: []}} = Causeway.Cluster.causal_chain(second.id, nodes: :all)
+    # without this node asked, the chain stops on b
+    assert [{_, nil}, {%{type: :message_receive}, :caused_by}] =
+             Causeway.causal_chain(second.id, nodes: [b])
+
+    # :max caps the whole chain
+    assert length(Causeway.causal_chain(second.id, nodes: :all, max: 3)) == 3
+  end
+
+  test "causal_chain goes from a child on b to its spawn by a parent here", %{b: b} do
+    {parent, child} = ClusterHelper.remote_spawn(b)
+    [entry] = Causeway.events(nodes: [b], pid: child, type: :function_entry)
+
+    assert [
+             {:function_entry, ^b, nil},
+             {:process_spawn, here, :spawned_by},
+             {:function_entry, here, :caused_by}
+           ] = chain_shape(Causeway.causal_chain(entry.id, nodes: :all))
+
+    assert here == node()
+    [{_, _}, {spawn, _}, _] = Causeway.causal_chain(entry.id, nodes: :all)
+    assert spawn.pid == parent and spawn.data.child == child
+
+    # a node asked that is not there is named; the chain is the same
+    ghost = :"ghost@127.0.0.1"
+
+    assert {:ok, [_, _, _], %{missing: [{^ghost, :not_connected}]}} =
+             Causeway.Cluster.causal_chain(entry.id, nodes: [b, node(), ghost])
+  end
+
+  test "post-mortem: causal_chain across the copied stores of two nodes", ctx do
+    counter = :erpc.call(ctx.b, ClusterHelper, :counter, [10])
+    client = :erpc.call(ctx.c, ClusterHelper, :call_recorded, [counter, [{:add, 1}, {:add, 2}]])
+    {_parent, child} = :erpc.call(ctx.c, ClusterHelper, :remote_spawn, [ctx.b])
+    :ok = :erpc.call(ctx.b, Causeway, :flush, [])
+    for p <- [ctx.pb, ctx.pc], do: ClusterHelper.stop(p)
+
+    {:ok, all} = Causeway.open([ctx.dir_b, ctx.dir_c], read_only: true)
+    [_init, _, second] = Causeway.state_history(counter, store: all)
+    chain = Causeway.causal_chain(second.id, store: all)
+    {b, c} = {ctx.b, ctx.c}
+
+    assert [
+             {:state_change, ^b, nil},
+             {:message_receive, ^b, :caused_by},
+             {:message_send, ^c, :receives},
+             {:function_entry, ^c, :caused_by}
+           ] = chain_shape(chain)
+
+    {send, _} = Enum.at(chain, 2)
+    assert send.pid == client and send.data.message == {:add, 2}
+
+    [entry] = Causeway.events(store: all, pid: child, type: :function_entry)
+
+    assert [{:function_entry, ^b, nil}, {:process_spawn, ^c, :spawned_by} | _] =
+             chain_shape(Causeway.causal_chain(entry.id, store: all))
+
+    :ok = Causeway.close(all)
+  end
+
   test "bad cluster options are ArgumentErrors" do
     assert_raise ArgumentError, ~r/:nodes/, fn -> Causeway.events(nodes: "all") end
     assert_raise ArgumentError, ~r/:timeout/, fn -> Causeway.events(nodes: :all, timeout: -1) end
