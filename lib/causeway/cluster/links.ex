@@ -74,6 +74,42 @@ defmodule Causeway.Cluster.Links do
     end
   end
 
+  @doc """
+  Among `events` (from several nodes, in merged order), the sends to a
+  process on another node paired with that process's receives among them,
+  by the rules above: `[{send, receive}]`. Receives that their own node
+  already linked to a send are left out.
+  """
+  @spec pair_across([Causeway.Event.t()]) :: [{Causeway.Event.t(), Causeway.Event.t()}]
+  def pair_across(events) do
+    receives =
+      events
+      |> Enum.filter(&(&1.type == :message_receive and not linked?(&1)))
+      |> Enum.group_by(& &1.pid)
+
+    {pairs, _left} =
+      events
+      |> Enum.filter(&remote_send?/1)
+      |> Enum.flat_map_reduce(receives, fn s, left ->
+        case take_receive(Map.get(left, s.data.to, []), s) do
+          {nil, _} -> {[], left}
+          {r, rest} -> {[{s, r}], Map.put(left, s.data.to, rest)}
+        end
+      end)
+
+    pairs
+  end
+
+  defp linked?(%{links: links}) when is_list(links),
+    do: Enum.any?(links, &match?({:receives, _}, &1))
+
+  defp linked?(_), do: false
+
+  defp remote_send?(%{type: :message_send, node: n, data: %{to: to}}) when is_pid(to),
+    do: to_string(node(to)) != to_string(n)
+
+  defp remote_send?(_), do: false
+
   @doc false
   # On the receiver's node: a receive whose sender is known, and how many
   # receives of the same message from the same sender its process had
