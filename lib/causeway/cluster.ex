@@ -113,6 +113,7 @@ defmodule Causeway.Cluster do
   %{missing:, offsets:}}`, where `missing` names the nodes that did not
   give their first page. See `Causeway.Cluster.Stream`.
   """
+  @spec stream_events(keyword()) :: {:ok, Enumerable.t(), map()}
   def stream_events(opts), do: Causeway.Cluster.Stream.stream(opts)
 
   @doc """
@@ -121,6 +122,8 @@ defmodule Causeway.Cluster do
   first cause of a process spawned from another node, it goes on there.
   See `Causeway.Cluster.Chain`.
   """
+  @spec causal_chain(non_neg_integer(), keyword()) ::
+          {:ok, [{Causeway.Event.t(), atom() | nil}], map()}
   def causal_chain(id, opts), do: Causeway.Cluster.Chain.causal_chain(id, opts)
 
   @doc "Every node's `Causeway.metrics/0`, and totals."
