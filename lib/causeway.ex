@@ -552,8 +552,9 @@ defmodule Causeway do
   by corrected wall time, each event keeping its `node`; nodes that do not
   answer in time are logged. `Causeway.Cluster.events/1` returns them
   instead: `{:ok, events, %{missing: [{node, reason}], offsets: ...}}`.
-  `state_history/2`, `message_flow/3` and `metrics/1` take `nodes:` too;
-  `event/2`, `call_tree/2`, `causal_chain/2` and `state_at/3` with `nodes:`
+  `state_history/2`, `message_flow/3`, `stream_events/1`, `causal_chain/2`
+  (which follows causes from node to node) and `metrics/1` take `nodes:`
+  too; `event/2`, `call_tree/2` and `state_at/3` with `nodes:`
   answer from the first node (in the order given, this node first for
   `:all`) that has the id or the pid's state: ids are unique per node, so
   pass `nodes: [event.node]` to ask about one event (events carry their
@@ -596,9 +597,22 @@ defmodule Causeway do
   defp cluster?(opts),
     do: is_list(opts) and Keyword.keyword?(opts) and Keyword.has_key?(opts, :nodes)
 
-  @doc "Like `events/1`, as a lazy `Stream` that reads pages of `:page_size` (500)."
+  @doc """
+  Like `events/1`, as a lazy `Stream` that reads pages of `:page_size`
+  (500); `:limit` defaults to `:infinity`. With `nodes:` (or `store:` a
+  `Causeway.Stores`), the nodes' pages are merged by corrected wall time as
+  they are read: each node's first page is read when the stream is made
+  (nodes that do not give it are logged), and its next one only when the
+  events it gave are all merged out; a node lost midway ends its part with
+  a warning. `Causeway.Cluster.stream_events/1` returns the missing nodes
+  instead. See `Causeway.Cluster.Stream`.
+  """
   @spec stream_events(keyword()) :: Enumerable.t()
-  def stream_events(opts \\ []), do: Causeway.Query.stream(opts)
+  def stream_events(opts \\ []) do
+    if cluster?(opts) or stores?(opts),
+      do: opts |> Causeway.Cluster.stream_events() |> Causeway.Cluster.unwrap!(),
+      else: Causeway.Query.stream(opts)
+  end
 
   @doc "The event with this id, or `nil`."
   @spec event(non_neg_integer(), keyword()) :: Event.t() | nil
@@ -625,11 +639,21 @@ defmodule Causeway do
   From an event back to its root cause, across processes: `[{event, link}]`
   where `link` says how the event led to the one before it (`nil` for the first).
   `:max` (default 1000, or `:infinity`) caps its length.
+
+  With `nodes: :all | [node()]` (or `store:` a `Causeway.Stores`) it also
+  crosses nodes: it starts on the first node that has the id, and where
+  that node's part stops at a receive of a message sent from another node
+  it goes on from the send there (`:receives`; a `GenServer.call`'s
+  request pairs with its `handle_call/3` receive, first in first out), and
+  where a process has no cause left, from its spawn recorded by a parent
+  on another node (`:spawned_by`). Missing nodes are logged;
+  `Causeway.Cluster.causal_chain/2` returns them. See
+  `Causeway.Cluster.Chain`.
   """
   @spec causal_chain(non_neg_integer(), keyword()) :: [{Event.t(), atom() | nil}]
   def causal_chain(event_id, opts \\ []) do
-    if cluster?(opts),
-      do: Causeway.Cluster.first(:causal_chain, [event_id], opts),
+    if cluster?(opts) or stores?(opts),
+      do: event_id |> Causeway.Cluster.causal_chain(opts) |> Causeway.Cluster.unwrap!(),
       else: Causeway.Query.causal_chain(event_id, opts)
   end
 

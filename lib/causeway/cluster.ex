@@ -61,9 +61,10 @@ defmodule Causeway.Cluster do
   `Causeway.message_flow/3`. A send whose receiver is on another node is
   paired there, at query time, with the receiver's `message_receive` of the
   same message from the same sender (first in, first out per receiver,
-  sender and message, so duplicates pair in order; a receive recorded
-  without its sender is taken only when no receive with the sender is
-  left).
+  sender and message, so duplicates pair in order; a `GenServer.call`'s
+  `{:"$gen_call", from, request}` pairs with the `request` its
+  `handle_call/3` records; a receive recorded without its sender is taken
+  only when no receive with the sender is left). See `Causeway.Cluster.Links`.
   """
   def message_flow(a, b, opts) do
     with {:ok, flows, meta} <-
@@ -97,7 +98,7 @@ defmodule Causeway.Cluster do
       Enum.map_reduce(flows, receives, fn f, left ->
         if remote?.(f) do
           to = f.send.data.to
-          {match, rest} = take_receive(Map.get(left, to, []), f.send)
+          {match, rest} = Causeway.Cluster.Links.take_receive(Map.get(left, to, []), f.send)
           {%{f | receive: match}, Map.put(left, to, rest)}
         else
           {f, left}
@@ -107,23 +108,23 @@ defmodule Causeway.Cluster do
     flows
   end
 
-  # the first receive of this message from this sender; else the first of
-  # this message with no sender recorded
-  defp take_receive(receives, send) do
-    from = send.pid
-    msg = send.data.message
+  @doc """
+  `Causeway.stream_events/1` over every node, lazily: `{:ok, stream,
+  %{missing:, offsets:}}`, where `missing` names the nodes that did not
+  give their first page. See `Causeway.Cluster.Stream`.
+  """
+  @spec stream_events(keyword()) :: {:ok, Enumerable.t(), map()}
+  def stream_events(opts), do: Causeway.Cluster.Stream.stream(opts)
 
-    case Enum.split_while(receives, &(not (&1.data.from == from and &1.data.message == msg))) do
-      {before, [r | after_]} ->
-        {r, before ++ after_}
-
-      {_, []} ->
-        case Enum.split_while(receives, &(not (&1.data.from == nil and &1.data.message == msg))) do
-          {before, [r | after_]} -> {r, before ++ after_}
-          {_, []} -> {nil, receives}
-        end
-    end
-  end
+  @doc """
+  `Causeway.causal_chain/2` across nodes: where a node's part of the chain
+  stops at a receive of a message sent from another node, or at the
+  first cause of a process spawned from another node, it goes on there.
+  See `Causeway.Cluster.Chain`.
+  """
+  @spec causal_chain(non_neg_integer(), keyword()) ::
+          {:ok, [{Causeway.Event.t(), atom() | nil}], map()}
+  def causal_chain(id, opts), do: Causeway.Cluster.Chain.causal_chain(id, opts)
 
   @doc "Every node's `Causeway.metrics/0`, and totals."
   def metrics(opts) do
@@ -336,10 +337,19 @@ defmodule Causeway.Cluster do
   # query), returns {:ok, merge.(answers, offsets), %{missing:, offsets:}}.
   def merged(opts, fun, args, merge) do
     {nodes, timeout, query} = split!(opts)
+    {answers, missing} = ask(nodes, fun, args.(query), timeout)
+    offsets = clock_offsets(Enum.map(answers, &elem(&1, 0)))
+    {:ok, merge.(answers, offsets), %{missing: missing, offsets: offsets}}
+  end
+
+  @doc false
+  # Runs remote(fun, args) on each connected node in parallel, in bounded
+  # time: {[{node, answer}], [{node, reason}]}, both in the order asked.
+  def ask(nodes, fun, args, timeout) do
     {connected, not_connected} = Enum.split_with(nodes, &(&1 == node() or &1 in Node.list()))
 
     results =
-      :erpc.multicall(connected, __MODULE__, :remote, [fun, args.(query)], timeout)
+      :erpc.multicall(connected, __MODULE__, :remote, [fun, args], timeout)
       |> Enum.zip(connected)
 
     {answers, missing} =
@@ -351,6 +361,11 @@ defmodule Causeway.Cluster do
           {ok, [{n, reason} | miss]}
 
         {{:error, {:exception, :undef, [{__MODULE__, :remote, _, _} | _]}}, n}, {ok, miss} ->
+          {ok, [{n, :no_cluster_support} | miss]}
+
+        {{:error, {:exception, %FunctionClauseError{module: __MODULE__, function: :remote}, _}},
+         n},
+        {ok, miss} ->
           {ok, [{n, :no_cluster_support} | miss]}
 
         {{:error, {:exception, e, _}}, n}, {ok, miss} ->
@@ -366,10 +381,25 @@ defmodule Causeway.Cluster do
           {ok, [{n, {:malformed, other}} | miss]}
       end)
 
-    offsets = clock_offsets(Enum.map(answers, &elem(&1, 0)))
+    {Enum.reverse(answers), Enum.reverse(missing)}
+  end
 
-    {:ok, merge.(Enum.reverse(answers), offsets),
-     %{missing: Enum.reverse(missing), offsets: offsets}}
+  @doc false
+  # One source of a cluster query: `{:node, n}` (asked over distribution,
+  # as ask/4 does) or `{:store, store}` (a store opened here, post-mortem);
+  # the last of `args` is the query's options. {:ok, answer} | {:missing,
+  # {source, reason}}.
+  def ask_one({:node, n}, fun, args, timeout) do
+    case ask([n], fun, args, timeout) do
+      {[{^n, r}], []} -> {:ok, r}
+      {[], [miss]} -> {:missing, miss}
+    end
+  end
+
+  def ask_one({:store, s}, fun, args, _timeout) do
+    {:ok, local(fun, List.update_at(args, -1, &Keyword.put(&1, :store, s)))}
+  rescue
+    e in Causeway.Error -> {:missing, {s.dir, {:error, e}}}
   end
 
   @doc false
@@ -410,15 +440,30 @@ defmodule Causeway.Cluster do
              :event,
              :call_tree,
              :causal_chain,
-             :state_at
+             :state_at,
+             :events_page,
+             :receive_rank,
+             :nth_send,
+             :find_spawn
            ] do
-    result = apply(Causeway, fun, args)
+    result = local(fun, args)
 
     case Application.get_env(:causeway, :test_clock_offset_ns, 0) do
       0 -> result
       off -> shift(result, off)
     end
   end
+
+  # what remote/2 runs, on this node's instance or on a store opened here
+  defp local(:events_page, [q]) do
+    {events, next, _index} = Causeway.Query.events_page(q)
+    {events, next}
+  end
+
+  defp local(fun, args) when fun in [:receive_rank, :nth_send, :find_spawn],
+    do: apply(Causeway.Cluster.Links, fun, args)
+
+  defp local(fun, args), do: apply(Causeway, fun, args)
 
   # test-only (see now/0): this node's wall times as a shifted clock gives them
   defp shift(%Causeway.Event{wall_time: %DateTime{} = t} = e, off),
@@ -428,6 +473,7 @@ defmodule Causeway.Cluster do
     do: %{flow | send: shift(s, off), receive: r && shift(r, off)}
 
   defp shift(list, off) when is_list(list), do: Enum.map(list, &shift(&1, off))
+  defp shift({events, next}, off) when is_list(events), do: {shift(events, off), next}
   defp shift(other, _off), do: other
 
   @doc false
@@ -442,7 +488,9 @@ defmodule Causeway.Cluster do
     result
   end
 
-  defp split!(opts) do
+  @doc false
+  # {nodes, timeout, the query without them}; raises on bad :nodes/:timeout.
+  def split!(opts) do
     unless is_list(opts) and Keyword.keyword?(opts),
       do:
         raise(
@@ -496,7 +544,9 @@ defmodule Causeway.Cluster do
     end
   end
 
-  defp event_key(e, offsets) do
+  @doc false
+  # An event's place on the merged time axis.
+  def event_key(e, offsets) do
     ns = DateTime.to_unix(e.wall_time, :nanosecond) - Map.get(offsets, e.node, 0)
     {ns, e.node, e.id}
   end

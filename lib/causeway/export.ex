@@ -11,6 +11,12 @@ defmodule Causeway.Export do
 
       {:ok, %{events: n}} = Causeway.Export.chrome_trace("trace.json", pid: pid)
       {:ok, _} = Causeway.Export.mermaid("flow.mmd", pids: [a, b, c])
+
+  Across a cluster: `chrome_trace(path, nodes: :all)` makes each node a
+  process of the trace (its BEAM processes the threads), on one corrected
+  time axis, with flow arrows from a send on one node to its receive on
+  another; `mermaid/2` with pids on several nodes labels each participant
+  with its node.
   """
 
   alias Causeway.{Event, JSON}
@@ -19,6 +25,18 @@ defmodule Causeway.Export do
   Writes the events selected by `opts` (the filters of `Causeway.events/1`;
   `:limit` defaults to 100 000) as Chrome Trace Event JSON to `path`.
   Returns `{:ok, %{path: path, events: count, trace_events: count}}`.
+
+  With `nodes: :all | [node()]` (and `:timeout`), or `store:` a
+  `Causeway.Stores`, the events of every node are exported together:
+  each node is a process of the trace (Perfetto shows the node's name as
+  the process, its BEAM processes as threads), on one time axis (wall
+  time corrected by each node's clock offset, as `Causeway.Cluster`
+  merges), and a message sent to another node's process is drawn as a
+  flow arrow from the send to its receive there (paired as
+  `Causeway.Cluster.Links` says). A receive is never drawn before its
+  send: one whose corrected time comes earlier (the offsets can be off by
+  half a round trip) is drawn at the send's time. The result adds
+  `nodes: count` and `missing: [{node, reason}]`.
   """
   @spec chrome_trace(Path.t(), keyword()) :: {:ok, map()} | {:error, term()}
   def chrome_trace(path, opts \\ []) do
@@ -31,24 +49,51 @@ defmodule Causeway.Export do
           "chrome_trace/2 expects a keyword list of options, got: #{inspect(opts, limit: 5)}"
         )
 
-    events = Causeway.events(Keyword.merge([limit: 100_000], opts))
-    trace = chrome_events(events)
+    opts = Keyword.merge([limit: 100_000], opts)
+
+    {events, axis, missing} =
+      cond do
+        Keyword.has_key?(opts, :nodes) ->
+          {:ok, events, meta} = Causeway.Cluster.events(opts)
+          {events, meta.offsets, meta.missing}
+
+        match?(%Causeway.Stores{}, opts[:store]) ->
+          {Causeway.events(opts), %{}, []}
+
+        true ->
+          {Causeway.events(opts), :monotonic, []}
+      end
+
+    trace = if events == [], do: [], else: chrome_events_of(events, axis)
     json = JSON.encode_to_iodata(%{"traceEvents" => trace, "displayTimeUnit" => "ns"})
 
     case File.write(path, json) do
       :ok ->
-        {:ok, %{path: path, events: length(events), trace_events: length(trace)}}
+        {:ok,
+         %{
+           path: path,
+           events: length(events),
+           trace_events: length(trace),
+           nodes: events |> Enum.map(& &1.node) |> Enum.uniq() |> length(),
+           missing: missing
+         }}
 
       {:error, reason} ->
         {:error, %Causeway.Error{kind: :io, message: "#{path}: #{:file.format_error(reason)}"}}
     end
   end
 
-  @doc "The Chrome trace events (maps) for a list of `Causeway.Event`s."
-  @spec chrome_events([Event.t()]) :: [map()]
-  def chrome_events([]), do: []
+  @doc """
+  The Chrome trace events (maps) for a list of `Causeway.Event`s. With
+  `offsets: %{node => ns}` (as `Causeway.Cluster.clock_offsets/1` gives,
+  `%{}` for none), the events may come from several nodes and are laid
+  out as `chrome_trace/2` with `nodes:` does; without it, on this node's
+  monotonic clock, as one process.
+  """
+  @spec chrome_events([Event.t()], keyword()) :: [map()]
+  def chrome_events(events, opts \\ [])
 
-  def chrome_events(events) when is_list(events) do
+  def chrome_events(events, opts) when is_list(events) do
     unless Causeway.Options.list_of?(events, &match?(%Event{}, &1)),
       do:
         raise(
@@ -56,53 +101,160 @@ defmodule Causeway.Export do
           "chrome_events/1 expects a list of %Causeway.Event{}, got: #{inspect(events, limit: 3)}"
         )
 
-    chrome_events_of(events)
+    opts = Causeway.Options.keyword!(opts, [:offsets], "Causeway.Export.chrome_events/2")
+
+    axis =
+      case Keyword.get(opts, :offsets) do
+        nil ->
+          :monotonic
+
+        %{} = off ->
+          off
+
+        other ->
+          raise ArgumentError,
+                ":offsets must be a map of node => ns, got: #{inspect(other, limit: 5)}"
+      end
+
+    if events == [], do: [], else: chrome_events_of(events, axis)
   end
 
-  def chrome_events(other),
+  def chrome_events(other, _opts),
     do:
       raise(
         ArgumentError,
         "chrome_events/1 expects a list of %Causeway.Event{}, got: #{inspect(other, limit: 3)}"
       )
 
-  defp chrome_events_of(events) do
-    t0 = events |> Enum.map(& &1.timestamp) |> Enum.min()
-    tids = events |> Enum.map(& &1.pid) |> Enum.uniq() |> Enum.with_index(1) |> Map.new()
-    by_id = Map.new(events, &{&1.id, &1})
+  # axis: :monotonic (one node: its monotonic clock, one process) or the
+  # nodes' clock offsets (one process per node, corrected wall time)
+  defp chrome_events_of(events, axis) do
+    ns = fn e ->
+      case axis do
+        :monotonic -> e.timestamp
+        off -> DateTime.to_unix(e.wall_time, :nanosecond) - Map.get(off, e.node, 0)
+      end
+    end
+
+    t0 = events |> Enum.map(ns) |> Enum.min()
+
+    {procs, process} =
+      case axis do
+        :monotonic ->
+          {%{}, [process_name(1, node())]}
+
+        _ ->
+          procs = events |> Enum.map(& &1.node) |> Enum.uniq() |> Enum.with_index(1) |> Map.new()
+          {procs, Enum.map(procs, fn {n, i} -> process_name(i, n) end)}
+      end
+
+    proc = fn e -> Map.get(procs, e.node, 1) end
+
+    tids =
+      events
+      |> Enum.map(&{proc.(&1), &1.pid})
+      |> Enum.uniq()
+      |> Enum.with_index(1)
+      |> Map.new()
 
     names =
-      for {pid, tid} <- tids,
+      for {{p, pid}, tid} <- tids,
           do: %{
             "name" => "thread_name",
             "ph" => "M",
-            "pid" => 1,
+            "pid" => p,
             "tid" => tid,
             "args" => %{"name" => inspect(pid)}
           }
 
-    process = [
-      %{
-        "name" => "process_name",
-        "ph" => "M",
-        "pid" => 1,
-        "tid" => 0,
-        "args" => %{"name" => to_string(node())}
-      }
-    ]
+    flows = flows(events, axis, ns)
 
     body =
       Enum.flat_map(events, fn e ->
-        base = %{"pid" => 1, "tid" => tids[e.pid], "ts" => us(e.timestamp - t0)}
-        trace_event(e, base, by_id, tids)
+        p = proc.(e)
+
+        ts =
+          case flows[key(e)] do
+            {:end, _, send_ns} when is_integer(send_ns) -> max(ns.(e), send_ns)
+            _ -> ns.(e)
+          end
+
+        base = %{"pid" => p, "tid" => tids[{p, e.pid}], "ts" => us(ts - t0)}
+        trace_event(e, base, flows[key(e)])
       end)
 
     process ++ names ++ body
   end
 
+  defp process_name(pid, node),
+    do: %{
+      "name" => "process_name",
+      "ph" => "M",
+      "pid" => pid,
+      "tid" => 0,
+      "args" => %{"name" => to_string(node)}
+    }
+
+  defp key(e), do: {e.node, e.id}
+
+  # event key => {:start, flow_id} | {:end, flow_id, send_ns | nil}: the
+  # flows of links within a node (the send's id, on one node), and of the
+  # sends to another node's process paired with their receives
+  defp flows(events, axis, ns) do
+    keys = MapSet.new(events, &key/1)
+
+    local =
+      for e <- events,
+          {kind, other} <- e.links || [],
+          kind in [:received_by, :receives],
+          MapSet.member?(keys, {e.node, other}) do
+        case kind do
+          :received_by -> {{e.node, e.id}, {:start, {e.node, e.id}}}
+          :receives -> {{e.node, e.id}, {:end, {e.node, other}, nil}}
+        end
+      end
+
+    across =
+      if axis == :monotonic,
+        do: [],
+        else:
+          Enum.flat_map(Causeway.Cluster.Links.pair_across(events), fn {s, r} ->
+            [{key(s), {:start, key(s)}}, {key(r), {:end, key(s), ns.(s)}}]
+          end)
+
+    all = Map.new(local ++ across)
+
+    case axis do
+      # one node: the flow id is the send's id, as it always was
+      :monotonic ->
+        Map.new(all, fn
+          {k, {:start, {_, id}}} -> {k, {:start, id}}
+          {k, {:end, {_, id}, at}} -> {k, {:end, id, at}}
+        end)
+
+      # several: ids are per node, so flows are numbered
+      _ ->
+        ids =
+          all
+          |> Enum.map(fn
+            {_, {:start, s}} -> s
+            {_, {:end, s, _}} -> s
+          end)
+          |> Enum.uniq()
+          |> Enum.sort()
+          |> Enum.with_index(1)
+          |> Map.new()
+
+        Map.new(all, fn
+          {k, {:start, s}} -> {k, {:start, ids[s]}}
+          {k, {:end, s, at}} -> {k, {:end, ids[s], at}}
+        end)
+    end
+  end
+
   defp us(ns), do: ns / 1000
 
-  defp trace_event(%Event{type: :function_entry} = e, base, _, _) do
+  defp trace_event(%Event{type: :function_entry} = e, base, _) do
     [
       Map.merge(base, %{
         "ph" => "B",
@@ -115,7 +267,7 @@ defmodule Causeway.Export do
     ]
   end
 
-  defp trace_event(%Event{type: :function_exit} = e, base, _, _) do
+  defp trace_event(%Event{type: :function_exit} = e, base, _) do
     [
       Map.merge(base, %{
         "ph" => "E",
@@ -126,7 +278,7 @@ defmodule Causeway.Export do
     ]
   end
 
-  defp trace_event(%Event{type: :message_send} = e, base, by_id, _) do
+  defp trace_event(%Event{type: :message_send} = e, base, flow) do
     slice =
       Map.merge(base, %{
         "ph" => "X",
@@ -137,16 +289,18 @@ defmodule Causeway.Export do
       })
 
     flow =
-      if received?(e, by_id),
-        do: [
-          Map.merge(base, %{"ph" => "s", "id" => e.id, "name" => "message", "cat" => "message"})
-        ],
-        else: []
+      case flow do
+        {:start, id} ->
+          [Map.merge(base, %{"ph" => "s", "id" => id, "name" => "message", "cat" => "message"})]
+
+        _ ->
+          []
+      end
 
     [slice | flow]
   end
 
-  defp trace_event(%Event{type: :message_receive} = e, base, by_id, _) do
+  defp trace_event(%Event{type: :message_receive} = e, base, flow) do
     slice =
       Map.merge(base, %{
         "ph" => "X",
@@ -157,16 +311,13 @@ defmodule Causeway.Export do
       })
 
     flow =
-      case Enum.find_value(e.links || [], fn
-             {:receives, s} -> s
-             _ -> nil
-           end) do
-        s when is_map_key(by_id, s) ->
+      case flow do
+        {:end, id, _} ->
           [
             Map.merge(base, %{
               "ph" => "f",
               "bp" => "e",
-              "id" => s,
+              "id" => id,
               "name" => "message",
               "cat" => "message"
             })
@@ -179,7 +330,7 @@ defmodule Causeway.Export do
     [slice | flow]
   end
 
-  defp trace_event(%Event{} = e, base, _, _) do
+  defp trace_event(%Event{} = e, base, _) do
     [
       Map.merge(base, %{
         "ph" => "i",
@@ -191,20 +342,19 @@ defmodule Causeway.Export do
     ]
   end
 
-  defp received?(e, by_id),
-    do:
-      Enum.any?(e.links || [], fn
-        {:received_by, r} -> is_map_key(by_id, r)
-        _ -> false
-      end)
-
   defp short(term), do: inspect(term, limit: 20, printable_limit: 200)
 
   @doc """
   Writes a Mermaid sequence diagram of the messages between `opts[:pids]` (each
   send with its receive when matched; a send never received is drawn as an
   async arrow marked "not received") to `path`. Other options: `:limit`
-  (messages, default 500), `:store`, `:instance`.
+  (messages, default 500), `:store`, `:instance`, `:nodes`, `:timeout`.
+
+  With pids on several nodes, each participant is labelled with its node
+  (`#PID<0.210.0> on b@host`), the messages are looked up on the pids'
+  nodes (unless `nodes:` or `store:` says where), a send is paired with
+  its receive on the other node as `Causeway.message_flow/3` with
+  `nodes:` does, and the arrows follow corrected wall time.
   """
   @spec mermaid(Path.t(), keyword()) :: {:ok, map()} | {:error, term()}
   def mermaid(path, opts) do
@@ -226,7 +376,7 @@ defmodule Causeway.Export do
     opts =
       Causeway.Options.keyword!(
         opts,
-        [:pids, :limit, :store, :instance],
+        [:pids, :limit, :store, :instance, :nodes, :timeout],
         "Causeway.Export.mermaid/2"
       )
 
@@ -240,24 +390,53 @@ defmodule Causeway.Export do
         )
 
     pids = Enum.uniq(pids)
+    several = pids |> Enum.map(&node/1) |> Enum.uniq() |> length() > 1
 
     limit = Causeway.Query.count!(opts, :limit, 500)
     # each pair reads at most `limit` messages; the first `limit` of all are among them
-    query =
-      Keyword.take(opts, [:store, :instance]) ++
-        [limit: if(limit == 0, do: :infinity, else: limit)]
+    where =
+      cond do
+        Keyword.has_key?(opts, :nodes) or Keyword.has_key?(opts, :store) ->
+          Keyword.take(opts, [:store, :instance, :nodes, :timeout])
+
+        several ->
+          [nodes: pids |> Enum.map(&node/1) |> Enum.uniq()] ++
+            Keyword.take(opts, [:instance, :timeout])
+
+        true ->
+          Keyword.take(opts, [:instance, :timeout])
+      end
+
+    query = where ++ [limit: if(limit == 0, do: :infinity, else: limit)]
 
     alias_of = pids |> Enum.with_index(1) |> Map.new(fn {p, i} -> {p, "P#{i}"} end)
+
+    order =
+      case Keyword.get(where, :nodes) do
+        nil ->
+          if match?(%Causeway.Stores{}, where[:store]),
+            do: &Causeway.Cluster.event_key(&1.send, %{}),
+            else: & &1.send.id
+
+        nodes ->
+          nodes = if nodes == :all, do: [node() | Node.list()], else: nodes
+          offsets = Causeway.Cluster.clock_offsets(Enum.filter(nodes, &connected?/1))
+          &Causeway.Cluster.event_key(&1.send, offsets)
+      end
 
     flows =
       for a <- pids, b <- pids, a < b do
         Causeway.message_flow(a, b, query)
       end
       |> List.flatten()
-      |> Enum.sort_by(& &1.send.id)
+      |> Enum.sort_by(order)
       |> then(fn all -> if limit == 0, do: all, else: Enum.take(all, limit) end)
 
-    participants = for p <- pids, do: "    participant #{alias_of[p]} as #{inspect(p)}"
+    participants =
+      for p <- pids do
+        label = if several, do: "#{inspect(p)} on #{node(p)}", else: inspect(p)
+        "    participant #{alias_of[p]} as #{label}"
+      end
 
     arrows =
       for %{send: s, receive: r} <- flows do
@@ -273,11 +452,14 @@ defmodule Causeway.Export do
     Enum.join(["sequenceDiagram" | participants ++ arrows], "\n") <> "\n"
   end
 
+  defp connected?(n), do: n == node() or n in Node.list()
+
   # Mermaid's message text ends at a newline; `;` and `#` start entities.
   defp mermaid_escape(s),
     do:
-      s
-      |> String.replace(["\n", "\r"], " ")
-      |> String.replace("#", "#35;")
-      |> String.replace(";", "#59;")
+      String.replace(s, ["\n", "\r", "#", ";"], fn
+        "#" -> "#35;"
+        ";" -> "#59;"
+        _ -> " "
+      end)
 end

@@ -75,18 +75,7 @@ defmodule Causeway.Query do
 
   @doc false
   def stream(opts) do
-    opts = Options.keyword!(opts, @event_opts, "Causeway.stream_events/1")
-    page = Options.int!(Keyword.get(opts, :page_size, 500), :page_size, 1..1_000_000)
-
-    total =
-      case count!(opts, :limit, :infinity) do
-        0 -> :infinity
-        n -> n
-      end
-
-    # the filters are checked now, not when the stream is first read
-    _ = filter!(Keyword.drop(opts, [:limit, :page_size]))
-    base = Keyword.drop(opts, [:page_size, :limit])
+    {page, total, base} = stream_opts!(opts)
 
     Stream.resource(
       fn -> {Keyword.get(opts, :after), total} end,
@@ -110,6 +99,23 @@ defmodule Causeway.Query do
       end,
       fn _ -> :ok end
     )
+  end
+
+  @doc false
+  # The options of a stream, checked now (not when it is first read):
+  # {page_size, total limit or :infinity, the filters (with :after)}.
+  def stream_opts!(opts) do
+    opts = Options.keyword!(opts, @event_opts, "Causeway.stream_events/1")
+    page = Options.int!(Keyword.get(opts, :page_size, 500), :page_size, 1..1_000_000)
+
+    total =
+      case count!(opts, :limit, :infinity) do
+        0 -> :infinity
+        n -> n
+      end
+
+    _ = filter!(Keyword.drop(opts, [:limit, :page_size]))
+    {page, total, Keyword.drop(opts, [:page_size, :limit])}
   end
 
   defp filter!(opts) do

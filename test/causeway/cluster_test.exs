@@ -240,6 +240,188 @@ defmodule Causeway.ClusterTest do
     assert [%{pid: ^child, children: []}] = Causeway.process_tree(parent).children
   end
 
+  test "stream_events pages across nodes in merged order; a node lost midway ends its part",
+       ctx do
+    # in time: c, here, b (not the order the nodes are asked in)
+    :erpc.call(ctx.c, ClusterHelper, :record, [OnC, 3])
+    Process.sleep(300)
+    ClusterHelper.record(Here, 3)
+    Process.sleep(300)
+    :erpc.call(ctx.b, ClusterHelper, :record, [OnB, 3])
+
+    filters = [type: :function_entry]
+    all = Causeway.events([nodes: :all, limit: :infinity] ++ filters)
+    mods = List.duplicate(OnC, 3) ++ List.duplicate(Here, 3) ++ List.duplicate(OnB, 3)
+    assert Enum.map(all, & &1.module) == mods
+
+    # pages of 2: every node is asked several times, the order is the merged one
+    streamed = Causeway.stream_events([nodes: :all, page_size: 2] ++ filters) |> Enum.to_list()
+    assert Enum.map(streamed, &{&1.node, &1.id}) == Enum.map(all, &{&1.node, &1.id})
+
+    desc = Causeway.stream_events([nodes: :all, page_size: 2, order: :desc] ++ filters)
+    assert Enum.map(desc, & &1.module) == Enum.reverse(mods)
+
+    # the limit applies to the merged stream
+    assert [OnC, OnC, OnC, Here] ==
+             Causeway.stream_events([nodes: :all, page_size: 2, limit: 4] ++ filters)
+             |> Enum.map(& &1.module)
+
+    # a node that is gone when the stream is made is named at once
+    {:ok, stream, %{missing: []}} =
+      Causeway.Cluster.stream_events([nodes: :all, page_size: 2] ++ filters)
+
+    os_pid = :erpc.call(ctx.c, :os, :getpid, []) |> List.to_integer()
+    System.cmd("kill", ["-9", Integer.to_string(os_pid)])
+    ClusterHelper.stop(ctx.pc)
+
+    # each node's first page was read when the stream was made: c's two
+    # events are there, its next page is not, and the stream says so
+    log =
+      ExUnit.CaptureLog.capture_log(fn ->
+        send(self(), {:streamed, Enum.map(stream, & &1.module)})
+      end)
+
+    assert_received {:streamed, got}
+    assert got == [OnC, OnC] ++ List.duplicate(Here, 3) ++ List.duplicate(OnB, 3)
+    assert log =~ "stream_events goes on without #{ctx.c}"
+
+    assert {:ok, _, %{missing: [{c, _}]}} =
+             Causeway.Cluster.stream_events([nodes: [node(), ctx.c]] ++ filters)
+
+    assert c == ctx.c
+  end
+
+  test "stream_events over the stores of a cluster opened together", ctx do
+    :erpc.call(ctx.c, ClusterHelper, :record, [OnC, 3])
+    Process.sleep(300)
+    :erpc.call(ctx.b, ClusterHelper, :record, [OnB, 3])
+    for p <- [ctx.pb, ctx.pc], do: ClusterHelper.stop(p)
+
+    {:ok, all} = Causeway.open([ctx.dir_b, ctx.dir_c], read_only: true)
+    filters = [type: :function_entry, limit: :infinity]
+    evs = Causeway.events([store: all] ++ filters)
+    assert Enum.map(evs, & &1.module) == List.duplicate(OnC, 3) ++ List.duplicate(OnB, 3)
+
+    streamed = Causeway.stream_events([store: all, page_size: 1] ++ filters) |> Enum.to_list()
+    assert Enum.map(streamed, &{&1.node, &1.id}) == Enum.map(evs, &{&1.node, &1.id})
+    :ok = Causeway.close(all)
+  end
+
+  defp chain_shape(chain), do: Enum.map(chain, fn {e, via} -> {e.type, e.node, via} end)
+
+  test "causal_chain from a state change on b back to the traced GenServer.call here, FIFO",
+       %{b: b} do
+    counter = :erpc.call(b, ClusterHelper, :counter, [0])
+
+    client =
+      spawn(fn ->
+        receive do: (:go -> :ok)
+
+        for k <- [3, 3] do
+          id = Causeway.Runtime.function_entry(Client, :bump, [k])
+          r = GenServer.call(counter, {:add, k})
+          Causeway.Runtime.function_exit(id, r)
+        end
+      end)
+
+    # the caller's sends are traced: {:"$gen_call", from, {:add, 3}}, twice
+    {:ok, t} = Causeway.trace(client, what: [:send])
+    ref = Process.monitor(client)
+    send(client, :go)
+    assert_receive {:DOWN, ^ref, _, _, _}, 5_000
+    :ok = Causeway.stop_trace(t)
+    flush!()
+    :ok = :erpc.call(b, Causeway, :flush, [])
+
+    [_init, first, second] = Causeway.state_history(counter, nodes: [b])
+    assert {first.data.new, second.data.new} == {3, 6}
+
+    sends =
+      Causeway.events(pid: client, type: :message_send)
+      |> Enum.filter(&(&1.data.to == counter))
+
+    assert [{:"$gen_call", _, {:add, 3}}, {:"$gen_call", _, {:add, 3}}] =
+             Enum.map(sends, & &1.data.message)
+
+    chain = Causeway.causal_chain(second.id, nodes: :all)
+
+    assert [
+             {:state_change, ^b, nil},
+             {:message_receive, ^b, :caused_by},
+             {:message_send, here, :receives},
+             {:function_entry, here, :caused_by} | _
+           ] = chain_shape(chain)
+
+    assert here == node()
+    # the second change goes back to the second of the two identical sends
+    {send, _} = Enum.at(chain, 2)
+    assert send.id == List.last(sends).id
+    assert {%{module: Client, data: [3]}, _} = Enum.at(chain, 3)
+
+    {send1, _} = Enum.at(Causeway.causal_chain(first.id, nodes: :all), 2)
+    assert send1.id == hd(sends).id
+
+    # the same walk, with the missing nodes named: none
+    assert {:ok, ^chain, %{missing: []}} = Causeway.Cluster.causal_chain(second.id, nodes: :all)
+    # without this node asked, the chain stops on b
+    assert [{_, nil}, {%{type: :message_receive}, :caused_by}] =
+             Causeway.causal_chain(second.id, nodes: [b])
+
+    # :max caps the whole chain
+    assert length(Causeway.causal_chain(second.id, nodes: :all, max: 3)) == 3
+  end
+
+  test "causal_chain goes from a child on b to its spawn by a parent here", %{b: b} do
+    {parent, child} = ClusterHelper.remote_spawn(b)
+    [entry] = Causeway.events(nodes: [b], pid: child, type: :function_entry)
+
+    assert [
+             {:function_entry, ^b, nil},
+             {:process_spawn, here, :spawned_by},
+             {:function_entry, here, :caused_by}
+           ] = chain_shape(Causeway.causal_chain(entry.id, nodes: :all))
+
+    assert here == node()
+    [{_, _}, {spawn, _}, _] = Causeway.causal_chain(entry.id, nodes: :all)
+    assert spawn.pid == parent and spawn.data.child == child
+
+    # a node asked that is not there is named; the chain is the same
+    ghost = :"ghost@127.0.0.1"
+
+    assert {:ok, [_, _, _], %{missing: [{^ghost, :not_connected}]}} =
+             Causeway.Cluster.causal_chain(entry.id, nodes: [b, node(), ghost])
+  end
+
+  test "post-mortem: causal_chain across the copied stores of two nodes", ctx do
+    counter = :erpc.call(ctx.b, ClusterHelper, :counter, [10])
+    client = :erpc.call(ctx.c, ClusterHelper, :call_recorded, [counter, [{:add, 1}, {:add, 2}]])
+    {_parent, child} = :erpc.call(ctx.c, ClusterHelper, :remote_spawn, [ctx.b])
+    :ok = :erpc.call(ctx.b, Causeway, :flush, [])
+    for p <- [ctx.pb, ctx.pc], do: ClusterHelper.stop(p)
+
+    {:ok, all} = Causeway.open([ctx.dir_b, ctx.dir_c], read_only: true)
+    [_init, _, second] = Causeway.state_history(counter, store: all)
+    chain = Causeway.causal_chain(second.id, store: all)
+    {b, c} = {ctx.b, ctx.c}
+
+    assert [
+             {:state_change, ^b, nil},
+             {:message_receive, ^b, :caused_by},
+             {:message_send, ^c, :receives},
+             {:function_entry, ^c, :caused_by}
+           ] = chain_shape(chain)
+
+    {send, _} = Enum.at(chain, 2)
+    assert send.pid == client and send.data.message == {:add, 2}
+
+    [entry] = Causeway.events(store: all, pid: child, type: :function_entry)
+
+    assert [{:function_entry, ^b, nil}, {:process_spawn, ^c, :spawned_by} | _] =
+             chain_shape(Causeway.causal_chain(entry.id, store: all))
+
+    :ok = Causeway.close(all)
+  end
+
   test "bad cluster options are ArgumentErrors" do
     assert_raise ArgumentError, ~r/:nodes/, fn -> Causeway.events(nodes: "all") end
     assert_raise ArgumentError, ~r/:timeout/, fn -> Causeway.events(nodes: :all, timeout: -1) end

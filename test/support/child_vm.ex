@@ -146,6 +146,75 @@ defmodule Causeway.ClusterHelper do
   end
 
   @doc false
+  # On any node: a Counter GenServer (instrumented) that outlives the caller.
+  def counter(n) do
+    {:ok, pid} = Causeway.ClusterHelper.Counter.start(n)
+    pid
+  end
+
+  @doc false
+  # On any node: a process that calls `server` with each of `requests`
+  # inside a recorded Client.call/1, recording each request's send; flushed.
+  # Returns the client's pid.
+  def call_recorded(server, requests) do
+    {pid, ref} =
+      spawn_monitor(fn ->
+        for req <- requests do
+          id = Causeway.Runtime.function_entry(Client, :call, [req])
+          Causeway.Runtime.message_send(server, req)
+          r = GenServer.call(server, req)
+          Causeway.Runtime.function_exit(id, r)
+        end
+      end)
+
+    receive do
+      {:DOWN, ^ref, _, _, _} -> :ok
+    end
+
+    :ok = Causeway.flush()
+    pid
+  end
+
+  @doc false
+  # On any node: inside a recorded Parent.start/0, spawns on `node` a
+  # process that records a call of Child.run/0, and records the spawn.
+  # Returns {parent, child}.
+  def remote_spawn(node) do
+    me = self()
+
+    {pid, ref} =
+      spawn_monitor(fn ->
+        id = Causeway.Runtime.function_entry(Parent, :start, [])
+        child = Node.spawn(node, __MODULE__, :child_run, [self()])
+        Causeway.Runtime.process_spawn(child)
+        Causeway.Runtime.function_exit(id, :ok)
+        send(child, :go)
+        receive do: (:done -> send(me, {:child, child}))
+      end)
+
+    receive do
+      {:DOWN, ^ref, _, _, _} -> :ok
+    end
+
+    :ok = Causeway.flush()
+
+    receive do
+      {:child, child} -> {pid, child}
+    after
+      0 -> raise "no child"
+    end
+  end
+
+  @doc false
+  def child_run(parent) do
+    receive do: (:go -> :ok)
+    id = Causeway.Runtime.function_entry(Child, :run, [])
+    Causeway.Runtime.function_exit(id, :ok)
+    :ok = Causeway.flush()
+    send(parent, :done)
+  end
+
+  @doc false
   # On any node: a process that records each message it receives (with the
   # sender it is told) and acknowledges it.
   def receiver do
