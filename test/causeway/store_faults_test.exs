@@ -113,6 +113,54 @@ defmodule Causeway.StoreFaultsTest do
     assert count(type: :state_change) >= 1_100
   end
 
+  # ------------------------------------------- a directory made unwritable
+
+  @tag skip: unless(@root, do: "needs root for chattr")
+  test "a store directory made immutable mid-run: flush says so, the VM stays up, writing resumes" do
+    # chattr +i: no file in it may be created, appended or renamed, root
+    # included (a read-only chmod does not stop root); what RocksDB has
+    # open fails on its next write, as on a file system remounted read-only
+    dir = tmp_dir!("immutable")
+    chattr = fn flag -> System.cmd("chattr", ["-R", flag, dir], stderr_to_stdout: true) end
+    on_exit(fn -> chattr.("-i") end)
+    start_causeway!(dir: dir, ring_size: 2048)
+    for i <- 1..1_000, do: Runtime.state_change(:kept, i)
+    flush!()
+
+    case chattr.("+i") do
+      {_, 0} -> :ok
+      {out, _} -> flunk("chattr +i does not work on #{dir}: #{out}")
+    end
+
+    for i <- 1..5_000, do: Runtime.state_change(:during, i)
+    {us, r} = :timer.tc(fn -> Causeway.flush(Causeway, 30_000) end)
+    assert {:error, %Causeway.Error{kind: :storage, message: msg}} = r
+    assert msg =~ "not permitted", msg
+    assert us < 10_000_000, "flush took #{div(us, 1000)} ms"
+    assert Causeway.health().status == :failing
+    # still answering queries from what it holds
+    assert length(Causeway.events(type: :state_change, limit: 10, links: false)) == 10
+
+    {_, 0} = chattr.("-i")
+    assert wait_until(fn -> Causeway.flush(Causeway, 2_000) == :ok end, 60_000)
+    for i <- 1..100, do: Runtime.state_change(:after, i)
+    flush!()
+
+    by = Causeway.events(type: :state_change, limit: :infinity, links: false)
+    by = Enum.frequencies_by(by, & &1.data.old)
+    assert by[:kept] == 1_000 and by[:after] == 100
+    m = Causeway.metrics()
+    # what could not wait in the rings was dropped, and counted
+    assert m.produced == m.persisted + m.dropped_total
+    assert by[:during] == 5_000 - m.dropped_total
+    assert m.store_recoveries >= 1
+
+    IO.puts(
+      "immutable directory: flush answered in #{div(us, 1000)} ms; #{by[:during]} of 5000 " <>
+        "kept while it lasted, dropped #{inspect(Map.reject(m.dropped, &(elem(&1, 1) == 0)))}"
+    )
+  end
+
   # ------------------------------------------------------------ damaged files
 
   # A real store written by this VM: 20 000 events flushed, all still in
