@@ -381,6 +381,16 @@ defmodule Causeway do
   Opens a store directory for queries. With `read_only: true` (the default) it
   can be another node's store or one whose system has stopped; pass the result
   as `store:` to any query.
+
+  `atoms:` says what becomes of names the store holds that are not atoms in
+  this VM (modules, functions, map keys, atoms inside captured terms, as a
+  store written by another application has): `:safe` (the default) gives
+  them back as binaries (`"Elixir.Decimal"`, `"coef"`) and creates no atom;
+  `:create` makes them real atoms, so foreign structs decode as structs — at
+  most `:atom_limit` (default 100 000, 1..1 000 000) per opened store. Past
+  the limit the names come back as binaries and the store's next query fails
+  with a `Causeway.Error` (`:invalid_argument`) that says so: the VM's atom
+  table is never exhausted by a store.
   """
   @spec open(Path.t(), keyword()) :: {:ok, store()} | {:error, Causeway.Error.t()}
   def open(dir_or_dirs, opts \\ [])
@@ -406,7 +416,12 @@ defmodule Causeway do
   end
 
   def open(dir, opts) do
-    opts = Causeway.Options.keyword!(opts, [read_only: true], "Causeway.open/2")
+    opts =
+      Causeway.Options.keyword!(
+        opts,
+        [read_only: true, atoms: :safe, atom_limit: 100_000],
+        "Causeway.open/2"
+      )
 
     unless is_boolean(opts[:read_only]),
       do:
@@ -415,9 +430,21 @@ defmodule Causeway do
           ":read_only must be true or false, got: #{inspect(opts[:read_only])}"
         )
 
+    atom_limit =
+      case opts[:atoms] do
+        :safe ->
+          0
+
+        :create ->
+          Causeway.Options.int!(opts[:atom_limit], :atom_limit, 1..1_000_000)
+
+        other ->
+          raise ArgumentError, ":atoms must be :safe or :create, got: #{inspect(other)}"
+      end
+
     dir = Causeway.Options.path!(dir, "Causeway.open/2")
 
-    case Native.store_open(Path.expand(dir), opts[:read_only]) do
+    case Native.store_open(Path.expand(dir), opts[:read_only], atom_limit) do
       {:ok, h} ->
         {:ok, %Causeway.Store{handle: h, dir: Path.expand(dir), read_only: opts[:read_only]}}
 

@@ -31,9 +31,10 @@ defmodule Causeway.Event do
   is kept by name, `{:fun, "#Fun<m.i.u>"}` or `{:fun, "&m:f/a"}`, never with
   the data it closes over.
 
-  Reading a store written by another VM creates no atoms: an atom this VM
-  does not have comes back as its name, a string (a module `"Elixir.Decimal"`,
-  a key `"coef"`), and a term the reader cannot rebuild at all as
+  Reading a store written by another VM creates no atoms (unless it was
+  opened with `Causeway.open(dir, atoms: :create)`, within its atom budget):
+  an atom this VM does not have comes back as its name, a string (a module
+  `"Elixir.Decimal"`, a key `"coef"`), and a term the reader cannot rebuild at all as
   `{:undecodable, bytes}` (its external term format). Printing an event
   shows a struct of a module not available here, or with field names this
   VM lacks, as a `Causeway.Foreign` (`%Decimal{coef: 75, …}`), never an

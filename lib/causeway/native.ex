@@ -90,7 +90,7 @@ defmodule Causeway.Native do
   def query_state_history(_h, _pid, _since, _until, _limit), do: err()
   def query_state_at(_h, _pid, _wall_ns), do: err()
   def query_links(_h, _id), do: err()
-  def store_open(_dir, _read_only), do: err()
+  def store_open(_dir, _read_only, _atom_limit), do: err()
   def store_close(_h), do: err()
   def store_refresh(_h), do: err()
   def query_count(_h, _filter), do: err()

@@ -1,5 +1,6 @@
 //! Stored events → terms. Nothing read from disk creates an atom that does not
-//! exist already: names that are not atoms in this VM come back as binaries, and
+//! exist already (unless the store was opened with `atoms: :create`, within
+//! its budget): names that are not atoms in this VM come back as binaries, and
 //! a stored term whose atoms are unknown here is decoded by our own reader with
 //! those atoms as binaries.
 
@@ -10,9 +11,15 @@ use rustler::sys;
 use rustler::{Atom, Encoder, Env, Term};
 
 /// An atom if it exists in this VM, else the name as a binary.
+/// With `atoms: :create` (see `atom_budget`), a new atom within the budget.
 pub fn name<'a>(env: Env<'a>, s: &str) -> Term<'a> {
     match Atom::existing_from_utf8_bytes(env, s.as_bytes()) {
         Ok(a) => a.encode(env),
+        Err(_) if s.chars().count() <= 255 && crate::atom_budget::may_create() => {
+            Atom::from_str(env, s)
+                .map(|a| a.encode(env))
+                .unwrap_or_else(|_| s.encode(env))
+        }
         Err(_) => s.encode(env),
     }
 }

@@ -10,6 +10,8 @@ pub struct Handle {
     /// Taken out on close: the database closes when the last query using it
     /// ends, not when the BEAM happens to collect this handle.
     pub store: Mutex<Option<Arc<Store>>>,
+    /// `atoms: :create`: the atoms its queries may still create.
+    pub atoms: Option<Arc<crate::atom_budget::AtomBudget>>,
 }
 
 #[rustler::resource_impl]
@@ -37,6 +39,7 @@ impl Handle {
         Handle {
             pipeline,
             store: Mutex::new(own),
+            atoms: None,
         }
     }
 
@@ -52,6 +55,19 @@ impl Handle {
 
     /// The store, or `{:error, {:closed, _}}` once closed.
     pub fn store(&self) -> Result<Arc<Store>, rustler::Error> {
+        crate::atom_budget::enter(self.atoms.clone());
+        if let Some(b) = &self.atoms {
+            if b.is_exhausted() {
+                return Err(crate::error::core_error(
+                    causeway_core::Error::InvalidArgument(format!(
+                        "this store's queries created the {} atoms allowed by atoms: :create \
+                         (names past it came back as binaries); open it again with a larger \
+                         :atom_limit, or without atoms: :create",
+                        b.limit
+                    )),
+                ));
+            }
+        }
         if let Some(p) = &self.pipeline {
             return p
                 .store()

@@ -4,6 +4,7 @@
 #[macro_use]
 mod lean;
 
+mod atom_budget;
 mod beam;
 mod convert;
 mod error;

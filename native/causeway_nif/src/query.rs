@@ -387,7 +387,7 @@ fn store_refresh(h: ResourceArc<Handle>) -> NifResult<rustler::Atom> {
 /// Opens a store for queries only (`read_only: true`), or writable without a
 /// pipeline (maintenance).
 #[rustler::nif(schedule = "DirtyIo")]
-fn store_open(env: Env, dir: String, read_only: bool) -> NifResult<Term> {
+fn store_open(env: Env, dir: String, read_only: bool, atom_limit: u64) -> NifResult<Term> {
     let store = Store::open(
         &dir,
         StoreOptions {
@@ -396,6 +396,9 @@ fn store_open(env: Env, dir: String, read_only: bool) -> NifResult<Term> {
         },
     )
     .nif()?;
-    let h = ResourceArc::new(Handle::new(None, Arc::new(store)));
-    Ok((crate::atoms::ok(), h).encode(env))
+    let mut h = Handle::new(None, Arc::new(store));
+    if atom_limit > 0 {
+        h.atoms = Some(Arc::new(crate::atom_budget::AtomBudget::new(atom_limit)));
+    }
+    Ok((crate::atoms::ok(), ResourceArc::new(h)).encode(env))
 }

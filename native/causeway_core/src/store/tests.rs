@@ -522,7 +522,8 @@ fn incidents_round_trip_survive_reopen_and_a_damaged_record_is_refused() {
     assert_eq!(s.incident(3).unwrap(), None);
     let mut key = b"incident:".to_vec();
     key.extend_from_slice(&3u64.to_be_bytes());
-    s.db.put_cf(s.cf(CF_META).unwrap(), key, [0xc1, 0x00]).unwrap();
+    s.db.put_cf(s.cf(CF_META).unwrap(), key, [0xc1, 0x00])
+        .unwrap();
     let e = s.incidents().unwrap_err().to_string();
     assert!(e.contains("incident record"), "{e}");
 }
