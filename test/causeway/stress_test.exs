@@ -17,6 +17,37 @@ defmodule Causeway.StressTest do
     assert r.flushed > 0
   end
 
+  test "the soak's verdict: RocksDB's cache may fill to its cap, the rest must stay flat" do
+    mb = 1_000_000
+    final = %{produced: 10, persisted: 7, dropped_total: 3}
+
+    samples = fn rest_of_rss, rocksdb ->
+      for i <- 1..60,
+          do: %{
+            beam: 28 * mb,
+            native: 17 * mb,
+            storage: rocksdb.(i),
+            rss: rest_of_rss.(i) + rocksdb.(i)
+          }
+    end
+
+    filling = fn i -> (50 + 3 * i) * mb end
+    v = Causeway.Stress.Soak.verdict(samples.(fn _ -> 120 * mb end, filling), final, 0)
+    assert v.memory_flat and v.rocksdb_bounded and v.exact
+
+    v = Causeway.Stress.Soak.verdict(samples.(fn i -> (120 + i) * mb end, filling), final, 0)
+    refute v.memory_flat
+
+    v =
+      Causeway.Stress.Soak.verdict(
+        samples.(fn _ -> 120 * mb end, &((50 + 5 * &1) * mb)),
+        final,
+        0
+      )
+
+    refute v.rocksdb_bounded or v.memory_flat
+  end
+
   test "a short soak: accounting is exact and the table is printed" do
     lines = :ets.new(:lines, [:public, :duplicate_bag])
 
