@@ -23,6 +23,13 @@ defmodule Causeway.Watch do
   trace the callback module (`Causeway.trace(MyStatem)` records its
   callbacks' return values) or instrument it.
 
+  For a `gen_event` manager the hook carries each message as it arrived
+  (`{:notify, event}`, a `sync_notify` or handler call with its caller) and
+  no state at all: the handlers' states are recorded once, when the watch
+  starts (`{handler, id, state}` for each), and not after each event, and
+  replies are not recorded. Trace or instrument the handler module to see
+  its state change.
+
       {:ok, w} = Causeway.watch(MyApp.Cart)            # a pid, a name, {name, node}, {:via, ...}
       GenServer.call(MyApp.Cart, {:add, :apple})
       Causeway.flush()

@@ -183,6 +183,38 @@ defmodule Causeway.WatchTest do
     assert causeway_hooks(door) == []
   end
 
+  defmodule Tally do
+    # a plain gen_event handler
+    @behaviour :gen_event
+    @impl true
+    def init(n), do: {:ok, n}
+    @impl true
+    def handle_event({:add, k}, n), do: {:ok, n + k}
+    @impl true
+    def handle_call(:get, n), do: {:ok, n, n}
+  end
+
+  test "a gen_event manager: every event it handles, and its handlers when the watch starts" do
+    {:ok, m} = :gen_event.start_link()
+    :ok = :gen_event.add_handler(m, Tally, 0)
+    {:ok, w} = Causeway.watch(m)
+    :gen_event.notify(m, {:add, 2})
+    :ok = :gen_event.sync_notify(m, {:add, 3})
+    assert 5 == :gen_event.call(m, Tally, :get)
+    flush!()
+
+    got = Causeway.events(pid: m, type: :message_receive) |> Enum.map(& &1.data.message)
+
+    assert [{:notify, {:add, 2}}, {_, _, {:sync_notify, {:add, 3}}}, {_, _, {:call, Tally, :get}}] =
+             got
+
+    # gen_event's hook carries no state: what is recorded is the handlers'
+    # states when the watch started
+    assert [%{data: %{old: nil, new: {Tally, false, 0}}}] = Causeway.state_history(m)
+    Causeway.unwatch(w)
+    assert causeway_hooks(m) == []
+  end
+
   defp wait_until(f, n \\ 100) do
     cond do
       f.() -> :ok
