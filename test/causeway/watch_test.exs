@@ -183,6 +183,51 @@ defmodule Causeway.WatchTest do
     assert causeway_hooks(door) == []
   end
 
+  test "targets by {:via, ...} and {name, node}; duration_ms; the chain to a traced caller; exports" do
+    {:ok, _} = Registry.start_link(keys: :unique, name: WatchReg)
+    {:ok, cart} = Cart.start_link({:via, Registry, {WatchReg, :cart}})
+    {:ok, w} = Causeway.watch({:via, Registry, {WatchReg, :cart}})
+    assert w.pid == cart
+    :ok = Causeway.unwatch(w)
+    Process.register(cart, :named_cart)
+    {:ok, w} = Causeway.watch({:named_cart, node()}, duration_ms: 300)
+
+    # a caller whose sends are traced: the chain goes state change <- the
+    # request it handled <- the caller's send
+    caller =
+      spawn(fn ->
+        receive do: (:go -> Cart.add(:named_cart, :plum, 4))
+        receive do: (:never -> :ok)
+      end)
+
+    {:ok, t} = Causeway.trace(caller, what: [:send])
+    send(caller, :go)
+    wait_until(fn -> match?(%{total: 4}, Cart.peek(cart)) end)
+    flush!()
+    # two watches, each starting from the state it found
+    [_, _, changed] = Causeway.state_history(cart)
+    chain = Causeway.causal_chain(changed.id) |> Enum.map(fn {e, _} -> {e.type, e.pid} end)
+
+    assert [{:state_change, ^cart}, {:message_receive, ^cart}, {:message_send, ^caller} | _] =
+             chain
+
+    Causeway.stop_trace(t)
+
+    # exported as for instrumented code: slices of its handled messages
+    # and the state changes, in a Chrome trace; a Mermaid flow to the caller
+    path = Path.join(tmp_dir!("watch-export"), "cart.json")
+    File.mkdir_p!(Path.dirname(path))
+    {:ok, %{events: n}} = Causeway.Export.chrome_trace(path, pid: cart)
+    assert n >= 4
+    assert File.read!(path) =~ "plum"
+    assert Causeway.Export.mermaid_text(pids: [caller, cart]) =~ "plum"
+
+    assert_receive {:causeway_watch, _, {:stopped, :duration_ms}}, 2_000
+    assert causeway_hooks(cart) == []
+    _ = w
+    Process.exit(caller, :kill)
+  end
+
   defmodule Tally do
     # a plain gen_event handler
     @behaviour :gen_event

@@ -250,9 +250,9 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
-    /// The key a send and its receive share: a hash of the message bytes.
+    /// The key a send and its receive share (see `message_key`).
     pub fn msg_hash(&self) -> u64 {
-        crate::etf::hash_bytes(&self.data)
+        crate::message_key::message_key(&self.data)
     }
 }
 

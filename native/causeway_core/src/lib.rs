@@ -22,6 +22,7 @@ pub mod fasthash;
 mod fuzz_corpus;
 pub mod ids;
 pub mod inflight;
+pub mod message_key;
 pub mod metrics;
 pub mod mpmc;
 pub mod pipeline;
