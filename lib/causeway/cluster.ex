@@ -533,15 +533,30 @@ defmodule Causeway.Cluster do
   defp merge_events(per_node, offsets, opts) do
     desc = Keyword.get(opts, :order, :asc) == :desc
 
-    merged =
-      per_node
-      |> Enum.flat_map(fn {_node, events} -> events end)
-      |> Enum.sort_by(&event_key(&1, offsets), if(desc, do: :desc, else: :asc))
+    all = Enum.flat_map(per_node, fn {_node, events} -> events end)
+    keys = Map.new(all, &{{&1.node, &1.id}, event_key(&1, offsets)})
+    keys = if length(per_node) > 1, do: after_sends(keys, all), else: keys
+
+    merged = Enum.sort_by(all, &keys[{&1.node, &1.id}], if(desc, do: :desc, else: :asc))
 
     case Keyword.get(opts, :limit, 1000) do
       n when is_integer(n) and n > 0 -> Enum.take(merged, n)
       _ -> merged
     end
+  end
+
+  # A receive is never placed before its send (the offsets can be off by
+  # half a round trip): one paired across nodes (Cluster.Links) whose
+  # corrected time comes earlier is placed right after the send.
+  defp after_sends(keys, events) do
+    Enum.reduce(Causeway.Cluster.Links.pair_across(events), keys, fn {s, r}, keys ->
+      {sent, _, _} = keys[{s.node, s.id}]
+
+      case keys[{r.node, r.id}] do
+        {got, n, id} when got <= sent -> Map.put(keys, {r.node, r.id}, {sent + 1, n, id})
+        _ -> keys
+      end
+    end)
   end
 
   @doc false

@@ -113,6 +113,35 @@ defmodule Causeway.ClusterExportTest do
     end
   end
 
+  test "a merged query never puts a receive before its send, whatever the offsets say", ctx do
+    # an offset for b that is 10 s wrong (as if measured badly): corrected,
+    # b's receives would come 10 s before c's sends
+    :ets.insert(
+      Causeway.Cluster.Offsets,
+      {ctx.b, 10_000_000_000, System.monotonic_time(:millisecond)}
+    )
+
+    on_exit(&Causeway.Cluster.forget_offsets/0)
+
+    {:ok, evs, %{offsets: %{}}} = Causeway.Cluster.events(nodes: [ctx.b, ctx.c], limit: :infinity)
+    at = evs |> Enum.with_index() |> Map.new(fn {e, i} -> {{e.node, e.id}, i} end)
+
+    sends = for e <- evs, e.type == :message_send, e.node == ctx.c, e.pid == ctx.client, do: e
+
+    receives =
+      for e <- evs, e.type == :message_receive, e.node == ctx.b, e.pid == ctx.counter, do: e
+
+    assert length(sends) >= 2 and length(receives) == 2
+
+    for {s, r} <- Causeway.Cluster.Links.pair_across(evs),
+        do: assert(at[{r.node, r.id}] > at[{s.node, s.id}])
+
+    assert length(Causeway.Cluster.Links.pair_across(evs)) == 2
+    # b's other events keep the place the offset gives them: before c's
+    [first | _] = evs
+    assert first.node == ctx.b
+  end
+
   test "a Mermaid diagram of pids on two nodes labels each participant with its node", ctx do
     text = Causeway.Export.mermaid_text(pids: [ctx.client, ctx.counter])
 
