@@ -567,7 +567,9 @@ defmodule Causeway do
   Events matching every given filter: `:pid`, `:type` (an atom or a list),
   `:module`, `:function`, `:arity`, `:call_id`, `:since`, `:until`; `:limit`
   (default 1000, `:infinity` for all), `:order` (`:asc` or `:desc`), `:after`
-  (continue after an event id), `:links` (include causal links, default true).
+  (continue after an event id), `:links` (include causal links, default true),
+  `:incident` (a flight recorder incident's id: only what it wrote, see
+  `incidents/1`; `state_history/2` and `stream_events/1` take it too).
   Served from the index that fits the filters.
 
   With `test: "test name" | {TestModule, name}`, the events recorded while

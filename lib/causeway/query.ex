@@ -375,10 +375,13 @@ defmodule Causeway.Query do
   @doc false
   def state_history(pid, opts) when is_pid(pid) do
     opts =
-      Options.keyword!(opts, [:since, :until, :limit | @target_opts], "Causeway.state_history/2")
+      Options.keyword!(
+        opts,
+        [:since, :until, :limit, :incident | @target_opts],
+        "Causeway.state_history/2"
+      )
 
-    since = opt_time(opts, :since)
-    until = opt_time(opts, :until)
+    {since, until} = incident_span(opts, opt_time(opts, :since), opt_time(opts, :until))
     limit = count!(opts, :limit, :infinity)
 
     handle(opts)

@@ -116,6 +116,7 @@ defmodule Causeway.FlightRecorderTest do
 
     # the incident's events are what a query limited to it returns
     assert Causeway.events(incident: inc.id, limit: :infinity) |> length() == length(evs)
+    assert Causeway.state_history(l, incident: inc.id) == []
     [final] = Causeway.incidents()
     assert final.events == length(evs)
     assert Causeway.metrics().flight.expired > 0
