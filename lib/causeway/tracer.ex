@@ -401,8 +401,13 @@ defmodule Causeway.Tracer do
           raise ArgumentError, "give either :args (a list pattern) or :match_spec, not both"
       end
 
-    what_ms = if opts[:match_spec], do: ":match_spec", else: ":args pattern"
+    check_match_spec!(ms, if(opts[:match_spec], do: ":match_spec", else: ":args pattern"))
+  end
 
+  @doc false
+  # `ms` if the VM compiles it as a trace match spec, else an ArgumentError
+  # naming `what`.
+  def check_match_spec!(ms, what) do
     result =
       try do
         :erlang.match_spec_test([], ms, :trace)
@@ -415,7 +420,7 @@ defmodule Causeway.Tracer do
         ms
 
       {:error, errors} ->
-        raise ArgumentError, "invalid #{what_ms}: #{inspect(errors, limit: 5)}"
+        raise ArgumentError, "invalid #{what}: #{inspect(errors, limit: 5)}"
     end
   end
 

@@ -222,32 +222,7 @@ defmodule Causeway.FlightRecorderTest do
   test ":telemetry events named in the options fire a snapshot" do
     refute Code.ensure_loaded?(:telemetry)
 
-    # :telemetry is not available here (no Hex). This stand-in implements the
-    # part of its documented API used — attach/4, detach/1 and execute/3
-    # calling each handler in the emitting process — so the attach path is
-    # exercised; it is unloaded at the end.
-    Module.create(
-      :telemetry,
-      quote do
-        def attach(id, event, fun, config) do
-          :persistent_term.put({:fake_telemetry, id}, {event, fun, config})
-          :ok
-        end
-
-        def detach(id) do
-          :persistent_term.erase({:fake_telemetry, id})
-          :ok
-        end
-
-        def execute(event, measurements, metadata) do
-          for {{:fake_telemetry, _}, {^event, fun, config}} <- :persistent_term.get(),
-              do: fun.(event, measurements, metadata, config)
-
-          :ok
-        end
-      end,
-      Macro.Env.location(__ENV__)
-    )
+    Causeway.Test.FakeTelemetry.install()
 
     try do
       start_causeway!(persist: {:on_trigger, after_ms: 0, telemetry: [[:repo, :query, :slow]]})
@@ -260,11 +235,9 @@ defmodule Causeway.FlightRecorderTest do
       assert inc.detail == "[:repo, :query, :slow]"
       assert inc.events >= 10
       stop_causeway!()
-      assert [] == for({{:fake_telemetry, _}, _} <- :persistent_term.get(), do: :left)
+      assert [] == Causeway.Test.FakeTelemetry.attached()
     after
-      :code.purge(:telemetry)
-      :code.delete(:telemetry)
-      :code.purge(:telemetry)
+      Causeway.Test.FakeTelemetry.uninstall()
     end
   end
 

@@ -282,32 +282,7 @@ defmodule Causeway.TriggeredTraceTest do
       Causeway.trace(:all, start_on: {:telemetry, [:shop, :checkout]})
     end
 
-    # :telemetry is not available here (no Hex). This stand-in implements the
-    # part of its documented API a trigger uses — attach/4, detach/1 and
-    # execute/3 calling each attached handler in the emitting process — so
-    # the attach path is exercised; it is unloaded at the end.
-    Module.create(
-      :telemetry,
-      quote do
-        def attach(id, event, fun, config) do
-          :persistent_term.put({:fake_telemetry, id}, {event, fun, config})
-          :ok
-        end
-
-        def detach(id) do
-          :persistent_term.erase({:fake_telemetry, id})
-          :ok
-        end
-
-        def execute(event, measurements, metadata) do
-          for {{:fake_telemetry, _}, {^event, fun, config}} <- :persistent_term.get(),
-              do: fun.(event, measurements, metadata, config)
-
-          :ok
-        end
-      end,
-      Macro.Env.location(__ENV__)
-    )
+    Causeway.Test.FakeTelemetry.install()
 
     try do
       %{handler: handler} = shop()
@@ -341,9 +316,7 @@ defmodule Causeway.TriggeredTraceTest do
       Causeway.stop_trace(s)
       Process.exit(pid, :kill)
     after
-      :code.purge(:telemetry)
-      :code.delete(:telemetry)
-      :code.purge(:telemetry)
+      Causeway.Test.FakeTelemetry.uninstall()
     end
   end
 

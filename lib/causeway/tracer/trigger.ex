@@ -129,20 +129,7 @@ defmodule Causeway.Tracer.Trigger do
           raise ArgumentError, ":start_on takes args: or match_spec:, not both"
       end
 
-    result =
-      try do
-        :erlang.match_spec_test([], ms, :trace)
-      rescue
-        ArgumentError -> {:error, [:not_a_match_spec]}
-      end
-
-    case result do
-      {:ok, _, _, _} ->
-        ms
-
-      {:error, errors} ->
-        raise ArgumentError, "invalid :start_on match: #{inspect(errors, limit: 5)}"
-    end
+    Causeway.Tracer.check_match_spec!(ms, ":start_on match")
   end
 
   defp match_clause?({_head, guards, body}), do: is_list(guards) and is_list(body)
