@@ -17,7 +17,7 @@ export CARGO_TARGET_DIR := $(CAUSEWAY_TARGET_DIR)
 # the nightly toolchain and cargo-fuzz (installed here if missing); the
 # first run builds RocksDB once more, instrumented, in $(CAUSEWAY_TARGET_DIR)/fuzz.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= postings pairs etf_terms stored_event
+FUZZ_TARGETS ?= postings pairs etf_terms stored_event meta_records
 
 setup:
 	@scripts/setup.sh
