@@ -51,6 +51,13 @@ defmodule Causeway.Export do
 
     opts = Keyword.merge([limit: 100_000], opts)
 
+    if Keyword.has_key?(opts, :nodes) or match?(%Causeway.Stores{}, opts[:store]),
+      do: chrome_trace_merged(path, opts),
+      else: Causeway.Export.ChromeStream.write(path, opts)
+  end
+
+  # several nodes or stores: merged in memory (one time axis, flows across)
+  defp chrome_trace_merged(path, opts) do
     {events, axis, missing} =
       cond do
         Keyword.has_key?(opts, :nodes) ->
@@ -59,9 +66,6 @@ defmodule Causeway.Export do
 
         match?(%Causeway.Stores{}, opts[:store]) ->
           {Causeway.events(opts), %{}, []}
-
-        true ->
-          {Causeway.events(opts), :monotonic, []}
       end
 
     trace = if events == [], do: [], else: chrome_events_of(events, axis)
@@ -186,7 +190,8 @@ defmodule Causeway.Export do
     process ++ names ++ body
   end
 
-  defp process_name(pid, node),
+  @doc false
+  def process_name(pid, node),
     do: %{
       "name" => "process_name",
       "ph" => "M",
@@ -254,7 +259,11 @@ defmodule Causeway.Export do
 
   defp us(ns), do: ns / 1000
 
-  defp trace_event(%Event{type: :function_entry} = e, base, _) do
+  @doc false
+  # The trace events of one event, at `base` (pid, tid, ts), with its flow.
+  def trace_event(e, base, flow)
+
+  def trace_event(%Event{type: :function_entry} = e, base, _) do
     [
       Map.merge(base, %{
         "ph" => "B",
@@ -267,7 +276,7 @@ defmodule Causeway.Export do
     ]
   end
 
-  defp trace_event(%Event{type: :function_exit} = e, base, _) do
+  def trace_event(%Event{type: :function_exit} = e, base, _) do
     [
       Map.merge(base, %{
         "ph" => "E",
@@ -278,7 +287,7 @@ defmodule Causeway.Export do
     ]
   end
 
-  defp trace_event(%Event{type: :message_send} = e, base, flow) do
+  def trace_event(%Event{type: :message_send} = e, base, flow) do
     slice =
       Map.merge(base, %{
         "ph" => "X",
@@ -300,7 +309,7 @@ defmodule Causeway.Export do
     [slice | flow]
   end
 
-  defp trace_event(%Event{type: :message_receive} = e, base, flow) do
+  def trace_event(%Event{type: :message_receive} = e, base, flow) do
     slice =
       Map.merge(base, %{
         "ph" => "X",
@@ -330,7 +339,7 @@ defmodule Causeway.Export do
     [slice | flow]
   end
 
-  defp trace_event(%Event{} = e, base, _) do
+  def trace_event(%Event{} = e, base, _) do
     [
       Map.merge(base, %{
         "ph" => "i",
