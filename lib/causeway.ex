@@ -210,15 +210,29 @@ defmodule Causeway do
 
   @doc """
   Applies the instance's `:retention` policy now (it also runs every
-  `interval_ms`); returns what was deleted.
+  `interval_ms`); returns what was deleted. The pass runs in bounded
+  chunks on a native thread of its own, as the background one does: it
+  holds no scheduler, dirty ones included, however much it deletes; the
+  caller waits for its answer.
   """
   @spec enforce_retention(atom()) ::
           {:ok, %{events: non_neg_integer(), chunks: non_neg_integer()}}
           | {:error, Causeway.Error.t()}
   def enforce_retention(name \\ Causeway) do
     with {:ok, h} <- instance_handle(name) do
-      case Native.pipeline_retention(h) do
-        {:ok, stats} -> {:ok, stats}
+      # the pass runs on a native thread of its own; this process waits
+      # for its answer (holding no scheduler)
+      token = System.unique_integer([:positive])
+
+      with :ok <- Native.pipeline_retention(h, self(), token) do
+        receive do
+          {:causeway_native, :retention, ^token, {:ok, stats}} ->
+            {:ok, stats}
+
+          {:causeway_native, :retention, ^token, {:error, e}} ->
+            {:error, Causeway.Error.from_native(e)}
+        end
+      else
         {:error, e} -> {:error, Causeway.Error.from_native(e)}
       end
     end

@@ -76,7 +76,7 @@ defmodule Causeway.Native do
   def pipeline_configure(_h, _update), do: err()
   def pipeline_inject(_h, _kind, _n), do: err()
   def pipeline_level(_h), do: err()
-  def pipeline_retention(_h), do: err()
+  def pipeline_retention(_h, _to, _token), do: err()
   def pipeline_metrics(_h), do: err()
   def pipeline_snapshot(_h, _telemetry, _reason), do: err()
   def store_incidents(_h), do: err()

@@ -29,6 +29,7 @@ pub mod atoms {
         backpressure,
         worker,
         incident,
+        retention,
         global,
         module,
         pid,

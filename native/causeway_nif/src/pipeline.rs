@@ -193,21 +193,50 @@ fn pipeline_inject(h: ResourceArc<Handle>, kind: Atom, n: u32) -> NifResult<Atom
     Ok(crate::atoms::ok())
 }
 
-/// Applies the retention policy now: `{:ok, %{events: n, chunks: n}}`.
-#[rustler::nif(schedule = "DirtyIo")]
-fn pipeline_retention(env: Env, h: ResourceArc<Handle>) -> NifResult<Term> {
-    let st = h.pipeline()?.enforce_retention().nif()?;
-    Ok((
-        crate::atoms::ok(),
-        map(
-            env,
-            vec![
-                ("events", st.events.encode(env)),
-                ("chunks", st.chunks.encode(env)),
-            ],
-        ),
-    )
-        .encode(env))
+/// Applies the retention policy now, on a native thread of its own (a
+/// pass over millions of events holds no scheduler, dirty ones included):
+/// `{:causeway_native, :retention, token, {:ok, %{events: n, chunks: n}} |
+/// {:error, reason}}` is sent to `to` when it ends.
+#[rustler::nif]
+fn pipeline_retention(h: ResourceArc<Handle>, to: LocalPid, token: u64) -> NifResult<Atom> {
+    let p = h.pipeline()?.clone();
+    std::thread::Builder::new()
+        .name("causeway-retention-now".into())
+        .spawn(move || {
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.enforce_retention()))
+                    .unwrap_or_else(|_| {
+                        Err(causeway_core::Error::Busy(
+                            "the retention pass panicked".into(),
+                        ))
+                    });
+            let mut env = rustler::OwnedEnv::new();
+            let _ = env.send_and_clear(&to, move |env| {
+                let result = match r {
+                    Ok(st) => (
+                        crate::atoms::ok(),
+                        map(
+                            env,
+                            vec![
+                                ("events", st.events.encode(env)),
+                                ("chunks", st.chunks.encode(env)),
+                            ],
+                        ),
+                    )
+                        .encode(env),
+                    Err(e) => (crate::atoms::error(), crate::error::CoreError(e)).encode(env),
+                };
+                (
+                    crate::atoms::causeway_native(),
+                    crate::atoms::retention(),
+                    token,
+                    result,
+                )
+                    .encode(env)
+            });
+        })
+        .map_err(|e| arg_error(format!("cannot start a retention thread: {e}")))?;
+    Ok(crate::atoms::ok())
 }
 
 #[rustler::nif]
