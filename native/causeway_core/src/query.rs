@@ -5,8 +5,8 @@
 use crate::event::{EventType, LinkKind, StoredEvent};
 use crate::ids::wall_ns_to_id;
 use crate::store::{
-    is_posting_cf, keys, postings, Store, CF_BY_CALL, CF_BY_MFA, CF_BY_PID, CF_BY_TYPE, CF_EVENTS,
-    CF_STATE,
+    is_posting_cf, keys, postings, Lookups, Store, CF_BY_CALL, CF_BY_MFA, CF_BY_PID, CF_BY_TYPE,
+    CF_EVENTS, CF_STATE,
 };
 use crate::{Error, Result};
 use std::cmp::Reverse;
@@ -870,9 +870,10 @@ pub fn causal_chain(
         .get(id)?
         .ok_or_else(|| Error::NotFound(format!("event {id}")))?;
     let mut via = None;
+    let mut lk = store.lookups();
     loop {
         seen.insert(cur.id);
-        let links = store.links_of(&cur)?;
+        let links = lk.links_of(&cur)?;
         let next = CHAIN_ORDER.iter().find_map(|k| {
             links
                 .iter()
@@ -895,12 +896,16 @@ pub fn causal_chain(
     Ok(out)
 }
 
-/// A call with its exit and nested calls.
+/// A call with its exit and nested calls, and the links of both events (as
+/// `Store::links_of` gives them), read while the tree was built.
 #[derive(Clone, Debug)]
 pub struct CallNode {
     pub entry: StoredEvent,
     pub exit: Option<StoredEvent>,
     pub children: Vec<CallNode>,
+    pub entry_links: Vec<(LinkKind, u64)>,
+    /// Empty when there is no exit.
+    pub exit_links: Vec<(LinkKind, u64)>,
 }
 
 /// Trees are as deep as the recursion they record (thousands of levels):
@@ -921,33 +926,63 @@ struct OpenCall {
     pending: std::vec::IntoIter<StoredEvent>,
 }
 
-fn open_call(store: &Store, entry: StoredEvent) -> Result<OpenCall> {
-    let links = store.links_of(&entry)?;
-    let exit = match links.iter().find(|(k, _)| *k == LinkKind::CompletedBy) {
-        Some((_, x)) => store.get(*x)?,
-        None => None,
+/// Opens the call of `entry` (whose links are `links` when the caller has
+/// read them): its links, then its exit and its calls in one batched read,
+/// then the exit's links.
+fn open_call(
+    lk: &mut Lookups,
+    entry: StoredEvent,
+    links: Option<Vec<(LinkKind, u64)>>,
+) -> Result<OpenCall> {
+    let links = match links {
+        Some(l) => l,
+        None => lk.links_of(&entry)?,
     };
-    let mut child_ids: Vec<u64> = links
+    let exit_id = links
+        .iter()
+        .find(|(k, _)| *k == LinkKind::CompletedBy)
+        .map(|(_, x)| *x);
+    let mut ids: Vec<u64> = links
         .iter()
         .filter(|(k, _)| *k == LinkKind::Calls)
         .map(|(_, c)| *c)
         .collect();
-    child_ids.sort_unstable();
+    ids.sort_unstable();
+    let children = ids.len();
+    ids.extend(exit_id);
+    let mut got = lk.store().get_each(&ids)?;
+    let exit = match exit_id {
+        Some(_) => got.pop().flatten(),
+        None => None,
+    };
+    let exit_links = match &exit {
+        Some(x) => lk.links_of_known(x, Some(entry.id))?,
+        None => Vec::new(),
+    };
+    got.truncate(children);
+    let pending: Vec<StoredEvent> = got.into_iter().flatten().collect();
     Ok(OpenCall {
         node: CallNode {
             entry,
             exit,
             children: Vec::new(),
+            entry_links: links,
+            exit_links,
         },
-        pending: store.get_many(&child_ids)?.into_iter(),
+        pending: pending.into_iter(),
     })
 }
 
 /// The tree under `entry`, depth first, with an explicit stack (no recursion:
 /// a recorded recursion can be deeper than any thread's stack); every node
 /// below the root spends one unit of `budget`.
-fn call_node(store: &Store, entry: StoredEvent, budget: &mut usize) -> Result<CallNode> {
-    let mut stack = vec![open_call(store, entry)?];
+fn call_node(
+    lk: &mut Lookups,
+    entry: StoredEvent,
+    links: Option<Vec<(LinkKind, u64)>>,
+    budget: &mut usize,
+) -> Result<CallNode> {
+    let mut stack = vec![open_call(lk, entry, links)?];
     loop {
         let Some(top) = stack.last_mut() else {
             return Err(Error::Corrupt("call tree stack".into()));
@@ -955,7 +990,7 @@ fn call_node(store: &Store, entry: StoredEvent, budget: &mut usize) -> Result<Ca
         if *budget > 0 {
             if let Some(child) = top.pending.next() {
                 *budget -= 1;
-                stack.push(open_call(store, child)?);
+                stack.push(open_call(lk, child, None)?);
                 continue;
             }
         }
@@ -982,7 +1017,7 @@ pub fn call_tree(store: &Store, call_id: u64, max_nodes: usize) -> Result<CallNo
         )));
     }
     let mut budget = max_nodes;
-    call_node(store, entry, &mut budget)
+    call_node(&mut store.lookups(), entry, None, &mut budget)
 }
 
 /// Every top-level call of a process (calls with no instrumented caller), at
@@ -995,14 +1030,15 @@ pub fn call_trees_of(store: &Store, pid: &PidMatch, max_nodes: usize) -> Result<
     };
     let mut budget = max_nodes;
     let mut out = Vec::new();
+    let mut lk = store.lookups();
     for_each_event(store, &f, |e| {
         if budget == 0 {
             return Ok(false);
         }
-        let links = store.links_of(&e)?;
+        let links = lk.links_of(&e)?;
         if !links.iter().any(|(k, _)| *k == LinkKind::CalledFrom) {
             budget -= 1;
-            out.push(call_node(store, e, &mut budget)?);
+            out.push(call_node(&mut lk, e, Some(links), &mut budget)?);
         }
         Ok(budget > 0)
     })?;
@@ -1020,6 +1056,7 @@ pub fn message_flow(
     // their merge are among those
     let want = if limit == 0 { usize::MAX } else { limit };
     let mut out = Vec::new();
+    let mut lk = store.lookups();
     for (from, to) in [(a, b), (b, a)] {
         let f = Filter {
             pid: Some(from.clone()),
@@ -1029,7 +1066,7 @@ pub fn message_flow(
         let mut taken = 0;
         for_each_event(store, &f, |s| {
             if s.peer.as_ref().is_some_and(|p| to.matches(p)) {
-                let recv = match store
+                let recv = match lk
                     .links_of(&s)?
                     .iter()
                     .find(|(k, _)| *k == LinkKind::ReceivedBy)

@@ -72,6 +72,7 @@ mod write;
 use codec::{DiskEvent, DiskPid};
 pub use incidents::Incident;
 use names::Names;
+pub use read::Lookups;
 pub use retention::{RetentionPolicy, RetentionStats};
 use tuning::{block_cache, cf_options, db_options, write_buffer_manager, LIVE_OPEN_RETRY};
 pub use tuning::{StorageMemory, MAX_WAL_BYTES, STORAGE_MEMORY_CAP};
