@@ -920,15 +920,18 @@ impl Drop for CallNode {
     }
 }
 
-/// A node being built: its calls not yet visited wait in `pending`.
+/// A node being built: the ids of its calls not yet visited wait in
+/// `pending`, its exit is read when it is done.
 struct OpenCall {
-    node: CallNode,
-    pending: std::vec::IntoIter<StoredEvent>,
+    entry: StoredEvent,
+    entry_links: Vec<(LinkKind, u64)>,
+    exit_id: Option<u64>,
+    pending: std::vec::IntoIter<u64>,
+    children: Vec<CallNode>,
 }
 
 /// Opens the call of `entry` (whose links are `links` when the caller has
-/// read them): its links, then its exit and its calls in one batched read,
-/// then the exit's links.
+/// read them).
 fn open_call(
     lk: &mut Lookups,
     entry: StoredEvent,
@@ -942,40 +945,46 @@ fn open_call(
         .iter()
         .find(|(k, _)| *k == LinkKind::CompletedBy)
         .map(|(_, x)| *x);
-    let mut ids: Vec<u64> = links
+    let mut child_ids: Vec<u64> = links
         .iter()
         .filter(|(k, _)| *k == LinkKind::Calls)
         .map(|(_, c)| *c)
         .collect();
-    ids.sort_unstable();
-    let children = ids.len();
-    ids.extend(exit_id);
-    let mut got = lk.store().get_each(&ids)?;
-    let exit = match exit_id {
-        Some(_) => got.pop().flatten(),
+    child_ids.sort_unstable();
+    Ok(OpenCall {
+        entry,
+        entry_links: links,
+        exit_id,
+        pending: child_ids.into_iter(),
+        children: Vec::new(),
+    })
+}
+
+/// A call whose nested calls are all done: its exit and the exit's links.
+fn close_call(lk: &mut Lookups, done: OpenCall) -> Result<CallNode> {
+    let exit = match done.exit_id {
+        Some(x) => lk.event(x)?,
         None => None,
     };
     let exit_links = match &exit {
-        Some(x) => lk.links_of_known(x, Some(entry.id))?,
+        Some(x) => lk.links_of_known(x, Some(done.entry.id))?,
         None => Vec::new(),
     };
-    got.truncate(children);
-    let pending: Vec<StoredEvent> = got.into_iter().flatten().collect();
-    Ok(OpenCall {
-        node: CallNode {
-            entry,
-            exit,
-            children: Vec::new(),
-            entry_links: links,
-            exit_links,
-        },
-        pending: pending.into_iter(),
+    Ok(CallNode {
+        entry: done.entry,
+        exit,
+        children: done.children,
+        entry_links: done.entry_links,
+        exit_links,
     })
 }
 
 /// The tree under `entry`, depth first, with an explicit stack (no recursion:
 /// a recorded recursion can be deeper than any thread's stack); every node
-/// below the root spends one unit of `budget`.
+/// below the root spends one unit of `budget` (calls whose entry is not in
+/// the store are left out and spend nothing). Events and links are read in
+/// the order of their ids in a call that ran in one process (entry, nested
+/// calls, exit), so the lookups' cursors mostly step forward.
 fn call_node(
     lk: &mut Lookups,
     entry: StoredEvent,
@@ -983,23 +992,26 @@ fn call_node(
     budget: &mut usize,
 ) -> Result<CallNode> {
     let mut stack = vec![open_call(lk, entry, links)?];
-    loop {
+    'walk: loop {
         let Some(top) = stack.last_mut() else {
             return Err(Error::Corrupt("call tree stack".into()));
         };
         if *budget > 0 {
-            if let Some(child) = top.pending.next() {
-                *budget -= 1;
-                stack.push(open_call(lk, child, None)?);
-                continue;
+            for id in top.pending.by_ref() {
+                if let Some(child) = lk.event(id)? {
+                    *budget -= 1;
+                    let open = open_call(lk, child, None)?;
+                    stack.push(open);
+                    continue 'walk;
+                }
             }
         }
         let Some(done) = stack.pop() else {
             return Err(Error::Corrupt("call tree stack".into()));
         };
-        let node = done.node;
+        let node = close_call(lk, done)?;
         match stack.last_mut() {
-            Some(parent) => parent.node.children.push(node),
+            Some(parent) => parent.children.push(node),
             None => return Ok(node),
         }
     }
@@ -1007,8 +1019,9 @@ fn call_node(
 
 /// The tree of one call (by its call id = its entry's id).
 pub fn call_tree(store: &Store, call_id: u64, max_nodes: usize) -> Result<CallNode> {
-    let entry = store
-        .get(call_id)?
+    let mut lk = store.lookups();
+    let entry = lk
+        .event(call_id)?
         .ok_or_else(|| Error::NotFound(format!("call {call_id}")))?;
     if entry.kind != EventType::FunctionEntry {
         return Err(Error::InvalidArgument(format!(
@@ -1017,7 +1030,7 @@ pub fn call_tree(store: &Store, call_id: u64, max_nodes: usize) -> Result<CallNo
         )));
     }
     let mut budget = max_nodes;
-    call_node(&mut store.lookups(), entry, None, &mut budget)
+    call_node(&mut lk, entry, None, &mut budget)
 }
 
 /// Every top-level call of a process (calls with no instrumented caller), at

@@ -59,6 +59,7 @@ mod codec;
 pub mod faults;
 mod incidents;
 pub mod keys;
+mod lookups;
 mod names;
 pub mod perms;
 pub mod postings;
@@ -71,8 +72,8 @@ mod write;
 
 use codec::{DiskEvent, DiskPid};
 pub use incidents::Incident;
+pub use lookups::Lookups;
 use names::Names;
-pub use read::Lookups;
 pub use retention::{RetentionPolicy, RetentionStats};
 use tuning::{block_cache, cf_options, db_options, write_buffer_manager, LIVE_OPEN_RETRY};
 pub use tuning::{StorageMemory, MAX_WAL_BYTES, STORAGE_MEMORY_CAP};

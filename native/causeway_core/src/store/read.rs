@@ -1,5 +1,5 @@
 //! Reading: events by id, raw scans of a column family, and the causal links
-//! of an event (stored and derived).
+//! of an event (stored and derived, through `Lookups`).
 
 use super::*;
 
@@ -19,29 +19,6 @@ impl Store {
             Ok(())
         })?;
         Ok(out)
-    }
-
-    /// Fetches events by id in one batched read: the event of each of `ids`
-    /// (`None` where there is none), in the order given.
-    pub fn get_each(&self, ids: &[u64]) -> Result<Vec<Option<StoredEvent>>> {
-        match ids {
-            [] => Ok(Vec::new()),
-            [id] => Ok(vec![self.get(*id)?]),
-            _ => {
-                let cf = self.cf(CF_EVENTS)?;
-                let sorted = ids.windows(2).all(|w| w[0] < w[1]);
-                let ks: Vec<[u8; 8]> = ids.iter().map(|&i| keys::id(i)).collect();
-                self.db
-                    .batched_multi_get_cf(cf, &ks, sorted)
-                    .into_iter()
-                    .zip(ids)
-                    .map(|(r, &id)| match r? {
-                        Some(v) => Ok(Some(self.decode_event(id, &v)?)),
-                        None => Ok(None),
-                    })
-                    .collect()
-            }
-        }
     }
 
     /// Calls `f` with the id and the stored bytes (see `decode_stored`) of
@@ -135,141 +112,6 @@ impl Store {
 
     /// Lookups for one query (see `Lookups`).
     pub fn lookups(&self) -> Lookups<'_> {
-        Lookups {
-            store: self,
-            links: None,
-            calls: None,
-        }
-    }
-}
-
-/// The link and exit lookups of one query, each column family read through
-/// one iterator created on its first use and re-seeked for every lookup
-/// after. Creating a RocksDB iterator (a super-version reference and an
-/// iterator per level and file, several µs) cost more than the seek itself,
-/// and a call tree of 3 calls made 15 of them. The iterators have no bounds
-/// (a bound is fixed when an iterator is made): each lookup stops at the
-/// first key past its range. Dropped at the end of the query, so the
-/// snapshot they hold lives no longer than it.
-pub struct Lookups<'a> {
-    store: &'a Store,
-    links: Option<rocksdb::DBRawIterator<'a>>,
-    calls: Option<rocksdb::DBRawIterator<'a>>,
-}
-
-impl<'a> Lookups<'a> {
-    pub fn store(&self) -> &'a Store {
-        self.store
-    }
-
-    fn iter<'s>(
-        store: &'a Store,
-        slot: &'s mut Option<rocksdb::DBRawIterator<'a>>,
-        cf: &str,
-    ) -> Result<&'s mut rocksdb::DBRawIterator<'a>> {
-        if slot.is_none() {
-            let it = store
-                .db
-                .raw_iterator_cf_opt(store.cf(cf)?, ReadOptions::default());
-            *slot = Some(it);
-        }
-        slot.as_mut()
-            .ok_or_else(|| Error::Corrupt("lookup iterator".into()))
-    }
-
-    /// The stored links from `id`: `(kind, other event id)`.
-    pub fn stored_links(&mut self, id: u64) -> Result<Vec<(LinkKind, u64)>> {
-        let it = Self::iter(self.store, &mut self.links, CF_LINKS)?;
-        let lo = keys::id(id);
-        let mut out = Vec::new();
-        it.seek(lo);
-        while it.valid() {
-            let Some(k) = it.key() else { break };
-            if !k.starts_with(&lo) {
-                break;
-            }
-            if k.len() == 17 {
-                if let (Some(kind), Some(to)) = (LinkKind::from_u8(k[8]), keys::trailing_id(k)) {
-                    out.push((kind, to));
-                }
-            }
-            it.next();
-        }
-        it.status()?;
-        Ok(out)
-    }
-
-    /// The exits of a call (normally one), from the `by_call` pair lists.
-    pub fn exits_of(&mut self, call_id: u64) -> Result<Vec<u64>> {
-        let it = Self::iter(self.store, &mut self.calls, CF_BY_CALL)?;
-        let mut out = Vec::new();
-        // lists whose first call id is in [call_id − CALL_SPAN, call_id]
-        it.seek(postings::pair_key(
-            call_id.saturating_sub(postings::CALL_SPAN),
-            0,
-        ));
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            let Some(first) = k.get(..8).and_then(keys::trailing_id) else {
-                break;
-            };
-            if first > call_id {
-                break;
-            }
-            // only lists whose range holds the call are searched
-            if k.len() == 16 && keys::trailing_id(k).is_some_and(|last| last >= call_id) {
-                out.extend(postings::exits_in(v, call_id)?);
-            }
-            it.next();
-        }
-        it.status()?;
-        out.sort_unstable();
-        Ok(out)
-    }
-
-    /// Every causal link of an event: stored ones and those derived from its
-    /// own fields (parent, call id) and from `by_call`.
-    pub fn links_of(&mut self, ev: &StoredEvent) -> Result<Vec<(LinkKind, u64)>> {
-        self.links_of_known(ev, None)
-    }
-
-    /// `links_of`, told that the event `known` exists (an exit's entry the
-    /// caller holds: no read to find it).
-    pub fn links_of_known(
-        &mut self,
-        ev: &StoredEvent,
-        known: Option<u64>,
-    ) -> Result<Vec<(LinkKind, u64)>> {
-        let mut out = Vec::new();
-        if let (Some(kind), true) = (ev.parent_link, ev.parent_id != 0 && ev.parent_id != ev.id) {
-            out.push((kind, ev.parent_id));
-        }
-        let store = self.store;
-        let entry_exists = |call_id: u64| -> Result<bool> {
-            if known == Some(call_id) {
-                return Ok(true);
-            }
-            Ok(store
-                .db
-                .get_pinned_cf(store.cf(CF_EVENTS)?, keys::id(call_id))?
-                .is_some())
-        };
-        match ev.kind {
-            EventType::FunctionExit
-                if ev.call_id != 0 && ev.call_id != ev.id && entry_exists(ev.call_id)? =>
-            {
-                out.push((LinkKind::Completes, ev.call_id));
-            }
-            EventType::FunctionEntry => {
-                for x in self.exits_of(ev.id)? {
-                    out.push((LinkKind::CompletedBy, x));
-                }
-            }
-            _ => {}
-        }
-        out.extend(self.stored_links(ev.id)?);
-        Ok(out)
+        Lookups::new(self)
     }
 }
