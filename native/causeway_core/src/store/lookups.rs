@@ -9,8 +9,8 @@
 //! first: entry, nested calls, exit) finds the next key a few steps ahead
 //! of the last one, so a `Cursor` steps there with `next` and seeks only
 //! when the key is behind it or farther away. The `by_call` pair lists a
-//! lookup reads are kept while the next lookups need them (they cover the
-//! `CALL_SPAN` before each call). Everything is dropped with the query, so
+//! lookup reads (those of the `CALL_SPAN` before the call) are kept while
+//! the next, later calls may need them. Everything is dropped with the query, so
 //! the snapshot the iterators hold lives no longer than it.
 
 use super::*;
@@ -82,10 +82,18 @@ impl<'a> Cursor<'a> {
 /// The `by_call` pair lists of a window of call ids, copied from disk.
 struct PairLists<'a> {
     cursor: Cursor<'a>,
-    /// Every list whose first call id is in `span` (inclusive), in key
-    /// order: (key, value).
+    /// Of the lists whose first call id is in `span` (inclusive), those whose
+    /// range reaches the last call looked up (the others cannot hold it or
+    /// any call after it), in key order: (key, value).
     lists: VecDeque<(Vec<u8>, Vec<u8>)>,
     span: Option<(u64, u64)>,
+    /// The last call looked up.
+    last: u64,
+}
+
+/// Whether the pair list with key `k` can hold `call` (or a later call).
+fn reaches(k: &[u8], call: u64) -> bool {
+    k.len() == 16 && keys::trailing_id(k).is_some_and(|last| last >= call)
 }
 
 impl PairLists<'_> {
@@ -97,36 +105,29 @@ impl PairLists<'_> {
         let hi_key = call.checked_add(1).map(|c| postings::pair_key(c, 0));
         match self.span {
             // the window moves forward: drop what it left, read what it reached
-            Some((start, end)) if lo >= start && lo <= end => {
-                while self
-                    .lists
-                    .front()
-                    .is_some_and(|(k, _)| k.as_slice() < &lo_key[..])
-                {
-                    self.lists.pop_front();
-                }
+            Some((start, end)) if lo >= start && lo <= end && call >= self.last => {
+                self.lists
+                    .retain(|(k, _)| k.as_slice() >= &lo_key[..] && reaches(k, call));
                 if call > end {
-                    self.extend(hi_key.as_ref())?;
+                    self.extend(hi_key.as_ref(), call)?;
                 }
                 self.span = Some((lo, end.max(call)));
             }
             _ => {
                 self.lists.clear();
                 self.cursor.seek(&lo_key)?;
-                self.extend(hi_key.as_ref())?;
+                self.extend(hi_key.as_ref(), call)?;
                 self.span = Some((lo, call));
             }
         }
+        self.last = call;
         let mut out = Vec::new();
         for (k, v) in &self.lists {
             if hi_key.as_ref().is_some_and(|h| k.as_slice() >= &h[..]) {
                 break;
             }
-            if k.as_slice() < &lo_key[..] {
-                continue;
-            }
             // only lists whose range holds the call are searched
-            if k.len() == 16 && keys::trailing_id(k).is_some_and(|last| last >= call) {
+            if reaches(k, call) {
                 out.extend(postings::exits_in(v, call)?);
             }
         }
@@ -134,13 +135,16 @@ impl PairLists<'_> {
         Ok(out)
     }
 
-    /// Copies the lists from the cursor's position up to `hi` (exclusive).
-    fn extend(&mut self, hi: Option<&[u8; 16]>) -> Result<()> {
+    /// Reads the lists from the cursor's position up to `hi` (exclusive),
+    /// keeping those that reach `call`.
+    fn extend(&mut self, hi: Option<&[u8; 16]>, call: u64) -> Result<()> {
         while let Some((k, v)) = self.cursor.entry() {
             if hi.is_some_and(|h| k >= &h[..]) {
                 break;
             }
-            self.lists.push_back((k.to_vec(), v.to_vec()));
+            if reaches(k, call) {
+                self.lists.push_back((k.to_vec(), v.to_vec()));
+            }
             self.cursor.next();
         }
         self.cursor.status()
@@ -221,6 +225,7 @@ impl<'a> Lookups<'a> {
                 cursor: Cursor::new(self.store, CF_BY_CALL)?,
                 lists: VecDeque::new(),
                 span: None,
+                last: 0,
             });
         }
         match self.calls.as_mut() {
