@@ -5,8 +5,8 @@
 use crate::event::{EventType, LinkKind, StoredEvent};
 use crate::ids::wall_ns_to_id;
 use crate::store::{
-    is_posting_cf, keys, postings, Store, CF_BY_CALL, CF_BY_MFA, CF_BY_PID, CF_BY_TYPE, CF_EVENTS,
-    CF_STATE,
+    is_posting_cf, keys, postings, Lookups, Store, CF_BY_CALL, CF_BY_MFA, CF_BY_PID, CF_BY_TYPE,
+    CF_EVENTS, CF_STATE,
 };
 use crate::{Error, Result};
 use std::cmp::Reverse;
@@ -870,9 +870,10 @@ pub fn causal_chain(
         .get(id)?
         .ok_or_else(|| Error::NotFound(format!("event {id}")))?;
     let mut via = None;
+    let mut lk = store.lookups();
     loop {
         seen.insert(cur.id);
-        let links = store.links_of(&cur)?;
+        let links = lk.links_of(&cur)?;
         let next = CHAIN_ORDER.iter().find_map(|k| {
             links
                 .iter()
@@ -895,12 +896,16 @@ pub fn causal_chain(
     Ok(out)
 }
 
-/// A call with its exit and nested calls.
+/// A call with its exit and nested calls, and the links of both events (as
+/// `Store::links_of` gives them), read while the tree was built.
 #[derive(Clone, Debug)]
 pub struct CallNode {
     pub entry: StoredEvent,
     pub exit: Option<StoredEvent>,
     pub children: Vec<CallNode>,
+    pub entry_links: Vec<(LinkKind, u64)>,
+    /// Empty when there is no exit.
+    pub exit_links: Vec<(LinkKind, u64)>,
 }
 
 /// Trees are as deep as the recursion they record (thousands of levels):
@@ -915,18 +920,31 @@ impl Drop for CallNode {
     }
 }
 
-/// A node being built: its calls not yet visited wait in `pending`.
+/// A node being built: the ids of its calls not yet visited wait in
+/// `pending`, its exit is read when it is done.
 struct OpenCall {
-    node: CallNode,
-    pending: std::vec::IntoIter<StoredEvent>,
+    entry: StoredEvent,
+    entry_links: Vec<(LinkKind, u64)>,
+    exit_id: Option<u64>,
+    pending: std::vec::IntoIter<u64>,
+    children: Vec<CallNode>,
 }
 
-fn open_call(store: &Store, entry: StoredEvent) -> Result<OpenCall> {
-    let links = store.links_of(&entry)?;
-    let exit = match links.iter().find(|(k, _)| *k == LinkKind::CompletedBy) {
-        Some((_, x)) => store.get(*x)?,
-        None => None,
+/// Opens the call of `entry` (whose links are `links` when the caller has
+/// read them).
+fn open_call(
+    lk: &mut Lookups,
+    entry: StoredEvent,
+    links: Option<Vec<(LinkKind, u64)>>,
+) -> Result<OpenCall> {
+    let links = match links {
+        Some(l) => l,
+        None => lk.links_of(&entry)?,
     };
+    let exit_id = links
+        .iter()
+        .find(|(k, _)| *k == LinkKind::CompletedBy)
+        .map(|(_, x)| *x);
     let mut child_ids: Vec<u64> = links
         .iter()
         .filter(|(k, _)| *k == LinkKind::Calls)
@@ -934,37 +952,66 @@ fn open_call(store: &Store, entry: StoredEvent) -> Result<OpenCall> {
         .collect();
     child_ids.sort_unstable();
     Ok(OpenCall {
-        node: CallNode {
-            entry,
-            exit,
-            children: Vec::new(),
-        },
-        pending: store.get_many(&child_ids)?.into_iter(),
+        entry,
+        entry_links: links,
+        exit_id,
+        pending: child_ids.into_iter(),
+        children: Vec::new(),
+    })
+}
+
+/// A call whose nested calls are all done: its exit and the exit's links.
+fn close_call(lk: &mut Lookups, done: OpenCall) -> Result<CallNode> {
+    let exit = match done.exit_id {
+        Some(x) => lk.event(x)?,
+        None => None,
+    };
+    let exit_links = match &exit {
+        Some(x) => lk.links_of_known(x, Some(done.entry.id))?,
+        None => Vec::new(),
+    };
+    Ok(CallNode {
+        entry: done.entry,
+        exit,
+        children: done.children,
+        entry_links: done.entry_links,
+        exit_links,
     })
 }
 
 /// The tree under `entry`, depth first, with an explicit stack (no recursion:
 /// a recorded recursion can be deeper than any thread's stack); every node
-/// below the root spends one unit of `budget`.
-fn call_node(store: &Store, entry: StoredEvent, budget: &mut usize) -> Result<CallNode> {
-    let mut stack = vec![open_call(store, entry)?];
-    loop {
+/// below the root spends one unit of `budget` (calls whose entry is not in
+/// the store are left out and spend nothing). Events and links are read in
+/// the order of their ids in a call that ran in one process (entry, nested
+/// calls, exit), so the lookups' cursors mostly step forward.
+fn call_node(
+    lk: &mut Lookups,
+    entry: StoredEvent,
+    links: Option<Vec<(LinkKind, u64)>>,
+    budget: &mut usize,
+) -> Result<CallNode> {
+    let mut stack = vec![open_call(lk, entry, links)?];
+    'walk: loop {
         let Some(top) = stack.last_mut() else {
             return Err(Error::Corrupt("call tree stack".into()));
         };
         if *budget > 0 {
-            if let Some(child) = top.pending.next() {
-                *budget -= 1;
-                stack.push(open_call(store, child)?);
-                continue;
+            for id in top.pending.by_ref() {
+                if let Some(child) = lk.event(id)? {
+                    *budget -= 1;
+                    let open = open_call(lk, child, None)?;
+                    stack.push(open);
+                    continue 'walk;
+                }
             }
         }
         let Some(done) = stack.pop() else {
             return Err(Error::Corrupt("call tree stack".into()));
         };
-        let node = done.node;
+        let node = close_call(lk, done)?;
         match stack.last_mut() {
-            Some(parent) => parent.node.children.push(node),
+            Some(parent) => parent.children.push(node),
             None => return Ok(node),
         }
     }
@@ -972,8 +1019,9 @@ fn call_node(store: &Store, entry: StoredEvent, budget: &mut usize) -> Result<Ca
 
 /// The tree of one call (by its call id = its entry's id).
 pub fn call_tree(store: &Store, call_id: u64, max_nodes: usize) -> Result<CallNode> {
-    let entry = store
-        .get(call_id)?
+    let mut lk = store.lookups();
+    let entry = lk
+        .event(call_id)?
         .ok_or_else(|| Error::NotFound(format!("call {call_id}")))?;
     if entry.kind != EventType::FunctionEntry {
         return Err(Error::InvalidArgument(format!(
@@ -982,7 +1030,7 @@ pub fn call_tree(store: &Store, call_id: u64, max_nodes: usize) -> Result<CallNo
         )));
     }
     let mut budget = max_nodes;
-    call_node(store, entry, &mut budget)
+    call_node(&mut lk, entry, None, &mut budget)
 }
 
 /// Every top-level call of a process (calls with no instrumented caller), at
@@ -995,14 +1043,15 @@ pub fn call_trees_of(store: &Store, pid: &PidMatch, max_nodes: usize) -> Result<
     };
     let mut budget = max_nodes;
     let mut out = Vec::new();
+    let mut lk = store.lookups();
     for_each_event(store, &f, |e| {
         if budget == 0 {
             return Ok(false);
         }
-        let links = store.links_of(&e)?;
+        let links = lk.links_of(&e)?;
         if !links.iter().any(|(k, _)| *k == LinkKind::CalledFrom) {
             budget -= 1;
-            out.push(call_node(store, e, &mut budget)?);
+            out.push(call_node(&mut lk, e, Some(links), &mut budget)?);
         }
         Ok(budget > 0)
     })?;
@@ -1020,6 +1069,7 @@ pub fn message_flow(
     // their merge are among those
     let want = if limit == 0 { usize::MAX } else { limit };
     let mut out = Vec::new();
+    let mut lk = store.lookups();
     for (from, to) in [(a, b), (b, a)] {
         let f = Filter {
             pid: Some(from.clone()),
@@ -1029,7 +1079,7 @@ pub fn message_flow(
         let mut taken = 0;
         for_each_event(store, &f, |s| {
             if s.peer.as_ref().is_some_and(|p| to.matches(p)) {
-                let recv = match store
+                let recv = match lk
                     .links_of(&s)?
                     .iter()
                     .find(|(k, _)| *k == LinkKind::ReceivedBy)

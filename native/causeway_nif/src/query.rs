@@ -7,7 +7,7 @@ use crate::handle::Handle;
 use causeway_core::etf;
 use causeway_core::event::EventType;
 use causeway_core::query::{self, CallNode, Filter, PidMatch};
-use causeway_core::store::{Store, StoreOptions};
+use causeway_core::store::{Lookups, Store, StoreOptions};
 use rustler::{Encoder, Env, NifMap, NifResult, ResourceArc, Term};
 use std::sync::Arc;
 
@@ -76,13 +76,13 @@ fn filter_of(q: &QueryFilter) -> NifResult<Filter> {
 
 fn with_links<'a>(
     env: Env<'a>,
-    store: &Store,
+    lk: &mut Lookups,
     e: &causeway_core::event::StoredEvent,
     links: bool,
     cache: &mut TermCache<'a>,
 ) -> NifResult<Term<'a>> {
     if links {
-        let l = store.links_of(e).nif()?;
+        let l = lk.links_of(e).nif()?;
         Ok(event_struct(env, e, Some(&l), cache))
     } else {
         Ok(event_struct(env, e, None, cache))
@@ -97,12 +97,13 @@ fn query_events<'a>(
     q: QueryFilter<'a>,
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
+    let mut lk = store.lookups();
     let mut cache = TermCache::default();
     let f = filter_of(&q)?;
     let page = query::events(&store, &f).nif()?;
     let mut out = Vec::with_capacity(page.events.len());
     for e in &page.events {
-        out.push(with_links(env, &store, e, q.links, &mut cache)?);
+        out.push(with_links(env, &mut lk, e, q.links, &mut cache)?);
     }
     let next = match page.next {
         Some(n) => n.encode(env),
@@ -121,11 +122,12 @@ fn query_event<'a>(
     id: u64,
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
+    let mut lk = store.lookups();
     let mut cache = TermCache::default();
     match store.get(id).nif()? {
         Some(e) => Ok((
             crate::atoms::ok(),
-            with_links(env, &store, &e, true, &mut cache)?,
+            with_links(env, &mut lk, &e, true, &mut cache)?,
         )),
         None => Err(core_error(causeway_core::Error::NotFound(format!(
             "event {id}"
@@ -136,12 +138,7 @@ fn query_event<'a>(
 /// `{entry, exit | nil, [child]}`, built bottom-up with an explicit stack:
 /// a tree records a recursion, which can be deeper than this dirty
 /// scheduler's stack.
-fn node_term<'a>(
-    env: Env<'a>,
-    store: &Store,
-    root: &CallNode,
-    cache: &mut TermCache<'a>,
-) -> NifResult<Term<'a>> {
+fn node_term<'a>(env: Env<'a>, root: &CallNode, cache: &mut TermCache<'a>) -> NifResult<Term<'a>> {
     struct Open<'n, 'a> {
         node: &'n CallNode,
         next: usize,
@@ -163,9 +160,9 @@ fn node_term<'a>(
         }
         let Some(done) = stack.pop() else { break };
         let n = done.node;
-        let entry = with_links(env, store, &n.entry, true, cache)?;
+        let entry = event_struct(env, &n.entry, Some(&n.entry_links), cache);
         let exit = match &n.exit {
-            Some(x) => with_links(env, store, x, true, cache)?,
+            Some(x) => event_struct(env, x, Some(&n.exit_links), cache),
             None => crate::atoms::nil().encode(env),
         };
         let term = (entry, exit, done.kids).encode(env);
@@ -189,13 +186,13 @@ fn query_call_tree<'a>(
     let mut cache = TermCache::default();
     if let Ok(id) = root.decode::<u64>() {
         let n = query::call_tree(&store, id, max_nodes).nif()?;
-        return Ok((crate::atoms::ok(), node_term(env, &store, &n, &mut cache)?));
+        return Ok((crate::atoms::ok(), node_term(env, &n, &mut cache)?));
     }
     let pid = pid_match(root, "call_tree's argument (a call id or a pid)")?;
     let trees = query::call_trees_of(&store, &pid, max_nodes).nif()?;
     let mut out = Vec::with_capacity(trees.len());
     for t in &trees {
-        out.push(node_term(env, &store, t, &mut cache)?);
+        out.push(node_term(env, t, &mut cache)?);
     }
     Ok((crate::atoms::ok(), out.encode(env)))
 }
@@ -209,6 +206,7 @@ fn query_causal_chain<'a>(
     max: usize,
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
+    let mut lk = store.lookups();
     let mut cache = TermCache::default();
     let chain = query::causal_chain(&store, id, max.max(1)).nif()?;
     let mut out = Vec::with_capacity(chain.len());
@@ -217,7 +215,7 @@ fn query_causal_chain<'a>(
             Some(k) => atom(env, k.name()),
             None => crate::atoms::nil().encode(env),
         };
-        out.push((with_links(env, &store, e, true, &mut cache)?, via).encode(env));
+        out.push((with_links(env, &mut lk, e, true, &mut cache)?, via).encode(env));
     }
     Ok((crate::atoms::ok(), out.encode(env)))
 }
@@ -232,6 +230,7 @@ fn query_message_flow<'a>(
     limit: usize,
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
+    let mut lk = store.lookups();
     let mut cache = TermCache::default();
     let (a, b) = (
         pid_match(a, "the first pid")?,
@@ -241,10 +240,10 @@ fn query_message_flow<'a>(
     let mut out = Vec::with_capacity(flow.len());
     for (s, r) in &flow {
         let r = match r {
-            Some(r) => with_links(env, &store, r, true, &mut cache)?,
+            Some(r) => with_links(env, &mut lk, r, true, &mut cache)?,
             None => crate::atoms::nil().encode(env),
         };
-        out.push((with_links(env, &store, s, true, &mut cache)?, r).encode(env));
+        out.push((with_links(env, &mut lk, s, true, &mut cache)?, r).encode(env));
     }
     Ok((crate::atoms::ok(), out.encode(env)))
 }
@@ -259,13 +258,14 @@ fn query_state_history<'a>(
     limit: usize,
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
+    let mut lk = store.lookups();
     let mut cache = TermCache::default();
     let pid = pid_match(pid, "state_history's argument")?;
     let wall = |t: Option<u64>| t.map(|t| t.min(i64::MAX as u64) as i64);
     let evs = query::state_history(&store, &pid, wall(since), wall(until), limit).nif()?;
     let mut out = Vec::with_capacity(evs.len());
     for e in &evs {
-        out.push(with_links(env, &store, e, true, &mut cache)?);
+        out.push(with_links(env, &mut lk, e, true, &mut cache)?);
     }
     Ok((crate::atoms::ok(), out.encode(env)))
 }
@@ -278,12 +278,13 @@ fn query_state_at<'a>(
     wall_ns: u64,
 ) -> NifResult<(rustler::Atom, Term<'a>)> {
     let store = h.store()?;
+    let mut lk = store.lookups();
     let mut cache = TermCache::default();
     let pid = pid_match(pid, "state_at's pid")?;
     match query::state_at(&store, &pid, wall_ns).nif()? {
         Some(e) => Ok((
             crate::atoms::ok(),
-            with_links(env, &store, &e, true, &mut cache)?,
+            with_links(env, &mut lk, &e, true, &mut cache)?,
         )),
         None => Ok((crate::atoms::ok(), crate::atoms::nil().encode(env))),
     }

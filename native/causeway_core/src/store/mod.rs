@@ -59,6 +59,7 @@ mod codec;
 pub mod faults;
 mod incidents;
 pub mod keys;
+mod lookups;
 mod names;
 pub mod perms;
 pub mod postings;
@@ -71,6 +72,7 @@ mod write;
 
 use codec::{DiskEvent, DiskPid};
 pub use incidents::Incident;
+pub use lookups::Lookups;
 use names::Names;
 pub use retention::{RetentionPolicy, RetentionStats};
 use tuning::{block_cache, cf_options, db_options, write_buffer_manager, LIVE_OPEN_RETRY};

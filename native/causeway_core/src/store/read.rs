@@ -1,5 +1,5 @@
 //! Reading: events by id, raw scans of a column family, and the causal links
-//! of an event (stored and derived).
+//! of an event (stored and derived, through `Lookups`).
 
 use super::*;
 
@@ -96,70 +96,22 @@ impl Store {
 
     /// The stored links from `id`: `(kind, other event id)`.
     pub(super) fn stored_links(&self, id: u64) -> Result<Vec<(LinkKind, u64)>> {
-        let lo = keys::id(id);
-        let hi = keys::id(id.wrapping_add(1));
-        let mut out = Vec::new();
-        let hi_opt = if id == u64::MAX { None } else { Some(&hi[..]) };
-        self.scan_keys(CF_LINKS, &lo, hi_opt, false, |k, _| {
-            if k.len() == 17 {
-                if let (Some(kind), Some(to)) = (LinkKind::from_u8(k[8]), keys::trailing_id(k)) {
-                    out.push((kind, to));
-                }
-            }
-            Ok(true)
-        })?;
-        Ok(out)
+        self.lookups().stored_links(id)
     }
 
     /// The exits of a call (normally one), from the `by_call` pair lists.
     pub fn exits_of(&self, call_id: u64) -> Result<Vec<u64>> {
-        let mut out = Vec::new();
-        let lo = postings::pair_key(call_id.saturating_sub(postings::CALL_SPAN), 0);
-        let hi = call_id.checked_add(1).map(|c| postings::pair_key(c, 0));
-        self.scan_keys(
-            CF_BY_CALL,
-            &lo,
-            hi.as_ref().map(|h| &h[..]),
-            false,
-            |k, v| {
-                // only lists whose range holds the call are searched
-                if k.len() == 16 && keys::trailing_id(k).is_some_and(|last| last >= call_id) {
-                    out.extend(postings::exits_in(v, call_id)?);
-                }
-                Ok(true)
-            },
-        )?;
-        out.sort_unstable();
-        Ok(out)
+        self.lookups().exits_of(call_id)
     }
 
     /// Every causal link of an event: stored ones and those derived from its
     /// own fields (parent, call id) and from `by_call`.
     pub fn links_of(&self, ev: &StoredEvent) -> Result<Vec<(LinkKind, u64)>> {
-        let mut out = Vec::new();
-        if let (Some(kind), true) = (ev.parent_link, ev.parent_id != 0 && ev.parent_id != ev.id) {
-            out.push((kind, ev.parent_id));
-        }
-        let entry_exists = |call_id: u64| -> Result<bool> {
-            Ok(self
-                .db
-                .get_pinned_cf(self.cf(CF_EVENTS)?, keys::id(call_id))?
-                .is_some())
-        };
-        match ev.kind {
-            EventType::FunctionExit
-                if ev.call_id != 0 && ev.call_id != ev.id && entry_exists(ev.call_id)? =>
-            {
-                out.push((LinkKind::Completes, ev.call_id));
-            }
-            EventType::FunctionEntry => {
-                for x in self.exits_of(ev.id)? {
-                    out.push((LinkKind::CompletedBy, x));
-                }
-            }
-            _ => {}
-        }
-        out.extend(self.stored_links(ev.id)?);
-        Ok(out)
+        self.lookups().links_of(ev)
+    }
+
+    /// Lookups for one query (see `Lookups`).
+    pub fn lookups(&self) -> Lookups<'_> {
+        Lookups::new(self)
     }
 }

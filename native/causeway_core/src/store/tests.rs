@@ -788,3 +788,104 @@ fn prefix_end_bounds_scans() {
     assert_eq!(keys::prefix_end(&[1, 0xff]), Some(vec![2]));
     assert_eq!(keys::prefix_end(&[0xff]), None);
 }
+
+/// One `Lookups` moved from lookup to lookup, in ascending order, backward,
+/// by small steps and by jumps wider than `CALL_SPAN`, answers what a full
+/// scan of the column families does.
+#[test]
+fn lookups_reused_across_a_query_answer_like_full_scans() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    // ids 1 ms apart over ~400 ms: many pair lists, several per CALL_SPAN
+    let ms = 1_000_000u64 & !63;
+    let n = 400u64;
+    let mut evs = Vec::new();
+    for i in 1..=n {
+        let id = i * ms;
+        let mut e = match i % 4 {
+            0 => {
+                // the exit of the entry 2 ms earlier, or of the one 300 ms
+                // earlier (a list written long after its call started)
+                let mut x = event(id, (i % 5) as u32, EventType::FunctionExit);
+                x.call_id = if i % 40 == 0 && i > 300 {
+                    (i - 299) * ms
+                } else {
+                    (i - 3) * ms
+                };
+                x
+            }
+            _ => event(id, (i % 5) as u32, EventType::FunctionEntry),
+        };
+        if i % 3 == 0 && i > 1 {
+            e.parent_id = (i - 1) * ms;
+            e.parent_link = Some(LinkKind::CalledFrom);
+        }
+        evs.push(e);
+    }
+    // a second exit for one call, in a later batch
+    let mut twice = event((n + 1) * ms, 0, EventType::FunctionExit);
+    twice.call_id = 5 * ms;
+    evs.push(twice);
+    for batch in evs.chunks(7) {
+        s.write(batch, &[]).unwrap();
+    }
+    s.flush_all().unwrap();
+
+    let exits_by_scan = |call: u64| {
+        let mut out = Vec::new();
+        s.scan_keys(CF_BY_CALL, &[], None, false, |k, v| {
+            let first = keys::trailing_id(&k[..8]).unwrap();
+            let last = keys::trailing_id(k).unwrap();
+            if first + postings::CALL_SPAN >= call && first <= call && last >= call {
+                out.extend(postings::exits_in(v, call)?);
+            }
+            Ok(true)
+        })
+        .unwrap();
+        out.sort_unstable();
+        out
+    };
+    let links_by_scan = |id: u64| {
+        let mut out = Vec::new();
+        s.scan_keys(CF_LINKS, &[], None, false, |k, _| {
+            if k[..8] == keys::id(id) {
+                out.push((
+                    LinkKind::from_u8(k[8]).unwrap(),
+                    keys::trailing_id(k).unwrap(),
+                ));
+            }
+            Ok(true)
+        })
+        .unwrap();
+        out
+    };
+    // every id and the ids between them, in several orders
+    let all: Vec<u64> = (0..=(n + 2) * 2).map(|i| i * ms / 2).collect();
+    let mut shuffled = all.clone();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..shuffled.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let descending: Vec<u64> = all.iter().rev().copied().collect();
+    let jumps: Vec<u64> = all.iter().step_by(37).copied().collect();
+    let mut exits_seen = 0;
+    for order in [&all, &descending, &shuffled, &jumps] {
+        let mut lk = s.lookups();
+        for &id in order.iter() {
+            let exits = lk.exits_of(id).unwrap();
+            assert_eq!(exits, exits_by_scan(id), "exits of {id}");
+            exits_seen += exits.len();
+            assert_eq!(
+                lk.stored_links(id).unwrap(),
+                links_by_scan(id),
+                "links of {id}"
+            );
+            assert_eq!(lk.event(id).unwrap(), s.get(id).unwrap(), "event {id}");
+        }
+    }
+    assert!(exits_seen > 250, "the test finds exits: {exits_seen}");
+    assert_eq!(s.exits_of(5 * ms).unwrap(), vec![8 * ms, (n + 1) * ms]);
+}
