@@ -85,7 +85,17 @@ impl Pipeline {
         let Ok(mut slot) = self.store.lock() else {
             return Err(Error::Busy("store slot poisoned".into()));
         };
+        let ro_opts = crate::store::StoreOptions {
+            read_only: true,
+            ..self.store_opts.clone()
+        };
         if let Some(old) = slot.take() {
+            // a read-only stand-in first (it takes no lock), so a query
+            // never finds no store while the broken one closes and the
+            // directory is opened again
+            *slot = Store::open(&self.store_path, ro_opts.clone())
+                .ok()
+                .map(Arc::new);
             // other writers and queries drop their clones when they finish
             let deadline = Instant::now() + Duration::from_secs(2);
             let mut old = old;
@@ -120,11 +130,9 @@ impl Pipeline {
             }
             Err(e) => {
                 // queries go on against what is on disk while writes wait
-                let ro = crate::store::StoreOptions {
-                    read_only: true,
-                    ..self.store_opts.clone()
-                };
-                *slot = Store::open(&self.store_path, ro).ok().map(Arc::new);
+                if slot.is_none() {
+                    *slot = Store::open(&self.store_path, ro_opts).ok().map(Arc::new);
+                }
                 Err(e)
             }
         }

@@ -300,7 +300,12 @@ impl Store {
                 )));
             }
         }
-        let db_opts = db_options(!exists, recovery);
+        let mut db_opts = db_options(!exists, recovery);
+        if opts.read_only {
+            if let Some(dir) = tuning::read_only_log_dir() {
+                db_opts.set_db_log_dir(dir);
+            }
+        }
         let cfs = ALL_CFS
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n)));

@@ -110,6 +110,25 @@ pub(super) const INFO_LOG_BYTES: usize = 1 << 20;
 /// between reading the manifest and opening the file).
 pub(super) const LIVE_OPEN_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Where a read-only open keeps RocksDB's info log: not in the store's
+/// directory, which a read-only open must not change (a live writer's
+/// `LOG` would be rotated under it; a directory that cannot be written —
+/// immutable, on read-only media, mid-outage — could not be opened at all).
+/// `None` (the store's directory, as RocksDB's default) if it cannot be made.
+pub(super) fn read_only_log_dir() -> Option<&'static Path> {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        // one per user, theirs only (a directory someone else made is not used)
+        // SAFETY: geteuid has no preconditions and cannot fail
+        let uid = unsafe { libc::geteuid() };
+        let dir = std::env::temp_dir().join(format!("causeway-read-only-logs-{uid}"));
+        super::perms::create_private_dir(&dir).ok()?;
+        super::perms::check_owner(&dir).ok()?;
+        Some(dir)
+    })
+    .as_deref()
+}
+
 pub(super) fn db_options(create: bool, recovery: rocksdb::DBRecoveryMode) -> Options {
     let mut o = Options::default();
     o.create_if_missing(create);
