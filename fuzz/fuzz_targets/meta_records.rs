@@ -3,20 +3,11 @@
 //! another VM or damaged on disk), and the correlation key and exit-reason
 //! check every stored message and exit reason goes through.
 #![no_main]
-use causeway_core::store::{Store, StoreOptions};
-use libfuzzer_sys::fuzz_target;
-use std::sync::OnceLock;
+#[path = "common.rs"]
+mod common;
 
-fn store() -> &'static Store {
-    static STORE: OnceLock<(tempfile::TempDir, Store)> = OnceLock::new();
-    let (_dir, store) = STORE.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store =
-            Store::open(dir.path().join("s"), StoreOptions::default()).expect("an empty store");
-        (dir, store)
-    });
-    store
-}
+use common::store;
+use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = causeway_core::message_key::message_key(data);

@@ -157,22 +157,14 @@ defmodule Causeway.ClusterHelper do
   # inside a recorded Client.call/1, recording each request's send; flushed.
   # Returns the client's pid.
   def call_recorded(server, requests) do
-    {pid, ref} =
-      spawn_monitor(fn ->
-        for req <- requests do
-          id = Causeway.Runtime.function_entry(Client, :call, [req])
-          Causeway.Runtime.message_send(server, req)
-          r = GenServer.call(server, req)
-          Causeway.Runtime.function_exit(id, r)
-        end
-      end)
-
-    receive do
-      {:DOWN, ^ref, _, _, _} -> :ok
-    end
-
-    :ok = Causeway.flush()
-    pid
+    recorded_in_process(fn ->
+      for req <- requests do
+        id = Causeway.Runtime.function_entry(Client, :call, [req])
+        Causeway.Runtime.message_send(server, req)
+        r = GenServer.call(server, req)
+        Causeway.Runtime.function_exit(id, r)
+      end
+    end)
   end
 
   @doc false
@@ -234,13 +226,18 @@ defmodule Causeway.ClusterHelper do
   # On any node: `n` calls of tag.work/1 recorded by a new process, flushed;
   # returns that process's pid.
   def record(tag, n) do
-    {pid, ref} =
-      spawn_monitor(fn ->
-        for i <- 1..n do
-          id = Causeway.Runtime.function_entry(tag, :work, [i])
-          Causeway.Runtime.function_exit(id, i)
-        end
-      end)
+    recorded_in_process(fn ->
+      for i <- 1..n do
+        id = Causeway.Runtime.function_entry(tag, :work, [i])
+        Causeway.Runtime.function_exit(id, i)
+      end
+    end)
+  end
+
+  # Runs `fun` in a process of its own, waits for it to end, flushes what
+  # it recorded; returns its pid.
+  defp recorded_in_process(fun) do
+    {pid, ref} = spawn_monitor(fun)
 
     receive do
       {:DOWN, ^ref, _, _, _} -> :ok

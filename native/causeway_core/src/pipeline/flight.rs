@@ -94,6 +94,17 @@ struct Window {
     open: Vec<Incident>,
 }
 
+impl Window {
+    /// Empties the window; returns how many events it held.
+    fn clear(&mut self) -> u64 {
+        let n = self.events;
+        self.batches.clear();
+        self.events = 0;
+        self.bytes = 0;
+        n
+    }
+}
+
 impl Default for Window {
     fn default() -> Self {
         Window {
@@ -117,13 +128,6 @@ pub struct Flight {
     evicted: AtomicU64,
     persisted: AtomicU64,
     incidents: AtomicU64,
-}
-
-/// A trigger found in a batch: what, about which event.
-struct Fired {
-    trigger: &'static str,
-    detail: String,
-    event: usize,
 }
 
 fn cost(e: &StoredEvent) -> u64 {
@@ -176,39 +180,34 @@ impl Flight {
     }
 
     /// The triggers in a correlated batch, in event order.
-    fn detect(&self, events: &[StoredEvent], links: &[Link]) -> Vec<Fired> {
+    fn detect(&self, events: &[StoredEvent], links: &[Link]) -> Vec<Trigger> {
         let c = &self.config;
         let mut fired = Vec::new();
-        for (i, e) in events.iter().enumerate() {
+        for e in events {
             match e.kind {
                 EventType::ProcessExit
                     if c.on_exit && !crate::etf::is_normal_exit_reason(&e.data) =>
                 {
-                    fired.push(Fired {
-                        trigger: "exit",
-                        detail: format!("abnormal exit of {}", e.pid),
-                        event: i,
-                    })
+                    fired.push(Trigger::on(
+                        "exit",
+                        format!("abnormal exit of {}", e.pid),
+                        e,
+                    ))
                 }
-                EventType::Error if c.on_error => fired.push(Fired {
-                    trigger: "error",
-                    detail: format!("error in {}", e.pid),
-                    event: i,
-                }),
+                EventType::Error if c.on_error => {
+                    fired.push(Trigger::on("error", format!("error in {}", e.pid), e))
+                }
                 EventType::FunctionExit => {
                     if let Some(ms) = c.slow_call_ms {
                         let took = e.id.saturating_sub(e.call_id) / 1_000_000;
                         if e.call_id != 0 && took >= ms {
-                            fired.push(Fired {
-                                trigger: "slow_call",
-                                detail: format!(
-                                    "{}.{}/{} took {took} ms",
-                                    e.module.as_deref().unwrap_or("?"),
-                                    e.function.as_deref().unwrap_or("?"),
-                                    e.arity
-                                ),
-                                event: i,
-                            });
+                            let detail = format!(
+                                "{}.{}/{} took {took} ms",
+                                e.module.as_deref().unwrap_or("?"),
+                                e.function.as_deref().unwrap_or("?"),
+                                e.arity
+                            );
+                            fired.push(Trigger::on("slow_call", detail, e));
                         }
                     }
                 }
@@ -226,15 +225,12 @@ impl Flight {
                 if waited < ms {
                     continue;
                 }
-                if let Some(i) = events.iter().position(|e| e.id == recv) {
-                    fired.push(Fired {
-                        trigger: "queue_wait",
-                        detail: format!("a message waited {waited} ms for {}", events[i].pid),
-                        event: i,
-                    });
+                if let Some(e) = events.iter().find(|e| e.id == recv) {
+                    let detail = format!("a message waited {waited} ms for {}", e.pid);
+                    fired.push(Trigger::on("queue_wait", detail, e));
                 }
             }
-            fired.sort_by_key(|f| events[f.event].id);
+            fired.sort_by_key(|t| t.id);
         }
         fired
     }
@@ -249,11 +245,7 @@ impl Flight {
         now_mono: i64,
         notifier: &dyn Notifier,
     ) -> Result<()> {
-        let fired: Vec<Trigger> = self
-            .detect(&events, links)
-            .into_iter()
-            .map(|f| Trigger::of(f, &events))
-            .collect();
+        let fired = self.detect(&events, links);
         let mut w = self.lock()?;
         // an after-phase long over: its incidents are final (a batch can
         // come late from another writer, so not at once)
@@ -296,30 +288,33 @@ impl Flight {
             );
         }
         let (n, bytes) = write_chunks(store, &chosen, &links)?;
-        self.expired.fetch_add(w.events - n, Ordering::Relaxed);
+        self.expired.fetch_add(w.clear() - n, Ordering::Relaxed);
         self.persisted.fetch_add(n, Ordering::Relaxed);
-        w.batches.clear();
-        w.events = 0;
-        w.bytes = 0;
         w.open.clear();
         w.cone_pids.clear();
         w.until_mono = now_mono.saturating_add(self.after_ns());
         let (lo, hi) = span(&chosen);
-        let first_id = lo.unwrap_or(crate::ids::wall_ns_to_id(cutoff_wall.max(0) as u64));
-        let inc = Incident {
-            id: self.next_incident.fetch_add(1, Ordering::Relaxed),
-            trigger: trigger.into(),
+        let snapshot = Trigger {
+            trigger,
             detail: reason.into(),
-            trigger_event: 0,
-            wall_ns: now_wall,
-            first_id,
-            last_id: hi.unwrap_or(crate::ids::wall_ns_to_id(now_wall.max(0) as u64)),
+            id: 0,
+            mono: now_mono,
+            wall: now_wall,
+            pid: (0, 0),
+        };
+        let inc = Incident {
+            first_id: lo.unwrap_or(id_at(cutoff_wall)),
+            last_id: hi.unwrap_or(id_at(now_wall)),
             events: n,
             bytes,
-            cone: false,
+            ..snapshot.incident(self.next_id(), false)
         };
         self.record(&mut w, store, inc.clone(), notifier)?;
         Ok(inc)
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_incident.fetch_add(1, Ordering::Relaxed)
     }
 
     fn window_ns(&self) -> i64 {
@@ -370,7 +365,6 @@ impl Flight {
             .flat_map(|b| b.links.iter().copied())
             .collect();
         all_links.extend_from_slice(links);
-        let total = w.events + batch.len() as u64;
         let candidates: Vec<&StoredEvent> = w
             .batches
             .iter()
@@ -399,10 +393,9 @@ impl Flight {
         // stays for a later trigger)
         match &keep {
             None => {
-                w.batches.clear();
-                w.events = 0;
-                w.bytes = 0;
-                self.expired.fetch_add(total - n, Ordering::Relaxed);
+                let held = w.clear();
+                self.expired
+                    .fetch_add(held + batch.len() as u64 - n, Ordering::Relaxed);
             }
             Some(k) => {
                 for b in w.batches.iter_mut() {
@@ -419,23 +412,18 @@ impl Flight {
         }
         self.persisted.fetch_add(n, Ordering::Relaxed);
         let (lo, hi) = span(&chosen);
-        let first_id = lo.unwrap_or(crate::ids::wall_ns_to_id(cutoff_wall.max(0) as u64));
+        let first_id = lo.unwrap_or(id_at(cutoff_wall));
         w.open.clear();
         w.cone_pids.clear();
         for (k, t) in fired.into_iter().enumerate() {
             w.until_mono = w.until_mono.max(t.mono.saturating_add(self.after_ns()));
             w.cone_pids.insert(t.pid);
             let inc = Incident {
-                id: self.next_incident.fetch_add(1, Ordering::Relaxed),
-                trigger: t.trigger.into(),
-                detail: t.detail,
-                trigger_event: t.id,
-                wall_ns: t.wall,
                 first_id,
                 last_id: hi.unwrap_or(t.id).max(t.id),
                 events: if k == 0 { n } else { 0 },
                 bytes: if k == 0 { bytes } else { 0 },
-                cone: self.config.cone,
+                ..t.incident(self.next_id(), self.config.cone)
             };
             self.record(w, store, inc, notifier)?;
         }
@@ -472,7 +460,6 @@ impl Flight {
         fired: Vec<Trigger>,
         notifier: &dyn Notifier,
     ) -> Result<()> {
-        let until_before = w.until_mono;
         let mut until = w.until_mono;
         let mut pids = w.cone_pids.clone();
         for t in &fired {
@@ -482,8 +469,9 @@ impl Flight {
         let due = |e: &StoredEvent| {
             e.mono_ns < until && (!self.config.cone || pids.contains(&pid_key(&e.pid)))
         };
+        // the usual case, no after-phase covering the batch: all to the window
         let (chosen, rest): (Vec<StoredEvent>, Vec<StoredEvent>) =
-            if until_before == i64::MIN && fired.is_empty() {
+            if batch.iter().all(|e| e.mono_ns >= until) {
                 (Vec::new(), batch)
             } else {
                 batch.into_iter().partition(due)
@@ -503,18 +491,9 @@ impl Flight {
         }
         for t in fired {
             let inc = Incident {
-                id: self.next_incident.fetch_add(1, Ordering::Relaxed),
-                trigger: t.trigger.into(),
-                detail: t.detail,
-                trigger_event: t.id,
-                wall_ns: t.wall,
-                first_id: crate::ids::wall_ns_to_id(
-                    t.wall.saturating_sub(self.window_ns()).max(0) as u64
-                ),
+                first_id: id_at(t.wall.saturating_sub(self.window_ns())),
                 last_id: hi.unwrap_or(t.id).max(t.id),
-                events: 0,
-                bytes: 0,
-                cone: self.config.cone,
+                ..t.incident(self.next_id(), self.config.cone)
             };
             self.record(w, store, inc, notifier)?;
         }
@@ -523,7 +502,8 @@ impl Flight {
     }
 }
 
-/// A trigger, with what is needed once its batch has moved on.
+/// A trigger found in a batch (or a snapshot, with no event: id 0), with
+/// what is needed once its batch has moved on.
 struct Trigger {
     trigger: &'static str,
     detail: String,
@@ -534,15 +514,27 @@ struct Trigger {
 }
 
 impl Trigger {
-    fn of(f: Fired, events: &[StoredEvent]) -> Trigger {
-        let e = &events[f.event];
+    fn on(trigger: &'static str, detail: String, e: &StoredEvent) -> Trigger {
         Trigger {
-            trigger: f.trigger,
-            detail: f.detail,
+            trigger,
+            detail,
             id: e.id,
             mono: e.mono_ns,
             wall: e.wall_ns,
             pid: pid_key(&e.pid),
+        }
+    }
+
+    /// Its incident, numbered `id`, with nothing written yet.
+    fn incident(self, id: u64, cone: bool) -> Incident {
+        Incident {
+            id,
+            trigger: self.trigger.into(),
+            detail: self.detail,
+            trigger_event: self.id,
+            wall_ns: self.wall,
+            cone,
+            ..Incident::default()
         }
     }
 }
@@ -562,6 +554,11 @@ fn push(w: &mut Window, events: Vec<StoredEvent>, links: &[Link]) {
         bytes,
         newest_mono,
     });
+}
+
+/// The smallest id that can stand for wall-clock time `wall_ns`.
+fn id_at(wall_ns: i64) -> u64 {
+    crate::ids::wall_ns_to_id(wall_ns.max(0) as u64)
 }
 
 /// The smallest and largest id of `events`.
