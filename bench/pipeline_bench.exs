@@ -94,6 +94,37 @@ defmodule Bench.Pipeline do
   end
 end
 
+defmodule Bench.Json do
+  # A recursive JSON-ish encoder whose every call is recorded (entry with
+  # its argument, exit with its result), as instrumented code would be:
+  # the CPU-bound producer of the bench. Returns {iodata, events so far}.
+  def encode(term, n) do
+    id = Causeway.Runtime.function_entry(__MODULE__, :encode, [term])
+    {out, n} = do_encode(term, n + 2)
+    Causeway.Runtime.function_exit(id, out)
+    {out, n}
+  end
+
+  defp do_encode(m, n) when is_map(m) do
+    {parts, n} =
+      Enum.map_reduce(m, n, fn {k, v}, n ->
+        {v, n} = encode(v, n)
+        {[?", to_string(k), ?", ?:, v], n}
+      end)
+
+    {[?{, Enum.intersperse(parts, ?,), ?}], n}
+  end
+
+  defp do_encode(l, n) when is_list(l) do
+    {parts, n} = Enum.map_reduce(l, n, &encode/2)
+    {[?[, Enum.intersperse(parts, ?,), ?]], n}
+  end
+
+  defp do_encode(b, n) when is_binary(b), do: {[?", b, ?"], n}
+  defp do_encode(a, n) when is_atom(a), do: {[?", Atom.to_string(a), ?"], n}
+  defp do_encode(i, n) when is_integer(i), do: {Integer.to_string(i), n}
+end
+
 Bench.compare(
   "end to end: captured, correlated and persisted with the WAL on (#{Bench.Pipeline.n()} events, 2 producers)",
   [
@@ -111,6 +142,72 @@ IO.puts(
   "  last run: #{m.persisted} persisted, #{m.dropped_total} dropped, correlation success #{Float.round(m.correlation_success_rate * 100, 2)}%, " <>
     "workers: #{m.workers} at the end; chosen over time: #{m.history |> Enum.map(&{&1.level, &1.workers}) |> Enum.dedup() |> inspect()}"
 )
+
+# Sustained: more events than the rings hold, recorded losslessly
+# (`overflow: :wait` makes producers wait for room), so the figure is what
+# the writers keep up with rather than how fast the rings fill.
+sustained = String.to_integer(System.get_env("BENCH_SUSTAINED_EVENTS", "3000000"))
+dir = Bench.tmp_dir("sustained")
+{:ok, pid} = Causeway.start_link(dir: dir, overflow: :wait)
+Process.unlink(pid)
+
+{_, ns} =
+  Bench.time(fn ->
+    Bench.parallel_runs(2, fn -> Bench.Pipeline.produce(div(sustained, 4)) end)
+    :ok = Causeway.flush()
+  end)
+
+m = Causeway.metrics()
+
+IO.puts(
+  "\n## sustained, lossless (overflow: :wait): #{sustained} events from 2 producers until flush/0 returns"
+)
+
+IO.puts(
+  "  #{m.persisted} persisted, #{m.dropped_total} dropped in #{div(ns, 1_000_000)} ms: #{round(m.persisted * 1.0e9 / ns)} events/s"
+)
+
+Causeway.stop()
+File.rm_rf!(dir)
+
+# One CPU-bound producer with realistic terms (nested maps, binaries of
+# 10–1,000 bytes) at default settings: what share of its events is dropped.
+cpu_s = String.to_integer(System.get_env("BENCH_CPU_BOUND_S", "5"))
+dir = Bench.tmp_dir("cpu-bound")
+{:ok, pid} = Causeway.start_link(dir: dir)
+Process.unlink(pid)
+deadline = System.monotonic_time(:millisecond) + cpu_s * 1000
+
+docs =
+  for i <- 1..64 do
+    %{
+      "id" => i,
+      "user" => %{"name" => "user-#{i}", "tags" => [:a, :b, "t#{rem(i, 7)}"]},
+      "body" => :binary.copy("x", 10 + rem(i * 97, 990)),
+      "items" => for(j <- 1..rem(i, 5), do: %{"sku" => j, "qty" => i * j})
+    }
+  end
+
+cpu_loop = fn loop, n ->
+  if System.monotonic_time(:millisecond) < deadline do
+    loop.(loop, Enum.reduce(docs, n, fn doc, n -> elem(Bench.Json.encode(doc, n), 1) end))
+  else
+    n
+  end
+end
+
+produced = cpu_loop.(cpu_loop, 0)
+:ok = Causeway.flush()
+m = Causeway.metrics()
+IO.puts("\n## one CPU-bound producer, realistic terms, #{cpu_s} s at default settings")
+
+IO.puts(
+  "  produced #{m.produced} (#{round(produced / cpu_s)} events/s recorded by the encoder), persisted #{m.persisted}, dropped #{m.dropped_total}: " <>
+    "#{Float.round(m.dropped_total * 100 / max(m.produced, 1), 2)} % dropped"
+)
+
+Causeway.stop()
+File.rm_rf!(dir)
 
 # capture→persisted latency at a paced load
 rate = String.to_integer(System.get_env("BENCH_PACED_RATE", "250000"))
