@@ -18,6 +18,8 @@ defmodule Causeway.Cluster do
   why (`:not_connected`, `:timeout`, `{:error, exception}`, `:noconnection`,
   `:no_instance`...). The plain functions of `Causeway` called with `nodes:`
   return the merged result and log a warning naming the missing nodes.
+  A stream (`stream_events/1`) can lose a node after it is returned:
+  `missing/1` gives those too.
 
   ## Options
 
@@ -74,17 +76,55 @@ defmodule Causeway.Cluster do
              |> Enum.uniq_by(&{&1.send.node, &1.send.id})
              |> Enum.sort_by(&event_key(&1.send, offsets))
            end) do
+      flows =
+        (flows ++ named_sends(a, b, opts)) |> Enum.sort_by(&event_key(&1.send, meta.offsets))
+
       {:ok, link_across(flows, opts), meta}
     end
   end
 
+  # a's sends to a registered name on b's node (another node) that may be
+  # b's, as flows to pair with b's receives: b's name is asked of its node
+  # (known while b is alive there; otherwise any name on that node is b's
+  # if one of its receives pairs with the send)
+  defp named_sends(a, b, opts) when is_pid(a) and is_pid(b) and node(a) != node(b) do
+    timeout = Keyword.get(opts, :timeout, @default_timeout)
+
+    names =
+      case ask_one({:node, node(b)}, :names_of, [b], timeout) do
+        {:ok, names} when is_list(names) -> names
+        _ -> :unknown
+      end
+
+    q = [nodes: [node(a)], pid: a, type: :message_send, limit: :infinity, links: false]
+
+    case events(q ++ Keyword.take(opts, [:timeout])) do
+      {:ok, sends, _} ->
+        for s <- sends,
+            match?({_, _}, s.data.to),
+            Causeway.Cluster.Links.addressed?(s, b, names),
+            do: %{send: s, receive: nil, to: b, sure: names != :unknown}
+
+      _ ->
+        []
+    end
+  end
+
+  defp named_sends(_a, _b, _opts), do: []
+
   # pairs the sends to another node's process with that process's receives
   defp link_across(flows, opts) do
-    remote? = fn %{send: s, receive: r} ->
-      r == nil and is_pid(s.data.to) and node(s.data.to) != s.node
+    receiver = fn
+      %{to: b} -> b
+      %{send: %{data: %{to: to}}} -> to
     end
 
-    receivers = for f <- flows, remote?.(f), uniq: true, do: f.send.data.to
+    remote? = fn %{send: s, receive: r} = f ->
+      to = receiver.(f)
+      r == nil and is_pid(to) and to_string(node(to)) != to_string(s.node)
+    end
+
+    receivers = for f <- flows, remote?.(f), uniq: true, do: receiver.(f)
 
     receives =
       Map.new(receivers, fn r ->
@@ -95,13 +135,19 @@ defmodule Causeway.Cluster do
       end)
 
     {flows, _left} =
-      Enum.map_reduce(flows, receives, fn f, left ->
+      Enum.flat_map_reduce(flows, receives, fn f, left ->
         if remote?.(f) do
-          to = f.send.data.to
+          to = receiver.(f)
           {match, rest} = Causeway.Cluster.Links.take_receive(Map.get(left, to, []), f.send)
-          {%{f | receive: match}, Map.put(left, to, rest)}
+
+          case f do
+            # a send to a name not known to be b's, that no receive of b's
+            # takes, went to another process
+            %{sure: false} when match == nil -> {[], left}
+            _ -> {[%{send: f.send, receive: match}], Map.put(left, to, rest)}
+          end
         else
-          {f, left}
+          {[f], left}
         end
       end)
 
@@ -110,11 +156,21 @@ defmodule Causeway.Cluster do
 
   @doc """
   `Causeway.stream_events/1` over every node, lazily: `{:ok, stream,
-  %{missing:, offsets:}}`, where `missing` names the nodes that did not
-  give their first page. See `Causeway.Cluster.Stream`.
+  %{missing:, offsets:, ref:}}`, where `missing` names the nodes that did
+  not give their first page; `missing/1` adds those lost while the stream
+  ran. See `Causeway.Cluster.Stream`.
   """
   @spec stream_events(keyword()) :: {:ok, Enumerable.t(), map()}
   def stream_events(opts), do: Causeway.Cluster.Stream.stream(opts)
+
+  @doc """
+  Every node missing from a `stream_events/1` answer so far: those that
+  did not give their first page (its `missing`), then those lost while the
+  stream ran, in the order they were lost (taken from this process's
+  mailbox, where the stream reports them; see `Causeway.Cluster.Stream`).
+  """
+  @spec missing(map()) :: [{node() | String.t(), term()}]
+  def missing(info), do: Causeway.Cluster.Stream.missing(info)
 
   @doc """
   `Causeway.causal_chain/2` across nodes: where a node's part of the chain
@@ -444,7 +500,9 @@ defmodule Causeway.Cluster do
              :events_page,
              :receive_rank,
              :nth_send,
-             :find_spawn
+             :find_spawn,
+             :sends_to,
+             :names_of
            ] do
     result = local(fun, args)
 
@@ -460,8 +518,9 @@ defmodule Causeway.Cluster do
     {events, next}
   end
 
-  defp local(fun, args) when fun in [:receive_rank, :nth_send, :find_spawn],
-    do: apply(Causeway.Cluster.Links, fun, args)
+  defp local(fun, args)
+       when fun in [:receive_rank, :nth_send, :find_spawn, :sends_to, :names_of],
+       do: apply(Causeway.Cluster.Links, fun, args)
 
   defp local(fun, args), do: apply(Causeway, fun, args)
 

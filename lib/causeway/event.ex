@@ -20,7 +20,8 @@ defmodule Causeway.Event do
 
   `data` by type: `function_entry` → the argument list; `function_exit` → the
   return value, or `{:exception, kind, reason}`; `message_send` → `%{to: pid,
-  message: term}`; `message_receive` → `%{from: pid | nil, message: term}`;
+  message: term}` (`to` is the registered name, `name` or `{name, node}`, of a
+  traced send to a name); `message_receive` → `%{from: pid | nil, message: term}`;
   `state_change` → `%{old: term, new: term}`; `process_spawn` → `%{child: pid}`;
   `process_exit` → `%{reason: term}`; `error` → `%{kind: k, reason: r,
   stacktrace: st}`.

@@ -27,6 +27,18 @@ defmodule Causeway.Tracer do
       (60 000), `:max_msg_bytes` (2 048: the capture budget of each term)
     * `:instance` — the Causeway instance to record into (default `Causeway`)
 
+  What the events say:
+    * a send to a registered name keeps the name it was given in
+      `data.to` (`name`, or `{name, node}`); across nodes it is paired with
+      the named process's receive at query time (`Causeway.Cluster.Links`);
+    * receives are recorded without their sender (`data.from: nil`: the
+      BEAM does not say who sent a message);
+    * a spawn on another node (`Node.spawn/2`, `spawn_request/4`,
+      `:erpc.call/4`) gets no `spawn` trace from the BEAM: with `:procs` and
+      `:receive`, it is recorded as a `process_spawn` when its parent
+      receives the reply that names the child (`spawn_reply` at once;
+      `:erpc.call/4`'s result when the call returns).
+
   A session is a supervised process: stopping it (`Causeway.stop_trace/1`), the
   process that started it dying, its instance stopping, or a limit tripping
   removes every trace flag and trace pattern it set. The starter gets
@@ -442,7 +454,9 @@ defmodule Causeway.Tracer do
       modules: modules,
       # without return events no call is ever closed: calls are then not
       # stacked as each other's parents
-      returns: plan.returns
+      returns: plan.returns,
+      # spawns on other nodes are seen in the replies their parent receives
+      procs: :procs in plan.what
     }
 
     session_opts = Map.put(session_opts, :follow, follow_opts(plan, opts[:instance], owner))

@@ -267,7 +267,7 @@ defmodule Causeway.ClusterTest do
              |> Enum.map(& &1.module)
 
     # a node that is gone when the stream is made is named at once
-    {:ok, stream, %{missing: []}} =
+    {:ok, stream, %{missing: []} = info} =
       Causeway.Cluster.stream_events([nodes: :all, page_size: 2] ++ filters)
 
     os_pid = :erpc.call(ctx.c, :os, :getpid, []) |> List.to_integer()
@@ -284,6 +284,10 @@ defmodule Causeway.ClusterTest do
     assert_received {:streamed, got}
     assert got == [OnC, OnC] ++ List.duplicate(Here, 3) ++ List.duplicate(OnB, 3)
     assert log =~ "stream_events goes on without #{ctx.c}"
+    # and the node lost midway is named in missing
+    assert [{lost, _why}] = Causeway.Cluster.missing(info)
+    assert lost == ctx.c
+    assert Causeway.Cluster.missing(%{info | missing: [{:x, :y}]}) == [{:x, :y}]
 
     assert {:ok, _, %{missing: [{c, _}]}} =
              Causeway.Cluster.stream_events([nodes: [node(), ctx.c]] ++ filters)

@@ -207,6 +207,94 @@ defmodule Causeway.ClusterHelper do
   end
 
   @doc false
+  # On any node: a Counter registered as `name`.
+  def named_counter(name, n) do
+    {:ok, pid} = GenServer.start(Causeway.ClusterHelper.Counter, n, name: name)
+    pid
+  end
+
+  @doc false
+  # On any node: runs `fun` in a new process traced with `what` (from a
+  # recorded Sender.run/0 call), waits for it to end, flushes; returns its
+  # pid.
+  def traced(what, fun) do
+    me = self()
+
+    {pid, ref} =
+      spawn_monitor(fn ->
+        receive do: (:go -> :ok)
+        id = Causeway.Runtime.function_entry(Sender, :run, [])
+        result = fun.()
+        Causeway.Runtime.function_exit(id, :ok)
+        send(me, {:traced, self(), result})
+      end)
+
+    {:ok, t} = Causeway.trace(pid, what: what)
+    send(pid, :go)
+
+    receive do
+      {:DOWN, ^ref, _, _, _} -> :ok
+    end
+
+    :ok = Causeway.stop_trace(t)
+    :ok = Causeway.flush()
+
+    receive do
+      {:traced, ^pid, result} -> {pid, result}
+    after
+      0 -> raise "the traced process did not finish"
+    end
+  end
+
+  @doc false
+  # On any node: traced_send of `messages` to `to`, one by one, `gap_ms`
+  # apart (the sends traced); returns the sender's pid.
+  def traced_sends(to, messages, gap_ms) do
+    {pid, _} =
+      traced([:send], fn ->
+        for m <- messages do
+          send(to, m)
+          Process.sleep(gap_ms)
+        end
+      end)
+
+    pid
+  end
+
+  @doc false
+  # On any node: a process whose receives are traced (recorded without
+  # their sender) and that takes `n` messages, then ends; the trace is
+  # owned by a process that lives until then.
+  def traced_receiver(n) do
+    me = self()
+
+    spawn(fn ->
+      r = spawn(fn -> for _ <- 1..n, do: receive(do: (_ -> :ok)) end)
+      {:ok, t} = Causeway.trace(r, what: [:receive])
+      ref = Process.monitor(r)
+      send(me, {:receiver, r})
+      receive do: ({:DOWN, ^ref, _, _, _} -> :ok)
+      Causeway.stop_trace(t)
+    end)
+
+    receive do
+      {:receiver, r} -> r
+    after
+      30_000 -> raise "no receiver"
+    end
+  end
+
+  @doc false
+  # On any node: records a call of Child.run/0 in this process (an :erpc
+  # worker when called over :erpc), flushes; returns this process's pid.
+  def erpc_child do
+    id = Causeway.Runtime.function_entry(Child, :run, [])
+    Causeway.Runtime.function_exit(id, :ok)
+    :ok = Causeway.flush()
+    self()
+  end
+
+  @doc false
   # On any node: a process that records each message it receives (with the
   # sender it is told) and acknowledges it.
   def receiver do

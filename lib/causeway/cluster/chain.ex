@@ -8,8 +8,13 @@ defmodule Causeway.Cluster.Chain do
 
     * a `message_receive` whose sender is on another node →
       (`:receives`) the sender's `message_send` there (a `GenServer.call`'s
-      request included), and on from the send: the caller's call, what
-      caused it, ...;
+      request included, and a send to the receiver's registered name),
+      and on from the send: the caller's call, what caused it, ...;
+    * a `message_receive` recorded without its sender and not linked on
+      its own node → (`:receives`) the send of that message to that
+      process from another node, first in first out over the senders of
+      every other node asked (a choice between several senders is counted
+      in the answer's `ambiguous`);
     * the first cause of a process that has no cause left on its own node
       → (`:spawned_by`) the `process_spawn` of that process recorded by
       its parent on another node (`Node.spawn/2`).
@@ -39,9 +44,15 @@ defmodule Causeway.Cluster.Chain do
         {src, chain} -> extend(src, chain, ctx.max, MapSet.new(), ctx)
       end
 
-    {:ok, chain, %{missing: missing(), offsets: ctx.offsets}}
+    {:ok, chain,
+     %{
+       missing: missing(),
+       offsets: ctx.offsets,
+       ambiguous: Process.get({__MODULE__, :ambiguous}, 0)
+     }}
   after
     Process.delete(__MODULE__)
+    Process.delete({__MODULE__, :ambiguous})
   end
 
   defp context!(opts) do
@@ -170,14 +181,43 @@ defmodule Causeway.Cluster.Chain do
        when is_pid(from),
        do: to_string(node(from)) != to_string(n)
 
+  # without a sender: one its own node did not link to a send
+  defp remote_receive?(%{type: :message_receive, data: %{from: nil}} = e),
+    do: not Enum.any?(e.links || [], &match?({:receives, _}, &1))
+
   defp remote_receive?(_), do: false
+
+  defp send_of(src, %{data: %{from: nil}} = rcv, ctx) do
+    with %{message: m, rank: rank, names: names} <-
+           ask(src, :receive_rank, [rcv.id, ctx.query], ctx) do
+      candidates =
+        for other <- ctx.sources -- [src],
+            s <- List.wrap(ask(other, :sends_to, [rcv.pid, names, m, rank + 1, ctx.query], ctx)),
+            do: {other, s}
+
+      ordered = Enum.sort_by(candidates, fn {_, s} -> Cluster.event_key(s, ctx.offsets) end)
+
+      if ordered
+         |> Enum.take(rank + 1)
+         |> Enum.uniq_by(fn {_, s} -> {s.node, s.pid} end)
+         |> length() > 1,
+         do: Process.put({__MODULE__, :ambiguous}, Process.get({__MODULE__, :ambiguous}, 0) + 1)
+
+      case Enum.at(ordered, rank) do
+        {other, send} -> {other, send, :receives}
+        nil -> nil
+      end
+    else
+      _ -> nil
+    end
+  end
 
   defp send_of(src, rcv, ctx) do
     with sender_src when sender_src != nil <- ctx.by_node[to_string(node(rcv.data.from))],
-         %{from: from, message: m, rank: rank} <-
+         %{from: from, message: m, rank: rank, names: names} <-
            ask(src, :receive_rank, [rcv.id, ctx.query], ctx),
          %Causeway.Event{} = send <-
-           ask(sender_src, :nth_send, [from, rcv.pid, m, rank, ctx.query], ctx) do
+           ask(sender_src, :nth_send, [from, rcv.pid, names, m, rank, ctx.query], ctx) do
       {sender_src, send, :receives}
     else
       _ -> nil

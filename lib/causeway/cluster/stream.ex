@@ -14,9 +14,21 @@ defmodule Causeway.Cluster.Stream do
   node that does not answer is named in `missing` at once), and for its
   next page only when the events it gave have all been merged out. Every
   page asks for at most `:page_size` events and never more than `:limit`
-  has left. A node that stops answering in the middle of a stream (down,
-  disconnected, slower than `:timeout`) ends its part: a warning names it
-  and the stream goes on with the others.
+  has left.
+
+  ## A node lost in the middle of a stream
+
+  A node that stops answering while the stream runs (down, disconnected,
+  slower than `:timeout`) ends its part and the stream goes on with the
+  others. A warning names it, and the process that made the stream gets
+  `{:causeway, :stream_missing, ref, [{node, reason}]}`, where `ref` is the
+  `:ref` of the answer's map. `Causeway.Cluster.missing/1` gives every
+  node missing so far, at the start and since, by taking those messages
+  out of the mailbox:
+
+      {:ok, stream, info} = Causeway.Cluster.stream_events(nodes: :all)
+      events = Enum.to_list(stream)
+      Causeway.Cluster.missing(info)   #=> [{:"b@host", :noconnection}]
   """
 
   require Logger
@@ -41,7 +53,16 @@ defmodule Causeway.Cluster.Stream do
     start = Keyword.get(base, :after)
 
     sources = Enum.map(sources, &%Source{id: &1, cursor: start})
-    ctx = %{base: base, page: page, timeout: timeout, desc: desc, offsets: %{}}
+    ref = make_ref()
+
+    ctx = %{
+      base: base,
+      page: page,
+      timeout: timeout,
+      desc: desc,
+      offsets: %{},
+      report: {self(), ref}
+    }
 
     {sources, missed} = fill(sources, total, ctx)
     nodes = for %Source{id: {:node, n}} <- sources, do: n
@@ -57,7 +78,20 @@ defmodule Causeway.Cluster.Stream do
         fn _ -> :ok end
       )
 
-    {:ok, stream, %{missing: missing ++ missed, offsets: ctx.offsets}}
+    {:ok, stream, %{missing: missing ++ missed, offsets: ctx.offsets, ref: ref}}
+  end
+
+  @doc false
+  # Causeway.Cluster.missing/1 of a stream's answer
+  def missing(%{missing: missing, ref: ref}) when is_reference(ref),
+    do: missing ++ lost(ref, [])
+
+  defp lost(ref, acc) do
+    receive do
+      {:causeway, :stream_missing, ^ref, missed} -> lost(ref, acc ++ missed)
+    after
+      0 -> acc
+    end
   end
 
   defp sources!(opts) do
@@ -81,7 +115,7 @@ defmodule Causeway.Cluster.Stream do
   # is reached, or a page's worth is out), then refills the dry ones
   defp step(sources, left, ctx) do
     {sources, missed} = fill(sources, left, ctx)
-    warn(missed)
+    report(missed, ctx)
 
     if Enum.all?(sources, &(&1.buf == [])) do
       {:halt, :done}
@@ -184,9 +218,11 @@ defmodule Causeway.Cluster.Stream do
     {Map.new(pages), missing}
   end
 
-  defp warn([]), do: :ok
+  defp report([], _ctx), do: :ok
 
-  defp warn(missed) do
+  defp report(missed, %{report: {owner, ref}}) do
+    send(owner, {:causeway, :stream_missing, ref, missed})
+
     Logger.warning(
       "Causeway: stream_events goes on without " <>
         Enum.map_join(missed, ", ", fn {n, r} -> "#{n} (#{inspect(r, limit: 5)})" end)

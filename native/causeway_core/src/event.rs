@@ -142,6 +142,9 @@ pub struct RawEvent {
     pub mono_ns: i64,
     /// The process the event is about (raw local pid word).
     pub pid: u64,
+    /// Atom words of a function's module and name; for a send to a
+    /// registered name, the node it was addressed on (0: a local name) and
+    /// the name (see `StoredEvent::module`).
     pub module: u64,
     pub function: u64,
     pub arity: u32,
@@ -241,7 +244,11 @@ pub struct StoredEvent {
     pub parent_id: u64,
     /// How this event relates to `parent_id` (known at capture).
     pub parent_link: Option<LinkKind>,
+    /// A function's module. For a `MessageSend` to a registered name (no
+    /// `peer`): the node the name was addressed on (`{name, node}`), or
+    /// none for a local name.
     pub module: Option<Name>,
+    /// A function's name. For a `MessageSend` to a registered name: the name.
     pub function: Option<Name>,
     pub arity: u32,
     pub peer: Option<PidRec>,
@@ -250,6 +257,12 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    /// Whether `module`, `function` and `arity` name a function (they name
+    /// a send's registered receiver on a `MessageSend`).
+    pub fn has_mfa(&self) -> bool {
+        self.kind != EventType::MessageSend && self.module.is_some()
+    }
+
     /// The key a send and its receive share (see `message_key`).
     pub fn msg_hash(&self) -> u64 {
         crate::message_key::message_key(&self.data)

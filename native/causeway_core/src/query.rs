@@ -96,6 +96,11 @@ impl Filter {
         if !self.types.is_empty() && !self.types.contains(&e.kind) {
             return false;
         }
+        if (self.module.is_some() || self.function.is_some() || self.arity.is_some())
+            && !e.has_mfa()
+        {
+            return false;
+        }
         if let Some(m) = &self.module {
             if e.module.as_deref() != Some(m.as_str()) {
                 return false;

@@ -499,16 +499,29 @@ pub fn event_struct<'a>(
 ) -> Term<'a> {
     use struct_atoms as a;
     let nil = atoms::nil().encode(env);
-    let peer = match &e.peer {
-        Some(p) => cache.pid(env, p),
-        None => nil,
-    };
     let opt_name = |cache: &mut TermCache<'a>, s: &Option<causeway_core::event::Name>| match s {
         Some(s) => cache.name(env, s),
         None => nil,
     };
-    let module = opt_name(cache, &e.module);
-    let function = opt_name(cache, &e.function);
+    let peer = match &e.peer {
+        Some(p) => cache.pid(env, p),
+        // a send to a registered name: `name` or `{name, node}`
+        None if e.kind == causeway_core::event::EventType::MessageSend => {
+            match (&e.function, &e.module) {
+                (Some(name), Some(node)) => {
+                    (cache.name(env, name), cache.name(env, node)).encode(env)
+                }
+                (Some(name), None) => cache.name(env, name),
+                _ => nil,
+            }
+        }
+        None => nil,
+    };
+    let (module, function) = if e.kind == causeway_core::event::EventType::MessageSend {
+        (nil, nil)
+    } else {
+        (opt_name(cache, &e.module), opt_name(cache, &e.function))
+    };
     let links = match links {
         Some(l) => l
             .iter()
@@ -517,7 +530,7 @@ pub fn event_struct<'a>(
             .encode(env),
         None => nil,
     };
-    let arity = if e.module.is_some() {
+    let arity = if e.has_mfa() {
         e.arity.encode(env)
     } else {
         nil

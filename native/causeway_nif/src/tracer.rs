@@ -54,6 +54,12 @@ mod atoms {
         followed,
         refused,
         beyond_hops,
+        spawn_reply,
+        down = "DOWN",
+        process,
+        error,
+        throw,
+        return_ = "return",
     }
 }
 
@@ -74,6 +80,8 @@ pub struct TraceSession {
     modules: Vec<u64>,
     /// Returns are traced: calls are stacked (and closed by their return).
     returns: bool,
+    /// Spawns and exits are recorded (`:procs` in `:what`).
+    procs: bool,
     /// `Some` for a triggered session.
     follow: Option<Follow>,
 }
@@ -314,6 +322,7 @@ struct SessionOpts {
     max_msg_bytes: usize,
     modules: Vec<Atom>,
     returns: bool,
+    procs: bool,
     /// `nil`, or the following of a triggered session.
     follow: Option<FollowOpts>,
 }
@@ -377,6 +386,7 @@ fn tracer_session_new(
         reason: Mutex::new(None),
         modules: o.modules.iter().map(|a| word(a.as_c_arg())).collect(),
         returns: o.returns,
+        procs: o.procs,
         follow,
     };
     Ok((crate::atoms::ok(), ResourceArc::new(s)).encode(env))
@@ -690,12 +700,23 @@ fn record<'a>(
         }
         EventType::MessageSend => {
             ev.data = term::encode(env, term, &budget);
-            ev.peer = match extra(env, opts) {
+            match extra(env, opts) {
                 Some(to) if to.get_type() == TermType::Pid => {
-                    crate::runtime::raw_pid(to, "the receiver").unwrap_or_default()
+                    ev.peer = crate::runtime::raw_pid(to, "the receiver").unwrap_or_default();
                 }
-                _ => RawPid::None,
-            };
+                // a registered name, `name` or `{name, node}`: kept as the
+                // send's function (and module) words, paired at query time
+                Some(to) if term::is_atom(to) => ev.function = word(to.as_c_arg()),
+                Some(to) => {
+                    if let Some([name, node]) = term::tuple_of::<2>(to) {
+                        if term::is_atom(name) && term::is_atom(node) {
+                            ev.function = word(name.as_c_arg());
+                            ev.module = word(node.as_c_arg());
+                        }
+                    }
+                }
+                None => {}
+            }
             if let Some(c) = p.contexts.current_call(pid) {
                 ev.parent_id = c;
                 ev.parent_link = Some(LinkKind::CausedBy);
@@ -723,5 +744,83 @@ fn record<'a>(
         _ => return ok,
     }
     p.push(shard, ev);
+    if kind == EventType::MessageReceive && s.procs {
+        if let Some(child) = remote_child(env, term) {
+            record_remote_spawn(env, s, pid, child, shard, now);
+        }
+    }
     ok
+}
+
+/// The process on another node that a received message says was spawned
+/// for the receiver: the BEAM traces no `spawn` for a remote spawn, but its
+/// parent gets `{spawn_reply, Ref, ok, Pid}` (`Node.spawn/2`,
+/// `spawn_request/4`) or, from `:erpc.call/4`, the worker's
+/// `{'DOWN', Ref, process, Pid, {Ref, return | throw | error | exit, _}}`
+/// when the call ends.
+fn remote_child<'a>(env: Env<'a>, msg: Term<'a>) -> Option<Term<'a>> {
+    let remote = |t: Term<'a>| t.get_type() == TermType::Pid && t.decode::<LocalPid>().is_err();
+    if let Some([tag, _ref, ok, child]) = term::tuple_of::<4>(msg) {
+        if tag == atoms::spawn_reply().encode(env)
+            && ok == crate::atoms::ok().encode(env)
+            && remote(child)
+        {
+            return Some(child);
+        }
+    }
+    let [tag, _ref, process, child, reason] = term::tuple_of::<5>(msg)?;
+    let [rref, how, _] = term::tuple_of::<3>(reason)?;
+    let how_ok = [
+        atoms::return_(),
+        atoms::throw(),
+        atoms::error(),
+        atoms::exit(),
+    ]
+    .iter()
+    .any(|a| how == a.encode(env));
+    (tag == atoms::down().encode(env)
+        && process == atoms::process().encode(env)
+        && rref.get_type() == TermType::Ref
+        && how_ok
+        && remote(child))
+    .then_some(child)
+}
+
+/// A `process_spawn` of `child` (a pid on another node) by `pid`, recorded
+/// as the reply of the spawn is received.
+fn record_remote_spawn<'a>(
+    env: Env<'a>,
+    s: &TraceSession,
+    pid: u64,
+    child: Term<'a>,
+    shard: usize,
+    now: i64,
+) {
+    let p = &s.pipeline;
+    if !p.admit_as(EventType::ProcessSpawn, pid, 0, false) || !s.admit(env, now) {
+        return;
+    }
+    let mut ev = RawEvent {
+        id: p.stamp_on(shard, now),
+        kind: Some(EventType::ProcessSpawn),
+        mono_ns: now,
+        pid,
+        source: Source::Tracer,
+        ..Default::default()
+    };
+    ev.peer = crate::runtime::raw_pid(child, "the child").unwrap_or_default();
+    ev.data = term::encode(
+        env,
+        crate::atoms::undefined().encode(env),
+        &Budget {
+            max_bytes: s.max_term_bytes,
+            max_depth: p.tun.max_depth.load(Ordering::Relaxed),
+            redact: &p.config.redact,
+        },
+    );
+    if let Some(c) = p.contexts.current_call(pid) {
+        ev.parent_id = c;
+        ev.parent_link = Some(LinkKind::CausedBy);
+    }
+    p.push(shard, ev);
 }

@@ -889,3 +889,38 @@ fn lookups_reused_across_a_query_answer_like_full_scans() {
     assert!(exits_seen > 250, "the test finds exits: {exits_seen}");
     assert_eq!(s.exits_of(5 * ms).unwrap(), vec![8 * ms, (n + 1) * ms]);
 }
+
+#[test]
+fn a_send_to_a_registered_name_keeps_the_name_and_is_no_function() {
+    use crate::query::{self, Filter};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    // a send to {counter, b@host}: the name in `function`, the node in `module`
+    let mut send = event(64, 1, EventType::MessageSend);
+    send.module = Some("b@host".into());
+    send.function = Some("counter".into());
+    let call = event(128, 1, EventType::FunctionEntry);
+    s.write(&[send.clone(), call], &[]).unwrap();
+    assert_eq!(s.get(64).unwrap(), Some(send));
+    let ids = |f: Filter| -> Vec<u64> {
+        let page = query::events(&s, &f).unwrap();
+        page.events.iter().map(|e| e.id).collect()
+    };
+    let by_module = |m: &str| Filter {
+        module: Some(m.into()),
+        ..Default::default()
+    };
+    // neither the index nor a scan takes it for a call of b@host:counter
+    assert_eq!(ids(by_module("b@host")), Vec::<u64>::new());
+    let by_function = Filter {
+        function: Some("counter".into()),
+        ..Default::default()
+    };
+    assert_eq!(ids(by_function), Vec::<u64>::new());
+    assert_eq!(ids(by_module("Elixir.M")), vec![128]);
+    let sends = Filter {
+        types: vec![EventType::MessageSend],
+        ..Default::default()
+    };
+    assert_eq!(ids(sends), vec![64]);
+}

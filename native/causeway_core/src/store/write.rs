@@ -100,7 +100,7 @@ impl Store {
                 arena.extend_from_slice(&buf);
             }
             post(1, &[ev.kind as u8], ev.id);
-            if module != 0 {
+            if module != 0 && ev.has_mfa() {
                 post(
                     2,
                     &keys::mfa_prefix(module, Some(function), Some(ev.arity)),
