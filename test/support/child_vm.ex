@@ -94,18 +94,27 @@ defmodule Causeway.ClusterHelper do
     end
   end
 
-  @doc "Starts a peer node with the :causeway application and an instance on `dir`."
-  def peer!(name, dir) do
+  @doc """
+  Starts a peer node with the :causeway application and an instance on
+  `dir`. Options: `exact_name: true` names the node `name` itself (to
+  start it again as the same node), `tcp_control: true` controls it over
+  a TCP connection instead of distribution (so it outlives a
+  `Node.disconnect/1`).
+  """
+  def peer!(name, dir, opts \\ []) do
     args = Enum.flat_map(:code.get_path(), fn p -> [~c"-pa", p] end)
+    name = if opts[:exact_name], do: name, else: :"#{name}_#{System.unique_integer([:positive])}"
 
     {:ok, peer, node} =
-      :peer.start(%{
-        name: :"#{name}_#{System.unique_integer([:positive])}",
-        host: ~c"127.0.0.1",
-        longnames: true,
-        args: args,
-        wait_boot: 60_000
-      })
+      :peer.start(
+        Map.merge(
+          %{name: name, host: ~c"127.0.0.1", longnames: true, args: args, wait_boot: 60_000},
+          if(opts[:tcp_control], do: %{connection: 0}, else: %{})
+        )
+      )
+
+    # controlled over TCP, the peer is not connected by distribution yet
+    true = Node.connect(node)
 
     {:ok, _} = :erpc.call(node, Application, :ensure_all_started, [:causeway], 60_000)
     :ok = :erpc.call(node, __MODULE__, :start_instance, [dir], 60_000)
