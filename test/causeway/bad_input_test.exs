@@ -354,7 +354,7 @@ defmodule Causeway.BadInputTest do
     @tag timeout: 900_000
     test "a store reused by child VMs in a row, each making random calls and exiting, always reopens" do
       dir = tmp_dir!("reuse")
-      vms = String.to_integer(System.get_env("CAUSEWAY_REUSE_VMS", "6"))
+      vms = String.to_integer(System.get_env("CAUSEWAY_REUSE_VMS", "20"))
 
       for i <- 1..vms do
         peer = ChildVM.start!()
