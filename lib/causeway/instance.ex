@@ -94,7 +94,11 @@ defmodule Causeway.Instance do
       {:ok, handle} ->
         :persistent_term.put({__MODULE__, name}, {self(), handle})
         # the instance named Causeway is the one Causeway.Runtime reports to
-        if name == Causeway, do: :ok = Native.rt_set_default(handle)
+        # (and instrumented code checks the switch before it does)
+        if name == Causeway do
+          Causeway.Switch.sync()
+          :ok = Native.rt_set_default(handle)
+        end
 
         telemetry =
           case native.flight do
@@ -226,7 +230,11 @@ defmodule Causeway.Instance do
     if :persistent_term.get({__MODULE__, state.name}, nil) == {self(), state.handle},
       do: :persistent_term.erase({__MODULE__, state.name})
 
-    if state.name == Causeway, do: Native.rt_set_default(nil)
+    if state.name == Causeway do
+      Native.rt_set_default(nil)
+      Causeway.Switch.sync()
+    end
+
     if state.telemetry != [], do: Causeway.Flight.detach(state.telemetry)
 
     Native.pipeline_close(state.handle)

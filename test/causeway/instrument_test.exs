@@ -230,6 +230,43 @@ defmodule Causeway.InstrumentTest do
     assert Causeway.metrics().open_calls == 0
   end
 
+  test "the switch instrumented code checks: on only while the default instance runs" do
+    # (setup started the default instance)
+    assert Causeway.Switch.On.on?()
+    stop_causeway!()
+    refute Causeway.Switch.On.on?()
+    # off: instrumented code behaves the same and reports nothing
+    assert Traced.add(1, 2) == 3
+
+    # another instance is not the one instrumented code reports to
+    {:ok, other} = Causeway.start_link(name: :switch_other, dir: tmp_dir!("other"))
+    refute Causeway.Switch.On.on?()
+    :ok = Causeway.stop(:switch_other)
+    refute Process.alive?(other)
+
+    # started and stopped in a row (and from processes at once), it ends
+    # saying what is true, and the first call after a start is recorded
+    for i <- 1..5 do
+      {_pid, _dir} = start_causeway!()
+      assert Causeway.Switch.On.on?()
+      assert Traced.add(i, 1) == i + 1
+      flush!()
+      assert [%{data: [^i, 1]}] = Causeway.events(function: :add, type: :function_entry)
+      stop_causeway!()
+      refute Causeway.Switch.On.on?()
+    end
+
+    tasks = for _ <- 1..8, do: Task.async(fn -> Causeway.Switch.sync() end)
+    Enum.each(tasks, &Task.await/1)
+    refute Causeway.Switch.On.on?()
+    start_causeway!()
+
+    Enum.map(1..8, fn _ -> Task.async(fn -> Causeway.Switch.sync() end) end)
+    |> Enum.each(&Task.await/1)
+
+    assert Causeway.Switch.On.on?()
+  end
+
   test "nested calls carry the right parent" do
     assert Traced.outer(1) == 5
     flush!()

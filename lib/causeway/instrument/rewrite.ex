@@ -258,7 +258,7 @@ defmodule Causeway.Instrument.Rewrite do
     result = Macro.var(:result, __MODULE__)
 
     quote do
-      call_id = Causeway.Native.rt_function_entry(unquote(module), unquote(name), unquote(vars))
+      call_id = unquote(entry(module, name, vars))
 
       try do
         unquote(body)
@@ -274,6 +274,16 @@ defmodule Causeway.Instrument.Rewrite do
           if call_id, do: Causeway.Native.rt_function_exit(call_id, unquote(result))
           unquote(result)
       end
+    end
+  end
+
+  # The entry's report: its call id, or nil when nothing was recorded. The
+  # switch first (a constant function: see Causeway.Switch), so that with
+  # no instance running no NIF is called and no argument list is built.
+  defp entry(module, name, vars) do
+    quote generated: true do
+      if Causeway.Switch.On.on?(),
+        do: Causeway.Native.rt_function_entry(unquote(module), unquote(name), unquote(vars))
     end
   end
 
@@ -301,8 +311,7 @@ defmodule Causeway.Instrument.Rewrite do
           end
 
         quote do
-          unquote(call_id) =
-            Causeway.Native.rt_function_entry(unquote(module), unquote(name), unquote(vars))
+          unquote(call_id) = unquote(entry(module, name, vars))
 
           case (try do
                   unquote(body)
