@@ -66,7 +66,10 @@ defmodule Causeway.Cluster do
   sender and message, so duplicates pair in order; a `GenServer.call`'s
   `{:"$gen_call", from, request}` pairs with the `request` its
   `handle_call/3` records; a receive recorded without its sender is taken
-  only when no receive with the sender is left). See `Causeway.Cluster.Links`.
+  only when no receive with the sender is left; a traced send to
+  `{name, node}` is `b`'s when `b` is registered under that name now, or,
+  `b`'s name unknown, when one of `b`'s receives pairs with it). See
+  `Causeway.Cluster.Links`.
   """
   def message_flow(a, b, opts) do
     with {:ok, flows, meta} <-

@@ -288,6 +288,7 @@ defmodule Causeway.ClusterTest do
     assert [{lost, _why}] = Causeway.Cluster.missing(info)
     assert lost == ctx.c
     assert Causeway.Cluster.missing(%{info | missing: [{:x, :y}]}) == [{:x, :y}]
+    assert_raise ArgumentError, ~r/stream_events/, fn -> Causeway.Cluster.missing(%{}) end
 
     assert {:ok, _, %{missing: [{c, _}]}} =
              Causeway.Cluster.stream_events([nodes: [node(), ctx.c]] ++ filters)

@@ -14,8 +14,7 @@ defmodule Causeway.Cluster.Links do
       request: a send of `{:"$gen_call", {s, tag}, request}` pairs with the
       receive of `request` from `s` that an instrumented or watched
       `handle_call/3` records. A receive recorded without its sender is
-      taken by a send only when no receive with the sender is left (and is
-      never followed back, its sender being unknown).
+      taken by a send only when no receive with the sender is left.
       A receive recorded without its sender (a traced `receive`: the BEAM
       does not say who sent it) is followed back by the same rule with
       every sender on the other nodes: the k-th such receive by `r` of `m`
@@ -23,13 +22,14 @@ defmodule Causeway.Cluster.Links do
       order (a choice among several senders is counted in `ambiguous`).
     * **sends to a registered name**: a traced send to `{name, node}` keeps
       `data.to` as it was given. It pairs with a receive on `node` by the
-      process that had the name: the one registered under it now when that
-      node is up and the process alive, otherwise (a dead process, a store
-      opened after the fact) the first process on `node` with a receive
-      of that message from that sender not taken by another send. So a
-      sender that sends the same message both to a name and to another
-      process of the same node, with neither name known any more, can have
-      its two sends swapped.
+      process that had the name. `message_flow` and `causal_chain` ask
+      `node` which process is registered under it now (when that process
+      is alive there); otherwise (a process that ended, stores opened after
+      the fact) and in merged timelines and exports, the name's process is
+      the first process on `node` with a receive of that message from that
+      sender not taken by another send. So a sender that sends the same
+      message both to a name and to another process of the same node, the
+      name no longer known, can have its two sends swapped.
     * **child → parent**: a process whose chain stops is looked up in the
       `process_spawn` events of the other nodes (`data.child`), recorded by
       a parent that spawned it there (`Node.spawn/2`, `:erpc.call/4`, or a

@@ -83,8 +83,16 @@ defmodule Causeway.Cluster.Stream do
 
   @doc false
   # Causeway.Cluster.missing/1 of a stream's answer
-  def missing(%{missing: missing, ref: ref}) when is_reference(ref),
+  def missing(%{missing: missing, ref: ref}) when is_list(missing) and is_reference(ref),
     do: missing ++ lost(ref, [])
+
+  def missing(other),
+    do:
+      raise(
+        ArgumentError,
+        "Causeway.Cluster.missing/1 expects the map of a stream_events/1 answer, got: " <>
+          inspect(other, limit: 5)
+      )
 
   defp lost(ref, acc) do
     receive do
