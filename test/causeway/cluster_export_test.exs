@@ -1,24 +1,14 @@
 defmodule Causeway.ClusterExportTest do
   # Issue 13 item 5: exports across nodes, with real nodes.
-  use Causeway.Case, async: false
+  use Causeway.ClusterCase, async: false
 
-  alias Causeway.ClusterHelper
   alias Causeway.Test.JSONParser
-
-  @moduletag timeout: 300_000
-
-  setup_all do
-    ClusterHelper.distribute!()
-    :ok
-  end
 
   # a GenServer on b called twice from a client on c (the client records
   # its call and each request's send, the server its receive and state)
   setup do
     start_causeway!()
-    {pb, b} = ClusterHelper.peer!(:b, tmp_dir!("b"))
-    {pc, c} = ClusterHelper.peer!(:c, tmp_dir!("c"))
-    on_exit(fn -> for p <- [pb, pc], do: ClusterHelper.stop(p) end)
+    %{b: b, c: c} = peers!([:b, :c])
 
     counter = :erpc.call(b, ClusterHelper, :counter, [0])
     client = :erpc.call(c, ClusterHelper, :call_recorded, [counter, [{:add, 1}, {:add, 2}]])

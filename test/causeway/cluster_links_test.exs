@@ -4,23 +4,11 @@ defmodule Causeway.ClusterLinksTest do
   # and a process a traced parent spawns on another node (Node.spawn/2,
   # :erpc.call/4), each followed by message_flow, causal_chain and
   # process_tree across real nodes.
-  use Causeway.Case, async: false
-
-  alias Causeway.ClusterHelper
-
-  @moduletag timeout: 300_000
-
-  setup_all do
-    ClusterHelper.distribute!()
-    :ok
-  end
+  use Causeway.ClusterCase, async: false
 
   setup do
     start_causeway!()
-    {pb, b} = ClusterHelper.peer!(:b, tmp_dir!("b"))
-    {pc, c} = ClusterHelper.peer!(:c, tmp_dir!("c"))
-    on_exit(fn -> for p <- [pb, pc], do: ClusterHelper.stop(p) end)
-    %{b: b, c: c}
+    peers!([:b, :c])
   end
 
   defp shape(chain), do: Enum.map(chain, fn {e, via} -> {e.type, e.node, via} end)

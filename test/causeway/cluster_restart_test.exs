@@ -5,16 +5,7 @@ defmodule Causeway.ClusterRestartTest do
   # same store. (No other peers here: with a third node connected to both,
   # `global` drops more connections than the one a test cuts, to prevent
   # overlapping partitions.)
-  use Causeway.Case, async: false
-
-  alias Causeway.ClusterHelper
-
-  @moduletag timeout: 300_000
-
-  setup_all do
-    ClusterHelper.distribute!()
-    :ok
-  end
+  use Causeway.ClusterCase, async: false
 
   test "cross-node chains survive a restart of either node, and a disconnect" do
     start_causeway!()

@@ -1,27 +1,11 @@
 defmodule Causeway.ClusterTest do
   # Issue 13 item 1 (cluster queries) and 3 (clock offsets), with real nodes.
-  use Causeway.Case, async: false
-
-  alias Causeway.ClusterHelper
-
-  @moduletag timeout: 300_000
-
-  setup_all do
-    ClusterHelper.distribute!()
-    :ok
-  end
+  use Causeway.ClusterCase, async: false
 
   setup do
     start_causeway!()
-    {dir_b, dir_c} = {tmp_dir!("b"), tmp_dir!("c")}
-    {pb, b} = ClusterHelper.peer!(:b, dir_b)
-    {pc, c} = ClusterHelper.peer!(:c, dir_c)
-
-    on_exit(fn ->
-      for p <- [pb, pc], do: ClusterHelper.stop(p)
-    end)
-
-    %{b: b, c: c, pb: pb, pc: pc, dir_b: dir_b, dir_c: dir_c}
+    %{b: b, c: c, peers: peers, dirs: dirs} = peers!([:b, :c])
+    %{b: b, c: c, pb: peers.b, pc: peers.c, dir_b: dirs.b, dir_c: dirs.c}
   end
 
   test "events from every node, merged by time, each keeping its node", %{b: b, c: c} do
