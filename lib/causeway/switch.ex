@@ -8,6 +8,8 @@ end
 
 defmodule Causeway.Switch do
   @moduledoc false
+  require Logger
+
   # The check instrumented code makes before it reports anything: a call of
   # `Causeway.Switch.On.on?/0`, a function that returns a constant, so that
   # instrumented code with no instance running costs a remote call and a
@@ -41,7 +43,7 @@ defmodule Causeway.Switch do
     :global.trans({__MODULE__, self()}, fn -> load(running?()) end, [node()])
   end
 
-  defp running?, do: :persistent_term.get({Causeway.Instance, Causeway}, nil) != nil
+  defp running?, do: match?({:ok, _}, Causeway.Instance.whereis(Causeway))
 
   defp load(on) do
     if Causeway.Switch.On.on?() == on, do: :ok, else: load(on, 100)
@@ -50,11 +52,26 @@ defmodule Causeway.Switch do
   defp load(on, tries) do
     # an old version is only dropped when no process runs it (never kill)
     if :code.soft_purge(Causeway.Switch.On) do
-      {:module, _} = :code.load_binary(Causeway.Switch.On, ~c"causeway_switch", binary(on))
-      :ok
+      case :code.load_binary(Causeway.Switch.On, ~c"causeway_switch", binary(on)) do
+        {:module, _} -> :ok
+        {:error, why} -> failed(on, why)
+      end
     else
-      if tries == 0, do: {:error, :not_purged}, else: retry(on, tries)
+      if tries == 0, do: failed(on, :not_purged), else: retry(on, tries)
     end
+  end
+
+  defp failed(on, why) do
+    Logger.warning(
+      "Causeway: could not switch instrumented code #{if on, do: "on", else: "off"} " <>
+        "(#{inspect(why)}): " <>
+        if(on,
+          do: "instrumented code records nothing until the instance is started again",
+          else: "it keeps asking the NIF, which finds no instance"
+        )
+    )
+
+    {:error, why}
   end
 
   defp retry(on, tries) do

@@ -231,16 +231,10 @@ defmodule Causeway.Cluster.Links do
   @doc false
   # On the sender's node: the `rank`-th (from 0) send of `message` from
   # `sender` to `receiver` (by pid, or by one of its `names`), or nil.
-  def nth_send(sender, receiver, message, rank, opts),
-    do: nth_send(sender, receiver, :unknown, message, rank, opts)
-
   def nth_send(sender, receiver, names, message, rank, opts)
       when is_pid(sender) and is_integer(rank) and rank >= 0 do
-    [pid: sender, type: :message_send, links: false]
-    |> scan(Keyword.take(opts, [:store, :instance]))
-    |> Stream.filter(
-      &(addressed?(&1, receiver, names) and same_message?(&1.data.message, message))
-    )
+    [pid: sender]
+    |> sends_of(receiver, names, message, opts)
     |> Stream.drop(rank)
     |> Enum.at(0)
   end
@@ -250,12 +244,16 @@ defmodule Causeway.Cluster.Links do
   # `receiver` (by pid or one of its `names`) from any process here.
   def sends_to(receiver, names, message, n, opts)
       when is_pid(receiver) and is_integer(n) and n > 0 do
-    [type: :message_send, links: false]
+    [] |> sends_of(receiver, names, message, opts) |> Enum.take(n)
+  end
+
+  # the sends (of those `filters` select) of `message` to `receiver`
+  defp sends_of(filters, receiver, names, message, opts) do
+    (filters ++ [type: :message_send, links: false])
     |> scan(Keyword.take(opts, [:store, :instance]))
     |> Stream.filter(
       &(addressed?(&1, receiver, names) and same_message?(&1.data.message, message))
     )
-    |> Enum.take(n)
   end
 
   @doc false

@@ -517,10 +517,11 @@ pub fn event_struct<'a>(
         }
         None => nil,
     };
-    let (module, function) = if e.kind == causeway_core::event::EventType::MessageSend {
-        (nil, nil)
-    } else {
+    // a send's module and function name its registered receiver (above)
+    let (module, function) = if e.has_mfa() {
         (opt_name(cache, &e.module), opt_name(cache, &e.function))
+    } else {
+        (nil, nil)
     };
     let links = match links {
         Some(l) => l

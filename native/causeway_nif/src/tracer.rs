@@ -746,7 +746,7 @@ fn record<'a>(
     p.push(shard, ev);
     if kind == EventType::MessageReceive && s.procs {
         if let Some(child) = remote_child(env, term) {
-            record_remote_spawn(env, s, pid, child, shard, now);
+            record_remote_spawn(env, s, pid, child, shard, now, &budget);
         }
     }
     ok
@@ -795,6 +795,7 @@ fn record_remote_spawn<'a>(
     child: Term<'a>,
     shard: usize,
     now: i64,
+    budget: &Budget,
 ) {
     let p = &s.pipeline;
     if !p.admit_as(EventType::ProcessSpawn, pid, 0, false) || !s.admit(env, now) {
@@ -809,15 +810,7 @@ fn record_remote_spawn<'a>(
         ..Default::default()
     };
     ev.peer = crate::runtime::raw_pid(child, "the child").unwrap_or_default();
-    ev.data = term::encode(
-        env,
-        crate::atoms::undefined().encode(env),
-        &Budget {
-            max_bytes: s.max_term_bytes,
-            max_depth: p.tun.max_depth.load(Ordering::Relaxed),
-            redact: &p.config.redact,
-        },
-    );
+    ev.data = term::encode(env, crate::atoms::undefined().encode(env), budget);
     if let Some(c) = p.contexts.current_call(pid) {
         ev.parent_id = c;
         ev.parent_link = Some(LinkKind::CausedBy);
