@@ -333,7 +333,10 @@ defmodule Causeway do
   (utilization, written, read, dropped per shard), `dropped` by reason, `workers`
   and `worker_load`, `queue_depth`, `correlation_success_rate`,
   `missing_correlations`, `orphaned_events`, `native_memory`, `storage_bytes`,
-  the backpressure `level` and its `history`, and `alerts`; `flight`
+  `storage_memory` (RocksDB's block cache, memtables and table readers),
+  `heap` (the process's C heap, process-wide, sampled every 5 s: `in_use`
+  and `free` bytes, and the `trims` that handed `trimmed` free bytes back to
+  the OS; zeros where the allocator is not glibc's), the backpressure `level` and its `history`, and `alerts`; `flight`
   (`nil` unless `persist: {:on_trigger, ...}`): `window_events` and
   `window_bytes` held now, `expired` (aged out of the window), `evicted`
   (pushed out by its byte cap), `persisted` (written by incidents) and

@@ -86,6 +86,17 @@ defmodule CausewayTest do
     assert m.correlation_success_rate == 1.0
   end
 
+  test "metrics show the process's C heap, sampled by the manager thread" do
+    start_causeway!()
+    # the manager samples once a second (process-wide, at most every 5 s)
+    Process.sleep(1_500)
+    heap = Causeway.metrics().heap
+    assert Map.keys(heap) |> Enum.sort() == [:free, :in_use, :trimmed, :trims]
+    # glibc here: the rings alone are megabytes of heap
+    assert heap.in_use > 1_000_000
+    assert heap.trimmed >= 0 and heap.trims >= 0
+  end
+
   test "drops are counted exactly when the rings are too small" do
     # one shard, a tiny ring and a long flush interval: the writer cannot keep up
     start_causeway!(

@@ -90,6 +90,8 @@ defmodule Causeway.Stress.Soak do
       beam: :erlang.memory(:total),
       native: m.native_memory,
       storage: Map.get(m, :storage_memory, 0),
+      heap_free: get_in(m, [:heap, :free]) || 0,
+      trimmed: get_in(m, [:heap, :trimmed]) || 0,
       rss: rss(),
       produced: m.produced,
       persisted: m.persisted,
@@ -122,16 +124,18 @@ defmodule Causeway.Stress.Soak do
 
   defp header,
     do:
-      "   #   t(s)   BEAM MB  native MB  rocksdb MB   RSS MB     produced    persisted      dropped  level"
+      "   #   t(s)   BEAM MB  native MB  rocksdb MB   RSS MB  heap free MB  trimmed MB     produced    persisted      dropped  level"
 
   defp row(s) do
-    :io_lib.format("~4w ~6w ~9.1f ~10.1f ~11.1f ~8.1f ~12w ~12w ~12w  ~s", [
+    :io_lib.format("~4w ~6w ~9.1f ~10.1f ~11.1f ~8.1f ~13.1f ~11.1f ~12w ~12w ~12w  ~s", [
       s.n,
       s.t_s,
       s.beam / 1.0e6,
       s.native / 1.0e6,
       s.storage / 1.0e6,
       s.rss / 1.0e6,
+      s.heap_free / 1.0e6,
+      s.trimmed / 1.0e6,
       s.produced,
       s.persisted,
       s.dropped,

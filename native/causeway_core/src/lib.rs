@@ -20,6 +20,7 @@ pub mod etf;
 pub mod event;
 pub mod fasthash;
 mod fuzz_corpus;
+pub mod heap;
 pub mod ids;
 pub mod inflight;
 pub mod message_key;

@@ -353,6 +353,18 @@ fn pipeline_metrics(env: Env, h: ResourceArc<Handle>) -> NifResult<Term> {
             ("memory_budget", s.memory_budget.encode(env)),
             ("storage_bytes", s.storage_bytes.encode(env)),
             ("storage_memory", s.storage_memory.total().encode(env)),
+            (
+                "heap",
+                map(
+                    env,
+                    vec![
+                        ("in_use", s.heap.in_use.encode(env)),
+                        ("free", s.heap.free.encode(env)),
+                        ("trims", s.heap.trims.encode(env)),
+                        ("trimmed", s.heap.trimmed.encode(env)),
+                    ],
+                ),
+            ),
             ("write_errors", s.write_errors.encode(env)),
             ("retries", s.retries.encode(env)),
             ("worker_panics", s.worker_panics.encode(env)),

@@ -139,6 +139,7 @@ pub(super) fn manager_loop(p: Arc<Pipeline>) {
             p.try_recover(usize::MAX);
             p.check_flushes();
             let _ = p.ensure_workers(); // joins retired threads, replaces dead ones
+            crate::heap::tick();
         }
         if last_window.elapsed() >= Duration::from_secs(5) {
             p.latency.rotate();

@@ -176,6 +176,8 @@ pub struct Snapshot {
     pub storage_bytes: u64,
     /// RocksDB's memory in this process (capped by `STORAGE_MEMORY_CAP`).
     pub storage_memory: crate::store::StorageMemory,
+    /// The process's C heap, as last sampled (see `crate::heap`).
+    pub heap: crate::heap::HeapStats,
     pub write_errors: u64,
     pub retries: u64,
     pub worker_panics: u64,
@@ -617,6 +619,7 @@ impl Pipeline {
             memory_budget,
             storage_bytes: store.map(|s| s.size_on_disk()).unwrap_or(0),
             storage_memory,
+            heap: crate::heap::stats(),
             write_errors: Counters::get(&self.counters.write_errors),
             retries: Counters::get(&self.counters.retries),
             worker_panics: Counters::get(&self.counters.worker_panics),
