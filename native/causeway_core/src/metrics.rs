@@ -47,11 +47,71 @@ impl DropReason {
     }
 }
 
+/// A counter that many scheduler threads add to at once (an event sampled
+/// out at the emergency level, for every call of an overloaded host): one
+/// cache line per stripe, each thread on its own stripe (given on its first
+/// add), read as the sum. One shared atomic made every producer's drop a
+/// cache-line transfer between cores: 4 % of a pipeline bench's CPU.
+pub struct Striped {
+    stripes: Box<[Padded]>,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(AtomicU64);
+
+const STRIPES: usize = 16;
+
+impl Default for Striped {
+    fn default() -> Self {
+        Striped {
+            stripes: (0..STRIPES).map(|_| Padded::default()).collect(),
+        }
+    }
+}
+
+impl Striped {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.stripes[thread_stripe() % STRIPES]
+            .0
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The sum of every stripe (exact once the adders have returned).
+    pub fn get(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// This thread's stripe, handed out round-robin on first use.
+#[inline]
+pub fn thread_stripe() -> usize {
+    use std::cell::Cell;
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|s| {
+        let v = s.get();
+        if v != usize::MAX {
+            return v;
+        }
+        let v = NEXT.fetch_add(1, Ordering::Relaxed);
+        s.set(v);
+        v
+    })
+}
+
 #[derive(Default)]
 pub struct Counters {
     pub persisted: AtomicU64,
     pub batches: AtomicU64,
-    pub sampled: AtomicU64,
+    /// Events sampled out at the emergency level.
+    pub sampled: Striped,
     pub over_budget: AtomicU64,
     pub dropped_storage: AtomicU64,
     pub dropped_panic: AtomicU64,
@@ -115,13 +175,21 @@ impl Default for Latency {
 }
 
 impl Latency {
-    /// Records a batch of latencies (µs) collected by one worker.
-    pub fn record_all(&self, values: &Histogram<u64>) {
+    /// Records a batch of latencies (µs) collected by one worker: each value
+    /// straight into the shared histograms, under one lock each. (Adding a
+    /// worker's own histogram instead walked its ~23 000 buckets twice per
+    /// batch, after clearing them: ~600 bytes of memory traffic per event of
+    /// a 1 000-event batch.)
+    pub fn record_all(&self, values_us: &[u64]) {
         if let Ok(mut w) = self.window.lock() {
-            let _ = w.0.add(values);
+            for &v in values_us {
+                w.0.saturating_record(v);
+            }
         }
         if let Ok(mut t) = self.total.lock() {
-            let _ = t.add(values);
+            for &v in values_us {
+                t.saturating_record(v);
+            }
         }
     }
 
@@ -153,8 +221,9 @@ impl Latency {
             .unwrap_or_default()
     }
 
-    pub fn new_local() -> Histogram<u64> {
-        histogram()
+    /// A worker's buffer of one batch's latencies, for `record_all`.
+    pub fn new_local() -> Vec<u64> {
+        Vec::new()
     }
 }
 
@@ -215,12 +284,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn striped_counts_add_up_across_threads() {
+        let c = std::sync::Arc::new(Striped::default());
+        let hs: Vec<_> = (0..20)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || (0..1_000).for_each(|_| c.add(1)))
+            })
+            .collect();
+        hs.into_iter().for_each(|h| h.join().expect("adder"));
+        c.add(5);
+        assert_eq!(c.get(), 20_005);
+    }
+
+    #[test]
     fn latency_percentiles_follow_the_data() {
         let l = Latency::default();
         let mut h = Latency::new_local();
-        for v in 1..=1000u64 {
-            h.record(v).unwrap();
-        }
+        h.extend(1..=1000u64);
         l.record_all(&h);
         let p = l.recent();
         assert_eq!(p.count, 1000);

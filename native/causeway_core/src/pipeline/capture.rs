@@ -41,10 +41,9 @@ impl Pipeline {
             && !kind.is_critical()
             && self.config.overflow != crate::ring::Overflow::Wait
         {
-            let n = self.sample_tick.fetch_add(1, Ordering::Relaxed);
             let every = self.tun.emergency_sample.load(Ordering::Relaxed).max(1) as u64;
-            if !n.is_multiple_of(every) {
-                Counters::add(&self.counters.sampled, 1);
+            if !sample_tick().is_multiple_of(every) {
+                self.counters.sampled.add(1);
                 return false;
             }
         }
@@ -171,4 +170,21 @@ impl Pipeline {
     pub fn now_mono_ns(&self) -> i64 {
         self.resolver.now_mono_ns()
     }
+}
+
+/// This thread's count of events that met emergency sampling: one in every
+/// `emergency_sample` of them is kept, counted per scheduler thread (a
+/// shared atomic was a cache-line transfer between cores on every call of an
+/// overloaded host).
+#[inline]
+fn sample_tick() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static TICK: Cell<u64> = const { Cell::new(0) };
+    }
+    TICK.with(|t| {
+        let n = t.get();
+        t.set(n.wrapping_add(1));
+        n
+    })
 }

@@ -146,7 +146,6 @@ pub struct Pipeline {
     inject_write_errors: AtomicU32,
     rates: Mutex<Rates>,
     started: Instant,
-    sample_tick: AtomicU64,
 }
 
 /// Everything `Causeway.metrics/0` shows.
@@ -290,7 +289,6 @@ impl Pipeline {
             inject_write_errors: AtomicU32::new(0),
             rates: Mutex::new(Rates::default()),
             started: Instant::now(),
-            sample_tick: AtomicU64::new(0),
             in_capture: crate::inflight::InFlight::new(),
             flight,
             config,
@@ -485,7 +483,7 @@ impl Pipeline {
             .iter()
             .map(|s| s.accepted + s.rejected)
             .sum();
-        rings + Counters::get(&self.counters.sampled) + Counters::get(&self.counters.over_budget)
+        rings + self.counters.sampled.get() + Counters::get(&self.counters.over_budget)
     }
 
     pub fn native_memory(&self) -> u64 {
@@ -524,7 +522,7 @@ impl Pipeline {
         let dropped = vec![
             (DropReason::RingFull, ring_full),
             (DropReason::Overwritten, overwritten),
-            (DropReason::Sampled, Counters::get(&self.counters.sampled)),
+            (DropReason::Sampled, self.counters.sampled.get()),
             (
                 DropReason::Storage,
                 Counters::get(&self.counters.dropped_storage),
@@ -600,7 +598,7 @@ impl Pipeline {
             latency_total: self.latency.total(),
             queue_depth: rings.iter().map(|s| s.len).sum(),
             produced: rings.iter().map(|s| s.accepted + s.rejected).sum::<u64>()
-                + Counters::get(&self.counters.sampled)
+                + self.counters.sampled.get()
                 + Counters::get(&self.counters.over_budget),
             rings,
             persisted: Counters::get(&self.counters.persisted),
@@ -638,7 +636,7 @@ impl Pipeline {
     fn snapshot_dropped(&self) -> u64 {
         let rings: u64 = self.rings.all_stats().iter().map(|s| s.dropped()).sum();
         rings
-            + Counters::get(&self.counters.sampled)
+            + self.counters.sampled.get()
             + Counters::get(&self.counters.dropped_storage)
             + Counters::get(&self.counters.dropped_panic)
     }

@@ -58,7 +58,7 @@ impl Pipeline {
         raw: &mut Vec<RawEvent>,
         per_shard: &[(usize, u64, u64)],
         cache: &mut EnrichCache,
-        lat: &mut hdrhistogram::Histogram<u64>,
+        lat: &mut Vec<u64>,
     ) {
         // void events: a capture panicked while making them in their slot
         let before = raw.len();
@@ -128,11 +128,10 @@ impl Pipeline {
                 Counters::add(&self.counters.persisted, n);
                 Counters::add(&self.counters.batches, 1);
                 let now = self.resolver.now_mono_ns();
-                lat.reset();
-                for e in raw.iter() {
-                    let us = (now.saturating_sub(e.mono_ns) / 1_000).max(1) as u64;
-                    let _ = lat.record(us.min(3_600_000_000));
-                }
+                lat.clear();
+                lat.extend(raw.iter().map(|e| {
+                    ((now.saturating_sub(e.mono_ns) / 1_000).max(1) as u64).min(3_600_000_000)
+                }));
                 self.latency.record_all(lat);
             }
             Err(reason) => {
