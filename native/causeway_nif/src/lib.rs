@@ -84,7 +84,33 @@ fn native_info(env: rustler::Env) -> rustler::NifResult<rustler::Term> {
 
 rustler::init!("Elixir.Causeway.Native", load = load);
 
+/// The first CPU feature this build was compiled for (`.cargo/config.toml`)
+/// that the CPU running it lacks: checked before anything else runs.
+fn missing_cpu_feature() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !std::arch::is_x86_feature_detected!("sse4.2") {
+            return Some("SSE4.2");
+        }
+        if !std::arch::is_x86_feature_detected!("pclmulqdq") {
+            return Some("PCLMULQDQ");
+        }
+        if !std::arch::is_x86_feature_detected!("popcnt") {
+            return Some("POPCNT");
+        }
+    }
+    None
+}
+
 fn load(env: rustler::Env, _info: rustler::Term) -> bool {
+    if let Some(missing) = missing_cpu_feature() {
+        // load_nif then fails with {:error, {:load_failed, _}}; the VM stays up
+        eprintln!(
+            "causeway: this CPU lacks {missing}, which this build of the native library \
+             needs (see .cargo/config.toml); not loading it"
+        );
+        return false;
+    }
     term::check_words(env);
     // (the clock is calibrated when an instance starts, on a dirty scheduler:
     // it spins ~2 ms)
