@@ -114,7 +114,12 @@ defmodule Causeway.CallTree do
   defp name(%{module: m, function: f}) when is_atom(m), do: "#{inspect(m)}.#{f}"
   defp name(%{module: m, function: f}), do: "#{m}.#{f}"
 
-  defp args(list) when is_list(list), do: Enum.map_join(list, ", ", &Causeway.Event.short/1)
+  # recorded args are whatever `Runtime.function_entry/3` was given: an
+  # improper list prints its tail as `| tail`, as Elixir writes it
+  defp args([]), do: ""
+  defp args([last]), do: Causeway.Event.short(last)
+  defp args([h | t]) when is_list(t), do: [Causeway.Event.short(h), ", " | args(t)]
+  defp args([h | t]), do: [Causeway.Event.short(h), " | ", Causeway.Event.short(t)]
   defp args(other), do: Causeway.Event.short(other)
 
   defp duration(nil), do: "  (no exit recorded)"

@@ -265,6 +265,27 @@ defmodule Causeway.BadInputTest do
       assert length(String.split(all, "\n")) == depth
       assert String.length(all) < 200 * depth
     end
+
+    test "a call recorded with an improper list of args prints it" do
+      start_causeway!()
+
+      ids =
+        in_process(fn ->
+          for args <- [[1 | 2], [:a, :b | "tail"], []] do
+            id = Runtime.function_entry(Demo.Odd, :f, args)
+            Runtime.function_exit(id, :ok)
+            id
+          end
+        end)
+
+      flush!()
+      out = for id <- ids, do: capture_io(fn -> Causeway.print_call_tree(id) end)
+
+      assert [improper, longer, none] = out
+      assert improper =~ "Demo.Odd.f(1 | 2) → :ok"
+      assert longer =~ ~s{Demo.Odd.f(:a, :b | "tail") → :ok}
+      assert none =~ "Demo.Odd.f() → :ok"
+    end
   end
 
   describe "unclear errors (item 8)" do
