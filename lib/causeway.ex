@@ -43,7 +43,11 @@ defmodule Causeway do
       counted as with `:drop_newest` when their ring is full
     * `:workers` — `{min, max}` native writer threads, 1..16 (default `{2, 16}`)
     * `:batch_size` (1000, in 1..1 000 000), `:flush_interval_ms` (5, in
-      1..60 000) — writer batching
+      1..60 000) — writer batching: a writer takes up to `batch_size`
+      events per write; when its rings are empty it looks again after
+      1 ms, then 2 ms, 4 ms, … up to `flush_interval_ms` (so an idle writer
+      wakes once per interval, and events that keep coming wait about a
+      millisecond)
     * `:max_term_bytes` (2048, in 64..64 MiB), `:max_depth` (16, in 1..1000) —
       capture budget of one term. With a budget above 64 KiB, a capture
       whose terms may encode to more than that runs on a dirty scheduler
@@ -335,8 +339,9 @@ defmodule Causeway do
   `missing_correlations`, `orphaned_events`, `native_memory`, `storage_bytes`,
   `storage_memory` (RocksDB's block cache, memtables and table readers),
   `heap` (the process's C heap, process-wide, sampled every 5 s: `in_use`
-  and `free` bytes, and the `trims` that handed `trimmed` free bytes back to
-  the OS; zeros where the allocator is not glibc's), the backpressure `level` and its `history`, and `alerts`; `flight`
+  and `free` bytes, and the `trims` that handed `trimmed` bytes of resident
+  memory back to the OS; zeros where the allocator is not glibc's), the
+  backpressure `level` and its `history`, and `alerts`; `flight`
   (`nil` unless `persist: {:on_trigger, ...}`): `window_events` and
   `window_bytes` held now, `expired` (aged out of the window), `evicted`
   (pushed out by its byte cap), `persisted` (written by incidents) and

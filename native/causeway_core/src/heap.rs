@@ -32,11 +32,14 @@ pub const TRIM_SLACK: u64 = 16 << 20;
 pub struct HeapStats {
     /// Bytes in allocated chunks (mmapped ones included).
     pub in_use: u64,
-    /// Bytes the arenas hold free (after the last trim, if one ran).
+    /// Bytes the arenas hold free. A trim hands the whole pages inside
+    /// free chunks back to the OS but leaves the chunks on the free lists,
+    /// so this falls only by what was cut from the arenas' tops.
     pub free: u64,
     /// How many times the heap was trimmed.
     pub trims: u64,
-    /// Bytes the trims handed back (free before − free after, summed).
+    /// Bytes the trims handed back: the fall of the process's resident set
+    /// across each `malloc_trim` call, summed.
     pub trimmed: u64,
 }
 
@@ -81,10 +84,11 @@ pub fn sample_and_trim(slack: u64) -> u64 {
     let mut now_free = free;
     let mut given_back = 0;
     if free > slack {
+        let rss_before = sys::resident();
         sys::trim();
+        given_back = rss_before.saturating_sub(sys::resident());
         if let Some((_, after)) = sys::sample() {
             now_free = after;
-            given_back = free.saturating_sub(after);
         }
         TRIMS.fetch_add(1, Ordering::Relaxed);
         TRIMMED.fetch_add(given_back, Ordering::Relaxed);
@@ -109,6 +113,17 @@ mod sys {
             libc::malloc_trim(0);
         }
     }
+
+    /// The process's resident set in bytes (0 if /proc cannot be read).
+    pub fn resident() -> u64 {
+        let pages = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap_or(0);
+        // SAFETY: sysconf only reads a system constant
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        pages.saturating_mul(u64::try_from(page).unwrap_or(4096))
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -117,6 +132,9 @@ mod sys {
         None
     }
     pub fn trim() {}
+    pub fn resident() -> u64 {
+        0
+    }
 }
 
 #[cfg(test)]
