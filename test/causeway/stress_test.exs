@@ -17,13 +17,14 @@ defmodule Causeway.StressTest do
     assert r.flushed > 0
   end
 
-  test "the soak's verdict: RocksDB's cache may fill to its cap, the rest must stay flat" do
+  test "the soak's verdict: RocksDB's cache may fill to its cap, then the resident set must stay flat" do
     mb = 1_000_000
     final = %{produced: 10, persisted: 7, dropped_total: 3}
 
     samples = fn rest_of_rss, rocksdb ->
       for i <- 1..60,
           do: %{
+            t_s: 5 * i,
             beam: 28 * mb,
             native: 17 * mb,
             storage: rocksdb.(i),
@@ -31,16 +32,40 @@ defmodule Causeway.StressTest do
           }
     end
 
-    filling = fn i -> (50 + 3 * i) * mb end
+    # fills for 20 samples, then stays near its cap, dipping as RocksDB does
+    filling = fn i -> min(50 + 8 * i, 210 - rem(i, 3) * 10) * mb end
     v = Causeway.Stress.Soak.verdict(samples.(fn _ -> 120 * mb end, filling), final, 0)
     assert v.memory_flat and v.rocksdb_bounded and v.exact
+    # 90 % of its highest (210 MB) at sample 18
+    assert v.flat.rss.from_s == 5 * 18
 
+    # what RocksDB frees stays with the allocator: the resident set is flat
+    # while RocksDB's figure falls, and that is not growth
+    falling = fn i -> if i <= 20, do: (50 + 8 * i) * mb, else: (210 - i) * mb end
+    kept = fn i -> if i <= 20, do: 120 * mb, else: (120 + i - 20) * mb end
+    v = Causeway.Stress.Soak.verdict(samples.(kept, falling), final, 0)
+    assert v.memory_flat
+    assert v.rss_less_rocksdb.ratio > 1.05
+
+    # the rest of the resident set grows
     v = Causeway.Stress.Soak.verdict(samples.(fn i -> (120 + i) * mb end, filling), final, 0)
     refute v.memory_flat
 
+    # RocksDB still filling at the end: the resident set cannot be judged
     v =
       Causeway.Stress.Soak.verdict(
-        samples.(fn _ -> 120 * mb end, &((50 + 5 * &1) * mb)),
+        samples.(fn _ -> 120 * mb end, &((50 + 3 * &1) * mb)),
+        final,
+        0
+      )
+
+    assert v.still_filling
+    refute v.memory_flat
+
+    # RocksDB over its bound
+    v =
+      Causeway.Stress.Soak.verdict(
+        samples.(fn _ -> 120 * mb end, &(min(50 + 15 * &1, 320) * mb)),
         final,
         0
       )

@@ -7,11 +7,19 @@ defmodule Causeway.Stress.Soak do
   sampled. It ends with a table and a verdict:
 
     * memory flat — the mean of the last third of the samples within 5 % of
-      the mean of the first third (after a warm-up of one sample in six),
-      for the BEAM, native memory and the resident set less RocksDB's memory
-      (RocksDB's block cache fills towards its cap as the store grows: its
-      share is judged by staying within that cap, 256 MiB, plus 32 MiB for
-      table readers);
+      the mean of the first third, for the BEAM (after a warm-up of one
+      sample in six), for Causeway's native memory (same) and for the OS
+      process's resident set. RocksDB's block cache fills towards its cap
+      as the store grows (index and filter blocks of every new table), so
+      the resident set is judged once that filling is over: from the first
+      sample where RocksDB's memory reached 90 % of its highest, which must
+      leave at least a third of the run (otherwise the verdict is "still
+      filling: run longer"). RocksDB's own share is judged by staying
+      within its cap, 256 MiB, plus 32 MiB for table readers. The resident
+      set less RocksDB's current figure is printed, not judged: memory
+      RocksDB frees stays with the C allocator (`heap free`), so that
+      difference grows when RocksDB's figure dips while the resident set
+      stays flat;
     * accounting exact — after a final `flush/0`, produced − persisted =
       dropped;
     * the number of backpressure level changes subscribers were sent.
@@ -153,30 +161,29 @@ defmodule Causeway.Stress.Soak do
   def verdict(samples, final, level_changes) do
     warm = div(length(samples), 6)
     steady = Enum.drop(samples, warm)
-    third = max(div(length(steady), 3), 1)
-
-    # RocksDB's block cache fills towards its cap as the store grows (a
-    # store of 70 M events took more than 10 minutes to get there): the
-    # rest of the resident set must be flat, RocksDB's share under its cap
-    steady = Enum.map(steady, &Map.put(&1, :rss_less_rocksdb, &1.rss - &1.storage))
 
     flat =
-      for key <- [:beam, :native, :rss_less_rocksdb], into: %{} do
-        first = mean(Enum.take(steady, third), key)
-        last = mean(Enum.take(steady, -third), key)
-        ratio = if first > 0, do: last / first, else: 1.0
-        {key, %{first: first, last: last, ratio: ratio, flat: ratio <= 1.05}}
+      for key <- [:beam, :native], into: %{} do
+        {key, flat(steady, key)}
       end
 
     rocksdb_max = samples |> Enum.map(& &1.storage) |> Enum.max(fn -> 0 end)
-    rss = {mean(Enum.take(steady, third), :rss), mean(Enum.take(steady, -third), :rss)}
+    # the resident set, once RocksDB's memory has stopped filling
+    filled = Enum.drop_while(samples, &(&1.storage < 0.9 * rocksdb_max))
+    filled_long_enough = length(filled) >= max(div(length(samples), 3), 1)
+    rss = Map.put(flat(filled, :rss), :from_s, Map.get(List.first(filled, %{}), :t_s, 0))
+    rss = %{rss | flat: rss.flat and filled_long_enough}
+
+    less = Enum.map(steady, &Map.put(&1, :rss_less_rocksdb, &1.rss - &1.storage))
 
     %{
-      flat: flat,
-      rss: rss,
+      flat: Map.put(flat, :rss, rss),
+      still_filling: not filled_long_enough,
+      rss_less_rocksdb: flat(less, :rss_less_rocksdb),
       rocksdb_max: rocksdb_max,
       rocksdb_bounded: rocksdb_max <= @rocksdb_bound,
-      memory_flat: Enum.all?(flat, fn {_, v} -> v.flat end) and rocksdb_max <= @rocksdb_bound,
+      memory_flat:
+        Enum.all?(flat, fn {_, v} -> v.flat end) and rss.flat and rocksdb_max <= @rocksdb_bound,
       produced: final.produced,
       persisted: final.persisted,
       dropped: final.dropped_total,
@@ -186,22 +193,38 @@ defmodule Causeway.Stress.Soak do
     }
   end
 
+  defp flat(samples, key) do
+    third = max(div(length(samples), 3), 1)
+    first = mean(Enum.take(samples, third), key)
+    last = mean(Enum.take(samples, -third), key)
+    ratio = if first > 0, do: last / first, else: 1.0
+    %{first: first, last: last, ratio: ratio, flat: ratio <= 1.05}
+  end
+
   defp mean([], _), do: 0.0
   defp mean(xs, key), do: Enum.sum(Enum.map(xs, & &1[key])) / length(xs)
 
   defp verdict_text(v) do
-    flat =
-      Enum.map_join(v.flat, "; ", fn {k, f} ->
-        "#{k} #{Float.round(f.first / 1.0e6, 1)} → #{Float.round(f.last / 1.0e6, 1)} MB (#{Float.round((f.ratio - 1) * 100, 1)} %)"
-      end)
+    flat = Enum.map_join(v.flat, "; ", fn {k, f} -> "#{k} #{change(f)}" end)
+    less = v.rss_less_rocksdb
 
-    {rss_first, rss_last} = v.rss
+    rss_window =
+      if v.still_filling,
+        do: "RocksDB still filling at the end: run longer to judge the resident set",
+        else:
+          "the resident set judged from #{v.flat.rss.from_s} s, once RocksDB's memory had filled"
 
     """
     verdict: memory #{if v.memory_flat, do: "FLAT", else: "GROWING"} (#{flat})
-             RocksDB at most #{Float.round(v.rocksdb_max / 1.0e6, 1)} MB: #{if v.rocksdb_bounded, do: "within", else: "OVER"} its 288 MB bound (256 MiB cache + table readers); RSS #{Float.round(rss_first / 1.0e6, 1)} → #{Float.round(rss_last / 1.0e6, 1)} MB
+             #{rss_window}
+             RocksDB at most #{mb(v.rocksdb_max)} MB: #{if v.rocksdb_bounded, do: "within", else: "OVER"} its 288 MB bound (256 MiB cache + table readers); RSS less RocksDB's current figure #{change(less)} (not judged: what RocksDB frees stays with the allocator)
              produced #{v.produced} − persisted #{v.persisted} = #{v.produced - v.persisted}; dropped #{v.dropped}: #{if v.exact, do: "EXACT", else: "MISMATCH"}
              backpressure level messages to subscribers: #{v.level_changes} over #{v.samples} samples
     """
   end
+
+  defp change(f),
+    do: "#{mb(f.first)} → #{mb(f.last)} MB (#{Float.round((f.ratio - 1) * 100, 1)} %)"
+
+  defp mb(bytes), do: Float.round(bytes / 1.0e6, 1)
 end
