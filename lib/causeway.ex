@@ -45,9 +45,9 @@ defmodule Causeway do
     * `:batch_size` (1000, in 1..1 000 000), `:flush_interval_ms` (5, in
       1..60 000) — writer batching: a writer takes up to `batch_size`
       events per write; when its rings are empty it looks again after
-      1 ms, then 2 ms, 4 ms, … up to `flush_interval_ms` (so an idle writer
-      wakes once per interval, and events that keep coming wait about a
-      millisecond)
+      0.25 ms, then 0.5, 1, 2 ms, … up to `flush_interval_ms` (so an idle
+      writer wakes once per interval, and events that keep coming wait a
+      fraction of a millisecond)
     * `:max_term_bytes` (2048, in 64..64 MiB), `:max_depth` (16, in 1..1000) —
       capture budget of one term. With a budget above 64 KiB, a capture
       whose terms may encode to more than that runs on a dirty scheduler

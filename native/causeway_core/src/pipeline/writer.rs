@@ -206,11 +206,12 @@ pub(super) fn worker_loop(p: Arc<Pipeline>, index: usize) {
     let mut lat = Latency::new_local();
     // (shard, first pop sequence number, count) of each part of the batch
     let mut per_shard: Vec<(usize, u64, u64)> = Vec::new();
-    // how long to wait when the rings are empty: 1 ms right after a batch,
-    // doubling while they stay empty, up to the flush interval. Events that
-    // keep coming are picked up within about a millisecond; an idle writer
-    // still wakes only once per flush interval.
-    let mut idle_ms: u64 = 1;
+    // how long to wait when the rings are empty: FIRST_IDLE_US right after a
+    // batch, doubling while they stay empty, up to the flush interval. Events
+    // that keep coming are picked up within a fraction of a millisecond; an
+    // idle writer still wakes only once per flush interval.
+    const FIRST_IDLE_US: u64 = 250;
+    let mut idle_us: u64 = FIRST_IDLE_US;
     loop {
         let closing = p.closing.load(Ordering::Acquire);
         let n = p.target_workers.load(Ordering::Relaxed).max(1);
@@ -243,13 +244,13 @@ pub(super) fn worker_loop(p: Arc<Pipeline>, index: usize) {
             if closing {
                 break;
             }
-            let interval = p.flush_now_ms.load(Ordering::Relaxed).max(1);
-            let wait = idle_ms.min(interval);
-            idle_ms = idle_ms.saturating_mul(2).min(interval);
-            std::thread::sleep(Duration::from_millis(wait));
+            let interval_us = p.flush_now_ms.load(Ordering::Relaxed).max(1) * 1_000;
+            let wait = idle_us.min(interval_us);
+            idle_us = idle_us.saturating_mul(2).min(interval_us);
+            std::thread::sleep(Duration::from_micros(wait));
             continue;
         }
-        idle_ms = 1;
+        idle_us = FIRST_IDLE_US;
         let t0 = Instant::now();
         p.process(index, &mut raw, &per_shard, &mut cache, &mut lat);
         Counters::add(&p.counters.busy_ns, t0.elapsed().as_nanos() as u64);
