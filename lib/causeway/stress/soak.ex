@@ -162,28 +162,23 @@ defmodule Causeway.Stress.Soak do
     warm = div(length(samples), 6)
     steady = Enum.drop(samples, warm)
 
-    flat =
-      for key <- [:beam, :native], into: %{} do
-        {key, flat(steady, key)}
-      end
-
     rocksdb_max = samples |> Enum.map(& &1.storage) |> Enum.max(fn -> 0 end)
     # the resident set, once RocksDB's memory has stopped filling
     filled = Enum.drop_while(samples, &(&1.storage < 0.9 * rocksdb_max))
     filled_long_enough = length(filled) >= max(div(length(samples), 3), 1)
     rss = Map.put(flat(filled, :rss), :from_s, Map.get(List.first(filled, %{}), :t_s, 0))
     rss = %{rss | flat: rss.flat and filled_long_enough}
+    flat = %{beam: flat(steady, :beam), native: flat(steady, :native), rss: rss}
 
     less = Enum.map(steady, &Map.put(&1, :rss_less_rocksdb, &1.rss - &1.storage))
 
     %{
-      flat: Map.put(flat, :rss, rss),
+      flat: flat,
       still_filling: not filled_long_enough,
       rss_less_rocksdb: flat(less, :rss_less_rocksdb),
       rocksdb_max: rocksdb_max,
       rocksdb_bounded: rocksdb_max <= @rocksdb_bound,
-      memory_flat:
-        Enum.all?(flat, fn {_, v} -> v.flat end) and rss.flat and rocksdb_max <= @rocksdb_bound,
+      memory_flat: Enum.all?(flat, fn {_, v} -> v.flat end) and rocksdb_max <= @rocksdb_bound,
       produced: final.produced,
       persisted: final.persisted,
       dropped: final.dropped_total,
