@@ -113,6 +113,34 @@ defmodule Causeway.QueryTest do
     end)
   end
 
+  test "another node's pid with this process's number and serial matches none of its events" do
+    id = Runtime.function_entry(Alpha, :one, [1])
+    Runtime.state_change(:a, :b)
+    Runtime.function_exit(id, :ok)
+    flush!()
+
+    # <0.N.S> of this process, as the pid of a node that never wrote here
+    # (stores of several nodes opened together hold each other's numbers)
+    [n, s] =
+      self()
+      |> :erlang.pid_to_list()
+      |> to_string()
+      |> then(&Regex.run(~r/<0\.(\d+)\.(\d+)>/, &1, capture: :all_but_first))
+
+    node = "other@host"
+
+    twin =
+      :erlang.binary_to_term(
+        <<131, 88, 119, byte_size(node)::8, node::binary, String.to_integer(n)::32,
+          String.to_integer(s)::32, 1::32>>
+      )
+
+    assert length(Causeway.events(pid: self())) == 3
+    assert Causeway.events(pid: twin) == []
+    assert Causeway.state_history(twin) == []
+    assert [_] = Causeway.state_history(self())
+  end
+
   test "time bounds far in the past or future are clamped, not wrapped" do
     workload()
     all = Causeway.events(limit: :infinity) |> Enum.map(& &1.id)

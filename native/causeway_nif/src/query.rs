@@ -18,10 +18,15 @@ pub fn pid_match(t: Term, what: &str) -> NifResult<PidMatch> {
     let bytes = term_bytes(t.get_env().as_c_arg(), t.as_c_arg())
         .ok_or_else(|| arg_error(format!("{what} could not be encoded")))?;
     let p = etf::parse_pid(&bytes).map_err(|e| arg_error(format!("{what}: {e}")))?;
+    // another node's pid matches only events of that node (stores of several
+    // nodes hold each other's pid numbers); this node's pid matches by number
+    // and serial, as its events may be stored under the name the node had
+    // before it was distributed
+    let local = t.decode::<rustler::LocalPid>().is_ok();
     Ok(PidMatch {
         id: p.id,
         serial: p.serial,
-        node: None,
+        node: (!local).then(|| p.node.to_string()),
     })
 }
 
