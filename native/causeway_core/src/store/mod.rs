@@ -55,6 +55,8 @@ const META_APP: &[u8] = b"application";
 const META_FLOOR: &[u8] = b"retention_floor";
 const APP_NAME: &[u8] = b"causeway";
 
+#[cfg(test)]
+mod cache_tests;
 mod codec;
 pub mod faults;
 mod incidents;
