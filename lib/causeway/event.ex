@@ -114,6 +114,19 @@ defmodule Causeway.Event do
   def from_native(%__MODULE__{} = e), do: e
 
   @doc false
+  # `from_native/1` of each event of a list; the list itself when no event
+  # gets a location (a query of 100 000 events rebuilds no list for nothing).
+  def from_native_all(events) when is_list(events) do
+    if Enum.any?(events, &located?/1), do: Enum.map(events, &from_native/1), else: events
+  end
+
+  defp located?(%__MODULE__{type: :function_entry, source: :runtime, module: m})
+       when is_atom(m) and m != nil,
+       do: locations(m) != %{}
+
+  defp located?(_), do: false
+
+  @doc false
   # {function, arity} => {file, line} of an instrumented module (empty when
   # it is not one, or not available here), cached per module.
   def locations(module) do

@@ -57,7 +57,7 @@ defmodule Causeway.Query do
     filter = filter!(opts)
 
     case Native.query_events(h, filter) do
-      {:ok, {events, next, index}} -> {Enum.map(events, &Event.from_native/1), next, index}
+      {:ok, {events, next, index}} -> {Event.from_native_all(events), next, index}
       {:error, e} -> raise Causeway.Error.from_native(e)
     end
   end

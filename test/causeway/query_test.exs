@@ -58,6 +58,35 @@ defmodule Causeway.QueryTest do
     end
   end
 
+  test "wall times of events within one second and across seconds are whole DateTimes" do
+    # the NIF builds a DateTime of the same second as the last one's map with
+    # another microsecond: check both paths, field for field
+    for i <- 1..60 do
+      Runtime.function_exit(Runtime.function_entry(Alpha, :one, [i]), i)
+      if rem(i, 4) == 0, do: Process.sleep(80)
+    end
+
+    flush!()
+    evs = Causeway.events(pid: self(), limit: :infinity)
+    assert length(evs) == 120
+    seconds = evs |> Enum.map(&DateTime.to_unix(&1.wall_time)) |> Enum.uniq()
+    assert length(seconds) >= 2
+
+    for e <- evs do
+      us = DateTime.to_unix(e.wall_time, :microsecond)
+      assert e.wall_time == DateTime.from_unix!(us, :microsecond)
+      assert Map.keys(e.wall_time) == Map.keys(DateTime.from_unix!(us, :microsecond))
+    end
+
+    # wall time less monotonic time is the same for every event of a run:
+    # no event has the microsecond of another
+    offsets =
+      Enum.map(evs, &(DateTime.to_unix(&1.wall_time, :microsecond) - div(&1.timestamp, 1000)))
+
+    [offset | _] = offsets
+    assert Enum.all?(offsets, &(abs(&1 - offset) <= 2)), inspect(Enum.uniq(offsets))
+  end
+
   test "every filter alone and combined matches a brute-force expectation" do
     procs = workload()
     all = Causeway.events(limit: :infinity)
