@@ -166,20 +166,9 @@ fn bounds(prefix: &[u8], lo: u64, hi: u64) -> (Vec<u8>, Option<Vec<u8>>) {
 }
 
 /// An iterator over the keys `prefix ++ id` with `lo <= id <= hi`, placed on
-/// the first (or, in reverse, the last) of them.
+/// the first (or, in reverse, the last) of them; the blocks it reads are
+/// kept in the block cache or not (`fill_cache`).
 fn key_range<'a>(
-    store: &'a Store,
-    cf: &impl rocksdb::AsColumnFamilyRef,
-    prefix: &[u8],
-    lo: u64,
-    hi: u64,
-    reverse: bool,
-) -> rocksdb::DBRawIterator<'a> {
-    key_range_caching(store, cf, prefix, lo, hi, reverse, true)
-}
-
-/// `key_range`, with the blocks it reads kept in the block cache or not.
-fn key_range_caching<'a>(
     store: &'a Store,
     cf: &impl rocksdb::AsColumnFamilyRef,
     prefix: &[u8],
@@ -426,7 +415,7 @@ impl<'a> Merge<'a> {
             } else {
                 lo
             };
-            let it = key_range(store, cf, &src.prefix, key_lo, hi, reverse);
+            let it = key_range(store, cf, &src.prefix, key_lo, hi, reverse, true);
             it.status()?;
             let stream = if posting {
                 Stream::Postings {
@@ -652,6 +641,7 @@ fn events_by_pid(
         lo.saturating_sub(postings::SPAN),
         hi,
         f.reverse,
+        true,
     );
     let mut lists = ListMerge::new(it, f.reverse);
     let in_range = |id: &u64| (lo..=hi).contains(id);
@@ -738,7 +728,7 @@ fn events_in_time(
     } else {
         0
     };
-    let mut it = key_range_caching(store, cf, &[], lo, hi, f.reverse, cached > 0);
+    let mut it = key_range(store, cf, &[], lo, hi, f.reverse, cached > 0);
     while it.valid() {
         let Some(id) = it.key().and_then(keys::trailing_id) else {
             return Err(Error::Corrupt("event key".into()));
@@ -749,7 +739,7 @@ fn events_in_time(
                 // on from this event, reading without filling the cache
                 let (l, h) = if f.reverse { (lo, id) } else { (id, hi) };
                 it.status()?;
-                it = key_range_caching(store, cf, &[], l, h, f.reverse, false);
+                it = key_range(store, cf, &[], l, h, f.reverse, false);
                 continue;
             }
         }
