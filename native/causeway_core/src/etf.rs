@@ -74,9 +74,6 @@ impl std::fmt::Debug for Buf {
 
 impl Buf {
     pub const STACK: usize = INLINE_PAYLOAD;
-    /// The first heap allocation (a payload that outgrows the stack is
-    /// usually bigger than twice that).
-    const FIRST_SPILL: usize = 256;
 
     #[inline]
     pub fn len(&self) -> usize {
@@ -110,9 +107,11 @@ impl Buf {
         }
     }
 
+    /// Moves the bytes to the heap: a pooled buffer (`bufpool`) of at least
+    /// 256 bytes.
     #[cold]
     fn spill(&mut self, extra: usize) {
-        let mut v = Vec::with_capacity((self.len + extra).max(Self::FIRST_SPILL));
+        let mut v = crate::bufpool::take(self.len + extra);
         v.extend_from_slice(self.as_slice());
         self.heap = v;
         self.spilled = true;
@@ -255,18 +254,22 @@ pub unsafe fn store_words(dst: *mut u8, words: &[u64; 3]) {
 /// copied with wide loads make each load wait until those stores have
 /// landed (a failed store-to-load forward), which perf showed as the
 /// hottest instruction of a capture when payloads were encoded on the stack
-/// and moved into the slot. The length is kept here while the bytes are
-/// inline (`SmallVec` would look its inline/heap state up on every append)
-/// and given to the payload when the writer is dropped.
+/// and moved into the slot. The length and room are kept here, inline or
+/// on the heap (`SmallVec` would look its inline/heap state up on every
+/// append), and the length given to the payload when the writer is dropped;
+/// the heap buffers come from `bufpool`.
 pub struct InPlace<'p> {
     /// The payload, reached only through this raw pointer while the writer
     /// lives (a `&mut` kept next to `ptr` would be re-borrowed by every move
     /// of the writer and invalidate `ptr` under Rust's aliasing rules).
     p: *mut Payload,
-    /// The payload's inline bytes (while not spilled).
+    /// The payload's bytes: inline, or its heap buffer once spilled.
     ptr: *mut u8,
     len: usize,
-    spilled: bool,
+    /// Room at `ptr`: an append within it is a bounds check and a copy,
+    /// inline or not (the payload's own length is set on drop and when it
+    /// grows).
+    cap: usize,
     _borrow: std::marker::PhantomData<&'p mut Payload>,
 }
 
@@ -278,26 +281,24 @@ impl<'p> InPlace<'p> {
     #[inline(always)]
     pub fn with_version(p: &'p mut Payload) -> Self {
         p.clear();
-        if p.spilled() {
-            p.push(VERSION);
-        }
         let p: *mut Payload = p;
-        // SAFETY: `p` comes from a live `&mut`, held for `'p` by `_borrow`
-        let (spilled, ptr) = unsafe { ((*p).spilled(), (*p).as_mut_ptr()) };
-        if !spilled {
-            // SAFETY: an inline payload has room for at least one byte
-            unsafe { ptr.write(VERSION) };
-        }
+        // SAFETY: `p` comes from a live `&mut`, held for `'p` by `_borrow`;
+        // every payload has room for at least one byte
+        let (ptr, cap) = unsafe {
+            let ptr = (*p).as_mut_ptr();
+            ptr.write(VERSION);
+            (ptr, (*p).capacity())
+        };
         InPlace {
             p,
             ptr,
             len: 1,
-            spilled,
+            cap,
             _borrow: std::marker::PhantomData,
         }
     }
 
-    /// The payload itself (for its spilled state and the slow paths).
+    /// The payload itself (for the slow path).
     #[inline]
     fn payload(&mut self) -> &mut Payload {
         // SAFETY: the pointer is the `&'p mut` this writer was made from,
@@ -305,69 +306,84 @@ impl<'p> InPlace<'p> {
         unsafe { &mut *self.p }
     }
 
+    /// Moves the bytes to a pooled buffer of the class `len + bytes` needs
+    /// (the old buffer, if any, goes back to the pool), then appends. A
+    /// payload's first buffer is of the class the last payload that spilled
+    /// on this thread ended in, when that is bigger (`LAST_SPILL`): a run of
+    /// big terms goes straight to its size instead of through each class.
     #[cold]
-    fn spill_and_extend(&mut self, bytes: &[u8]) {
-        if !self.spilled {
-            let len = self.len;
-            let p = self.payload();
-            // SAFETY: the first `len` inline bytes were written by us
-            unsafe { p.set_len(len) };
-            let want = (len + bytes.len()).max(Buf::FIRST_SPILL);
-            p.reserve(want - len);
-            self.spilled = true;
+    #[inline(never)]
+    fn grow_and_extend(&mut self, bytes: &[u8]) {
+        let len = self.len;
+        let first = self.cap <= INLINE_PAYLOAD;
+        let need = len + bytes.len();
+        let need = if first {
+            need.max(LAST_SPILL.get())
+        } else {
+            need
+        };
+        let mut v = crate::bufpool::take(need);
+        // SAFETY: the first `len` bytes at `ptr` were written by us
+        v.extend_from_slice(unsafe { std::slice::from_raw_parts(self.ptr, len) });
+        v.extend_from_slice(bytes);
+        let p = self.payload();
+        // SAFETY: as above (the old storage's length, for it to be dropped whole)
+        unsafe { p.set_len(len) };
+        let old = std::mem::replace(p, Payload::from_vec(v));
+        if old.spilled() {
+            crate::bufpool::give(old.into_vec());
         }
-        self.payload().extend_from_slice(bytes);
+        let p = self.payload();
+        let (ptr, cap, len) = (p.as_mut_ptr(), p.capacity(), p.len());
+        (self.ptr, self.cap, self.len) = (ptr, cap, len);
     }
+}
+
+thread_local! {
+    /// The length of the last payload that spilled on this thread.
+    static LAST_SPILL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 impl Drop for InPlace<'_> {
     #[inline]
     fn drop(&mut self) {
-        if !self.spilled {
-            let len = self.len;
-            // SAFETY: the first `len` inline bytes were written by us
-            unsafe { self.payload().set_len(len) };
+        let len = self.len;
+        if self.cap > INLINE_PAYLOAD {
+            LAST_SPILL.set(len);
         }
+        // SAFETY: the first `len` bytes were written by us, within `cap`
+        unsafe { self.payload().set_len(len) };
     }
 }
 
 impl Sink for InPlace<'_> {
     #[inline]
     fn len(&self) -> usize {
-        if self.spilled {
-            // SAFETY: as `payload`, read only
-            unsafe { (*self.p).len() }
-        } else {
-            self.len
-        }
+        self.len
     }
 
     #[inline]
     fn extend_from_slice(&mut self, bytes: &[u8]) {
-        if !self.spilled && self.len + bytes.len() <= INLINE_PAYLOAD {
-            // SAFETY: within the inline bytes (checked above); no overlap
+        if self.len + bytes.len() <= self.cap {
+            // SAFETY: within the storage's room (checked above); no overlap
             unsafe {
                 std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(self.len), bytes.len());
             }
             self.len += bytes.len();
             return;
         }
-        self.spill_and_extend(bytes);
+        self.grow_and_extend(bytes);
     }
 
     fn truncate(&mut self, len: usize) {
-        if self.spilled {
-            self.payload().truncate(len);
-        } else {
-            self.len = self.len.min(len);
-        }
+        self.len = self.len.min(len);
     }
 
     #[inline]
     fn extend_words(&mut self, words: &[u64; 3], len: usize) {
         debug_assert!(len <= 24, "extend_words takes at most 24 bytes");
-        if !self.spilled && self.len + 24 <= INLINE_PAYLOAD && len <= 24 {
-            // SAFETY: 24 bytes from `len` are within the inline bytes
+        if self.len + 24 <= self.cap && len <= 24 {
+            // SAFETY: 24 bytes from `len` are within the storage's room
             unsafe { store_words(self.ptr.add(self.len), words) };
             self.len += len;
         } else {
@@ -376,22 +392,13 @@ impl Sink for InPlace<'_> {
     }
 
     fn as_slice(&self) -> &[u8] {
-        if self.spilled {
-            // SAFETY: as `payload`, read only
-            unsafe { (*self.p).as_slice() }
-        } else {
-            // SAFETY: the first `len` inline bytes were written by us
-            unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-        }
+        // SAFETY: the first `len` bytes were written by us
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
-        if self.spilled {
-            self.payload().as_mut_slice()
-        } else {
-            // SAFETY: as `as_slice`, and `self` is borrowed mutably
-            unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-        }
+        // SAFETY: as `as_slice`, and `self` is borrowed mutably
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
 
@@ -850,6 +857,16 @@ mod tests {
             vec![Bytes(big[..40].to_vec()), Words(20)],
             vec![Bytes(big.clone()), Truncate(100), Bytes(b"end".to_vec())],
             vec![Bytes(big[..30].to_vec()), Truncate(10), Words(24)],
+            // through several buffer classes (each move keeps the bytes)
+            vec![
+                Bytes(big.clone()),
+                Words(24),
+                Bytes(big.repeat(3)),
+                Words(9),
+                Bytes(big.repeat(30)),
+                Truncate(500),
+                Bytes(big.repeat(2)),
+            ],
         ];
         fn run<S: Sink>(w: &mut EtfWriter<S>, ops: &[Op], words: &[u64; 3]) {
             for op in ops {
@@ -860,23 +877,66 @@ mod tests {
                 }
             }
         }
+        // into an inline payload, and into one already on the heap (a
+        // payload written again)
+        let starts = [
+            Payload::from_slice(b"left over"),
+            Payload::from_vec(vec![7; 1000]),
+        ];
         for (i, ops) in scenarios.iter().enumerate() {
-            let mut own = EtfWriter::with_version();
-            run(&mut own, ops, &words);
-            let mut payload = Payload::from_slice(b"left over");
-            {
-                let mut at = EtfWriter::into_payload_at(&mut payload);
-                run(&mut at, ops, &words);
-                assert_eq!(at.buf.as_slice(), own.buf.as_slice(), "scenario {i}");
-                assert_eq!(at.len(), own.len(), "scenario {i}");
+            for start in &starts {
+                let mut own = EtfWriter::with_version();
+                run(&mut own, ops, &words);
+                let mut payload = start.clone();
+                {
+                    let mut at = EtfWriter::into_payload_at(&mut payload);
+                    run(&mut at, ops, &words);
+                    assert_eq!(at.buf.as_slice(), own.buf.as_slice(), "scenario {i}");
+                    assert_eq!(at.len(), own.len(), "scenario {i}");
+                }
+                assert_eq!(
+                    payload.as_slice(),
+                    own.into_payload().as_slice(),
+                    "scenario {i}"
+                );
+                assert_eq!(payload[0], VERSION);
+                assert!(payload.len() <= payload.capacity());
             }
-            assert_eq!(
-                payload.as_slice(),
-                own.into_payload().as_slice(),
-                "scenario {i}"
-            );
-            assert_eq!(payload[0], VERSION);
         }
+    }
+
+    /// A payload's first heap buffer is as big as the last one that spilled
+    /// on its thread ended up (no walk through each class for a run of big
+    /// terms); a payload that stays inline does not change that.
+    #[test]
+    fn a_spill_starts_at_the_size_the_last_one_reached() {
+        std::thread::spawn(|| {
+            let mut first = Payload::new();
+            {
+                let mut w = EtfWriter::into_payload_at(&mut first);
+                w.buf.extend_from_slice(&[1; 3000]);
+            }
+            assert_eq!(first.len(), 3001);
+            let mut small = Payload::new();
+            {
+                let mut w = EtfWriter::into_payload_at(&mut small);
+                w.buf.extend_from_slice(&[2; 10]);
+            }
+            assert!(!small.spilled());
+            let mut next = Payload::new();
+            {
+                let mut w = EtfWriter::into_payload_at(&mut next);
+                w.buf.extend_from_slice(&[3; 100]);
+                assert!(w.buf.cap >= 3001, "first buffer: {} bytes", w.buf.cap);
+                w.buf.extend_from_slice(&[4; 2000]);
+            }
+            let mut want = vec![VERSION];
+            want.extend_from_slice(&[3; 100]);
+            want.extend_from_slice(&[4; 2000]);
+            assert_eq!(next.as_slice(), &want[..]);
+        })
+        .join()
+        .expect("thread");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!   mean, who may read and write a store directory), [`query`]: the queries.
 
 pub mod backpressure;
+pub mod bufpool;
 pub mod clock;
 pub mod config;
 pub mod context;

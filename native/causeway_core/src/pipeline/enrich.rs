@@ -4,7 +4,8 @@
 use super::*;
 
 impl Pipeline {
-    /// Deserialize + enrich: raw words to names, pid, node and wall time.
+    /// Deserialize + enrich: raw words to names, pid, node and wall time
+    /// (the payload is left to the caller: `data` is empty).
     pub(super) fn enrich(
         &self,
         r: &RawEvent,
@@ -42,7 +43,7 @@ impl Pipeline {
                 function,
                 arity: r.arity,
                 peer,
-                data: r.data.to_vec(),
+                data: Vec::new(),
                 source: r.source,
             },
             r.parent_link,

@@ -112,6 +112,43 @@ fn a_capture_that_panics_is_dropped_and_counted_and_the_rest_persisted() {
     assert!(store.get(id).expect("read").is_some());
 }
 
+/// A batch retried after storage failures and a writer panic is stored with
+/// every payload whole: the writer lends the payloads to the attempt (no
+/// copy) and takes them back after it, whatever its outcome.
+#[test]
+fn payloads_survive_retries_after_failed_writes_and_a_writer_panic() {
+    let (_dir, p) = started();
+    p.inject_write_errors(2);
+    p.inject_panics(1);
+    let payloads: Vec<Vec<u8>> = [10usize, 300, 5_000, 40_000]
+        .iter()
+        .map(|&n| (0..n).map(|i| (i % 251) as u8).collect())
+        .collect();
+    let mut ids = Vec::new();
+    for (i, data) in payloads.iter().enumerate() {
+        let mut e = exit_event(&p, 10 + i as u64);
+        e.data = crate::etf::Payload::from_slice(data);
+        ids.push(e.id);
+        assert_eq!(p.push(0, e), PushOutcome::Stored);
+    }
+    // (a close gives a failing batch two more attempts only)
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Counters::get(&p.counters.persisted) < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p.close().expect("close");
+    assert_eq!(Counters::get(&p.counters.persisted), 4);
+    assert!(
+        Counters::get(&p.counters.retries) >= 3,
+        "the batch was retried"
+    );
+    let store = p.store().expect("the store");
+    for (id, data) in ids.iter().zip(&payloads) {
+        let ev = store.get(*id).expect("read").expect("stored");
+        assert_eq!(&ev.data, data, "payload of {} bytes", data.len());
+    }
+}
+
 fn exit_event(p: &Pipeline, pid: u64) -> RawEvent {
     let mono = crate::clock::now_ns();
     RawEvent {

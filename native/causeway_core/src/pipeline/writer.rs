@@ -67,8 +67,16 @@ impl Pipeline {
         let n = raw.len() as u64;
         let max_retries = self.config.max_retries;
         let mut attempt = 0u32;
+        let mut events = Vec::with_capacity(raw.len());
         let outcome: std::result::Result<(), DropReason> = loop {
-            let r = catch_unwind(AssertUnwindSafe(|| self.try_batch(raw, cache)));
+            let r = catch_unwind(AssertUnwindSafe(|| self.try_batch(raw, &mut events, cache)));
+            // the payloads lent to `events` go back to their raw events
+            // (for a retry, and for the pool), whatever the outcome
+            for (r, ev) in raw.iter_mut().zip(events.drain(..)) {
+                if r.data.is_empty() {
+                    r.data = crate::etf::Payload::from_vec(ev.data);
+                }
+            }
             let err = match r {
                 Ok(Ok(())) => {
                     self.leave_outage();
@@ -150,13 +158,26 @@ impl Pipeline {
         }
         cache.correlated = false;
         cache.links.clear();
-        raw.clear();
+        // the payloads' buffers go back to the producers (crate::bufpool)
+        for e in raw.drain(..) {
+            if e.data.spilled() {
+                crate::bufpool::give(e.data.into_vec());
+            }
+        }
         for &(s, start, k) in per_shard {
             self.rings.finish(s, start, k);
         }
     }
 
-    pub(super) fn try_batch(&self, raw: &[RawEvent], cache: &mut EnrichCache) -> Result<()> {
+    /// One attempt at a batch. The payloads are moved from `raw` into
+    /// `events` (not copied; the flight recorder, which keeps the events,
+    /// gets copies), and `process` moves them back after the attempt.
+    pub(super) fn try_batch(
+        &self,
+        raw: &mut [RawEvent],
+        events: &mut Vec<StoredEvent>,
+        cache: &mut EnrichCache,
+    ) -> Result<()> {
         if self
             .inject_panics
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1))
@@ -164,10 +185,16 @@ impl Pipeline {
         {
             panic!("injected worker panic");
         }
-        let mut events = Vec::with_capacity(raw.len());
+        events.clear();
+        let lend = self.flight.is_none();
         let mut parents = Vec::with_capacity(raw.len());
-        for r in raw {
-            let (ev, parent) = self.enrich(r, cache);
+        for r in raw.iter_mut() {
+            let (mut ev, parent) = self.enrich(r, cache);
+            ev.data = if lend {
+                std::mem::take(&mut r.data).into_vec()
+            } else {
+                r.data.to_vec()
+            };
             events.push(ev);
             parents.push(parent);
         }
@@ -189,8 +216,14 @@ impl Pipeline {
         }
         let store = self.store().ok_or(Error::Closed)?;
         let r = match &self.flight {
-            None => store.write(&events, &cache.links),
-            Some(f) => f.route(&store, events, &cache.links, now, &*self.notifier),
+            None => store.write(events, &cache.links),
+            Some(f) => f.route(
+                &store,
+                std::mem::take(events),
+                &cache.links,
+                now,
+                &*self.notifier,
+            ),
         };
         if r.is_ok() {
             cache.correlated = false;
