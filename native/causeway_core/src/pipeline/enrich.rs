@@ -57,6 +57,8 @@ pub(super) struct EnrichCache {
     pub(super) atoms: HashMap<u64, Option<crate::event::Name>>,
     pub(super) correlated: bool,
     pub(super) links: Vec<crate::event::Link>,
+    /// The batch's events, kept empty between batches (for its capacity).
+    pub(super) events: Vec<StoredEvent>,
 }
 
 impl EnrichCache {

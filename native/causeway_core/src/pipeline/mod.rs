@@ -486,10 +486,13 @@ impl Pipeline {
         rings + self.counters.sampled.get() + Counters::get(&self.counters.over_budget)
     }
 
+    /// What this pipeline holds natively, plus the payload buffers kept for
+    /// reuse (`bufpool`: shared by the process's instances, at most 16 MiB).
     pub fn native_memory(&self) -> u64 {
         let c = self.correlator.stats();
         self.rings.slot_bytes()
             + self.rings.payload_bytes()
+            + crate::bufpool::pooled_bytes()
             + c.pending * 96
             + self.contexts.memory_bytes()
             + self.flight.as_ref().map_or(0, |f| f.window_bytes())

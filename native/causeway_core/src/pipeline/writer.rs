@@ -67,7 +67,8 @@ impl Pipeline {
         let n = raw.len() as u64;
         let max_retries = self.config.max_retries;
         let mut attempt = 0u32;
-        let mut events = Vec::with_capacity(raw.len());
+        // (the worker's vector of the last batch: no allocation per batch)
+        let mut events = std::mem::take(&mut cache.events);
         let outcome: std::result::Result<(), DropReason> = loop {
             let r = catch_unwind(AssertUnwindSafe(|| self.try_batch(raw, &mut events, cache)));
             // the payloads lent to `events` go back to their raw events
@@ -158,6 +159,7 @@ impl Pipeline {
         }
         cache.correlated = false;
         cache.links.clear();
+        cache.events = events;
         // the payloads' buffers go back to the producers (crate::bufpool)
         for e in raw.drain(..) {
             if e.data.spilled() {

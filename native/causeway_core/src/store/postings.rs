@@ -85,20 +85,19 @@ fn read_varint(b: &[u8], pos: &mut usize) -> Result<u64> {
 
 /// A covering list (`by_pid`): for each event its id (delta from the
 /// previous, the first from `first`) and its stored bytes, so a process's
-/// events are read in one sequential scan.
-pub fn encode_covering(first: u64, events: &[(u64, &[u8])]) -> Vec<u8> {
+/// events are read in one sequential scan. Appended to `out`.
+pub fn encode_covering(out: &mut Vec<u8>, first: u64, events: &[(u64, &[u8])]) {
     let bytes: usize = events.iter().map(|e| e.1.len() + 4).sum();
-    let mut out = Vec::with_capacity(bytes + 5);
+    out.reserve(bytes + 5);
     out.push(PID_EVENTS);
-    varint(&mut out, events.len() as u64);
+    varint(out, events.len() as u64);
     let mut prev = first;
     for &(id, ev) in events {
-        varint(&mut out, id - prev);
-        varint(&mut out, ev.len() as u64);
+        varint(out, id - prev);
+        varint(out, ev.len() as u64);
         out.extend_from_slice(ev);
         prev = id;
     }
-    out
 }
 
 fn decode_covering(first: u64, bytes: &[u8]) -> Result<Vec<(u64, &[u8])>> {

@@ -209,7 +209,11 @@ impl Store {
                         postings::PidList::Events(evs) => {
                             let kept: Vec<(u64, &[u8])> =
                                 evs.into_iter().filter(|e| e.0 >= upto).collect();
-                            (!kept.is_empty()).then(|| postings::encode_covering(first, &kept))
+                            (!kept.is_empty()).then(|| {
+                                let mut out = Vec::new();
+                                postings::encode_covering(&mut out, first, &kept);
+                                out
+                            })
                         }
                     };
                     rewrites.push((k.to_vec(), value));

@@ -2,6 +2,32 @@
 //! index entries and links), and `sync`, the durability barrier.
 
 use super::*;
+use std::cell::Cell;
+use std::thread::LocalKey;
+
+thread_local! {
+    /// A writer thread's buffers, kept between its batches: the covering
+    /// lists' arena, and the buffer each stored value is encoded in.
+    static ARENA: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    static VALUE: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The largest buffer kept for the next batch (a bigger one is freed).
+const KEPT: usize = 4 << 20;
+
+/// This thread's `cell` buffer, emptied.
+fn scratch(cell: &'static LocalKey<Cell<Vec<u8>>>) -> Vec<u8> {
+    let mut v = cell.take();
+    v.clear();
+    v
+}
+
+/// Keeps `v` in `cell` for the next batch, unless it is too big.
+fn keep(cell: &'static LocalKey<Cell<Vec<u8>>>, v: Vec<u8>) {
+    if v.capacity() <= KEPT {
+        cell.set(v);
+    }
+}
 
 impl Store {
     /// Writes events, their index entries and links in one atomic `WriteBatch`.
@@ -25,8 +51,14 @@ impl Store {
             self.cf(CF_STATE)?,
             self.cf(CF_META)?,
         );
-        let mut b = WriteBatch::default();
-        let mut buf = Vec::with_capacity(256);
+        // sized for the batch up front: a batch of big payloads grown by
+        // doubling was a chain of allocations and copies (above 128 KiB each
+        // one an mmap, and its munmap a TLB shootdown on every CPU the VM
+        // runs on, the schedulers' included)
+        let payload: usize = events.iter().map(|e| e.data.len() + 48).sum();
+        let copies = if self.opts.covering_pid_index { 2 } else { 1 };
+        let mut b = WriteBatch::with_capacity_bytes(payload * copies + events.len() * 64);
+        let mut buf = scratch(&VALUE);
         // (column family, prefix) → ids, written as posting lists below
         // prefixes are at most 12 bytes: a fixed key, no allocation per event
         let mut groups: HashMap<(u8, u8, [u8; 12]), Vec<u64>, crate::fasthash::FastBuild> =
@@ -43,8 +75,12 @@ impl Store {
         let mut names: Vec<(&str, u32)> = Vec::with_capacity(16);
         // exits by call id, written as pair lists below
         let mut calls: Vec<(u64, u64)> = Vec::new();
-        // each event's stored bytes, for the covering by_pid lists
-        let mut arena: Vec<u8> = Vec::with_capacity(events.len() * 64);
+        // each event's stored bytes, for the covering by_pid lists (this
+        // thread's buffer of the last batch, reused)
+        let mut arena = scratch(&ARENA);
+        if self.opts.covering_pid_index {
+            arena.reserve(payload);
+        }
         let mut by_pid: HashMap<[u8; 8], Vec<(u64, usize, usize)>, crate::fasthash::FastBuild> =
             HashMap::default();
         for ev in events {
@@ -141,17 +177,20 @@ impl Store {
             for i in 1..=evs.len() {
                 if i == evs.len() || evs[i].0 - evs[start].0 >= postings::SPAN {
                     let first = evs[start].0;
-                    let value = if self.opts.covering_pid_index {
+                    let key = keys::pid(pid_key, first);
+                    if self.opts.covering_pid_index {
                         let run: Vec<(u64, &[u8])> = evs[start..i]
                             .iter()
                             .map(|&(id, at, n)| (id, &arena[at..at + n]))
                             .collect();
-                        postings::encode_covering(first, &run)
+                        // (into the reused buffer: the batch copies it)
+                        buf.clear();
+                        postings::encode_covering(&mut buf, first, &run);
+                        b.put_cf(cf_pid, key, &buf);
                     } else {
                         let ids: Vec<u64> = evs[start..i].iter().map(|e| e.0).collect();
-                        postings::encode_pid_ids(&ids)
-                    };
-                    b.put_cf(cf_pid, keys::pid(pid_key, first), value);
+                        b.put_cf(cf_pid, key, postings::encode_pid_ids(&ids));
+                    }
                     start = i;
                 }
             }
@@ -179,6 +218,8 @@ impl Store {
                 [],
             );
         }
+        keep(&ARENA, arena);
+        keep(&VALUE, buf);
         self.db.write_opt(b, &self.write_opts)?;
         if let Some(newest) = events.iter().map(|e| e.id).max() {
             self.written_max.fetch_max(newest, Ordering::AcqRel);
