@@ -309,8 +309,9 @@ impl<'p> InPlace<'p> {
     /// Moves the bytes to a pooled buffer of the class `len + bytes` needs
     /// (the old buffer, if any, goes back to the pool), then appends. A
     /// payload's first buffer is of the class the last payload that spilled
-    /// on this thread ended in, when that is bigger (`LAST_SPILL`): a run of
-    /// big terms goes straight to its size instead of through each class.
+    /// on this thread ended in, when that is bigger (`LAST_SPILL`, at most
+    /// the pool's largest class): a run of big terms goes straight to its
+    /// size instead of through each class.
     #[cold]
     #[inline(never)]
     fn grow_and_extend(&mut self, bytes: &[u8]) {
@@ -318,7 +319,7 @@ impl<'p> InPlace<'p> {
         let first = self.cap <= INLINE_PAYLOAD;
         let need = len + bytes.len();
         let need = if first {
-            need.max(LAST_SPILL.get())
+            need.max(LAST_SPILL.get().min(crate::bufpool::MAX_CLASS))
         } else {
             need
         };
