@@ -92,6 +92,17 @@ pub fn is_lock_error(msg: &str) -> bool {
     msg.contains("While lock file") || msg.contains("lock hold by current process")
 }
 
+/// Whether `e`, from an open or the reads that follow it, may be a live
+/// writer's doing: a file it expected was gone or replaced (see
+/// `is_missing_file`), at open (`Corrupt`) or in a read after it (`Storage`).
+pub fn is_transient_while_live(e: &Error) -> bool {
+    match e {
+        Error::Corrupt(_) => true,
+        Error::Storage(e) => is_missing_file(e.as_ref()),
+        _ => false,
+    }
+}
+
 /// Whether a RocksDB error says a file it expected is gone: during a live
 /// writer's flush or compaction that is transient (the file was replaced);
 /// in a store nobody writes it is damage.
@@ -453,6 +464,131 @@ mod tests {
         assert_eq!(read_mark(dir.path()), Ok(Some(12_345)));
         std::fs::write(dir.path().join(MARK_FILE), b"\0\0garbage").unwrap();
         assert!(read_mark(dir.path()).unwrap_err().contains(MARK_FILE));
+    }
+
+    /// A read-only open reads the store after opening it (schema, names,
+    /// retention floor, newest event): a live writer's compaction may delete
+    /// a table file those reads need, which is not damage either.
+    #[test]
+    fn store_read_only_open_of_a_compacting_store_always_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = std::sync::Arc::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+        write_events(&w, 1, 2_000);
+        w.flush_all().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (w, stop) = (w.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut next = 2_001u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    write_events(&w, next, 500);
+                    next += 500;
+                    w.flush_all().unwrap();
+                    w.compact_all().unwrap();
+                }
+            })
+        };
+        let mut failed = Vec::new();
+        for _ in 0..150 {
+            if let Err(e) = Store::open(dir.path(), ro()) {
+                failed.push(e.to_string());
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(
+            failed.is_empty(),
+            "{} of 150 opens failed: {:?}",
+            failed.len(),
+            failed.first()
+        );
+    }
+
+    /// Run as a child process by the test below: holds the RocksDB lock of
+    /// `CAUSEWAY_HOLD_LOCK` (a POSIX lock, as RocksDB takes it) until its
+    /// stdin closes. Does nothing in a normal test run.
+    #[test]
+    #[ignore]
+    fn hold_lock_child() {
+        let Ok(dir) = std::env::var("CAUSEWAY_HOLD_LOCK") else {
+            return;
+        };
+        use std::os::fd::AsRawFd;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(std::path::Path::new(&dir).join("LOCK"))
+            .expect("LOCK");
+        // SAFETY: a plain fcntl on a descriptor we own, flock struct zeroed
+        let rc = unsafe {
+            let mut l: libc::flock = std::mem::zeroed();
+            l.l_type = libc::F_WRLCK as libc::c_short;
+            l.l_whence = libc::SEEK_SET as libc::c_short;
+            libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &l)
+        };
+        assert_eq!(rc, 0, "lock taken");
+        println!("CAUSEWAY-LOCKED");
+        let mut sink = String::new();
+        let _ = std::io::stdin().read_line(&mut sink);
+    }
+
+    /// A store another OS process holds for writing is busy for a writable
+    /// open, whatever its files look like while they change (here a MANIFEST
+    /// cut short, as one being written is): the open neither calls it
+    /// corrupt or no store nor probes it for a recovery. Once nobody holds
+    /// it, the same bytes are what they are.
+    #[test]
+    fn store_read_as_damaged_while_another_process_writes_it_is_busy() {
+        let (dir, _) = sst_store();
+        let manifest = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("MANIFEST-"))
+            })
+            .unwrap();
+        let len = std::fs::metadata(&manifest).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&manifest)
+            .unwrap()
+            .set_len(len.min(64))
+            .unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::faults::tests::hold_lock_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("CAUSEWAY_HOLD_LOCK", dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("child");
+        let out = child.stdout.take().unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
+        assert!(
+            lines.any(|l| l.is_ok_and(|l| l.contains("CAUSEWAY-LOCKED"))),
+            "the child took the lock"
+        );
+        let held = Store::open(dir.path(), StoreOptions::default())
+            .err()
+            .expect("not opened");
+        drop(child.stdin.take());
+        child.wait().unwrap();
+        match held {
+            Error::Busy(m) => assert!(m.contains("OS process"), "{m}"),
+            other => panic!("expected busy, got {other:?}"),
+        }
+        // alone, the same bytes are what they are (a MANIFEST cut at 64
+        // bytes names no column family: not a store)
+        let alone = Store::open(dir.path(), StoreOptions::default())
+            .err()
+            .expect("not opened");
+        assert!(matches!(alone, Error::Incompatible { .. }), "{alone:?}");
     }
 
     #[test]

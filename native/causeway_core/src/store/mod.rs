@@ -218,9 +218,11 @@ impl Store {
             match r {
                 Ok(s) => return Ok(s),
                 // a live writer (there before or since our reads: one may
-                // be opening the store) replaced a file under us: read again
-                Err(Error::Corrupt(_))
-                    if (live || store_faults::lock_holder(path).is_some())
+                // be opening the store) replaced or deleted a file under us,
+                // in the open or in the reads after it: read again
+                Err(e)
+                    if store_faults::is_transient_while_live(&e)
+                        && (live || store_faults::lock_holder(path).is_some())
                         && std::time::Instant::now() < deadline =>
                 {
                     std::thread::sleep(pause);
@@ -232,6 +234,21 @@ impl Store {
     }
 
     fn open_writable(path: &Path, opts: &StoreOptions) -> Result<Store> {
+        // another OS process writes it: busy, whatever its files look like
+        // while they change (read before RocksDB takes its lock, a MANIFEST
+        // being written looks damaged, or like no store at all)
+        let busy = |what: &str| {
+            Error::Busy(format!(
+                "{} is open for writing by {}{what}",
+                path.display(),
+                store_faults::holder_text(path)
+            ))
+        };
+        let other_writer =
+            || store_faults::lock_holder(path).is_some_and(|pid| pid != std::process::id());
+        if other_writer() {
+            return Err(busy(""));
+        }
         let mark = store_faults::read_mark(path).ok().flatten();
         match Store::attempt(
             path,
@@ -242,6 +259,10 @@ impl Store {
             Ok(s) => {
                 s.check_mark(mark)?;
                 Ok(s)
+            }
+            // a writer that came meanwhile: no recovery probe of a live store
+            Err(e @ (Error::Corrupt(_) | Error::Incompatible { .. })) if other_writer() => {
+                Err(busy(&format!(" (read while it changed: {e})")))
             }
             Err(Error::Corrupt(first)) => {
                 // what does the log hold up to its first damaged record?
