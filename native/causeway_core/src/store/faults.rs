@@ -335,10 +335,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn store_with_a_truncated_manifest_fails_as_corrupt() {
-        let (dir, _) = sst_store();
-        let manifest = std::fs::read_dir(dir.path())
+    /// Cuts the store's MANIFEST to `to(its length)` bytes.
+    fn cut_manifest(dir: &Path, to: impl FnOnce(u64) -> u64) {
+        let manifest = std::fs::read_dir(dir)
             .unwrap()
             .flatten()
             .map(|e| e.path())
@@ -352,8 +351,14 @@ mod tests {
             .write(true)
             .open(&manifest)
             .unwrap()
-            .set_len(len / 2)
+            .set_len(to(len))
             .unwrap();
+    }
+
+    #[test]
+    fn store_with_a_truncated_manifest_fails_as_corrupt() {
+        let (dir, _) = sst_store();
+        cut_manifest(dir.path(), |len| len / 2);
         for opts in [StoreOptions::default(), ro()] {
             let e = Store::open(dir.path(), opts).err().expect("must not open");
             assert_eq!(e.kind(), "corrupt", "{e}");
@@ -540,22 +545,7 @@ mod tests {
     #[test]
     fn store_read_as_damaged_while_another_process_writes_it_is_busy() {
         let (dir, _) = sst_store();
-        let manifest = std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("MANIFEST-"))
-            })
-            .unwrap();
-        let len = std::fs::metadata(&manifest).unwrap().len();
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&manifest)
-            .unwrap()
-            .set_len(len.min(64))
-            .unwrap();
+        cut_manifest(dir.path(), |len| len.min(64));
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
