@@ -434,31 +434,48 @@ mod tests {
         assert!(logs <= 3, "{logs} info log files after 21 opens");
     }
 
-    #[test]
-    fn store_read_only_open_never_calls_a_live_store_corrupt() {
-        let dir = tempfile::tempdir().unwrap();
-        let w = std::sync::Arc::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+    /// Runs `reads` while a thread writes the store at `dir` (open for
+    /// writing here) batch after batch, `step` after each (from event `next`).
+    fn with_live_writer(
+        dir: &Path,
+        step: impl Fn(&Store, u64) + Send + 'static,
+        reads: impl FnOnce(),
+    ) {
+        let w = std::sync::Arc::new(Store::open(dir, StoreOptions::default()).unwrap());
+        write_events(&w, 1, 2_000);
+        w.flush_all().unwrap();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
             let (w, stop) = (w.clone(), stop.clone());
             std::thread::spawn(move || {
-                let mut next = 1u64;
+                let mut next = 2_001u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    write_events(&w, next, 2_000);
-                    next += 2_000;
-                    w.sync().unwrap();
-                    if next % 20_000 == 1 {
-                        w.flush_all().unwrap();
-                    }
+                    write_events(&w, next, 500);
+                    next += 500;
+                    step(&w, next);
                 }
             })
         };
-        for _ in 0..100 {
-            let r = Store::open(dir.path(), ro());
-            assert!(r.is_ok(), "{}", r.err().unwrap());
-        }
+        reads();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn store_read_only_open_never_calls_a_live_store_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let step = |w: &Store, next: u64| {
+            w.sync().unwrap();
+            if next % 10_000 == 1 {
+                w.flush_all().unwrap();
+            }
+        };
+        with_live_writer(dir.path(), step, || {
+            for _ in 0..100 {
+                let r = Store::open(dir.path(), ro());
+                assert!(r.is_ok(), "{}", r.err().unwrap());
+            }
+        });
     }
 
     #[test]
@@ -477,30 +494,18 @@ mod tests {
     #[test]
     fn store_read_only_open_of_a_compacting_store_always_opens() {
         let dir = tempfile::tempdir().unwrap();
-        let w = std::sync::Arc::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
-        write_events(&w, 1, 2_000);
-        w.flush_all().unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer = {
-            let (w, stop) = (w.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut next = 2_001u64;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    write_events(&w, next, 500);
-                    next += 500;
-                    w.flush_all().unwrap();
-                    w.compact_all().unwrap();
-                }
-            })
+        let step = |w: &Store, _| {
+            w.flush_all().unwrap();
+            w.compact_all().unwrap();
         };
         let mut failed = Vec::new();
-        for _ in 0..150 {
-            if let Err(e) = Store::open(dir.path(), ro()) {
-                failed.push(e.to_string());
+        with_live_writer(dir.path(), step, || {
+            for _ in 0..150 {
+                if let Err(e) = Store::open(dir.path(), ro()) {
+                    failed.push(e.to_string());
+                }
             }
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        writer.join().unwrap();
+        });
         assert!(
             failed.is_empty(),
             "{} of 150 opens failed: {:?}",
