@@ -372,6 +372,54 @@ defmodule Causeway.BadInputTest do
       Causeway.close(s)
     end
 
+    @tag timeout: 600_000
+    test "a store opened while the last VM's OS process is still exiting is busy until it is gone, never damaged" do
+      dir = tmp_dir!("exiting")
+
+      for i <- 1..3 do
+        peer = ChildVM.start!()
+
+        {:ok, _} =
+          ChildVM.call(peer, Causeway.ApiFuzz, :run, [dir, 700 + i, 60, [retention: true]])
+
+        # an instance writing with retention at every 100 ms, then a normal
+        # exit the next start does not wait for
+        start =
+          "Causeway.stop(); {:ok, p} = Causeway.start_link(dir: #{inspect(dir)}, " <>
+            "retention: [max_bytes: 1, interval_ms: 100]); Process.unlink(p); :ok"
+
+        {:ok, {:ok, _}} = ChildVM.call(peer, Code, :eval_string, [start])
+        {:ok, :ok} = ChildVM.call(peer, Causeway.ApiFuzz, :write_markers, [2_000])
+
+        try do
+          :peer.cast(peer, :init, :stop, [])
+        catch
+          _, _ -> :ok
+        end
+
+        deadline = System.monotonic_time(:millisecond) + 60_000
+
+        kinds =
+          Stream.repeatedly(fn -> Causeway.start_link(dir: dir) end)
+          |> Enum.reduce_while([], fn
+            {:ok, _}, acc ->
+              :ok = Causeway.stop()
+              {:halt, [:ok | acc]}
+
+            {:error, %Causeway.Error{kind: :busy}}, acc ->
+              if System.monotonic_time(:millisecond) > deadline,
+                do: {:halt, [:still_busy | acc]},
+                else: {:cont, [:busy | acc]}
+
+            other, acc ->
+              {:halt, [other | acc]}
+          end)
+
+        ChildVM.stop(peer)
+        assert hd(kinds) == :ok, "VM #{i}: #{inspect(hd(kinds))}"
+      end
+    end
+
     @tag timeout: 900_000
     test "a store reused by child VMs in a row, each making random calls and exiting, always reopens" do
       dir = tmp_dir!("reuse")
