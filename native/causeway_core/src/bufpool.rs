@@ -92,7 +92,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn take_rounds_up_to_a_class_and_gives_back_the_same_buffer() {
+    fn take_rounds_up_to_a_class_and_a_given_buffer_comes_back_empty() {
         let v = take(300);
         assert_eq!(v.capacity(), 512);
         assert!(v.is_empty());
