@@ -104,9 +104,25 @@ defmodule Causeway.Instrument do
   not a tail call: a callback that ends by calling another function keeps
   its frame under that call.
 
-  When no Causeway instance is running, an instrumented call costs one NIF
-  call (the entry's, which returns `nil` at once), a `try` and, for a call in
-  tail position, a small tuple, more than the plain one.
+  ## With no instance running
+
+  Each wrapped body is compiled twice into its function: as written, and
+  wrapped. The function first asks `Causeway.Switch.On.on?/0` (a remote
+  call of a function returning a constant, reloaded when the default
+  instance starts and stops) and runs the body as written when nothing
+  records: no `try`, no tail tuple, no NIF call, the plain module's tail
+  calls, stack traces and catch level. The copy is made by a Core Erlang
+  transform (`Causeway.Instrument.Dual`, added as `@compile
+  {:core_transform, ...}`) after the Elixir code is expanded, so each
+  macro in the body runs once and each warning is printed once.
+
+  A body that defines a `fn`, a capture or a comprehension (the compiler
+  lifts those into local functions numbered in order, `-f/1-fun-0-`, and a
+  second copy would renumber them) is not copied: with no instance it
+  still runs wrapped, which costs the switch's call, a `try` and, for a
+  call in tail position, a small tuple more than the plain one. The
+  function's stack frame is shared by both copies, so a frame of a
+  non-tail recursion can be a few words bigger than the plain one's.
   """
 
   @doc false
@@ -134,6 +150,11 @@ defmodule Causeway.Instrument do
       Module.register_attribute(__MODULE__, :causeway_locations, accumulate: true, persist: true)
       Module.put_attribute(__MODULE__, :causeway_instrument, unquote(opts[:only]))
       @on_definition Causeway.Instrument
+      # a plain copy of each wrapped body, run when nothing records
+      require Causeway.Instrument.Dual
+
+      unless {:core_transform, Causeway.Instrument.Dual} in List.wrap(@compile),
+        do: @compile({:core_transform, Causeway.Instrument.Dual})
     end
   end
 

@@ -690,14 +690,10 @@ defmodule Causeway.InstrumentDiffTest do
     on_exit(fn -> File.rm_rf!(InstrumentDiff.dir()) end)
   end
 
-  setup do
-    start_causeway!()
-    :ok
-  end
-
   for {name, _, _} <- Cases.all() do
     @name name
     test "#{name}: instrumented behaves as plain" do
+      start_causeway!()
       {_, source, calls} = Cases.get(@name)
       assert InstrumentDiff.run(@name, source, calls) == []
       # and the instrumented copy did record its calls
@@ -710,6 +706,66 @@ defmodule Causeway.InstrumentDiffTest do
                  Causeway.events(module: mod, type: :function_entry, limit: 1) != []
              end)
     end
+  end
+
+  # With no instance running, an instrumented body runs its plain copy
+  # (Causeway.Instrument.Dual): the same comparison, on that copy.
+  for {name, _, _} <- Cases.all() do
+    @name name
+    test "#{name}: instrumented, with no instance running, behaves as plain" do
+      refute Causeway.Switch.On.on?()
+      {_, source, calls} = Cases.get(@name)
+      assert InstrumentDiff.run(@name <> "Off", source, calls) == []
+    end
+  end
+
+  test "with no instance running, an instrumented body runs without its try (its plain copy)" do
+    # the wrapped body's `try` is one more catch in every frame of a
+    # recursion (the catch level says so); the plain copy has none, and
+    # does not build the tail tuples either
+    source = """
+    defmodule @@M@@ do
+      def depth(0), do: [Process.info(self(), :catchlevel)]
+      def depth(n), do: [n | depth(n - 1)]
+
+      def count([]), do: elem(Process.info(self(), :catchlevel), 1)
+      def count([_ | t]), do: 1 + count(t)
+
+      def loop(0, acc), do: {acc, Process.info(self(), :catchlevel)}
+      def loop(n, acc), do: loop(n - 1, [n | acc])
+
+      # a receive loop (its receive is a jump inside the function)
+      def serve(n) do
+        receive do
+          {:level, from} ->
+            send(from, Process.info(self(), :catchlevel))
+            serve(n + 1)
+
+          :stop ->
+            n
+        after
+          1_000 -> :timeout
+        end
+      end
+    end
+    """
+
+    serve = fn m ->
+      for msg <- [{:level, self()}, {:level, self()}, :stop], do: send(self(), msg)
+      n = m.serve(0)
+      {n, for(_ <- 1..2, do: receive(do: ({:catchlevel, l} -> l)))}
+    end
+
+    calls = [{:depth, [50]}, {:count, [Enum.to_list(1..50)]}, {:loop, [1_000, []]}, serve]
+    refute Causeway.Switch.On.on?()
+    assert InstrumentDiff.run("OffCopy", source, calls) == []
+
+    # and recording, the same module does have its try in every frame
+    {_plain, instr} = InstrumentDiff.modules("OffCopy")
+    start_causeway!()
+    assert Causeway.Switch.On.on?()
+    assert {:catchlevel, level} = in_process(fn -> instr.depth(50) |> List.last() end)
+    assert level >= 51
   end
 
   test "the harness sees a difference: a module that changes a result" do

@@ -1,0 +1,257 @@
+defmodule Causeway.Instrument.Dual do
+  @moduledoc false
+  # The plain copy of an instrumented body, for when nothing records: a
+  # Core Erlang transform (`@compile {:core_transform, ...}`, which
+  # `use Causeway.Instrument` adds) run by the Erlang compiler after the
+  # module's Elixir code has been expanded and translated. Each wrapped
+  # body that `Causeway.Instrument.Rewrite` made,
+  #
+  #     let <CallId> = case Causeway.Switch.On:on?() of ... (the entry)
+  #     in  [let <V> =] try Body' of ... catch ... (the exit, or the exception)
+  #         [in case V of {'$causeway_tail', I, Args...} -> exit; Call_I ...]
+  #
+  # becomes
+  #
+  #     case Causeway.Switch.On:on?() of
+  #       false -> Body            (Body' with each tail tuple made its call again)
+  #       _     -> the wrapped body, unchanged
+  #
+  # so that with no instance running an instrumented function costs a remote
+  # call of a constant function over the plain one: no `try`, no tail tuple,
+  # no checks of a call id. `Body` is the plain body exactly (its lines, its
+  # tail calls as tail calls): the stack traces, stack depth and exceptions of
+  # that branch are those of the uninstrumented module.
+  #
+  # A body that defines a fun or a local function (a `fn`, a capture, a
+  # comprehension: anything the compiler lifts into a named local function,
+  # `-f/1-fun-0-`) is left alone: a second copy would give its funs other
+  # names (numbered in order of appearance), and the stack traces of the
+  # two branches would differ. So is anything that does not have exactly
+  # the shape above. Leaving a body alone is always correct, only slower.
+
+  @switch :"Elixir.Causeway.Switch.On"
+  @raise {:"Elixir.Causeway.Instrument.Rewrite", :__raise__}
+  @tail :"$causeway_tail"
+
+  @doc false
+  # (never in the way of a compile: whatever goes wrong here, the module is
+  # compiled as Elixir made it)
+  def core_transform(module, _options) do
+    defs =
+      for {name, fun} <- :cerl.module_defs(module) do
+        {name, :cerl_trees.map(&dual/1, fun)}
+      end
+
+    :cerl.update_c_module(
+      module,
+      :cerl.module_name(module),
+      :cerl.module_exports(module),
+      :cerl.module_attrs(module),
+      defs
+    )
+  rescue
+    _ -> module
+  end
+
+  defp dual(node) do
+    with :let <- :cerl.type(node),
+         [call_id] <- :cerl.let_vars(node),
+         true <- switch_case?(:cerl.let_arg(node)),
+         {:ok, plain} <- plain(:cerl.let_body(node), :cerl.var_name(call_id)),
+         true <- liftless?(plain) do
+      on = :cerl.c_var(:causeway_on)
+
+      :cerl.ann_c_case(
+        [:compiler_generated],
+        :cerl.ann_c_call(
+          [:compiler_generated],
+          :cerl.c_atom(@switch),
+          :cerl.c_atom(:on?),
+          []
+        ),
+        [
+          :cerl.ann_c_clause([:compiler_generated], [:cerl.c_atom(false)], plain),
+          :cerl.ann_c_clause([:compiler_generated], [on], node)
+        ]
+      )
+    else
+      _ -> node
+    end
+  end
+
+  # The entry: `case Causeway.Switch.On:on?() of ...`.
+  defp switch_case?(arg) do
+    :cerl.type(arg) == :case and switch_call?(:cerl.case_arg(arg))
+  end
+
+  defp switch_call?(call) do
+    :cerl.type(call) == :call and atom?(:cerl.call_module(call), @switch) and
+      atom?(:cerl.call_name(call), :on?) and :cerl.call_args(call) == []
+  end
+
+  # After the entry: a wrapped `try` (no call in tail position), or a `let`
+  # of it and the `case` that makes the tail calls. Where the body cannot
+  # raise, the compiler has already removed the `try`: a `let` of the body
+  # itself, then the tail calls' `case` or the exit and the result.
+  defp plain(rest, call_id) do
+    case :cerl.type(rest) do
+      :try ->
+        if wrapper_try?(rest), do: no_tails(:cerl.try_arg(rest)), else: :error
+
+      :let ->
+        with [v] <- :cerl.let_vars(rest),
+             {:ok, body, tried} <- tried(:cerl.let_arg(rest), call_id) do
+          after_body(:cerl.let_body(rest), :cerl.var_name(v), body, tried, call_id)
+        else
+          _ -> :error
+        end
+
+      _ ->
+        :error
+    end
+  end
+
+  defp tried(arg, call_id) do
+    cond do
+      :cerl.type(arg) == :try ->
+        if wrapper_try?(arg), do: {:ok, :cerl.try_arg(arg), true}, else: :error
+
+      mentions?(arg, call_id) ->
+        :error
+
+      true ->
+        {:ok, arg, false}
+    end
+  end
+
+  defp after_body(next, v, body, tried, call_id) do
+    case :cerl.type(next) do
+      :case ->
+        with true <- var?(:cerl.case_arg(next), v),
+             {:ok, calls} <- tail_calls(:cerl.case_clauses(next), call_id) do
+          no_tails(:cerl_trees.map(&untail(&1, calls), body))
+        else
+          _ -> :error
+        end
+
+      # (with a `try`, a body without tail calls is the `try` itself)
+      :seq when not tried ->
+        if var?(:cerl.seq_body(next), v) and mentions?(:cerl.seq_arg(next), call_id),
+          do: no_tails(body),
+          else: :error
+
+      _ ->
+        :error
+    end
+  end
+
+  # The wrapper's catch re-raises through Rewrite.__raise__/3.
+  defp wrapper_try?(try) do
+    :cerl_trees.fold(&(&2 or raise_call?(&1)), false, :cerl.try_handler(try))
+  end
+
+  defp raise_call?(node) do
+    {mod, fun} = @raise
+
+    :cerl.type(node) == :call and atom?(:cerl.call_module(node), mod) and
+      atom?(:cerl.call_name(node), fun)
+  end
+
+  # Each tail clause `{'$causeway_tail', I, Vars...} -> do Exit Call`: I to
+  # {Vars, Call}; the last clause is the result's (`Result -> ...`).
+  defp tail_calls(clauses, call_id) do
+    {tails, [_result]} = Enum.split(clauses, -1)
+
+    Enum.reduce_while(tails, {:ok, %{}}, fn clause, {:ok, acc} ->
+      with [pat] <- :cerl.clause_pats(clause),
+           :tuple <- :cerl.type(pat),
+           [tag, i | vars] <- :cerl.tuple_es(pat),
+           true <- atom?(tag, @tail),
+           true <- :cerl.is_c_int(i),
+           true <- Enum.all?(vars, &(:cerl.type(&1) == :var)),
+           true <- atom?(:cerl.clause_guard(clause), true),
+           body <- :cerl.clause_body(clause),
+           :seq <- :cerl.type(body),
+           call <- :cerl.seq_body(body),
+           false <- mentions?(call, call_id) do
+        {:cont, {:ok, Map.put(acc, :cerl.int_val(i), {Enum.map(vars, &:cerl.var_name/1), call})}}
+      else
+        _ -> {:halt, :error}
+      end
+    end)
+  catch
+    _, _ -> :error
+  end
+
+  # `{'$causeway_tail', I, Args...}` back into the call it stands for.
+  defp untail(node, calls) do
+    with :tuple <- :cerl.type(node),
+         [tag, i | args] <- :cerl.tuple_es(node),
+         true <- atom?(tag, @tail),
+         true <- :cerl.is_c_int(i),
+         {:ok, {vars, call}} <- Map.fetch(calls, :cerl.int_val(i)),
+         true <- length(vars) == length(args) do
+      binding = Map.new(Enum.zip(vars, args))
+
+      :cerl_trees.map(
+        fn n ->
+          if :cerl.type(n) == :var, do: Map.get(binding, :cerl.var_name(n), n), else: n
+        end,
+        call
+      )
+    else
+      _ -> node
+    end
+  end
+
+  # a tail tuple left over means the shape was not the expected one
+  defp no_tails(body) do
+    if :cerl_trees.fold(&(&2 or tail_tuple?(&1)), false, body), do: :error, else: {:ok, body}
+  end
+
+  defp tail_tuple?(node) do
+    :cerl.type(node) == :tuple and
+      match?([tag | _] when is_tuple(tag), :cerl.tuple_es(node)) and
+      atom?(hd(:cerl.tuple_es(node)), @tail)
+  end
+
+  # No fun and no letrec (a comprehension): what the compiler would lift
+  # into a local function named after its place. The letrecs of `receive`
+  # (annotated `letrec_goto`) become jumps inside the function, not
+  # functions: their funs are not lifted and have no name.
+  defp liftless?(body) do
+    {funs, gotos, letrecs} =
+      :cerl_trees.fold(
+        fn node, {funs, gotos, letrecs} = acc ->
+          case :cerl.type(node) do
+            :fun ->
+              {funs + 1, gotos, letrecs}
+
+            :letrec ->
+              if :letrec_goto in :cerl.get_ann(node),
+                do: {funs, gotos + length(:cerl.letrec_defs(node)), letrecs},
+                else: {funs, gotos, letrecs + 1}
+
+            _ ->
+              acc
+          end
+        end,
+        {0, 0, 0},
+        body
+      )
+
+    letrecs == 0 and funs == gotos
+  end
+
+  defp mentions?(node, name) do
+    :cerl_trees.fold(
+      &(&2 or (:cerl.type(&1) == :var and :cerl.var_name(&1) == name)),
+      false,
+      node
+    )
+  end
+
+  defp var?(node, name), do: :cerl.type(node) == :var and :cerl.var_name(node) == name
+
+  defp atom?(node, atom), do: :cerl.is_c_atom(node) and :cerl.atom_val(node) == atom
+end
