@@ -59,7 +59,11 @@ defmodule Causeway.Instrument.Dual do
          true <- switch_case?(:cerl.let_arg(node)),
          {:ok, plain} <- plain(:cerl.let_body(node), :cerl.var_name(call_id)),
          true <- liftless?(plain) do
+      # the wrapped body's entry asks the switch's answer, not the switch again
       on = :cerl.c_var(:causeway_on)
+      entry = :cerl.let_arg(node)
+      entry = :cerl.update_c_case(entry, on, :cerl.case_clauses(entry))
+      wrapped = :cerl.update_c_let(node, :cerl.let_vars(node), entry, :cerl.let_body(node))
 
       :cerl.ann_c_case(
         [:compiler_generated],
@@ -71,7 +75,7 @@ defmodule Causeway.Instrument.Dual do
         ),
         [
           :cerl.ann_c_clause([:compiler_generated], [:cerl.c_atom(false)], plain),
-          :cerl.ann_c_clause([:compiler_generated], [on], node)
+          :cerl.ann_c_clause([:compiler_generated], [on], wrapped)
         ]
       )
     else
