@@ -734,6 +734,14 @@ defmodule Causeway.InstrumentDiffTest do
       def loop(0, acc), do: {acc, Process.info(self(), :catchlevel)}
       def loop(n, acc), do: loop(n - 1, [n | acc])
 
+      # bodies the compiler resolves (no try left): tail calls with no
+      # operands or only literal ones, and a value
+      def lit(x) when x > 0, do: level()
+      def lit(0), do: pair(1, :two)
+      def lit(_), do: :negative
+      def level, do: Process.info(self(), :catchlevel)
+      def pair(a, b), do: {a, b, Process.info(self(), :catchlevel)}
+
       # a receive loop (its receive is a jump inside the function)
       def serve(n) do
         receive do
@@ -756,7 +764,10 @@ defmodule Causeway.InstrumentDiffTest do
       {n, for(_ <- 1..2, do: receive(do: ({:catchlevel, l} -> l)))}
     end
 
-    calls = [{:depth, [50]}, {:count, [Enum.to_list(1..50)]}, {:loop, [1_000, []]}, serve]
+    calls =
+      [{:depth, [50]}, {:count, [Enum.to_list(1..50)]}, {:loop, [1_000, []]}, serve] ++
+        [{:lit, [1]}, {:lit, [0]}, {:lit, [-1]}]
+
     refute Causeway.Switch.On.on?()
     assert InstrumentDiff.run("OffCopy", source, calls) == []
 

@@ -102,6 +102,15 @@ defmodule Causeway.Instrument.Dual do
       :try ->
         if wrapper_try?(rest), do: no_tails(:cerl.try_arg(rest)), else: :error
 
+      # a body the compiler resolved entirely (a value, or a tail call whose
+      # operands are literals): the exit, then that
+      :seq ->
+        body = :cerl.seq_body(rest)
+
+        if exit?(:cerl.seq_arg(rest), call_id) and not mentions?(body, call_id),
+          do: no_tails(body),
+          else: :error
+
       :let ->
         with [v] <- :cerl.let_vars(rest),
              {:ok, body, tried} <- tried(:cerl.let_arg(rest), call_id) do
@@ -140,7 +149,7 @@ defmodule Causeway.Instrument.Dual do
 
       # (with a `try`, a body without tail calls is the `try` itself)
       :seq when not tried ->
-        if var?(:cerl.seq_body(next), v) and mentions?(:cerl.seq_arg(next), call_id),
+        if var?(:cerl.seq_body(next), v) and exit?(:cerl.seq_arg(next), call_id),
           do: no_tails(body),
           else: :error
 
@@ -168,8 +177,7 @@ defmodule Causeway.Instrument.Dual do
 
     Enum.reduce_while(tails, {:ok, %{}}, fn clause, {:ok, acc} ->
       with [pat] <- :cerl.clause_pats(clause),
-           :tuple <- :cerl.type(pat),
-           [tag, i | vars] <- :cerl.tuple_es(pat),
+           {:ok, [tag, i | vars]} <- tuple_es(pat),
            true <- atom?(tag, @tail),
            true <- :cerl.is_c_int(i),
            true <- Enum.all?(vars, &(:cerl.type(&1) == :var)),
@@ -189,8 +197,7 @@ defmodule Causeway.Instrument.Dual do
 
   # `{'$causeway_tail', I, Args...}` back into the call it stands for.
   defp untail(node, calls) do
-    with :tuple <- :cerl.type(node),
-         [tag, i | args] <- :cerl.tuple_es(node),
+    with {:ok, [tag, i | args]} <- tuple_es(node),
          true <- atom?(tag, @tail),
          true <- :cerl.is_c_int(i),
          {:ok, {vars, call}} <- Map.fetch(calls, :cerl.int_val(i)),
@@ -214,9 +221,26 @@ defmodule Causeway.Instrument.Dual do
   end
 
   defp tail_tuple?(node) do
-    :cerl.type(node) == :tuple and
-      match?([tag | _] when is_tuple(tag), :cerl.tuple_es(node)) and
-      atom?(hd(:cerl.tuple_es(node)), @tail)
+    match?({:ok, [_ | _]}, tuple_es(node)) and atom?(hd(elem(tuple_es(node), 1)), @tail)
+  end
+
+  # a tuple's elements, whether it is built (`{'$causeway_tail', 1, X}`) or
+  # a literal (`{'$causeway_tail', 1}`: a tail call whose operands are all
+  # literals)
+  defp tuple_es(node) do
+    case :cerl.type(node) do
+      :tuple ->
+        {:ok, :cerl.tuple_es(node)}
+
+      :literal ->
+        case :cerl.concrete(node) do
+          t when is_tuple(t) -> {:ok, t |> Tuple.to_list() |> Enum.map(&:cerl.abstract/1)}
+          _ -> :error
+        end
+
+      _ ->
+        :error
+    end
   end
 
   # No fun and no letrec (a comprehension): what the compiler would lift
@@ -246,6 +270,9 @@ defmodule Causeway.Instrument.Dual do
 
     letrecs == 0 and funs == gotos
   end
+
+  # the exit's report: `case CallId of ...` (`if call_id, do: ...`)
+  defp exit?(node, call_id), do: :cerl.type(node) == :case and var?(:cerl.case_arg(node), call_id)
 
   defp mentions?(node, name) do
     :cerl_trees.fold(
