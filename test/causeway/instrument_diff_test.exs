@@ -725,6 +725,7 @@ defmodule Causeway.InstrumentDiffTest do
     # does not build the tail tuples either
     source = """
     defmodule @@M@@ do
+      @@I@@
       def depth(0), do: [Process.info(self(), :catchlevel)]
       def depth(n), do: [n | depth(n - 1)]
 
@@ -758,6 +759,29 @@ defmodule Causeway.InstrumentDiffTest do
     end
     """
 
+    server = """
+    defmodule @@M@@.Server do
+      @@I@@
+      use GenServer
+      def init(n), do: {:ok, n}
+      def handle_call(:level, _from, n), do: {:reply, Process.info(self(), :catchlevel), n + 1}
+      def handle_cast(:bump, n), do: {:noreply, n + 1}
+      def handle_info(:bump, n), do: {:noreply, n + 1}
+    end
+    """
+
+    source = source <> server
+
+    # a GenServer's callbacks: with no instance, no report of the message,
+    # no try around the callback
+    genserver = fn m ->
+      {:ok, pid} = GenServer.start(Module.concat(m, Server), 0)
+      GenServer.cast(pid, :bump)
+      send(pid, :bump)
+      level = GenServer.call(pid, :level)
+      {level, :sys.get_state(pid)}
+    end
+
     serve = fn m ->
       for msg <- [{:level, self()}, {:level, self()}, :stop], do: send(self(), msg)
       n = m.serve(0)
@@ -765,7 +789,7 @@ defmodule Causeway.InstrumentDiffTest do
     end
 
     calls =
-      [{:depth, [50]}, {:count, [Enum.to_list(1..50)]}, {:loop, [1_000, []]}, serve] ++
+      [{:depth, [50]}, {:count, [Enum.to_list(1..50)]}, {:loop, [1_000, []]}, serve, genserver] ++
         [{:lit, [1]}, {:lit, [0]}, {:lit, [-1]}]
 
     refute Causeway.Switch.On.on?()

@@ -32,6 +32,11 @@ defmodule Causeway.Instrument.Dual do
   @switch :"Elixir.Causeway.Switch.On"
   @raise {:"Elixir.Causeway.Instrument.Rewrite", :__raise__}
   @tail :"$causeway_tail"
+  @receive {:"Elixir.Causeway.Runtime", :message_receive}
+  @handled {:"Elixir.Causeway.Runtime", :message_handled}
+  @caller {:"Elixir.Causeway.Instrument.Otp", :__caller__}
+  @reports for f <- [:__report_state__, :__statem_init__, :__statem_result__],
+               do: {:"Elixir.Causeway.Instrument.Otp", f}
 
   @doc false
   # (never in the way of a compile: whatever goes wrong here, the module is
@@ -54,7 +59,15 @@ defmodule Causeway.Instrument.Dual do
   end
 
   defp dual(node) do
-    with :let <- :cerl.type(node),
+    case :cerl.type(node) do
+      :let -> entry(node)
+      :seq -> received(node)
+      _ -> node
+    end
+  end
+
+  defp entry(node) do
+    with [call_id] <- :cerl.let_vars(node),
          [call_id] <- :cerl.let_vars(node),
          true <- switch_case?(:cerl.let_arg(node)),
          {:ok, plain} <- plain(:cerl.let_body(node), :cerl.var_name(call_id)),
@@ -65,22 +78,78 @@ defmodule Causeway.Instrument.Dual do
       entry = :cerl.update_c_case(entry, on, :cerl.case_clauses(entry))
       wrapped = :cerl.update_c_let(node, :cerl.let_vars(node), entry, :cerl.let_body(node))
 
-      :cerl.ann_c_case(
-        [:compiler_generated],
-        :cerl.ann_c_call(
-          [:compiler_generated],
-          :cerl.c_atom(@switch),
-          :cerl.c_atom(:on?),
-          []
-        ),
-        [
-          :cerl.ann_c_clause([:compiler_generated], [:cerl.c_atom(false)], plain),
-          :cerl.ann_c_clause([:compiler_generated], [on], wrapped)
-        ]
-      )
+      dispatch(plain, on, wrapped)
     else
       _ -> node
     end
+  end
+
+  defp dispatch(plain, on, wrapped) do
+    :cerl.ann_c_case(
+      [:causeway_dual, :compiler_generated],
+      :cerl.ann_c_call([:compiler_generated], :cerl.c_atom(@switch), :cerl.c_atom(:on?), []),
+      [
+        :cerl.ann_c_clause([:compiler_generated], [:cerl.c_atom(false)], plain),
+        :cerl.ann_c_clause([:compiler_generated], [on], wrapped)
+      ]
+    )
+  end
+
+  # A GenServer callback that handles a message (Otp's `received/2`):
+  #
+  #     do Runtime:message_receive(...)
+  #        try <the dispatch made above> of V -> do Runtime:message_handled() V
+  #        catch ... -> do Runtime:message_handled() raise
+  #
+  # The dispatch moves out, over the report of the message: with nothing
+  # recording, the callback is its plain body alone.
+  defp received(node) do
+    report = :cerl.seq_arg(node)
+    try = :cerl.seq_body(node)
+
+    with :try <- :cerl.type(try),
+         true <- only_calls?(report, [@receive, @caller]) and calls?(report, @receive),
+         true <- calls?(:cerl.try_handler(try), @handled),
+         inner <- :cerl.try_arg(try),
+         true <- :cerl.type(inner) == :case and :causeway_dual in :cerl.get_ann(inner),
+         [off, on] <- :cerl.case_clauses(inner),
+         [on_var] <- :cerl.clause_pats(on) do
+      wrapped =
+        :cerl.update_c_seq(
+          node,
+          report,
+          :cerl.update_c_try(
+            try,
+            :cerl.clause_body(on),
+            :cerl.try_vars(try),
+            :cerl.try_body(try),
+            :cerl.try_evars(try),
+            :cerl.try_handler(try)
+          )
+        )
+
+      dispatch(:cerl.clause_body(off), on_var, wrapped)
+    else
+      _ -> node
+    end
+  end
+
+  # whether `node` calls `{m, f}`, and whether every call it makes is one of `mfs`
+  defp calls?(node, mf), do: :cerl_trees.fold(&(&2 or call_of?(&1, mf)), false, node)
+
+  defp only_calls?(node, mfs) do
+    :cerl_trees.fold(
+      fn n, acc ->
+        acc and (:cerl.type(n) not in [:call, :apply] or Enum.any?(mfs, &call_of?(n, &1)))
+      end,
+      true,
+      node
+    )
+  end
+
+  defp call_of?(node, {m, f}) do
+    :cerl.type(node) == :call and atom?(:cerl.call_module(node), m) and
+      atom?(:cerl.call_name(node), f)
   end
 
   # The entry: `case Causeway.Switch.On:on?() of ...`.
@@ -149,9 +218,7 @@ defmodule Causeway.Instrument.Dual do
 
       # (with a `try`, a body without tail calls is the `try` itself)
       :seq when not tried ->
-        if var?(:cerl.seq_body(next), v) and exit?(:cerl.seq_arg(next), call_id),
-          do: no_tails(body),
-          else: :error
+        if reports_then?(next, v, call_id), do: no_tails(body), else: :error
 
       _ ->
         :error
@@ -163,12 +230,7 @@ defmodule Causeway.Instrument.Dual do
     :cerl_trees.fold(&(&2 or raise_call?(&1)), false, :cerl.try_handler(try))
   end
 
-  defp raise_call?(node) do
-    {mod, fun} = @raise
-
-    :cerl.type(node) == :call and atom?(:cerl.call_module(node), mod) and
-      atom?(:cerl.call_name(node), fun)
-  end
+  defp raise_call?(node), do: call_of?(node, @raise)
 
   # Each tail clause `{'$causeway_tail', I, Vars...} -> do Exit Call`: I to
   # {Vars, Call}; the last clause is the result's (`Result -> ...`).
@@ -270,6 +332,26 @@ defmodule Causeway.Instrument.Dual do
 
     letrecs == 0 and funs == gotos
   end
+
+  # The reports after a body (a state callback's state, the exit), then its
+  # value `v`.
+  defp reports_then?(node, v, call_id) do
+    case :cerl.type(node) do
+      :seq ->
+        arg = :cerl.seq_arg(node)
+
+        (exit?(arg, call_id) or (only_calls?(arg, @reports) and calls_any?(arg, @reports))) and
+          reports_then?(:cerl.seq_body(node), v, call_id)
+
+      :var ->
+        :cerl.var_name(node) == v
+
+      _ ->
+        false
+    end
+  end
+
+  defp calls_any?(node, mfs), do: Enum.any?(mfs, &calls?(node, &1))
 
   # the exit's report: `case CallId of ...` (`if call_id, do: ...`)
   defp exit?(node, call_id), do: :cerl.type(node) == :case and var?(:cerl.case_arg(node), call_id)
