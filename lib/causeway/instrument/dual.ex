@@ -19,8 +19,16 @@ defmodule Causeway.Instrument.Dual do
   # so that with no instance running an instrumented function costs a remote
   # call of a constant function over the plain one: no `try`, no tail tuple,
   # no checks of a call id. `Body` is the plain body exactly (its lines, its
-  # tail calls as tail calls): the stack traces, stack depth and exceptions of
-  # that branch are those of the uninstrumented module.
+  # tail calls as tail calls): the stack traces, catch level and exceptions
+  # of that branch are those of the uninstrumented module. (The function's
+  # stack frame is allocated before the switch is asked, once for both
+  # branches: a frame can be a few words bigger than the plain one's.)
+  #
+  # Where the body cannot raise, the compiler has removed the `try` before
+  # this runs (the body's value, then the reports); a GenServer callback
+  # that handles a message has the message's report and a `try ... after`
+  # around all this, and the switch is then asked before them (see
+  # `received/1`).
   #
   # A body that defines a fun or a local function (a `fn`, a capture, a
   # comprehension: anything the compiler lifts into a named local function,
