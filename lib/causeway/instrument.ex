@@ -120,7 +120,9 @@ defmodule Causeway.Instrument do
   lifts those into local functions numbered in order, `-f/1-fun-0-`, and a
   second copy would renumber them) is not copied: with no instance it
   still runs wrapped, which costs the switch's call, a `try` and, for a
-  call in tail position, a small tuple more than the plain one. The
+  call in tail position, a small tuple more than the plain one. GenServer
+  callbacks that handle a message are copied too (with no instance, no
+  `message_receive` is reported and no `try` is entered). The
   function's stack frame is shared by both copies, so a frame of a
   non-tail recursion can be a few words bigger than the plain one's.
   """

@@ -76,7 +76,6 @@ defmodule Causeway.Instrument.Dual do
 
   defp entry(node) do
     with [call_id] <- :cerl.let_vars(node),
-         [call_id] <- :cerl.let_vars(node),
          true <- switch_case?(:cerl.let_arg(node)),
          {:ok, plain} <- plain(:cerl.let_body(node), :cerl.var_name(call_id)),
          true <- liftless?(plain) do
