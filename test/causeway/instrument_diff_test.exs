@@ -768,6 +768,18 @@ defmodule Causeway.InstrumentDiffTest do
       def handle_cast(:bump, n), do: {:noreply, n + 1}
       def handle_info(:bump, n), do: {:noreply, n + 1}
     end
+
+    defmodule @@M@@.Machine do
+      @@I@@
+      @behaviour :gen_statem
+      def callback_mode, do: :handle_event_function
+      def init(n), do: {:ok, :idle, n}
+
+      def handle_event({:call, from}, :level, state, n),
+        do: {:next_state, state, n + 1, [{:reply, from, Process.info(self(), :catchlevel)}]}
+
+      def handle_event(:cast, :bump, _state, n), do: {:next_state, :busy, n + 1}
+    end
     """
 
     source = source <> server
@@ -782,6 +794,13 @@ defmodule Causeway.InstrumentDiffTest do
       {level, :sys.get_state(pid)}
     end
 
+    statem = fn m ->
+      {:ok, pid} = :gen_statem.start(Module.concat(m, Machine), 0, [])
+      :gen_statem.cast(pid, :bump)
+      level = :gen_statem.call(pid, :level)
+      {level, :sys.get_state(pid)}
+    end
+
     serve = fn m ->
       for msg <- [{:level, self()}, {:level, self()}, :stop], do: send(self(), msg)
       n = m.serve(0)
@@ -789,7 +808,14 @@ defmodule Causeway.InstrumentDiffTest do
     end
 
     calls =
-      [{:depth, [50]}, {:count, [Enum.to_list(1..50)]}, {:loop, [1_000, []]}, serve, genserver] ++
+      [
+        {:depth, [50]},
+        {:count, [Enum.to_list(1..50)]},
+        {:loop, [1_000, []]},
+        serve,
+        genserver,
+        statem
+      ] ++
         [{:lit, [1]}, {:lit, [0]}, {:lit, [-1]}]
 
     refute Causeway.Switch.On.on?()

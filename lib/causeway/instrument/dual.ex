@@ -43,6 +43,7 @@ defmodule Causeway.Instrument.Dual do
   @receive {:"Elixir.Causeway.Runtime", :message_receive}
   @handled {:"Elixir.Causeway.Runtime", :message_handled}
   @caller {:"Elixir.Causeway.Instrument.Otp", :__caller__}
+  @statem_event {:"Elixir.Causeway.Instrument.Otp", :__statem_event__}
   @reports for f <- [:__report_state__, :__statem_init__, :__statem_result__],
                do: {:"Elixir.Causeway.Instrument.Otp", f}
 
@@ -102,9 +103,10 @@ defmodule Causeway.Instrument.Dual do
     )
   end
 
-  # A GenServer callback that handles a message (Otp's `received/2`):
+  # A GenServer callback that handles a message, or a gen_statem's
+  # `handle_event/4` (Otp's `received/2`):
   #
-  #     do Runtime:message_receive(...)
+  #     do Runtime:message_receive(...)    (Otp:__statem_event__(...))
   #        try <the dispatch made above> of V -> do Runtime:message_handled() V
   #        catch ... -> do Runtime:message_handled() raise
   #
@@ -115,7 +117,8 @@ defmodule Causeway.Instrument.Dual do
     try = :cerl.seq_body(node)
 
     with :try <- :cerl.type(try),
-         true <- only_calls?(report, [@receive, @caller]) and calls?(report, @receive),
+         true <- only_calls?(report, [@receive, @caller, @statem_event]),
+         true <- calls?(report, @receive) or calls?(report, @statem_event),
          true <- calls?(:cerl.try_handler(try), @handled),
          inner <- :cerl.try_arg(try),
          true <- :cerl.type(inner) == :case and :causeway_dual in :cerl.get_ann(inner),
