@@ -118,7 +118,7 @@ defmodule Causeway.Instrument.Dual do
 
     with :try <- :cerl.type(try),
          true <- only_calls?(report, [@receive, @caller, @statem_event]),
-         true <- calls?(report, @receive) or calls?(report, @statem_event),
+         true <- calls_any?(report, [@receive, @statem_event]),
          true <- calls?(:cerl.try_handler(try), @handled),
          inner <- :cerl.try_arg(try),
          true <- :cerl.type(inner) == :case and :causeway_dual in :cerl.get_ann(inner),
@@ -167,10 +167,7 @@ defmodule Causeway.Instrument.Dual do
     :cerl.type(arg) == :case and switch_call?(:cerl.case_arg(arg))
   end
 
-  defp switch_call?(call) do
-    :cerl.type(call) == :call and atom?(:cerl.call_module(call), @switch) and
-      atom?(:cerl.call_name(call), :on?) and :cerl.call_args(call) == []
-  end
+  defp switch_call?(call), do: call_of?(call, {@switch, :on?}) and :cerl.call_args(call) == []
 
   # After the entry: a wrapped `try` (no call in tail position), or a `let`
   # of it and the `case` that makes the tail calls. Where the body cannot
@@ -237,14 +234,12 @@ defmodule Causeway.Instrument.Dual do
 
   # The wrapper's catch re-raises through Rewrite.__raise__/3.
   defp wrapper_try?(try) do
-    :cerl_trees.fold(&(&2 or raise_call?(&1)), false, :cerl.try_handler(try))
+    calls?(:cerl.try_handler(try), @raise)
   end
-
-  defp raise_call?(node), do: call_of?(node, @raise)
 
   # Each tail clause `{'$causeway_tail', I, Vars...} -> do Exit Call`: I to
   # {Vars, Call}; the last clause is the result's (`Result -> ...`).
-  defp tail_calls(clauses, call_id) do
+  defp tail_calls([_ | _] = clauses, call_id) do
     {tails, [_result]} = Enum.split(clauses, -1)
 
     Enum.reduce_while(tails, {:ok, %{}}, fn clause, {:ok, acc} ->
@@ -263,9 +258,9 @@ defmodule Causeway.Instrument.Dual do
         _ -> {:halt, :error}
       end
     end)
-  catch
-    _, _ -> :error
   end
+
+  defp tail_calls([], _call_id), do: :error
 
   # `{'$causeway_tail', I, Args...}` back into the call it stands for.
   defp untail(node, calls) do
@@ -293,7 +288,10 @@ defmodule Causeway.Instrument.Dual do
   end
 
   defp tail_tuple?(node) do
-    match?({:ok, [_ | _]}, tuple_es(node)) and atom?(hd(elem(tuple_es(node), 1)), @tail)
+    case tuple_es(node) do
+      {:ok, [tag | _]} -> atom?(tag, @tail)
+      _ -> false
+    end
   end
 
   # a tuple's elements, whether it is built (`{'$causeway_tail', 1, X}`) or
