@@ -121,8 +121,9 @@ defmodule Causeway.Instrument do
   second copy would renumber them) is not copied: with no instance it
   still runs wrapped, which costs the switch's call, a `try` and, for a
   call in tail position, a small tuple more than the plain one. GenServer
-  callbacks that handle a message are copied too (with no instance, no
-  `message_receive` is reported and no `try` is entered). The
+  callbacks that handle a message and a `:gen_statem`'s `handle_event/4`
+  are copied too (with no instance, no `message_receive` is reported and no
+  `try` is entered); `:gen_statem` state functions are not. The
   function's stack frame is shared by both copies, so a frame of a
   non-tail recursion can be a few words bigger than the plain one's.
   """
