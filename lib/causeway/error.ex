@@ -11,7 +11,9 @@ defmodule Causeway.Error do
       deleted SST, a damaged MANIFEST, a write-ahead log that lost flushed
       events); the message names the file
     * `:busy` — a directory another writer holds (another VM, or another
-      instance in this one): open it with `read_only: true` instead
+      instance in this one, under any path that names the directory: a
+      symlink or a bind mount is the same directory): open it with
+      `read_only: true` instead
     * `:storage` — storage that fails (a full disk, I/O errors), also what
       `Causeway.flush/0` returns while the store is failing
     * `:not_running` — no Causeway instance of that name (or the name is
@@ -50,7 +52,10 @@ defmodule Causeway.Error do
     resumes by itself. RocksDB's info logs are bounded (3 files of 1 MiB,
     warnings only) and its write-ahead log to 64 MiB, so a store does not
     fill the freed space itself.
-  * **A directory another writer holds** is `:busy`. A read-only open next
+  * **A directory another writer holds** is `:busy`. Within one VM the
+    directory is told by its device and inode, not by the path it was
+    named by: RocksDB's own check compares lock file names, and two writers
+    on one directory delete each other's files. A read-only open next
     to a live writer retries (up to 5 s) the states in which the writer has
     just replaced a file, and never reports them as corruption; a
     read-only store sees what existed when it opened, until

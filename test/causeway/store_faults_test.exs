@@ -297,6 +297,39 @@ defmodule Causeway.StoreFaultsTest do
              Causeway.start_link(dir: manifest_cut, name: :damaged)
   end
 
+  test "a second writer on a directory under another name (a symlink) is :busy, and the store reopens with every flushed event" do
+    # RocksDB's in-process lock compares LOCK file names: before writers
+    # claimed directories by inode, this second instance started, the two
+    # deleted each other's table files, and the store no longer opened
+    dir = tmp_dir!("alias")
+    File.mkdir_p!(dir)
+    link = dir <> "-link"
+    File.ln_s!(dir, link)
+    on_exit(fn -> File.rm(link) end)
+
+    {:ok, _} = Causeway.start_link(dir: dir)
+    for i <- 1..1_000, do: Causeway.Runtime.state_change(:alias, i)
+    :ok = Causeway.flush()
+
+    assert {:error, %Causeway.Error{kind: :busy, message: m}} =
+             Causeway.start_link(dir: link, name: :causeway_alias)
+
+    assert m =~ "the same directory"
+    refute Process.whereis(:causeway_alias)
+    assert {:error, %Causeway.Error{kind: :busy}} = Causeway.open(link, read_only: false)
+    # a reader under any name is welcome
+    assert {:ok, r} = Causeway.open(link, read_only: true)
+    Causeway.close(r)
+
+    for i <- 1_001..2_000, do: Causeway.Runtime.state_change(:alias, i)
+    :ok = Causeway.flush()
+    :ok = Causeway.stop()
+
+    assert {:ok, _} = Causeway.start_link(dir: link)
+    assert length(Causeway.events(type: :state_change, limit: :infinity)) == 2_000
+    :ok = Causeway.stop()
+  end
+
   # ------------------------------------------------------------ a second VM
 
   defp spawn_vm(script) do

@@ -29,6 +29,10 @@ defmodule Causeway.ApiFuzz do
     tmp = Path.join(Path.dirname(dir), "fuzz-files")
     File.mkdir_p!(tmp)
     File.cd!(tmp)
+    # the store under another name: a second writer through it must be refused
+    alias_dir = Path.join(tmp, "store-link")
+    _ = File.rm(alias_dir)
+    :ok = File.ln_s(dir, alias_dir)
 
     {:ok, pid} = Causeway.start_link(dir: dir)
     Process.unlink(pid)
@@ -36,6 +40,7 @@ defmodule Causeway.ApiFuzz do
 
     st = %{
       dir: dir,
+      alias: alias_dir,
       tmp: tmp,
       stores: [],
       sessions: [],
@@ -190,7 +195,11 @@ defmodule Causeway.ApiFuzz do
     ids = st.ids
     stores = st.stores
     sessions = st.sessions
-    name = fn -> Nasty.arg([Causeway, Causeway, :not_an_instance, :global_name_server]) end
+
+    name = fn ->
+      Nasty.arg([Causeway, Causeway, :fuzz_instance, :not_an_instance, :global_name_server])
+    end
+
     file = fn ext -> Nasty.arg([Path.join(st.tmp, "out#{ext}")]) end
     id = fn -> Nasty.arg(ids) end
     pid = fn -> Nasty.arg(pids) end
@@ -213,7 +222,7 @@ defmodule Causeway.ApiFuzz do
 
     start_opts =
       [
-        dir: Nasty.arg([st.dir, Path.join(st.tmp, "other-store")]),
+        dir: Nasty.arg([st.dir, st.alias, Path.join(st.tmp, "other-store")]),
         name: Nasty.arg([Causeway, :fuzz_instance]),
         ring_size: Nasty.arg([1_024, 65_536, 2 ** 24, 3]),
         shards: Nasty.arg([1, 2, 64]),
@@ -237,6 +246,18 @@ defmodule Causeway.ApiFuzz do
       {:start_link,
        fn ->
          case Causeway.start_link(Nasty.opts(start_opts)) do
+           {:ok, p} ->
+             Process.unlink(p)
+             {:ok, p}
+
+           other ->
+             other
+         end
+       end},
+      # a second writer on the store, under its other name or its own
+      {:second_writer,
+       fn ->
+         case Causeway.start_link(dir: Nasty.arg([st.alias, st.dir]), name: :fuzz_instance) do
            {:ok, p} ->
              Process.unlink(p)
              {:ok, p}
@@ -272,7 +293,7 @@ defmodule Causeway.ApiFuzz do
       {:open,
        fn ->
          Causeway.open(
-           Nasty.arg([st.dir, Path.join(st.tmp, "missing")]),
+           Nasty.arg([st.dir, st.alias, Path.join(st.tmp, "missing")]),
            Nasty.opts(read_only: true, read_only: false)
          )
        end},

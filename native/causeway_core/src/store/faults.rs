@@ -379,6 +379,46 @@ mod tests {
     }
 
     #[test]
+    fn store_open_for_writing_under_another_name_is_busy_and_reopens_with_everything() {
+        // a symlink and /proc/self/root/… are other names for one directory.
+        // RocksDB's in-process lock check compares names, so before writers
+        // claimed directories by inode both opens succeeded; each writer then
+        // deleted the other's table files as obsolete, and the next open
+        // failed: "Corruption: … 0000NN.sst: No such file or directory"
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("store");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let via_proc = PathBuf::from(format!("/proc/self/root{}", real.display()));
+        {
+            let s = Store::open(&real, StoreOptions::default()).unwrap();
+            write_events(&s, 1, 5_000);
+            s.flush_all().unwrap();
+            for alias in [&link, &via_proc] {
+                let e = Store::open(alias, StoreOptions::default())
+                    .err()
+                    .expect("a second writer was refused");
+                assert_eq!(e.kind(), "busy", "{}: {e}", alias.display());
+                assert!(e.to_string().contains("the same directory"), "{e}");
+            }
+            // a reader under another name is welcome
+            assert_eq!(count(&Store::open(&link, ro()).unwrap()), 5_000);
+            write_events(&s, 5_001, 5_000);
+            s.flush_all().unwrap();
+            s.compact_all().unwrap();
+        }
+        let s = Store::open(&link, StoreOptions::default()).unwrap();
+        assert_eq!(count(&s), 10_000);
+        // and, closed, under its first name
+        drop(s);
+        assert_eq!(
+            count(&Store::open(&real, StoreOptions::default()).unwrap()),
+            10_000
+        );
+    }
+
+    #[test]
     fn store_emptied_by_retention_after_a_flush_is_not_called_corrupt() {
         let dir = tempfile::tempdir().unwrap();
         {

@@ -57,6 +57,7 @@ const APP_NAME: &[u8] = b"causeway";
 
 #[cfg(test)]
 mod cache_tests;
+mod claim;
 mod codec;
 pub mod faults;
 mod incidents;
@@ -127,6 +128,9 @@ pub struct Store {
     /// Retention deleted every event below this id.
     floor: std::sync::atomic::AtomicU64,
     recovery_note: Option<String>,
+    /// A writer's claim on its directory (see `claim`): declared after `db`,
+    /// so it is released only once the database is closed.
+    claim: Option<claim::WriterClaim>,
     /// Test hook: runs between a retention chunk's scan and its deletes.
     #[cfg(test)]
     after_scan: std::sync::Mutex<Option<Box<dyn FnMut() + Send>>>,
@@ -189,12 +193,15 @@ impl Store {
             std::fs::write(&probe, b"")
                 .map_err(|e| path_error(&path, format!("not writable: {e}")))?;
             let _ = std::fs::remove_file(&probe);
-            return Store::attempt(
+            let claim = claim::claim(&path)?;
+            let mut store = Store::attempt(
                 &path,
                 &opts,
                 false,
                 rocksdb::DBRecoveryMode::AbsoluteConsistency,
-            );
+            )?;
+            store.claim = Some(claim);
+            return Ok(store);
         }
         if opts.read_only {
             Store::open_read_only(&path, &opts)
@@ -246,6 +253,9 @@ impl Store {
         };
         let other_writer =
             || store_faults::lock_holder(path).is_some_and(|pid| pid != std::process::id());
+        // a writer of this process, under this name or another (a symlink,
+        // a bind mount): RocksDB's in-process check compares names only
+        let claim = claim::claim(path)?;
         if other_writer() {
             return Err(busy(""));
         }
@@ -256,8 +266,9 @@ impl Store {
             true,
             rocksdb::DBRecoveryMode::AbsoluteConsistency,
         ) {
-            Ok(s) => {
+            Ok(mut s) => {
                 s.check_mark(mark)?;
+                s.claim = Some(claim);
                 Ok(s)
             }
             // a writer that came meanwhile: no recovery probe of a live store
@@ -280,6 +291,7 @@ impl Store {
                      last flush ({first}); the store was recovered up to event {newest}, \
                      and what was captured after it and never flushed is lost"
                 ));
+                s.claim = Some(claim);
                 Ok(s)
             }
             Err(e) => Err(e),
@@ -354,6 +366,7 @@ impl Store {
             marked: std::sync::Mutex::new(0),
             floor: std::sync::atomic::AtomicU64::new(0),
             recovery_note: None,
+            claim: None,
             #[cfg(test)]
             after_scan: std::sync::Mutex::new(None),
         };
