@@ -37,9 +37,8 @@ pub fn claim(dir: &Path) -> Result<WriterClaim> {
         reason: e.to_string(),
     })?;
     let key = (md.dev(), md.ino());
-    let mut claims = CLAIMS
-        .lock()
-        .map_err(|_| Error::Corrupt("the store claim registry".into()))?;
+    // (a panic cannot leave the map half-changed: a poisoned lock is taken as it is)
+    let mut claims = CLAIMS.lock().unwrap_or_else(|p| p.into_inner());
     let claims = claims.get_or_insert_with(HashMap::new);
     if let Some(holder) = claims.get(&key) {
         return Err(Error::Busy(if holder.as_path() == dir {
@@ -58,10 +57,9 @@ pub fn claim(dir: &Path) -> Result<WriterClaim> {
 
 impl Drop for WriterClaim {
     fn drop(&mut self) {
-        if let Ok(mut claims) = CLAIMS.lock() {
-            if let Some(c) = claims.as_mut() {
-                c.remove(&self.key);
-            }
+        let mut claims = CLAIMS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = claims.as_mut() {
+            c.remove(&self.key);
         }
     }
 }
