@@ -19,6 +19,7 @@ pub mod correlator;
 pub mod error;
 pub mod etf;
 pub mod event;
+pub mod exit_guard;
 pub mod fasthash;
 mod fuzz_corpus;
 pub mod heap;

@@ -350,6 +350,8 @@ impl Store {
             DB::open_cf_descriptors(&db_opts, path, cfs)
         }
         .map_err(|e| store_faults::classify_open(path, e))?;
+        // RocksDB's statics exist now: end the process before they are destroyed
+        crate::exit_guard::install();
 
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(opts.sync_writes);
