@@ -1,6 +1,15 @@
 //! The on-disk event codec: `DiskEvent` (a MessagePack array written with
 //! `rmp_serde`), its fast reader for the hot path, and decoding back to a
 //! `StoredEvent`.
+//!
+//! Two encodings of an event, told apart by its `kind` byte, so a store of
+//! schema version 1 opens as it is and its old events read on beside new
+//! ones:
+//! - version 1 (`kind` 0–15): `call_id` and `parent_id` as they are;
+//! - version 2 (`kind` 16–31, the type + `KIND_V2`): both relative to the
+//!   event's own id (`id_back`): an entry's call id is its own id, an
+//!   exit's and a callee's the entry just before, so they take a byte or
+//!   three instead of nine.
 
 use super::*;
 
@@ -34,6 +43,30 @@ pub struct DiskEvent<'a> {
     #[serde(serialize_with = "cow_bytes", deserialize_with = "cow_bytes_owned")]
     pub(super) data: std::borrow::Cow<'a, [u8]>,
     pub(super) source: u8,
+}
+
+/// Added to the event type in `DiskEvent::kind` by the version-2 encoding.
+pub(super) const KIND_V2: u8 = 16;
+
+/// `other` (an id the event refers to: its call, its parent; 0 for none)
+/// written relative to the event's `id`: 0 for none, 1 for `id` itself,
+/// `id − other + 1` for an earlier id. A bijection of `u64` for every `id`
+/// (the one value that would wrap to 0, `id + 1`, is written as itself).
+pub(super) fn id_back(id: u64, other: u64) -> u64 {
+    match other {
+        0 => 0,
+        o if o == id.wrapping_add(1) => o,
+        o => id.wrapping_sub(o).wrapping_add(1),
+    }
+}
+
+/// The inverse of `id_back`.
+pub(super) fn id_forward(id: u64, back: u64) -> u64 {
+    match back {
+        0 => 0,
+        b if b == id.wrapping_add(1) => b,
+        b => id.wrapping_sub(b.wrapping_sub(1)),
+    }
 }
 
 #[allow(clippy::ptr_arg)] // serde's `serialize_with` hands over `&FieldType`
@@ -196,8 +229,17 @@ impl Store {
             .names
             .read()
             .map_err(|_| Error::Corrupt("name table lock".into()))?;
-        let kind = EventType::from_u8(d.kind)
+        let (kind, relative) = match d.kind.checked_sub(KIND_V2) {
+            Some(k) if k < KIND_V2 => (k, true),
+            _ => (d.kind, false),
+        };
+        let kind = EventType::from_u8(kind)
             .ok_or_else(|| Error::Corrupt(format!("event {id}: unknown type {}", d.kind)))?;
+        let (call_id, parent_id) = if relative {
+            (id_forward(id, d.call_id), id_forward(id, d.parent_id))
+        } else {
+            (d.call_id, d.parent_id)
+        };
         let wall_ns = (id_to_wall_ns(id) as i64).wrapping_add(d.wall_delta);
         Ok(StoredEvent {
             id,
@@ -205,8 +247,8 @@ impl Store {
             mono_ns: wall_ns.wrapping_sub(d.mono_offset),
             wall_ns,
             pid: self.pid_of(d.pid, &names),
-            call_id: d.call_id,
-            parent_id: d.parent_id,
+            call_id,
+            parent_id,
             parent_link: LinkKind::from_u8(d.parent_link),
             module: names.shared(d.module).cloned(),
             function: names.shared(d.function).cloned(),
@@ -277,6 +319,26 @@ mod tests {
             DiskEvent {
                 kind, wall_delta, mono_offset, pid, call_id, parent_id, parent_link,
                 module, function, arity, peer, data: Cow::Owned(data), source,
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2_000))]
+        #[test]
+        fn ids_relative_to_the_event_round_trip_and_stay_small(
+            id in edge_u64(),
+            other in edge_u64(),
+            near in 0u64..1_000_000,
+        ) {
+            use super::{id_back, id_forward};
+            prop_assert_eq!(id_forward(id, id_back(id, other)), other);
+            prop_assert_eq!(id_forward(id, id_back(id, id)), id);
+            prop_assert_eq!(id_forward(id, id_back(id, id.wrapping_add(1))), id.wrapping_add(1));
+            prop_assert_eq!(id_back(id, 0), 0);
+            if id > near {
+                // an earlier id nearby: a small number, whatever the ids
+                prop_assert_eq!(id_back(id, id - near), near + 1);
             }
         }
     }

@@ -37,7 +37,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::RwLock;
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version 2 writes events with their call and parent ids relative to the
+/// event's id (see `codec`); a version-1 store opens, its events read as
+/// they are, and a writable open marks it version 2 (an older Causeway
+/// then refuses it instead of misreading the new events).
+pub const SCHEMA_VERSION: u32 = 2;
+/// The oldest schema version this Causeway reads.
+pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 pub const CF_EVENTS: &str = "events";
 pub const CF_BY_PID: &str = "by_pid";
 pub const CF_BY_MFA: &str = "by_mfa";
@@ -436,10 +442,18 @@ impl Store {
                 let found = <[u8; 4]>::try_from(v.as_slice())
                     .map(u32::from_be_bytes)
                     .map_err(|_| incompatible("unreadable schema version".into()))?;
-                if found != SCHEMA_VERSION {
+                if !(OLDEST_SCHEMA_VERSION..=SCHEMA_VERSION).contains(&found) {
                     return Err(incompatible(format!(
-                        "schema version {found}, this Causeway reads version {SCHEMA_VERSION}"
+                        "schema version {found}, this Causeway reads versions \
+                         {OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}"
                     )));
+                }
+                if found < SCHEMA_VERSION && !self.read_only {
+                    // its old events read as they are; the new ones need this
+                    let mut b = WriteBatch::default();
+                    b.put_cf(meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes());
+                    self.db.write_opt(b, &self.write_opts)?;
+                    self.db.flush_wal(true)?;
                 }
                 Ok(())
             }

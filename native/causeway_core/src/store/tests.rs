@@ -702,6 +702,123 @@ fn a_gap_in_the_name_table_is_not_fatal() {
     assert_eq!(s.get(64).unwrap().unwrap().module, None);
 }
 
+/// Events as a version-1 store holds them: the type as it is, call and
+/// parent ids as they are (what `Store::write` wrote before version 2).
+fn rewrite_as_version_1(s: &Store) {
+    let cf = s.cf(CF_EVENTS).unwrap();
+    let mut old = Vec::new();
+    s.scan_keys(CF_EVENTS, &[], None, false, |k, v| {
+        old.push((k.to_vec(), v.to_vec()));
+        Ok(true)
+    })
+    .unwrap();
+    for (k, v) in old {
+        let id = keys::trailing_id(&k).unwrap();
+        let mut d: DiskEvent = rmp_serde::from_slice(&v).unwrap();
+        assert!(d.kind >= codec::KIND_V2, "written as version 2");
+        d.kind -= codec::KIND_V2;
+        d.call_id = codec::id_forward(id, d.call_id);
+        d.parent_id = codec::id_forward(id, d.parent_id);
+        let mut buf = Vec::new();
+        rmp_serde::encode::write(&mut buf, &d).unwrap();
+        s.db.put_cf(cf, &k, &buf).unwrap();
+    }
+    s.db.put_cf(s.cf(CF_META).unwrap(), META_SCHEMA, 1u32.to_be_bytes())
+        .unwrap();
+}
+
+/// A call (entry, a nested call, its exit, the exit) with ids `base`… : the
+/// ids the version-2 encoding writes relative to the event's own.
+fn call_events(base: u64) -> Vec<StoredEvent> {
+    let mut entry = event(base, 1, EventType::FunctionEntry);
+    entry.parent_id = 0;
+    let mut inner = event(base + 64, 1, EventType::FunctionEntry);
+    inner.parent_id = base;
+    inner.parent_link = Some(LinkKind::CalledFrom);
+    let mut inner_exit = event(base + 128, 1, EventType::FunctionExit);
+    inner_exit.call_id = base + 64;
+    inner_exit.parent_id = base + 64;
+    inner_exit.parent_link = Some(LinkKind::CalledFrom);
+    let mut exit = event(base + 192, 1, EventType::FunctionExit);
+    exit.call_id = base;
+    vec![entry, inner, inner_exit, exit]
+}
+
+#[test]
+fn a_version_1_store_opens_reads_its_old_events_and_takes_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        covering_pid_index: false,
+        ..Default::default()
+    };
+    let old = call_events(1 << 40);
+    {
+        let s = Store::open(dir.path(), opts.clone()).unwrap();
+        s.write(&old, &[]).unwrap();
+        rewrite_as_version_1(&s);
+        s.sync().unwrap();
+    }
+    // read-only: read as they are, nothing written
+    {
+        let r = Store::open(
+            dir.path(),
+            StoreOptions {
+                read_only: true,
+                ..opts.clone()
+            },
+        )
+        .unwrap();
+        for e in &old {
+            assert_eq!(r.get(e.id).unwrap().as_ref(), Some(e));
+        }
+        let v = r.db.get_cf(r.cf(CF_META).unwrap(), META_SCHEMA).unwrap();
+        assert_eq!(v.as_deref(), Some(&1u32.to_be_bytes()[..]));
+    }
+    // writable: marked version 2, old and new events side by side
+    let new = call_events(1 << 41);
+    {
+        let s = Store::open(dir.path(), opts.clone()).unwrap();
+        let v = s.db.get_cf(s.cf(CF_META).unwrap(), META_SCHEMA).unwrap();
+        assert_eq!(v.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
+        s.write(&new, &[]).unwrap();
+        s.sync().unwrap();
+    }
+    let s = Store::open(dir.path(), opts).unwrap();
+    for e in old.iter().chain(&new) {
+        assert_eq!(s.get(e.id).unwrap().as_ref(), Some(e), "event {}", e.id);
+    }
+    let mut lk = s.lookups();
+    assert_eq!(lk.exits_of(1 << 40).unwrap(), vec![(1 << 40) + 192]);
+    assert_eq!(lk.exits_of(1 << 41).unwrap(), vec![(1 << 41) + 192]);
+}
+
+#[test]
+fn version_2_writes_call_and_parent_ids_in_a_few_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let evs = call_events(0x0123_4567_89ab_cdc0);
+    s.write(&evs, &[]).unwrap();
+    let cf = s.cf(CF_EVENTS).unwrap();
+    for e in &evs {
+        let v2 = s.db.get_cf(cf, keys::id(e.id)).unwrap().unwrap();
+        let mut d: DiskEvent = rmp_serde::from_slice(&v2).unwrap();
+        d.kind -= codec::KIND_V2;
+        d.call_id = e.call_id;
+        d.parent_id = e.parent_id;
+        let mut v1 = Vec::new();
+        rmp_serde::encode::write(&mut v1, &d).unwrap();
+        let ids = usize::from(e.call_id != 0) + usize::from(e.parent_id != 0);
+        // each id of the call: 2 bytes or fewer instead of 9
+        assert!(
+            v1.len() >= v2.len() + 7 * ids,
+            "{} vs {}",
+            v1.len(),
+            v2.len()
+        );
+        assert_eq!(s.get(e.id).unwrap().as_ref(), Some(e));
+    }
+}
+
 #[test]
 fn refuses_another_schema_version() {
     let dir = tempfile::tempdir().unwrap();

@@ -112,12 +112,12 @@ impl Store {
                 .as_ref()
                 .map(|p| DiskPid(peer_node, p.id, p.serial, p.creation));
             let disk = DiskEvent {
-                kind: ev.kind as u8,
+                kind: ev.kind as u8 + codec::KIND_V2,
                 wall_delta: ev.wall_ns.wrapping_sub(id_to_wall_ns(ev.id) as i64),
                 mono_offset: ev.wall_ns.wrapping_sub(ev.mono_ns),
                 pid: DiskPid(node, ev.pid.id, ev.pid.serial, ev.pid.creation),
-                call_id: ev.call_id,
-                parent_id: ev.parent_id,
+                call_id: codec::id_back(ev.id, ev.call_id),
+                parent_id: codec::id_back(ev.id, ev.parent_id),
                 parent_link: ev.parent_link.map_or(0, |k| k as u8),
                 module,
                 function,
