@@ -33,12 +33,12 @@ defmodule Causeway.QueryTest do
   end
 
   test "events are complete structs: a UTC DateTime and every field in place" do
-    before = DateTime.utc_now()
+    before = vm_now()
     id = Runtime.function_entry(Alpha, :one, [1, "two"])
     Runtime.state_change(%{n: 1}, %{n: 2})
     Runtime.function_exit(id, :done)
     flush!()
-    later = DateTime.utc_now()
+    later = vm_now()
 
     [entry, change, exit] = Causeway.events(pid: self())
     assert %Causeway.Event{type: :function_entry, module: Alpha, function: :one, arity: 2} = entry
@@ -249,15 +249,15 @@ defmodule Causeway.QueryTest do
       Process.sleep(5)
     end
 
-    before = DateTime.utc_now()
+    before = vm_now()
     Process.sleep(5)
     change.(nil, :a)
-    between = DateTime.utc_now()
+    between = vm_now()
     Process.sleep(5)
     change.(:a, :b)
     change.(:b, :c)
     flush!()
-    after_all = DateTime.utc_now()
+    after_all = vm_now()
 
     assert Causeway.state_at(pid, before) == :none
     assert {:ok, :a, _} = Causeway.state_at(pid, between)

@@ -120,7 +120,7 @@ defmodule Causeway.SchedulerSafetyTest do
       assert length(Causeway.events(limit: 200_000, links: false)) == 200_000
       tree = Causeway.call_tree(root, max_nodes: :infinity)
       assert tree.entry.id == root
-      assert {:ok, _, _} = Causeway.state_at(holder, DateTime.utc_now())
+      assert {:ok, _, _} = Causeway.state_at(holder, vm_now())
       assert length(Causeway.state_history(holder)) == 20_000
       path = Path.join(dir, "trace.json")
       assert {:ok, %{events: 100_000}} = Causeway.Export.chrome_trace(path, limit: 100_000)

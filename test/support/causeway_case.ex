@@ -35,6 +35,14 @@ defmodule Causeway.Case do
 
   def flush!(name \\ Causeway), do: :ok = Causeway.flush(name)
 
+  @doc """
+  The VM's own UTC time, the clock events are stamped with (Erlang system
+  time). `DateTime.utc_now/0` reads the OS clock: after the OS clock is
+  stepped the two differ for a while (the VM slews towards it by 1 %), so
+  "recorded between these two instants" compares with this one.
+  """
+  def vm_now, do: DateTime.from_unix!(System.system_time(:microsecond), :microsecond)
+
   @doc "Runs `fun` in a new process and waits for its result."
   def in_process(fun) do
     task = Task.async(fun)
