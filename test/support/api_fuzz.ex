@@ -107,6 +107,18 @@ defmodule Causeway.ApiFuzz do
     st
   end
 
+  # start_link/1 whose instance outlives the call's process
+  defp start_unlinked(opts) do
+    case Causeway.start_link(opts) do
+      {:ok, p} ->
+        Process.unlink(p)
+        {:ok, p}
+
+      other ->
+        other
+    end
+  end
+
   defp classify(name, fun, st) do
     parent = self()
     gl = Process.group_leader()
@@ -243,29 +255,10 @@ defmodule Causeway.ApiFuzz do
         )
 
     [
-      {:start_link,
-       fn ->
-         case Causeway.start_link(Nasty.opts(start_opts)) do
-           {:ok, p} ->
-             Process.unlink(p)
-             {:ok, p}
-
-           other ->
-             other
-         end
-       end},
+      {:start_link, fn -> start_unlinked(Nasty.opts(start_opts)) end},
       # a second writer on the store, under its other name or its own
       {:second_writer,
-       fn ->
-         case Causeway.start_link(dir: Nasty.arg([st.alias, st.dir]), name: :fuzz_instance) do
-           {:ok, p} ->
-             Process.unlink(p)
-             {:ok, p}
-
-           other ->
-             other
-         end
-       end},
+       fn -> start_unlinked(dir: Nasty.arg([st.alias, st.dir]), name: :fuzz_instance) end},
       {:child_spec, fn -> Causeway.child_spec(Nasty.opts(start_opts)) end},
       {:stop, fn -> if :rand.uniform(4) == 1, do: Causeway.stop(name.()), else: :ok end},
       {:flush, fn -> Causeway.flush(name.(), Nasty.arg([1_000, :infinity])) end},
