@@ -188,15 +188,16 @@ docs =
     }
   end
 
-cpu_loop = fn loop, n ->
+cpu_loop = fn loop, n, deadline ->
   if System.monotonic_time(:millisecond) < deadline do
-    loop.(loop, Enum.reduce(docs, n, fn doc, n -> elem(Bench.Json.encode(doc, n), 1) end))
+    n = Enum.reduce(docs, n, fn doc, n -> elem(Bench.Json.encode(doc, n), 1) end)
+    loop.(loop, n, deadline)
   else
     n
   end
 end
 
-produced = cpu_loop.(cpu_loop, 0)
+produced = cpu_loop.(cpu_loop, 0, deadline)
 :ok = Causeway.flush()
 m = Causeway.metrics()
 IO.puts("\n## one CPU-bound producer, realistic terms, #{cpu_s} s at default settings")
@@ -204,6 +205,28 @@ IO.puts("\n## one CPU-bound producer, realistic terms, #{cpu_s} s at default set
 IO.puts(
   "  produced #{m.produced} (#{round(produced / cpu_s)} events/s recorded by the encoder), persisted #{m.persisted}, dropped #{m.dropped_total}: " <>
     "#{Float.round(m.dropped_total * 100 / max(m.produced, 1), 2)} % dropped"
+)
+
+Causeway.stop()
+File.rm_rf!(dir)
+
+# The same producer recorded losslessly (`overflow: :wait`): it runs at the
+# writers' pace, so the figure is what the writers persist of these terms
+# (what a CPU-bound producer must not outrun for nothing to be dropped).
+dir = Bench.tmp_dir("cpu-bound-wait")
+{:ok, pid} = Causeway.start_link(dir: dir, overflow: :wait)
+Process.unlink(pid)
+deadline = System.monotonic_time(:millisecond) + cpu_s * 1000
+t0 = System.monotonic_time(:microsecond)
+cpu_loop.(cpu_loop, 0, deadline)
+:ok = Causeway.flush()
+us = System.monotonic_time(:microsecond) - t0
+m = Causeway.metrics()
+IO.puts("  the same producer with overflow: :wait (lossless, at the writers' pace):")
+
+IO.puts(
+  "  persisted #{m.persisted}, dropped #{m.dropped_total} in #{div(us, 1000)} ms: #{round(m.persisted * 1.0e6 / us)} events/s; " <>
+    "#{Float.round(m.storage_bytes / max(m.persisted, 1), 1)} bytes/event on disk as flushed"
 )
 
 Causeway.stop()

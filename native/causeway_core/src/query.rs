@@ -666,8 +666,31 @@ fn events_by_pid(
             };
             match postings::decode_pid_list(first, value)? {
                 postings::PidList::Events(evs) => {
-                    for (id, bytes) in evs.into_iter().filter(|(id, _)| in_range(id)) {
-                        keep(id, bytes)?;
+                    let evs: Vec<_> = evs.into_iter().filter(|(id, _)| in_range(id)).collect();
+                    // the big events, listed by reference: one multi-get,
+                    // then kept in the list's order
+                    let refs: Vec<u64> =
+                        evs.iter().filter(|e| e.1.is_none()).map(|e| e.0).collect();
+                    let mut fetched_bytes = Vec::new();
+                    let mut fetched = Vec::with_capacity(refs.len());
+                    if !refs.is_empty() {
+                        store.get_many_raw(&refs, |id, bytes| {
+                            fetched.push((id, fetched_bytes.len(), bytes.len()));
+                            fetched_bytes.extend_from_slice(bytes);
+                            Ok(())
+                        })?;
+                    }
+                    let mut fetched = fetched.into_iter().peekable();
+                    for (id, bytes) in evs {
+                        match bytes {
+                            Some(bytes) => keep(id, bytes)?,
+                            // (an event retention has deleted since is skipped)
+                            None => {
+                                if let Some((_, at, n)) = fetched.next_if(|f| f.0 == id) {
+                                    keep(id, &fetched_bytes[at..at + n])?;
+                                }
+                            }
+                        }
                     }
                 }
                 postings::PidList::Ids(ids) => {

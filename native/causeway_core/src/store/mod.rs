@@ -4,7 +4,7 @@
 //! | column family | key                                               | value |
 //! |---------------|---------------------------------------------------|-------|
 //! | `events`      | id (8, big-endian)                                | `DiskEvent` (msgpack array) |
-//! | `by_pid`      | pid number (4) · serial (4) · first id (8)        | the batch's events of that process (ids + stored bytes: a covering list) |
+//! | `by_pid`      | pid number (4) · serial (4) · first id (8)        | the batch's events of that process (ids + stored bytes of those up to 256 bytes, bigger ones by reference: a covering list) |
 //! | `by_mfa`      | module (4) · function (4) · arity (4) · first id (8) | ids (posting list; names interned) |
 //! | `by_type`     | type (1) · first id (8)                           | ids (posting list) |
 //! | `by_call`     | first call id (8) · last call id (8)              | (call id, exit id) pairs |
@@ -38,10 +38,13 @@ use std::sync::atomic::Ordering;
 use std::sync::RwLock;
 
 /// Version 2 writes events with their call and parent ids relative to the
-/// event's id (see `codec`); a version-1 store opens, its events read as
-/// they are, and a writable open marks it version 2 (an older Causeway
-/// then refuses it instead of misreading the new events).
-pub const SCHEMA_VERSION: u32 = 2;
+/// event's id (see `codec`); version 3 lists events bigger than
+/// `postings::COVERED_MAX` in the covering `by_pid` lists by reference
+/// instead of copying them. A store of an earlier version opens, its events
+/// and lists read as they are, and a writable open marks it with this
+/// version (an older Causeway then refuses it instead of misreading what is
+/// new).
+pub const SCHEMA_VERSION: u32 = 3;
 /// The oldest schema version this Causeway reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 pub const CF_EVENTS: &str = "events";

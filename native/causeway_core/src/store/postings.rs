@@ -83,24 +83,37 @@ fn read_varint(b: &[u8], pos: &mut usize) -> Result<u64> {
     }
 }
 
+/// The biggest stored event a covering list holds itself. A bigger one is
+/// listed by reference (its id, with no bytes) and read from the events
+/// column family: its bytes are written, flushed and compacted once, not
+/// twice, and the extra point read is small beside decoding it. (Schema
+/// version 3; earlier versions covered every event.)
+pub const COVERED_MAX: usize = 256;
+
 /// A covering list (`by_pid`): for each event its id (delta from the
 /// previous, the first from `first`) and its stored bytes, so a process's
-/// events are read in one sequential scan. Appended to `out`.
-pub fn encode_covering(out: &mut Vec<u8>, first: u64, events: &[(u64, &[u8])]) {
-    let bytes: usize = events.iter().map(|e| e.1.len() + 4).sum();
+/// events are read in one sequential scan. An event listed by reference
+/// (`None`) has a length of 0 and no bytes (a stored event is never empty).
+/// Appended to `out`.
+pub fn encode_covering(out: &mut Vec<u8>, first: u64, events: &[(u64, Option<&[u8]>)]) {
+    let bytes: usize = events.iter().map(|e| e.1.map_or(0, <[u8]>::len) + 4).sum();
     out.reserve(bytes + 5);
     out.push(PID_EVENTS);
     varint(out, events.len() as u64);
     let mut prev = first;
     for &(id, ev) in events {
         varint(out, id - prev);
+        let ev = ev.unwrap_or_default();
         varint(out, ev.len() as u64);
         out.extend_from_slice(ev);
         prev = id;
     }
 }
 
-fn decode_covering(first: u64, bytes: &[u8]) -> Result<Vec<(u64, &[u8])>> {
+/// A covering list's entries: id and stored bytes (`None`: by reference).
+pub type CoveredEvents<'a> = Vec<(u64, Option<&'a [u8]>)>;
+
+fn decode_covering(first: u64, bytes: &[u8]) -> Result<CoveredEvents<'_>> {
     let mut pos = 0;
     let n = read_varint(bytes, &mut pos)? as usize;
     if n > bytes.len() {
@@ -121,7 +134,7 @@ fn decode_covering(first: u64, bytes: &[u8]) -> Result<Vec<(u64, &[u8])>> {
             )
             .ok_or_else(|| Error::Corrupt("event list truncated".into()))?;
         pos += len;
-        out.push((cur, ev));
+        out.push((cur, (len > 0).then_some(ev)));
     }
     Ok(out)
 }
@@ -130,10 +143,11 @@ fn decode_covering(first: u64, bytes: &[u8]) -> Result<Vec<(u64, &[u8])>> {
 pub const PID_IDS: u8 = 0;
 pub const PID_EVENTS: u8 = 1;
 
-/// A `by_pid` list: ids (events fetched by id) or the events themselves.
+/// A `by_pid` list: ids (events fetched by id) or the events themselves
+/// (`None`: listed by reference, fetched by id).
 pub enum PidList<'a> {
     Ids(Vec<u64>),
-    Events(Vec<(u64, &'a [u8])>),
+    Events(CoveredEvents<'a>),
 }
 
 pub fn encode_pid_ids(ids: &[u64]) -> Vec<u8> {

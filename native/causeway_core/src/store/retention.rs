@@ -207,7 +207,7 @@ impl Store {
                             })
                         }
                         postings::PidList::Events(evs) => {
-                            let kept: Vec<(u64, &[u8])> =
+                            let kept: Vec<(u64, Option<&[u8]>)> =
                                 evs.into_iter().filter(|e| e.0 >= upto).collect();
                             (!kept.is_empty()).then(|| {
                                 let mut out = Vec::new();

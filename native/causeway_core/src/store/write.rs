@@ -56,8 +56,16 @@ impl Store {
         // one an mmap, and its munmap a TLB shootdown on every CPU the VM
         // runs on, the schedulers' included)
         let payload: usize = events.iter().map(|e| e.data.len() + 48).sum();
-        let copies = if self.opts.covering_pid_index { 2 } else { 1 };
-        let mut b = WriteBatch::with_capacity_bytes(payload * copies + events.len() * 64);
+        let covered: usize = if self.opts.covering_pid_index {
+            events
+                .iter()
+                .map(|e| e.data.len() + 48)
+                .filter(|&n| n <= postings::COVERED_MAX)
+                .sum()
+        } else {
+            0
+        };
+        let mut b = WriteBatch::with_capacity_bytes(payload + covered + events.len() * 64);
         let mut buf = scratch(&VALUE);
         // (column family, prefix) → ids, written as posting lists below
         // prefixes are at most 12 bytes: a fixed key, no allocation per event
@@ -78,9 +86,7 @@ impl Store {
         // each event's stored bytes, for the covering by_pid lists (this
         // thread's buffer of the last batch, reused)
         let mut arena = scratch(&ARENA);
-        if self.opts.covering_pid_index {
-            arena.reserve(payload);
-        }
+        arena.reserve(covered);
         let mut by_pid: HashMap<[u8; 8], Vec<(u64, usize, usize)>, crate::fasthash::FastBuild> =
             HashMap::default();
         for ev in events {
@@ -130,9 +136,11 @@ impl Store {
             rmp_serde::encode::write(&mut buf, &disk)?;
             b.put_cf(cf_ev, keys::id(ev.id), &buf);
             let pid_key = ev.pid.key();
-            let entry = (ev.id, arena.len(), buf.len());
+            // a big event is listed by reference (no bytes): written once
+            let covered = self.opts.covering_pid_index && buf.len() <= postings::COVERED_MAX;
+            let entry = (ev.id, arena.len(), if covered { buf.len() } else { 0 });
             by_pid.entry(pid_key).or_default().push(entry);
-            if self.opts.covering_pid_index {
+            if covered {
                 arena.extend_from_slice(&buf);
             }
             post(1, &[ev.kind as u8], ev.id);
@@ -179,9 +187,9 @@ impl Store {
                     let first = evs[start].0;
                     let key = keys::pid(pid_key, first);
                     if self.opts.covering_pid_index {
-                        let run: Vec<(u64, &[u8])> = evs[start..i]
+                        let run: Vec<(u64, Option<&[u8]>)> = evs[start..i]
                             .iter()
-                            .map(|&(id, at, n)| (id, &arena[at..at + n]))
+                            .map(|&(id, at, n)| (id, (n > 0).then(|| &arena[at..at + n])))
                             .collect();
                         // (into the reused buffer: the batch copies it)
                         buf.clear();
