@@ -44,6 +44,10 @@ mod tests {
                 e.module = Some(format!("Elixir.Shop.M{}", i % 4).into());
                 e.function = Some(format!("f{}", i % 6).into());
                 e.data = (0..(i % 40) as u8).collect();
+                if i % 7 == 0 {
+                    // bigger than a covering list holds: listed by reference
+                    e.data = vec![b'x'; crate::store::postings::COVERED_MAX + i as usize];
+                }
                 if kind == EventType::MessageSend {
                     e.peer = Some(PidRec {
                         node: "b@127.0.0.1".into(),
