@@ -665,8 +665,8 @@ fn events_by_pid(
                 Ok(())
             };
             match postings::decode_pid_list(first, value)? {
-                postings::PidList::Events(evs) => {
-                    let evs: Vec<_> = evs.into_iter().filter(|(id, _)| in_range(id)).collect();
+                postings::PidList::Events(mut evs) => {
+                    evs.retain(|(id, _)| in_range(id));
                     // the big events, listed by reference: one multi-get,
                     // then kept in the list's order
                     let refs: Vec<u64> =
