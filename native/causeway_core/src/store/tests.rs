@@ -333,8 +333,9 @@ fn an_interrupted_store_stops_retention_between_chunks() {
     assert!(s.get(64).unwrap().is_some());
 }
 
-#[test]
-fn covering_pid_lists_answer_the_same_and_survive_retention() {
+/// Two fresh stores: `covering_pid_index: false`, and the default (true),
+/// with their directories.
+fn plain_and_covering() -> (tempfile::TempDir, tempfile::TempDir, Store, Store) {
     let plain = tempfile::tempdir().unwrap();
     let covering = tempfile::tempdir().unwrap();
     let a = Store::open(
@@ -346,6 +347,12 @@ fn covering_pid_lists_answer_the_same_and_survive_retention() {
     )
     .unwrap();
     let b = Store::open(covering.path(), StoreOptions::default()).unwrap();
+    (plain, covering, a, b)
+}
+
+#[test]
+fn covering_pid_lists_answer_the_same_and_survive_retention() {
+    let (_plain, _covering, a, b) = plain_and_covering();
     let evs: Vec<_> = (1..=400u64)
         .map(|i| event(i * 64, (i % 3) as u32, EventType::StateChange))
         .collect();
@@ -397,17 +404,7 @@ fn with_binary(mut ev: StoredEvent, n: usize) -> StoredEvent {
 #[test]
 fn covering_lists_hold_big_events_by_reference_and_answer_the_same() {
     use crate::query::{self, Filter, PidMatch};
-    let plain = tempfile::tempdir().unwrap();
-    let covering = tempfile::tempdir().unwrap();
-    let a = Store::open(
-        plain.path(),
-        StoreOptions {
-            covering_pid_index: false,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let b = Store::open(covering.path(), StoreOptions::default()).unwrap();
+    let (_plain, covering, a, b) = plain_and_covering();
     // sizes from 0 to ~1 KB around the limit, three processes
     let evs: Vec<_> = (1..=600u64)
         .map(|i| {
