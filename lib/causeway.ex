@@ -75,9 +75,11 @@ defmodule Causeway do
       one sequential scan, ~5× faster than looking each one up (1.7 M vs
       0.34 M events/s decoded in `mix bench query`), for ~1.4× the bytes on
       disk (31 vs 22 bytes per event there) and no write-throughput cost
-      measurable in `mix bench pipeline`. `false` saves the space. A store
-      can be reopened with either setting; lists already written keep their
-      format.
+      measurable in `mix bench pipeline`. Events bigger than 256 bytes as
+      stored (large states, arguments with big binaries) are listed there by
+      reference and read by id, so their bytes are written once. `false`
+      saves the space. A store can be reopened with either setting; lists
+      already written keep their format.
     * `:retention` — `[max_age: ms | {n, :second | :minute | :hour | :day},
       max_bytes: n, interval_ms: 60_000]`: older events (or the oldest, while
       the store holds more than `max_bytes` of live data) are deleted in the
