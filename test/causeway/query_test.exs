@@ -217,6 +217,36 @@ defmodule Causeway.QueryTest do
     |> Enum.reduce({0, nil}, fn node, {n, _} -> {n + 1, node} end)
   end
 
+  test "a process's big states and arguments come back whole from its pid query" do
+    # events over 256 bytes are listed by reference in the covering pid
+    # index and read by id; small ones are read from the list itself
+    {pid, states} =
+      Task.async(fn ->
+        states =
+          for i <- 1..60 do
+            state = %{i: i, blob: :binary.copy(<<i>>, rem(i * 97, 1500))}
+            id = Runtime.function_entry(Alpha, :one, [state])
+            Runtime.state_change(%{i: i - 1}, state)
+            Runtime.function_exit(id, {:ok, i})
+            state
+          end
+
+        {self(), states}
+      end)
+      |> Task.await()
+
+    flush!()
+    by_pid = Causeway.events(pid: pid, limit: :infinity)
+    scanned = Causeway.events(limit: :infinity) |> Enum.filter(&(&1.pid == pid))
+    assert length(by_pid) == 180
+    assert by_pid == scanned
+    assert Causeway.events(pid: pid, limit: :infinity, order: :desc) == Enum.reverse(by_pid)
+    assert Enum.map(by_pid, &Causeway.event(&1.id)) == by_pid
+
+    assert for(%{type: :state_change, data: %{new: new}} <- by_pid, do: new) == states
+    assert for(%{type: :function_entry, data: [a]} <- by_pid, do: a) == states
+  end
+
   test "pagination neither skips nor repeats" do
     workload()
     all = Causeway.events(limit: :infinity) |> Enum.map(& &1.id)
