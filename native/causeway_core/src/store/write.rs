@@ -55,16 +55,12 @@ impl Store {
         // doubling was a chain of allocations and copies (above 128 KiB each
         // one an mmap, and its munmap a TLB shootdown on every CPU the VM
         // runs on, the schedulers' included)
-        let payload: usize = events.iter().map(|e| e.data.len() + 48).sum();
-        let covered: usize = if self.opts.covering_pid_index {
-            events
-                .iter()
-                .map(|e| e.data.len() + 48)
-                .filter(|&n| n <= postings::COVERED_MAX)
-                .sum()
-        } else {
-            0
-        };
+        // (and the bytes the covering lists copy: events up to COVERED_MAX)
+        let (payload, covered) = events.iter().fold((0, 0), |(all, small), e| {
+            let n = e.data.len() + 48;
+            let copied = self.opts.covering_pid_index && n <= postings::COVERED_MAX;
+            (all + n, small + if copied { n } else { 0 })
+        });
         let mut b = WriteBatch::with_capacity_bytes(payload + covered + events.len() * 64);
         let mut buf = scratch(&VALUE);
         // (column family, prefix) → ids, written as posting lists below
@@ -137,10 +133,10 @@ impl Store {
             b.put_cf(cf_ev, keys::id(ev.id), &buf);
             let pid_key = ev.pid.key();
             // a big event is listed by reference (no bytes): written once
-            let covered = self.opts.covering_pid_index && buf.len() <= postings::COVERED_MAX;
-            let entry = (ev.id, arena.len(), if covered { buf.len() } else { 0 });
+            let inline = self.opts.covering_pid_index && buf.len() <= postings::COVERED_MAX;
+            let entry = (ev.id, arena.len(), if inline { buf.len() } else { 0 });
             by_pid.entry(pid_key).or_default().push(entry);
-            if covered {
+            if inline {
                 arena.extend_from_slice(&buf);
             }
             post(1, &[ev.kind as u8], ev.id);
