@@ -80,6 +80,8 @@ mod retention;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tuning;
+#[cfg(test)]
+mod tuning_tests;
 mod write;
 
 use codec::{DiskEvent, DiskPid};
