@@ -94,17 +94,26 @@ const COMPRESSION_PER_LEVEL: [DBCompressionType; 7] = [
     DBCompressionType::Zstd,
 ];
 
-/// How many memtables a column family may hold: the one written and those
-/// waiting for a flush. With RocksDB's default of 2, writes stopped
-/// whenever a column family switched memtables while its last one still
-/// waited for the flush thread (one per store, for 8 column families, the
-/// write buffer manager making them all switch at once): RocksDB's info
-/// log of a 60 s CPU-bound lossless run showed 44 such stops of the events
-/// column family and 39 of `by_pid`. With 4, the same run over 45 s
-/// persisted 254 k events/s against 223 k/s (two rounds, the same both
-/// times). Their memory is still bounded by the write buffer manager,
-/// which charges every memtable, flushing or not, to the block cache.
+/// How many memtables a column family may hold (the one written and those
+/// waiting for a flush), and how big each may grow.
+///
+/// With RocksDB's defaults (2 of 64 MiB: the store's 32 MiB write buffer
+/// size was set on the default column family only), writes stopped whenever
+/// a column family switched memtables while its last one still waited for
+/// the flush thread (one per store, for 8 column families; the write buffer
+/// manager makes several switch at once): RocksDB's info log of a 60 s
+/// CPU-bound lossless run showed 44 such stops of the events column family
+/// and 39 of `by_pid`.
+///
+/// 4 of 32 MiB keep the same most memory per column family (128 MiB) and
+/// stop writes less often. Memory is what the writers buy throughput with
+/// here: over 30 s of the same run, RocksDB's peak and the rate persisted
+/// were ~100 MiB and 206–226 k events/s at 2 × 64 MiB, 153–155 MiB and
+/// 215–252 k/s at 4 × 32 MiB, and 247–274 MiB and 268–272 k/s at 4 × 64 MiB,
+/// which passes the `STORAGE_MEMORY_CAP` the memtables are charged to (the
+/// metrics alert at an eighth over it).
 pub(super) const MEMTABLES_PER_CF: i32 = 4;
+pub(super) const MEMTABLE_BYTES: usize = 32 << 20;
 
 /// The size of the events column family's files (RocksDB's default is
 /// 64 MiB). Event ids grow with time, so a compaction of L0 into the bottom
@@ -120,6 +129,7 @@ pub(super) const EVENTS_FILE_BYTES: u64 = 8 << 20;
 pub(super) fn cf_options(name: &str) -> Options {
     let mut o = Options::default();
     o.set_max_write_buffer_number(MEMTABLES_PER_CF);
+    o.set_write_buffer_size(MEMTABLE_BYTES);
     o.set_compression_type(DBCompressionType::Zstd);
     o.set_compression_per_level(&COMPRESSION_PER_LEVEL);
     o.set_bottommost_compression_type(DBCompressionType::Zstd);
@@ -200,7 +210,7 @@ pub(super) fn db_options(create: bool, recovery: rocksdb::DBRecoveryMode) -> Opt
     o.create_if_missing(create);
     o.create_missing_column_families(create);
     o.set_max_background_jobs(2);
-    o.set_write_buffer_size(32 << 20);
+    o.set_write_buffer_size(MEMTABLE_BYTES);
     o.set_compression_type(DBCompressionType::Zstd);
     o.set_wal_recovery_mode(recovery);
     o.set_max_total_wal_size(MAX_WAL_BYTES);

@@ -37,7 +37,7 @@ fn every_column_family_may_hold_several_memtables_waiting_for_a_flush() {
     // With RocksDB's default of 2, writes stopped whenever a column family
     // switched memtables while its last one still waited for the (one)
     // flush thread: 44 stops of the events column family in a 60 s
-    // CPU-bound run
+    // CPU-bound run. 4 memtables of 32 MiB hold at most what 2 of 64 did.
     let dir = tempfile::tempdir().unwrap();
     drop(Store::open(dir.path(), StoreOptions::default()).unwrap());
     for cf in ALL_CFS {
@@ -45,6 +45,13 @@ fn every_column_family_may_hold_several_memtables_waiting_for_a_flush() {
         assert_eq!(
             o.get("max_write_buffer_number").map(String::as_str),
             Some(tuning::MEMTABLES_PER_CF.to_string().as_str()),
+            "{cf}"
+        );
+        // (RocksDB's default is 64 MiB: a size set on the store's options
+        // alone applies to the default column family only)
+        assert_eq!(
+            o.get("write_buffer_size"),
+            Some(&tuning::MEMTABLE_BYTES.to_string()),
             "{cf}"
         );
     }
