@@ -2,7 +2,7 @@
 //! events column family reads on without filling it, and gives the same
 //! events as a cached scan.
 
-use super::tests::event;
+use super::tests::{event, incompressible_binary};
 use super::*;
 use crate::query::{self, Filter, SCAN_CACHED_EVENTS};
 use rocksdb::perf::{set_perf_stats, PerfContext, PerfMetric, PerfStatsLevel};
@@ -32,13 +32,7 @@ fn a_long_time_scan_reads_on_without_filling_the_block_cache() {
                 EventType::FunctionEntry,
             );
             // a binary of 300 bytes that does not compress: many blocks
-            e.data = vec![131, 109, 0, 0, 1, 44];
-            e.data.extend((0..300).map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            }));
+            e.data = incompressible_binary(300, &mut x);
             e
         })
         .collect();

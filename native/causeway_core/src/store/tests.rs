@@ -4,6 +4,19 @@
 use super::*;
 use crate::event::{PidRec, Source};
 
+/// An ETF binary of `len` bytes that do not compress (xorshift from `x`).
+pub(crate) fn incompressible_binary(len: u32, x: &mut u64) -> Vec<u8> {
+    let mut data = vec![131, 109];
+    data.extend_from_slice(&len.to_be_bytes());
+    data.extend((0..len).map(|_| {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x as u8
+    }));
+    data
+}
+
 pub(crate) fn event(id: u64, pid: u32, kind: EventType) -> StoredEvent {
     StoredEvent {
         id,

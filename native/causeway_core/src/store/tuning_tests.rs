@@ -2,7 +2,7 @@
 //! family gets (as RocksDB itself records them), and the size of the events
 //! column family's files, which bounds what each compaction of L0 rewrites.
 
-use super::tests::event;
+use super::tests::{event, incompressible_binary};
 use super::*;
 
 /// The options RocksDB recorded for column family `cf` in the store's
@@ -78,13 +78,7 @@ fn the_events_files_stay_small_so_a_compaction_rewrites_little_of_what_it_moved_
             .map(|i| {
                 id += 64;
                 let mut e = event(id, 100 + i % 5, EventType::FunctionEntry);
-                e.data = vec![131, 109, 0, 0, 4, 176];
-                e.data.extend((0..1_200).map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                }));
+                e.data = incompressible_binary(1_200, &mut x);
                 e
             })
             .collect();
