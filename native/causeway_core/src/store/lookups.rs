@@ -9,7 +9,7 @@
 //! first: entry, nested calls, exit) finds the next key a few steps ahead
 //! of the last one, so a `Cursor` steps there with `next` and seeks only
 //! when the key is behind it or farther away. The `by_call` pair lists a
-//! lookup reads (those of the `CALL_SPAN` before the call) are kept while
+//! lookup reads (those of the `call_window` before the call) are kept while
 //! the next, later calls may need them. Everything is dropped with the query, so
 //! the snapshot the iterators hold lives no longer than it.
 
@@ -81,6 +81,7 @@ impl<'a> Cursor<'a> {
 
 /// The `by_call` pair lists of a window of call ids, copied from disk.
 struct PairLists<'a> {
+    store: &'a Store,
     cursor: Cursor<'a>,
     /// Of the lists whose first call id is in `span` (inclusive), those whose
     /// range reaches the last call looked up (the others cannot hold it or
@@ -98,9 +99,9 @@ fn reaches(k: &[u8], call: u64) -> bool {
 
 impl PairLists<'_> {
     /// The exits of `call`: from the lists whose first call id is in
-    /// `[call − CALL_SPAN, call]` and whose range holds the call.
+    /// `[call − call_window, call]` and whose range holds the call.
     fn exits_of(&mut self, call: u64) -> Result<Vec<u64>> {
-        let lo = call.saturating_sub(postings::CALL_SPAN);
+        let lo = call.saturating_sub(self.store.call_window(call));
         let lo_key = postings::pair_key(lo, 0);
         let hi_key = call.checked_add(1).map(|c| postings::pair_key(c, 0));
         match self.span {
@@ -222,6 +223,7 @@ impl<'a> Lookups<'a> {
     pub fn exits_of(&mut self, call_id: u64) -> Result<Vec<u64>> {
         if self.calls.is_none() {
             self.calls = Some(PairLists {
+                store: self.store,
                 cursor: Cursor::new(self.store, CF_BY_CALL)?,
                 lists: VecDeque::new(),
                 span: None,

@@ -43,8 +43,11 @@ use std::sync::RwLock;
 /// instead of copying them. A store of an earlier version opens, its events
 /// and lists read as they are, and a writable open marks it with this
 /// version (an older Causeway then refuses it instead of misreading what is
-/// new).
-pub const SCHEMA_VERSION: u32 = 3;
+/// new). Version 4 writes the `by_call` pair lists in runs of
+/// `postings::CALL_SPAN` instead of `CALL_SPAN_V3`; an upgraded store
+/// records the newest event id at the upgrade (`META_V3_CALLS`), and the
+/// lookups of calls up to it read the wider window.
+pub const SCHEMA_VERSION: u32 = 4;
 /// The oldest schema version this Causeway reads.
 pub const OLDEST_SCHEMA_VERSION: u32 = 1;
 pub const CF_EVENTS: &str = "events";
@@ -62,10 +65,15 @@ const META_SCHEMA: &[u8] = b"schema_version";
 const META_NAME: &[u8] = b"name:";
 const META_APP: &[u8] = b"application";
 const META_FLOOR: &[u8] = b"retention_floor";
+/// In a store upgraded from schema 1–3: its newest event id at the upgrade
+/// (no pair list written before it holds a later call).
+const META_V3_CALLS: &[u8] = b"v3_call_lists_until";
 const APP_NAME: &[u8] = b"causeway";
 
 #[cfg(test)]
 mod cache_tests;
+#[cfg(test)]
+mod call_span_tests;
 mod claim;
 mod codec;
 pub mod faults;
@@ -138,6 +146,9 @@ pub struct Store {
     marked: std::sync::Mutex<u64>,
     /// Retention deleted every event below this id.
     floor: std::sync::atomic::AtomicU64,
+    /// Calls up to this id may be in pair lists of schema 1–3, as wide as
+    /// `postings::CALL_SPAN_V3` (0: none are; see `call_window`).
+    v3_calls_until: std::sync::atomic::AtomicU64,
     recovery_note: Option<String>,
     /// A writer's claim on its directory (see `claim`): declared after `db`,
     /// so it is released only once the database is closed.
@@ -378,6 +389,7 @@ impl Store {
             written_max: std::sync::atomic::AtomicU64::new(0),
             marked: std::sync::Mutex::new(0),
             floor: std::sync::atomic::AtomicU64::new(0),
+            v3_calls_until: std::sync::atomic::AtomicU64::new(0),
             recovery_note: None,
             claim: None,
             #[cfg(test)]
@@ -453,10 +465,28 @@ impl Store {
                          {OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}"
                     )));
                 }
+                if found < 4 {
+                    // its pair lists are the wide ones, up to its newest event
+                    let until = if self.read_only {
+                        u64::MAX
+                    } else {
+                        self.max_id()?
+                    };
+                    self.v3_calls_until.store(until, Ordering::Relaxed);
+                } else if let Some(v) = self.db.get_cf(meta, META_V3_CALLS)? {
+                    let until = <[u8; 8]>::try_from(v.as_slice())
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| Error::Corrupt("v3 call lists mark".into()))?;
+                    self.v3_calls_until.store(until, Ordering::Relaxed);
+                }
                 if found < SCHEMA_VERSION && !self.read_only {
                     // its old events read as they are; the new ones need this
                     let mut b = WriteBatch::default();
                     b.put_cf(meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes());
+                    if found < 4 {
+                        let until = self.v3_calls_until.load(Ordering::Relaxed);
+                        b.put_cf(meta, META_V3_CALLS, until.to_be_bytes());
+                    }
                     self.db.write_opt(b, &self.write_opts)?;
                     self.db.flush_wal(true)?;
                 }
@@ -481,6 +511,18 @@ impl Store {
                 self.db.flush_wal(true)?;
                 Ok(())
             }
+        }
+    }
+
+    /// How far before `call` a `by_call` pair list holding it may begin:
+    /// `postings::CALL_SPAN`, or `CALL_SPAN_V3` for a call up to the newest
+    /// event of a store upgraded from schema 1–3 (all of it when such a
+    /// store is opened read-only).
+    pub(super) fn call_window(&self, call: u64) -> u64 {
+        if call <= self.v3_calls_until.load(Ordering::Relaxed) {
+            postings::CALL_SPAN_V3
+        } else {
+            postings::CALL_SPAN
         }
     }
 

@@ -539,7 +539,7 @@ fn rewrite_as_version_2(s: &Store) {
 }
 
 #[test]
-fn a_version_2_store_whose_lists_copy_big_events_reads_on_and_is_marked_3() {
+fn a_version_2_store_whose_lists_copy_big_events_reads_on_and_is_marked_current() {
     use crate::query::{self, Filter, PidMatch};
     let dir = tempfile::tempdir().unwrap();
     let evs = |base: u64| -> Vec<StoredEvent> {
@@ -584,7 +584,7 @@ fn a_version_2_store_whose_lists_copy_big_events_reads_on_and_is_marked_3() {
     }
     let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
     let v = s.db.get_cf(s.cf(CF_META).unwrap(), META_SCHEMA).unwrap();
-    assert_eq!(v.as_deref(), Some(&3u32.to_be_bytes()[..]));
+    assert_eq!(v.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
     let new = evs(1 << 41);
     s.write(&new, &[]).unwrap();
     let all: Vec<StoredEvent> = want.iter().chain(&new).cloned().collect();
@@ -1142,15 +1142,15 @@ fn prefix_end_bounds_scans() {
 fn lookups_reused_across_a_query_answer_like_full_scans() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
-    // ids 1 ms apart over ~400 ms: many pair lists, several per CALL_SPAN
-    let ms = 1_000_000u64 & !63;
+    // ids a sixteenth of CALL_SPAN apart: many pair lists, several per span
+    let ms = (postings::CALL_SPAN / 16) & !63;
     let n = 400u64;
     let mut evs = Vec::new();
     for i in 1..=n {
         let id = i * ms;
         let mut e = match i % 4 {
             0 => {
-                // the exit of the entry 2 ms earlier, or of the one 300 ms
+                // the exit of the entry 2 steps earlier, or of the one 299
                 // earlier (a list written long after its call started)
                 let mut x = event(id, (i % 5) as u32, EventType::FunctionExit);
                 x.call_id = if i % 40 == 0 && i > 300 {
@@ -1182,7 +1182,7 @@ fn lookups_reused_across_a_query_answer_like_full_scans() {
         s.scan_keys(CF_BY_CALL, &[], None, false, |k, v| {
             let first = keys::trailing_id(&k[..8]).unwrap();
             let last = keys::trailing_id(k).unwrap();
-            if first + postings::CALL_SPAN >= call && first <= call && last >= call {
+            if first <= call && last >= call {
                 out.extend(postings::exits_in(v, call)?);
             }
             Ok(true)
