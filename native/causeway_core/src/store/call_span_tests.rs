@@ -41,6 +41,25 @@ fn calls(base: u64, n: u64, step: u64, long: u64) -> Vec<StoredEvent> {
     evs
 }
 
+/// Every exit of `evs` is what looking up its call finds, through one
+/// `Lookups` moved forward and through `Store::exits_of`.
+fn assert_exits_found(s: &Store, evs: &[StoredEvent]) {
+    let mut lk = s.lookups();
+    for e in evs.iter().filter(|e| e.kind == EventType::FunctionExit) {
+        let call = e.call_id;
+        assert_eq!(lk.exits_of(call).unwrap(), vec![e.id], "call {call}");
+        assert_eq!(s.exits_of(call).unwrap(), vec![e.id], "call {call}");
+    }
+}
+
+fn open_read_only(dir: &Path) -> Store {
+    let opts = StoreOptions {
+        read_only: true,
+        ..Default::default()
+    };
+    Store::open(dir, opts).unwrap()
+}
+
 #[test]
 fn a_batch_s_pair_lists_are_no_wider_than_the_call_span_and_hold_every_exit() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,15 +75,7 @@ fn a_batch_s_pair_lists_are_no_wider_than_the_call_span_and_hold_every_exit() {
         assert!(last - first < postings::CALL_SPAN, "list {first}..{last}");
         assert_eq!((pairs[0].0, pairs[pairs.len() - 1].0), (*first, *last));
     }
-    let mut lk = s.lookups();
-    for e in evs.iter().filter(|e| e.kind == EventType::FunctionExit) {
-        assert_eq!(
-            lk.exits_of(e.call_id).unwrap(),
-            vec![e.id],
-            "call {}",
-            e.call_id
-        );
-    }
+    assert_exits_found(&s, &evs);
 }
 
 #[test]
@@ -97,35 +108,8 @@ fn a_version_3_store_s_wide_pair_lists_are_found_and_its_new_ones_are_narrow() {
             .unwrap();
         s.sync().unwrap();
     }
-    let exits_found = |s: &Store, evs: &[StoredEvent]| {
-        let mut lk = s.lookups();
-        for e in evs.iter().filter(|e| e.kind == EventType::FunctionExit) {
-            assert_eq!(
-                lk.exits_of(e.call_id).unwrap(),
-                vec![e.id],
-                "call {}",
-                e.call_id
-            );
-            assert_eq!(
-                s.exits_of(e.call_id).unwrap(),
-                vec![e.id],
-                "call {}",
-                e.call_id
-            );
-        }
-    };
     // read-only: every call is looked up in the wide window
-    {
-        let r = Store::open(
-            dir.path(),
-            StoreOptions {
-                read_only: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        exits_found(&r, &old);
-    }
+    assert_exits_found(&open_read_only(dir.path()), &old);
     // writable: upgraded, the old calls still found, the new lists narrow
     let newest_old = old.iter().map(|e| e.id).max().unwrap();
     let new = calls(
@@ -141,25 +125,18 @@ fn a_version_3_store_s_wide_pair_lists_are_found_and_its_new_ones_are_narrow() {
         assert_eq!(v.as_deref(), Some(&SCHEMA_VERSION.to_be_bytes()[..]));
         let v = s.db.get_cf(meta, META_V3_CALLS).unwrap();
         assert_eq!(v.as_deref(), Some(&newest_old.to_be_bytes()[..]));
-        exits_found(&s, &old);
+        assert_exits_found(&s, &old);
         s.write(&new, &[]).unwrap();
         s.sync().unwrap();
     }
     for s in [
         Store::open(dir.path(), StoreOptions::default()).unwrap(),
-        Store::open(
-            dir.path(),
-            StoreOptions {
-                read_only: true,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
+        open_read_only(dir.path()),
     ] {
         assert_eq!(s.call_window(newest_old), postings::CALL_SPAN_V3);
         assert_eq!(s.call_window(newest_old + 1), postings::CALL_SPAN);
-        exits_found(&s, &old);
-        exits_found(&s, &new);
+        assert_exits_found(&s, &old);
+        assert_exits_found(&s, &new);
         for (first, last, _) in pair_lists(&s).into_iter().filter(|l| l.0 > newest_old) {
             assert!(last - first < postings::CALL_SPAN, "list {first}..{last}");
         }
