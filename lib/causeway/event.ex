@@ -98,6 +98,15 @@ defmodule Causeway.Event do
   def types, do: @types
 
   @doc false
+  # Whether `e` is a whole event: the struct with each of its fields, and a
+  # timestamp and wall time to place it by (a map that only names the struct,
+  # `%{__struct__: Causeway.Event}`, matches `%Causeway.Event{}` too).
+  def whole?(%__MODULE__{timestamp: t, wall_time: %DateTime{}} = e) when is_integer(t),
+    do: Map.keys(e) == Map.keys(__struct__())
+
+  def whole?(_), do: false
+
+  @doc false
   # Events are built as structs by the NIF; this is the one place that says
   # so. A function entry of instrumented code gets the file and line of the
   # function's first clause, which `use Causeway.Instrument` keeps in the

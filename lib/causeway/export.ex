@@ -98,7 +98,7 @@ defmodule Causeway.Export do
   def chrome_events(events, opts \\ [])
 
   def chrome_events(events, opts) when is_list(events) do
-    unless Causeway.Options.list_of?(events, &match?(%Event{}, &1)),
+    unless Causeway.Options.list_of?(events, &Event.whole?/1),
       do:
         raise(
           ArgumentError,

@@ -338,6 +338,8 @@ defmodule Causeway.BadInputTest do
             fn -> Causeway.Export.mermaid_text(:nope) end,
             fn -> Causeway.Export.chrome_events(:nope) end,
             fn -> Causeway.Export.chrome_events([1, 2]) end,
+            # (a map that only names the struct, as the API fuzz makes)
+            fn -> Causeway.Export.chrome_events([%{__struct__: Causeway.Event, x: 1}]) end,
             fn -> Causeway.capture({:pid, :nope}, true) end,
             fn -> Causeway.events(:nope) end,
             fn -> Causeway.events(store: %Causeway.Store{}) end,
