@@ -465,27 +465,27 @@ impl Store {
                          {OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}"
                     )));
                 }
-                if found < 4 {
-                    // its pair lists are the wide ones, up to its newest event
-                    let until = if self.read_only {
-                        u64::MAX
-                    } else {
-                        self.max_id()?
-                    };
-                    self.v3_calls_until.store(until, Ordering::Relaxed);
-                } else if let Some(v) = self.db.get_cf(meta, META_V3_CALLS)? {
-                    let until = <[u8; 8]>::try_from(v.as_slice())
-                        .map(u64::from_be_bytes)
-                        .map_err(|_| Error::Corrupt("v3 call lists mark".into()))?;
-                    self.v3_calls_until.store(until, Ordering::Relaxed);
-                }
+                // a store of schema 1–3 has the wide pair lists, up to its
+                // newest event (read-only: it may still be written as such)
+                let v3_until = if found >= 4 {
+                    match self.db.get_cf(meta, META_V3_CALLS)? {
+                        Some(v) => <[u8; 8]>::try_from(v.as_slice())
+                            .map(u64::from_be_bytes)
+                            .map_err(|_| Error::Corrupt("v3 call lists mark".into()))?,
+                        None => 0,
+                    }
+                } else if self.read_only {
+                    u64::MAX
+                } else {
+                    self.max_id()?
+                };
+                self.v3_calls_until.store(v3_until, Ordering::Relaxed);
                 if found < SCHEMA_VERSION && !self.read_only {
                     // its old events read as they are; the new ones need this
                     let mut b = WriteBatch::default();
                     b.put_cf(meta, META_SCHEMA, SCHEMA_VERSION.to_be_bytes());
                     if found < 4 {
-                        let until = self.v3_calls_until.load(Ordering::Relaxed);
-                        b.put_cf(meta, META_V3_CALLS, until.to_be_bytes());
+                        b.put_cf(meta, META_V3_CALLS, v3_until.to_be_bytes());
                     }
                     self.db.write_opt(b, &self.write_opts)?;
                     self.db.flush_wal(true)?;

@@ -245,8 +245,7 @@ impl Store {
     /// Removes the pairs of calls below `upto` from the `by_call` lists.
     pub(super) fn trim_calls(&self, b: &mut WriteBatch, upto: u64) -> Result<()> {
         let cf = self.cf(CF_BY_CALL)?;
-        // (lists of schema 1–3 may begin this far before a call they hold)
-        let straddle = upto.saturating_sub(postings::CALL_SPAN_V3);
+        let straddle = upto.saturating_sub(self.call_window(upto));
         b.delete_range_cf(
             cf,
             postings::pair_key(0, 0),
