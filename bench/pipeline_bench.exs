@@ -208,8 +208,8 @@ m = Causeway.metrics()
 IO.puts("\n## one CPU-bound producer, realistic terms, #{cpu_s} s at default settings")
 
 IO.puts(
-  "  produced #{m.produced} (#{round(produced / cpu_s)} events/s recorded by the encoder), persisted #{m.persisted}, dropped #{m.dropped_total}: " <>
-    "#{Float.round(m.dropped_total * 100 / max(m.produced, 1), 2)} % dropped"
+  "  produced #{m.produced} (#{round(produced / cpu_s)} events/s recorded by the encoder), persisted #{m.persisted} (#{round(m.persisted / cpu_s)}/s), dropped #{m.dropped_total}: " <>
+    "#{Float.round(m.dropped_total * 100 / max(m.produced, 1), 2)} % dropped (#{inspect(Map.take(m.dropped, [:sampled, :ring_full]))})"
 )
 
 Causeway.stop()

@@ -58,7 +58,12 @@ defmodule Causeway do
       half-correlations wait at most; `:max_processes` (1 000 000, at most
       10^8) — per-process capture contexts
     * `:emergency_sample` (100, in 1..1 000 000) — at the emergency
-      backpressure level, keep one non-critical event in this many
+      backpressure level, keep at least one non-critical event in this
+      many. The level starts there, then keeps as many as the writers keep
+      up with: one in `metrics().sample_every`, halved on each check that
+      finds the rings under half full, doubled when they pass 90 %. Calls
+      are kept or dropped whole (an exit follows its entry); errors, state
+      changes, spawns and exits are always kept
     * `:max_retries` (8, in 0..1000), `:retry_base_ms` (10, in 1..60 000) —
       failed batch writes retry with exponential backoff, then are dropped
       and counted
@@ -343,7 +348,9 @@ defmodule Causeway do
   `heap` (the process's C heap, process-wide, sampled every 5 s: `in_use`
   and `free` bytes, and the `trims` that handed `trimmed` bytes of resident
   memory back to the OS; zeros where the allocator is not glibc's), the
-  backpressure `level` and its `history`, and `alerts`; `flight`
+  backpressure `level` and its `history`, `sample_every` (one non-critical
+  event in this many is kept: 1 unless the level is `:emergency`; see
+  `:emergency_sample`), and `alerts`; `flight`
   (`nil` unless `persist: {:on_trigger, ...}`): `window_events` and
   `window_bytes` held now, `expired` (aged out of the window), `evicted`
   (pushed out by its byte cap), `persisted` (written by incidents) and

@@ -19,7 +19,7 @@ defmodule Causeway.Dashboard do
       end
 
     """
-    ┌ Causeway ── level #{m.level} ── up #{div(m.uptime_ms, 1000)} s
+    ┌ Causeway ── level #{m.level}#{sampling(m)} ── up #{div(m.uptime_ms, 1000)} s
     │ throughput   #{num(m.events_per_s)} events/s   #{num(m.batches_per_s)} batches/s   #{num(m.correlations_per_s)} correlations/s
     │ latency      p50 #{us(m.latency.p50_us)}   p95 #{us(m.latency.p95_us)}   p99 #{us(m.latency.p99_us)}   (capture → persisted)
     │ rings        #{rings}   queue depth #{m.queue_depth}
@@ -31,6 +31,11 @@ defmodule Causeway.Dashboard do
     #{alerts}
     """
   end
+
+  defp sampling(%{sample_every: n}) when is_integer(n) and n > 1,
+    do: " (keeping 1 in #{n} non-critical events)"
+
+  defp sampling(_), do: ""
 
   defp clock(%{capture_path: %{clock: c}}), do: to_string(c)
   defp clock(_), do: "-"

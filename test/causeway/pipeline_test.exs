@@ -143,6 +143,67 @@ defmodule Causeway.PipelineTest do
                     when level in [:elevated, :high, :emergency]
   end
 
+  test "a sustained overload keeps what the writers keep up with, in whole calls" do
+    # one producer far faster than the writers, for 2 s; the sparsest sampling
+    # allowed is one in 1 000, which alone would keep ~0.1 % of the calls
+    start_causeway!(ring_size: 4096, shards: 1, emergency_sample: 1_000)
+    :ok = Causeway.subscribe(:backpressure)
+    me = self()
+
+    sampler =
+      spawn_link(fn ->
+        Stream.repeatedly(fn ->
+          Process.sleep(20)
+          Causeway.metrics().sample_every
+        end)
+        |> Enum.reduce_while([], fn n, seen ->
+          receive do
+            :stop -> send(me, {:seen, [n | seen]}) && {:halt, seen}
+          after
+            0 -> {:cont, [n | seen]}
+          end
+        end)
+      end)
+
+    deadline = System.monotonic_time(:millisecond) + 2_000
+
+    calls =
+      Stream.iterate(0, &(&1 + 1))
+      |> Enum.reduce_while(0, fn i, n ->
+        if rem(i, 1_000) == 0 and System.monotonic_time(:millisecond) > deadline do
+          {:halt, n}
+        else
+          id = Runtime.function_entry(M, :f, [i])
+          Runtime.function_exit(id, i)
+          {:cont, n + 1}
+        end
+      end)
+
+    send(sampler, :stop)
+    assert_receive {:seen, seen}, 5_000
+    flush!()
+    assert_received {:causeway, :backpressure, :emergency, _}
+    m = Causeway.metrics()
+    # (the exit of a call sampled out is not captured at all)
+    assert m.produced >= calls
+    assert m.produced == m.persisted + m.dropped_total
+    assert m.dropped.sampled > 0
+    # the sampling got denser than the sparsest while the writers had room
+    assert Enum.any?(seen, &(&1 in 2..999)), "sampling seen: #{inspect(Enum.uniq(seen))}"
+    assert m.persisted > m.produced / 100, "#{m.persisted} of #{m.produced} persisted"
+    # and what sampling kept is whole calls: an exit is stored without its
+    # entry only when a full ring refused that entry (the call stays open)
+    exits = Causeway.events(type: :function_exit, limit: :infinity, links: false)
+    entries = Causeway.events(type: :function_entry, limit: :infinity, links: false)
+    entry_ids = MapSet.new(entries, & &1.id)
+    assert exits != []
+    orphans = Enum.count(exits, &(not MapSet.member?(entry_ids, &1.call_id)))
+    assert orphans <= m.dropped.ring_full, "#{orphans} exits without entry: #{inspect(m.dropped)}"
+    # the load is gone: sampling stops, then the level steps down
+    assert wait_until(fn -> Causeway.metrics().sample_every == 1 end, 10_000)
+    assert_receive {:causeway, :backpressure, :normal, _}, 15_000
+  end
+
   test "a panicking worker is caught, reported and its batch is not lost" do
     start_causeway!()
     :ok = Causeway.subscribe(:health)

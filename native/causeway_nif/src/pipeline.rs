@@ -321,6 +321,7 @@ fn pipeline_metrics(env: Env, h: ResourceArc<Handle>) -> NifResult<Term> {
         env,
         vec![
             ("level", atom(env, s.level.name())),
+            ("sample_every", s.sample_every.encode(env)),
             ("events_per_s", s.rates.events_per_s.encode(env)),
             ("captured_per_s", s.rates.captured_per_s.encode(env)),
             ("batches_per_s", s.rates.batches_per_s.encode(env)),

@@ -41,7 +41,11 @@ impl Pipeline {
             && !kind.is_critical()
             && self.config.overflow != crate::ring::Overflow::Wait
         {
-            let every = self.tun.emergency_sample.load(Ordering::Relaxed).max(1) as u64;
+            let every = match self.sample_every.load(Ordering::Relaxed) {
+                0 => self.tun.emergency_sample.load(Ordering::Relaxed),
+                n => n,
+            }
+            .max(1) as u64;
             if !sample_tick().is_multiple_of(every) {
                 self.counters.sampled.add(1);
                 return false;
@@ -102,18 +106,37 @@ impl Pipeline {
         Ok(outcome)
     }
 
-    /// Raises the level at once when a push finds its shard filling up.
+    /// Raises the level at once when a push finds its shard filling up, and
+    /// at `emergency` samples sparser at once when it finds the shard over
+    /// `SAMPLE_SPARSER_ABOVE` (the manager, which makes it denser again,
+    /// looks only every 5 ms: a small ring fills faster than that).
     #[inline(always)]
     pub(super) fn after_push(&self, shard: usize, outcome: PushOutcome) {
         if outcome != PushOutcome::Stored || self.rings.time_to_check(shard) {
             let u = self.rings.utilization(shard);
             if u >= 0.5 {
                 let l = Level::for_utilization(u) as u8;
-                if self.level.fetch_max(l, Ordering::Relaxed) < l {
+                let was = self.level.fetch_max(l, Ordering::Relaxed);
+                if was < l {
                     self.wake_manager();
+                } else if was == Level::Emergency as u8
+                    && u > crate::backpressure::SAMPLE_SPARSER_ABOVE
+                {
+                    self.sample_sparser();
                 }
             }
         }
+    }
+
+    /// Doubles the emergency level's `sample_every`, up to `emergency_sample`.
+    #[cold]
+    fn sample_sparser(&self) {
+        let sparsest = self.tun.emergency_sample.load(Ordering::Relaxed).max(1);
+        let _ = self
+            .sample_every
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n != 0 && n < sparsest).then(|| n.saturating_mul(2).min(sparsest))
+            });
     }
 
     /// Would `bytes` more take `shard`'s payloads past its share of the
@@ -173,7 +196,7 @@ impl Pipeline {
 }
 
 /// This thread's count of events that met emergency sampling: one in every
-/// `emergency_sample` of them is kept, counted per scheduler thread (a
+/// `sample_every` of them is kept, counted per scheduler thread (a
 /// shared atomic was a cache-line transfer between cores on every call of an
 /// overloaded host).
 #[inline]

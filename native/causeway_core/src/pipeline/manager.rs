@@ -61,6 +61,8 @@ pub(super) fn manager_loop(p: Arc<Pipeline>) {
         let now_ms = p.started.elapsed().as_millis() as u64;
         let min = p.tun.workers_min.load(Ordering::Relaxed);
         let max = p.tun.workers_max.load(Ordering::Relaxed);
+        // the capture path may have sampled sparser since the last check
+        ctl.sampled_sparser(p.sample_every.load(Ordering::Relaxed));
         let plan = ctl.step(
             util,
             floor,
@@ -69,7 +71,11 @@ pub(super) fn manager_loop(p: Arc<Pipeline>) {
             max,
             p.tun.batch_size.load(Ordering::Relaxed),
             p.tun.flush_interval_ms.load(Ordering::Relaxed),
+            p.tun.emergency_sample.load(Ordering::Relaxed),
         );
+        // (before the level: a capture that sees `emergency` samples at the
+        // rate decided with it)
+        p.sample_every.store(plan.sample_every, Ordering::Relaxed);
         p.level.store(plan.level as u8, Ordering::Relaxed);
         p.batch_now.store(plan.batch_size, Ordering::Relaxed);
         p.flush_now_ms

@@ -123,6 +123,10 @@ pub struct Pipeline {
     resolver: Arc<dyn Resolver>,
     notifier: Arc<dyn Notifier>,
     level: AtomicU8,
+    /// At `emergency`, one non-critical event in this many is kept, as the
+    /// manager last decided (0: not decided yet, the level was raised by the
+    /// capture path; the sparsest, `emergency_sample`, applies).
+    sample_every: AtomicU32,
     enabled: AtomicBool,
     closing: AtomicBool,
     closed: AtomicBool,
@@ -152,6 +156,9 @@ pub struct Pipeline {
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub level: Level,
+    /// One non-critical event in this many is kept (1: no sampling; only at
+    /// the emergency level, and never with `overflow: :wait`, is it more).
+    pub sample_every: u32,
     pub rates: Rates,
     pub latency: Percentiles,
     pub latency_total: Percentiles,
@@ -266,6 +273,7 @@ impl Pipeline {
             resolver,
             notifier,
             level: AtomicU8::new(Level::Normal as u8),
+            sample_every: AtomicU32::new(0),
             enabled: AtomicBool::new(true),
             closing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -518,6 +526,18 @@ impl Pipeline {
         f.snapshot(&store, reason, trigger, mono, wall, &*self.notifier)
     }
 
+    /// One non-critical event in how many the capture keeps now.
+    pub fn sampling_now(&self) -> u32 {
+        if self.level() != Level::Emergency || self.config.overflow == crate::ring::Overflow::Wait {
+            return 1;
+        }
+        match self.sample_every.load(Ordering::Relaxed) {
+            0 => self.tun.emergency_sample.load(Ordering::Relaxed),
+            n => n,
+        }
+        .max(1)
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let rings = self.rings.all_stats();
         let ring_full: u64 = rings.iter().map(|s| s.rejected).sum();
@@ -596,6 +616,7 @@ impl Pipeline {
         }
         Snapshot {
             level: self.level(),
+            sample_every: self.sampling_now(),
             rates: self.rates.lock().map(|r| *r).unwrap_or_default(),
             latency,
             latency_total: self.latency.total(),
