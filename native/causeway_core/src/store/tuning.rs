@@ -64,12 +64,20 @@ impl StorageMemory {
 /// durable throughput at ~450 k events/s; level 1 gave ~615 k/s with the
 /// same bytes per event (22, after compaction), and level −3 ~600 k/s at 33.
 ///
-/// L0, the files memtable flushes write, is LZ4 (at level 1, which RocksDB
-/// runs as LZ4HC's fastest level; LZ4's fast mode, level −1, measured the
-/// same here, and would set the zstd levels between L0 and the bottom to
-/// −1 too, as the level is one option for all). With more than one writer
-/// thread, the batches written around a memtable switch interleave their
-/// ids, so consecutive L0 files overlap and every L0 file is rewritten into
+/// L0, the files memtable flushes write, is LZ4 in its fast mode
+/// (`FAST_LEVEL`, −1; the level is one option for every level but the
+/// bottom, so the zstd levels between L0 and the bottom, which a store
+/// only has once its bottom level passes ~2.5 GB, run zstd's fast mode −1
+/// too; the bottom keeps `ZSTD_LEVEL`). At level 1 RocksDB ran LZ4HC's
+/// fastest level (`LZ4MID_compress`, a tenth of the process's CPU in a
+/// CPU-bound producer's lossless run): the fast mode persisted that
+/// producer's terms at 577, 586 and 567 k events/s against 538, 553 and
+/// 545 k/s (3 interleaved rounds of 12 s, 2026-12-08; an earlier machine
+/// measured the two alike), with the same compacted size (the bottom's).
+///
+/// With more than one writer thread, the batches written around a memtable
+/// switch interleave their ids, so consecutive L0 files overlap and every
+/// L0 file is rewritten into
 /// the base level anyway (RocksDB's info log of a 5 s CPU-bound run: each
 /// compaction merged 4 L0 files into L6). With zstd at L0, each byte was
 /// compressed twice and decompressed once in zstd; LZ4 makes the flush and
@@ -80,6 +88,7 @@ impl StorageMemory {
 /// with zstd when L0 compacts (at 4 files), and a store keeps no more than
 /// its few newest L0 files in LZ4 (1.3–1.7× the zstd size).
 pub(super) const ZSTD_LEVEL: i32 = 1;
+pub(super) const FAST_LEVEL: i32 = -1;
 
 /// The compression of each level: L0 LZ4, every other level zstd (with
 /// dynamic level sizes, entries after the first apply from the base level
@@ -133,7 +142,7 @@ pub(super) fn cf_options(name: &str) -> Options {
     o.set_compression_type(DBCompressionType::Zstd);
     o.set_compression_per_level(&COMPRESSION_PER_LEVEL);
     o.set_bottommost_compression_type(DBCompressionType::Zstd);
-    o.set_compression_options(-14, ZSTD_LEVEL, 0, 0);
+    o.set_compression_options(-14, FAST_LEVEL, 0, 0);
     o.set_bottommost_compression_options(-14, ZSTD_LEVEL, 0, 0, true);
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(block_cache());
