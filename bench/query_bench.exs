@@ -151,10 +151,12 @@ defmodule Bench.QueryRun do
     # one warm-up pass over each set, then the measured pass
     Bench.Query.time_each(ids, &Causeway.event/1)
     Bench.Query.time_each(calls, &Causeway.call_tree/1)
+    at = Causeway.metrics()
     {p50, p99, passes} = Bench.Query.pooled(ids, &Causeway.event/1)
+    IO.puts("\n  (pipeline while timing: level #{at.level}, #{at.workers} writer threads)")
 
     IO.puts(
-      "\n## event/1 over #{length(ids)} random ids × #{Bench.Query.passes()} passes: p50 #{div(p50, 1000)} µs, p99 #{div(p99, 1000)} µs (p99 of each pass: #{passes})"
+      "## event/1 over #{length(ids)} random ids × #{Bench.Query.passes()} passes: p50 #{div(p50, 1000)} µs, p99 #{div(p99, 1000)} µs (p99 of each pass: #{passes})"
     )
 
     {p50, p99, passes} = Bench.Query.pooled(calls, &Causeway.call_tree/1)
