@@ -6,8 +6,8 @@ defmodule Causeway.Error do
 
     * `:path` — a directory that cannot be used (not a directory, not writable)
     * `:incompatible` — a directory holding something that is not a Causeway
-      store this version reads (it reads schema versions 1 to 4: an older
-      store opens as it is and a writable open marks it version 4, which an
+      store this version reads (it reads schema versions 1 to 5: an older
+      store opens as it is and a writable open marks it version 5, which an
       older Causeway then refuses with this kind)
     * `:corrupt` — a store whose files are damaged or missing (a truncated or
       deleted SST, a damaged MANIFEST, a write-ahead log that lost flushed

@@ -1,7 +1,8 @@
 //! Tests of the `by_call` pair lists' span: a store writes them in runs no
 //! wider than `postings::CALL_SPAN`, and a store of schema 1–3, whose lists
 //! are up to `CALL_SPAN_V3` wide, still finds every exit after it opens
-//! (read-only, or writable and upgraded) while its new lists are narrow.
+//! (read-only, or writable and upgraded) while its new lists are narrow;
+//! lists of the same calls from two batches do not replace each other.
 
 use super::tests::event;
 use super::*;
@@ -13,8 +14,7 @@ type PairList = (u64, u64, Vec<(u64, u64)>);
 fn pair_lists(s: &Store) -> Vec<PairList> {
     let mut out = Vec::new();
     s.scan_keys(CF_BY_CALL, &[], None, false, |k, v| {
-        let first = keys::trailing_id(&k[..8]).expect("first");
-        let last = keys::trailing_id(k).expect("last");
+        let (first, last, _) = postings::parse_pair_key(k).expect("a pair list key");
         out.push((first, last, postings::decode_pairs(v)?));
         Ok(true)
     })
@@ -90,10 +90,15 @@ fn a_version_3_store_s_wide_pair_lists_are_found_and_its_new_ones_are_narrow() {
         // as schema 3 wrote them: one list per CALL_SPAN_V3
         let cf = s.cf(CF_BY_CALL).unwrap();
         let mut pairs = Vec::new();
-        for (first, last, p) in pair_lists(&s) {
-            s.db.delete_cf(cf, postings::pair_key(first, last)).unwrap();
+        for (_, _, p) in pair_lists(&s) {
             pairs.extend(p);
         }
+        s.db.delete_range_cf(
+            cf,
+            postings::pair_key(0, 0),
+            postings::pair_key(u64::MAX, 0),
+        )
+        .unwrap();
         pairs.sort_unstable();
         let (first, last) = (pairs[0].0, pairs[pairs.len() - 1].0);
         assert!(last - first > 4 * postings::CALL_SPAN);
@@ -155,4 +160,22 @@ fn a_new_store_looks_up_every_call_in_the_narrow_window() {
         None
     );
     assert_eq!(s.call_window(1 << 50), postings::CALL_SPAN);
+}
+
+#[test]
+fn exit_lists_of_the_same_calls_from_two_batches_are_both_kept() {
+    // two exits of one call, in two batches: lists of the same first and
+    // last call, which schema 4 keyed alike (the second replaced the first)
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let call = 1u64 << 40;
+    s.write(&[event(call, 1, EventType::FunctionEntry)], &[])
+        .unwrap();
+    for at in [call + 64, call + 128] {
+        let mut x = event(at, 1, EventType::FunctionExit);
+        x.call_id = call;
+        s.write(&[x], &[]).unwrap();
+    }
+    assert_eq!(s.exits_of(call).unwrap(), vec![call + 64, call + 128]);
+    assert_eq!(pair_lists(&s).len(), 2);
 }

@@ -1,5 +1,5 @@
 //! The point lookups of one query — events by id, an event's stored links,
-//! a call's exits — through one iterator per column family, created on its
+//! a call's exits and an event's children — through one iterator per column family, created on its
 //! first use and moved forward from lookup to lookup.
 //!
 //! Creating a RocksDB iterator (a super-version reference, an iterator per
@@ -94,13 +94,15 @@ struct PairLists<'a> {
 
 /// Whether the pair list with key `k` can hold `call` (or a later call).
 fn reaches(k: &[u8], call: u64) -> bool {
-    k.len() == 16 && keys::trailing_id(k).is_some_and(|last| last >= call)
+    postings::parse_pair_key(k).is_some_and(|(_, last, _)| last >= call)
 }
 
 impl PairLists<'_> {
-    /// The exits of `call`: from the lists whose first call id is in
-    /// `[call − call_window, call]` and whose range holds the call.
-    fn exits_of(&mut self, call: u64) -> Result<Vec<u64>> {
+    /// What is paired with `call` (an entry's exits, a call's or a
+    /// message's children), with the kind byte of the list (`None`: exits):
+    /// from the lists whose first id is in `[call − call_window, call]` and
+    /// whose range holds the call.
+    fn pairs_of(&mut self, call: u64) -> Result<Vec<(Option<u8>, u64)>> {
         let lo = call.saturating_sub(self.store.call_window(call));
         let lo_key = postings::pair_key(lo, 0);
         let hi_key = call.checked_add(1).map(|c| postings::pair_key(c, 0));
@@ -128,8 +130,10 @@ impl PairLists<'_> {
                 break;
             }
             // only lists whose range holds the call are searched
-            if reaches(k, call) {
-                out.extend(postings::exits_in(v, call)?);
+            if let Some((_, last, kind)) = postings::parse_pair_key(k) {
+                if last >= call {
+                    out.extend(postings::exits_in(v, call)?.into_iter().map(|x| (kind, x)));
+                }
             }
         }
         out.sort_unstable();
@@ -221,6 +225,40 @@ impl<'a> Lookups<'a> {
 
     /// The exits of a call (normally one), from the `by_call` pair lists.
     pub fn exits_of(&mut self, call_id: u64) -> Result<Vec<u64>> {
+        Ok(self
+            .pairs_of(call_id)?
+            .into_iter()
+            .filter_map(|(kind, x)| kind.is_none().then_some(x))
+            .collect())
+    }
+
+    /// The children of `id` (`calls`, `causes`) from the `by_call` lists of
+    /// schema 5 (a store's older ones are `links` keys: `stored_links`).
+    pub fn children_of(&mut self, id: u64) -> Result<Vec<(LinkKind, u64)>> {
+        self.linked_pairs(id, false)
+    }
+
+    /// `id`'s children, and its exits if it is an entry (`with_exits`).
+    fn linked_pairs(&mut self, id: u64, with_exits: bool) -> Result<Vec<(LinkKind, u64)>> {
+        let mut out = Vec::new();
+        for (kind, x) in self.pairs_of(id)? {
+            match kind {
+                None if with_exits => out.push((LinkKind::CompletedBy, x)),
+                None => {}
+                Some(k) => out.push((
+                    LinkKind::from_u8(k).ok_or_else(|| {
+                        Error::Corrupt(format!("by_call list of unknown link kind {k}"))
+                    })?,
+                    x,
+                )),
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the `by_call` pair lists pair with `id`: its exits (kind `None`)
+    /// and its children (the kind byte of their list).
+    fn pairs_of(&mut self, call_id: u64) -> Result<Vec<(Option<u8>, u64)>> {
         if self.calls.is_none() {
             self.calls = Some(PairLists {
                 store: self.store,
@@ -231,7 +269,7 @@ impl<'a> Lookups<'a> {
             });
         }
         match self.calls.as_mut() {
-            Some(calls) => calls.exits_of(call_id),
+            Some(calls) => calls.pairs_of(call_id),
             None => Err(Error::Corrupt("lookup iterator".into())),
         }
     }
@@ -263,19 +301,15 @@ impl<'a> Lookups<'a> {
                 .get_pinned_cf(store.cf(CF_EVENTS)?, keys::id(call_id))?
                 .is_some())
         };
-        match ev.kind {
-            EventType::FunctionExit
-                if ev.call_id != 0 && ev.call_id != ev.id && entry_exists(ev.call_id)? =>
-            {
-                out.push((LinkKind::Completes, ev.call_id));
-            }
-            EventType::FunctionEntry => {
-                for x in self.exits_of(ev.id)? {
-                    out.push((LinkKind::CompletedBy, x));
-                }
-            }
-            _ => {}
+        if ev.kind == EventType::FunctionExit
+            && ev.call_id != 0
+            && ev.call_id != ev.id
+            && entry_exists(ev.call_id)?
+        {
+            out.push((LinkKind::Completes, ev.call_id));
         }
+        let is_entry = ev.kind == EventType::FunctionEntry;
+        out.extend(self.linked_pairs(ev.id, is_entry)?);
         out.extend(self.stored_links(ev.id)?);
         Ok(out)
     }

@@ -214,7 +214,8 @@ pub fn decode_pairs(bytes: &[u8]) -> Result<Vec<(u64, u64)>> {
     Ok((0..bytes.len() / 16).map(|i| pair_at(bytes, i)).collect())
 }
 
-/// The exits recorded for `call` in one pair list (binary search).
+/// The second ids paired with `call` in one pair list (binary search): the
+/// exits of the call in an exit list, its children in a kind list.
 pub fn exits_in(bytes: &[u8], call: u64) -> Result<Vec<u64>> {
     if !bytes.len().is_multiple_of(16) {
         return Err(Error::Corrupt("call list length".into()));
@@ -243,6 +244,57 @@ pub fn pair_key(first: u64, last: u64) -> [u8; 16] {
     k[..8].copy_from_slice(&first.to_be_bytes());
     k[8..].copy_from_slice(&last.to_be_bytes());
     k
+}
+
+/// The key of a pair list of schema 5: `pair_key`, the kind byte of the
+/// link from the first ids to the second (`EXITS`: an entry's exits; else
+/// a `LinkKind`, the children of a call or a message: `calls`, `causes`)
+/// and the list's smallest second id. (That id makes the key unique: a
+/// call's children come in many batches, and lists of the same first and
+/// last parent replaced each other; so did the 16-byte exit lists of
+/// schema 4 when two batches held exits of the same calls.)
+pub fn kind_pair_key(first: u64, last: u64, kind: u8, child: u64) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[..16].copy_from_slice(&pair_key(first, last));
+    k[16] = kind;
+    k[17..].copy_from_slice(&child.to_be_bytes());
+    k
+}
+
+/// The kind byte of an exit list.
+pub const EXITS: u8 = 0;
+
+/// A pair list key's first and last id and kind byte (`None`: an exit
+/// list, of 16 bytes before schema 5); `None` for a key of another shape.
+pub fn parse_pair_key(k: &[u8]) -> Option<(u64, u64, Option<u8>)> {
+    let id = |b: &[u8]| -> Option<u64> { Some(u64::from_be_bytes(b.try_into().ok()?)) };
+    match k.len() {
+        16 => Some((id(&k[..8])?, id(&k[8..16])?, None)),
+        25 => Some((
+            id(&k[..8])?,
+            id(&k[8..16])?,
+            (k[16] != EXITS).then_some(k[16]),
+        )),
+        _ => None,
+    }
+}
+
+/// Splits `pairs` (sorted) into runs whose first ids span less than
+/// `CALL_SPAN`, and hands each run with its key (`kind` `None`: exits) to
+/// `put`.
+pub fn pair_runs(pairs: &[(u64, u64)], kind: Option<u8>, mut put: impl FnMut(Vec<u8>, Vec<u8>)) {
+    let mut start = 0;
+    for i in 0..=pairs.len() {
+        if i == pairs.len() || pairs[i].0 - pairs[start].0 >= CALL_SPAN {
+            if i > start {
+                let (first, last) = (pairs[start].0, pairs[i - 1].0);
+                let child = pairs[start..i].iter().map(|p| p.1).min().unwrap_or(0);
+                let key = kind_pair_key(first, last, kind.unwrap_or(EXITS), child);
+                put(key.to_vec(), encode_pairs(&pairs[start..i]));
+            }
+            start = i;
+        }
+    }
 }
 
 /// Splits sorted ids into runs no wider than `SPAN`.

@@ -268,13 +268,9 @@ impl Store {
         )?;
         for (k, kept) in rewrites {
             b.delete_cf(cf, &k);
-            if let (Some(first), Some(last)) = (kept.first(), kept.last()) {
-                b.put_cf(
-                    cf,
-                    postings::pair_key(first.0, last.0),
-                    postings::encode_pairs(&kept),
-                );
-            }
+            // (a children list keeps its kind byte)
+            let kind = postings::parse_pair_key(&k).and_then(|(_, _, kind)| kind);
+            postings::pair_runs(&kept, kind, |k, v| b.put_cf(cf, k, v));
         }
         Ok(())
     }

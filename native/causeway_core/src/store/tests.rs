@@ -1177,12 +1177,12 @@ fn lookups_reused_across_a_query_answer_like_full_scans() {
     }
     s.flush_all().unwrap();
 
-    let exits_by_scan = |call: u64| {
+    // what every pair list of `kind` (None: exits) pairs with `call`
+    let pairs_by_scan = |call: u64, kind: Option<u8>| {
         let mut out = Vec::new();
         s.scan_keys(CF_BY_CALL, &[], None, false, |k, v| {
-            let first = keys::trailing_id(&k[..8]).unwrap();
-            let last = keys::trailing_id(k).unwrap();
-            if first <= call && last >= call {
+            let (first, last, k_kind) = postings::parse_pair_key(k).unwrap();
+            if first <= call && last >= call && k_kind == kind {
                 out.extend(postings::exits_in(v, call)?);
             }
             Ok(true)
@@ -1191,6 +1191,7 @@ fn lookups_reused_across_a_query_answer_like_full_scans() {
         out.sort_unstable();
         out
     };
+    let exits_by_scan = |call: u64| pairs_by_scan(call, None);
     let links_by_scan = |id: u64| {
         let mut out = Vec::new();
         s.scan_keys(CF_LINKS, &[], None, false, |k, _| {
@@ -1217,7 +1218,7 @@ fn lookups_reused_across_a_query_answer_like_full_scans() {
     }
     let descending: Vec<u64> = all.iter().rev().copied().collect();
     let jumps: Vec<u64> = all.iter().step_by(37).copied().collect();
-    let mut exits_seen = 0;
+    let (mut exits_seen, mut children_seen) = (0, 0);
     for order in [&all, &descending, &shuffled, &jumps] {
         let mut lk = s.lookups();
         for &id in order.iter() {
@@ -1229,10 +1230,20 @@ fn lookups_reused_across_a_query_answer_like_full_scans() {
                 links_by_scan(id),
                 "links of {id}"
             );
+            let calls: Vec<_> = pairs_by_scan(id, Some(LinkKind::Calls as u8))
+                .into_iter()
+                .map(|c| (LinkKind::Calls, c))
+                .collect();
+            children_seen += calls.len();
+            assert_eq!(lk.children_of(id).unwrap(), calls, "children of {id}");
             assert_eq!(lk.event(id).unwrap(), s.get(id).unwrap(), "event {id}");
         }
     }
     assert!(exits_seen > 250, "the test finds exits: {exits_seen}");
+    assert!(
+        children_seen > 250,
+        "the test finds children: {children_seen}"
+    );
     assert_eq!(s.exits_of(5 * ms).unwrap(), vec![8 * ms, (n + 1) * ms]);
 }
 

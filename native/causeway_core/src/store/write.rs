@@ -77,8 +77,10 @@ impl Store {
         };
         // the names of a batch repeat: look each up once per batch
         let mut names: Vec<(&str, u32)> = Vec::with_capacity(16);
-        // exits by call id, written as pair lists below
+        // exits by call id, and children by parent id and link kind
+        // (`calls`, `causes`), written as pair lists below
         let mut calls: Vec<(u64, u64)> = Vec::new();
+        let mut children: Vec<(u8, u64, u64)> = Vec::new();
         // each event's stored bytes, for the covering by_pid lists (this
         // thread's buffer of the last batch, reused)
         let mut arena = scratch(&ARENA);
@@ -155,24 +157,17 @@ impl Store {
             }
             if let (Some(kind), true) = (ev.parent_link, ev.parent_id != 0 && ev.parent_id != ev.id)
             {
-                b.put_cf(
-                    cf_links,
-                    keys::link(ev.parent_id, kind.reverse() as u8, ev.id),
-                    [],
-                );
+                children.push((kind.reverse() as u8, ev.parent_id, ev.id));
             }
         }
         calls.sort_unstable();
         calls.dedup();
-        let mut start = 0;
-        for i in 0..=calls.len() {
-            if i == calls.len() || calls[i].0 - calls[start].0 >= postings::CALL_SPAN {
-                if i > start {
-                    let key = postings::pair_key(calls[start].0, calls[i - 1].0);
-                    b.put_cf(cf_call, key, postings::encode_pairs(&calls[start..i]));
-                }
-                start = i;
-            }
+        postings::pair_runs(&calls, None, |k, v| b.put_cf(cf_call, k, v));
+        children.sort_unstable();
+        children.dedup();
+        for run in children.chunk_by(|a, b| a.0 == b.0) {
+            let pairs: Vec<(u64, u64)> = run.iter().map(|&(_, p, c)| (p, c)).collect();
+            postings::pair_runs(&pairs, Some(run[0].0), |k, v| b.put_cf(cf_call, k, v));
         }
         for (pid_key, mut evs) in by_pid {
             evs.sort_unstable_by_key(|e| e.0);
