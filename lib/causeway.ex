@@ -63,7 +63,11 @@ defmodule Causeway do
       up with: one in `metrics().sample_every`, halved on each check that
       finds the rings under half full, doubled when they pass 90 %. Calls
       are kept or dropped whole (an exit follows its entry); errors, state
-      changes, spawns and exits are always kept
+      changes, spawns and exits are always kept. (A kept event costs the
+      traced code what every event costs below the emergency level; a
+      sampled-out one less: so under overload the traced code runs at
+      about its normal recording speed, not faster, while the writers
+      keep up)
     * `:max_retries` (8, in 0..1000), `:retry_base_ms` (10, in 1..60 000) —
       failed batch writes retry with exponential backoff, then are dropped
       and counted
