@@ -14,9 +14,8 @@
 //! then halves on each check that finds the rings under `SAMPLE_DENSER_BELOW`
 //! and doubles on each that finds them over `SAMPLE_SPARSER_ABOVE` (the
 //! capture path doubles it too, on the fill checks of its pushes, between
-//! two checks). A fixed
-//! one in 100 left the writers idle two thirds of the time under a CPU-bound
-//! producer (~190 k events/s persisted of the ~560 k/s they persist
+//! two checks). A fixed one in 100 left the writers idle two thirds of the
+//! time under a CPU-bound producer (~190 k events/s persisted of the ~560 k/s they persist
 //! losslessly): the rings drained, and stayed drained for as long as the
 //! level was held. The level steps down from `emergency` only once the
 //! sampling has come back to keeping every event (`sample_every` 1) and the

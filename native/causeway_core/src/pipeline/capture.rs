@@ -41,11 +41,7 @@ impl Pipeline {
             && !kind.is_critical()
             && self.config.overflow != crate::ring::Overflow::Wait
         {
-            let every = match self.sample_every.load(Ordering::Relaxed) {
-                0 => self.tun.emergency_sample.load(Ordering::Relaxed),
-                n => n,
-            }
-            .max(1) as u64;
+            let every = self.sample_divisor() as u64;
             if !sample_tick().is_multiple_of(every) {
                 self.counters.sampled.add(1);
                 return false;
@@ -126,6 +122,17 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// One in how many non-critical events the emergency level keeps: the
+    /// manager's `sample_every`, or the sparsest before it has decided.
+    #[inline]
+    pub(super) fn sample_divisor(&self) -> u32 {
+        match self.sample_every.load(Ordering::Relaxed) {
+            0 => self.tun.emergency_sample.load(Ordering::Relaxed),
+            n => n,
+        }
+        .max(1)
     }
 
     /// Doubles the emergency level's `sample_every`, up to `emergency_sample`.

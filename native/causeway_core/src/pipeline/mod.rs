@@ -531,11 +531,7 @@ impl Pipeline {
         if self.level() != Level::Emergency || self.config.overflow == crate::ring::Overflow::Wait {
             return 1;
         }
-        match self.sample_every.load(Ordering::Relaxed) {
-            0 => self.tun.emergency_sample.load(Ordering::Relaxed),
-            n => n,
-        }
-        .max(1)
+        self.sample_divisor()
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -1,6 +1,7 @@
 //! The point lookups of one query — events by id, an event's stored links,
-//! a call's exits and an event's children — through one iterator per column family, created on its
-//! first use and moved forward from lookup to lookup.
+//! a call's exits and an event's children — through one iterator per
+//! column family, created on its first use and moved forward from lookup
+//! to lookup.
 //!
 //! Creating a RocksDB iterator (a super-version reference, an iterator per
 //! level and file) cost more than the lookup itself, and a call tree of 3
